@@ -1,0 +1,78 @@
+//! The ports implemented with the AWS SDK for Rust. Clients are built once per
+//! cold start ([`Clients::from_env`]) and shared by every request.
+
+pub mod iam;
+pub mod registry;
+pub mod verifier;
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+use crate::config::Config;
+use crate::core::ports::PortError;
+
+/// The SDK clients of one process.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub sdk: SdkConfig,
+    pub s3: aws_sdk_s3::Client,
+    pub iam: aws_sdk_iam::Client,
+    /// S3 through a local endpoint needs path-style addressing.
+    pub force_path_style: bool,
+}
+
+impl Clients {
+    /// Loads the SDK configuration from the environment (region, credentials,
+    /// `AWS_ENDPOINT_URL`) with the standard retry mode: throttling and
+    /// transient errors are retried with exponential backoff and jitter.
+    pub async fn from_env(config: &Config) -> Self {
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(6))
+            .load()
+            .await;
+        Self::from_sdk(sdk, config.endpoint_url.is_some())
+    }
+
+    pub fn from_sdk(sdk: SdkConfig, force_path_style: bool) -> Self {
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(force_path_style).build(),
+        );
+        let iam = aws_sdk_iam::Client::new(&sdk);
+        Self { sdk, s3, iam, force_path_style }
+    }
+}
+
+/// Error codes that mean "slow down" (after the SDK's own retries).
+const THROTTLING_CODES: &[&str] =
+    &["Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded", "SlowDown", "TooManyRequestsException"];
+
+/// The service error code of an SDK error, if the service answered with one.
+pub(crate) fn error_code<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Option<&str> {
+    match err {
+        SdkError::ServiceError(e) => e.err().code(),
+        _ => None,
+    }
+}
+
+/// Classifies an SDK error for the core: a lost conditional write, throttling,
+/// or anything else with the service's error code (never its message text,
+/// which may quote request data).
+pub(crate) fn classify<E: ProvideErrorMetadata>(service: &'static str, operation: &'static str, err: &SdkError<E>) -> PortError {
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = error_code(err);
+    if status == Some(412) || matches!(code, Some("PreconditionFailed" | "ConditionalRequestConflict")) {
+        return PortError::Conflict;
+    }
+    if code.is_some_and(|c| THROTTLING_CODES.contains(&c)) || status == Some(429) {
+        return PortError::Throttled { service, operation };
+    }
+    let detail = match (err, code, status) {
+        (_, Some(code), _) => code.to_owned(),
+        (SdkError::TimeoutError(_), ..) => "timeout".to_owned(),
+        (SdkError::DispatchFailure(_), ..) => "the endpoint could not be reached".to_owned(),
+        (_, None, Some(status)) => format!("HTTP {status}"),
+        _ => "request failed".to_owned(),
+    };
+    PortError::Unavailable { service, operation, detail }
+}

@@ -1,0 +1,230 @@
+//! The configuration: environment variables, read once at start-up and
+//! validated there, with a message naming the variable and the expected form.
+
+use crate::core::duration::Duration;
+use crate::core::enrollment::EnrollSettings;
+use crate::core::rotation::RotationSettings;
+
+/// Everything the functions and the CLI read from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `REGISTRY_BUCKET`: the registry (`orgs/`) and the audit trail (`audit/`).
+    pub registry_bucket: String,
+    /// `MANAGED_BUCKET`: the bucket the orgs read; needed to enroll.
+    pub managed_bucket: Option<String>,
+    /// `ORG_PREFIX_TEMPLATE`: each org's prefix in the managed bucket.
+    pub org_prefix_template: String,
+    /// `IAM_USER_PATH`: path of the per-org IAM users.
+    pub iam_user_path: String,
+    /// `ORG_CLAIM`: the JWT claim naming the caller's org.
+    pub org_claim: String,
+    /// `ADMIN_SCOPE`: the scope a caller needs (a comma-separated list: any one of them).
+    pub admin_scopes: Vec<String>,
+    /// `MAX_KEY_AGE`: the maximum key age before access is taken away.
+    pub max_key_age: Duration,
+    /// `ROTATIONS_PER_HOUR`: per-org limit on rotate-key calls.
+    pub rotations_per_hour: u32,
+    /// `ROTATION_LEASE`: how long a started rotation blocks others.
+    pub rotation_lease: Duration,
+    /// `VERIFY_NEW_KEY`: check a new key against the bucket before committing it.
+    pub verify_new_key: bool,
+    /// `VERIFY_WITHIN`: how long the check may retry while IAM propagates the key.
+    pub verify_within: Duration,
+    /// `AWS_ENDPOINT_URL`: a local endpoint (S3 then uses path-style addressing).
+    pub endpoint_url: Option<String>,
+}
+
+/// A setting that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration: {variable} {problem}; expected {expected}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+    pub expected: &'static str,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let registry_bucket = get("REGISTRY_BUCKET").ok_or(ConfigError {
+            variable: "REGISTRY_BUCKET",
+            problem: "is not set".into(),
+            expected: "the name of the registry bucket",
+        })?;
+        check_bucket("REGISTRY_BUCKET", &registry_bucket)?;
+        let managed_bucket = get("MANAGED_BUCKET");
+        if let Some(b) = &managed_bucket {
+            check_bucket("MANAGED_BUCKET", b)?;
+        }
+        let org_prefix_template = get("ORG_PREFIX_TEMPLATE").unwrap_or_else(|| "{orgId}/".into());
+        if !org_prefix_template.contains("{orgId}") || org_prefix_template.starts_with('/') {
+            return Err(ConfigError {
+                variable: "ORG_PREFIX_TEMPLATE",
+                problem: format!("is '{org_prefix_template}'"),
+                expected: "a key prefix containing {orgId}, not starting with '/', e.g. {orgId}/",
+            });
+        }
+        let iam_user_path = get("IAM_USER_PATH").unwrap_or_else(|| "/managed-s3/".into());
+        let path_ok = iam_user_path.starts_with('/')
+            && iam_user_path.ends_with('/')
+            && iam_user_path.len() <= 512
+            && iam_user_path.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        if !path_ok {
+            return Err(ConfigError {
+                variable: "IAM_USER_PATH",
+                problem: format!("is '{iam_user_path}'"),
+                expected: "an IAM path that begins and ends with '/', e.g. /managed-s3/",
+            });
+        }
+        let org_claim = get("ORG_CLAIM").unwrap_or_else(|| "org_id".into());
+        let admin_scopes: Vec<String> = get("ADMIN_SCOPE")
+            .unwrap_or_else(|| "admin".into())
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let duration = |variable: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            match get(variable) {
+                None => Ok(default),
+                Some(text) => text.parse().map_err(|e: crate::core::duration::DurationError| ConfigError {
+                    variable,
+                    problem: format!("is invalid: {e}"),
+                    expected: "a duration such as 90d, 24h, 604800s",
+                }),
+            }
+        };
+        let max_key_age = duration("MAX_KEY_AGE", Duration::from_days(90))?;
+        if max_key_age < Duration::from_days(1) {
+            return Err(ConfigError {
+                variable: "MAX_KEY_AGE",
+                problem: format!("is {max_key_age}"),
+                expected: "at least 1d",
+            });
+        }
+        let rotations_per_hour = match get("ROTATIONS_PER_HOUR") {
+            None => 5,
+            Some(text) => text.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or(ConfigError {
+                variable: "ROTATIONS_PER_HOUR",
+                problem: format!("is '{text}'"),
+                expected: "a whole number of at least 1",
+            })?,
+        };
+        let rotation_lease = duration("ROTATION_LEASE", Duration::from_secs(300))?;
+        let verify_new_key = match get("VERIFY_NEW_KEY").as_deref().map(str::trim) {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(ConfigError {
+                    variable: "VERIFY_NEW_KEY",
+                    problem: format!("is '{other}'"),
+                    expected: "true or false",
+                })
+            }
+        };
+        let verify_within = duration("VERIFY_WITHIN", Duration::from_secs(20))?;
+        Ok(Self {
+            registry_bucket,
+            managed_bucket,
+            org_prefix_template,
+            iam_user_path,
+            org_claim,
+            admin_scopes,
+            max_key_age,
+            rotations_per_hour,
+            rotation_lease,
+            verify_new_key,
+            verify_within,
+            endpoint_url: get("AWS_ENDPOINT_URL"),
+        })
+    }
+
+    pub fn rotation_settings(&self) -> RotationSettings {
+        RotationSettings {
+            lease: self.rotation_lease,
+            rotations_per_hour: self.rotations_per_hour,
+            max_key_age: self.max_key_age,
+            ..RotationSettings::default()
+        }
+    }
+
+    /// The enrollment settings; enrolling needs `MANAGED_BUCKET`.
+    pub fn enroll_settings(&self) -> Result<EnrollSettings, ConfigError> {
+        let managed_bucket = self.managed_bucket.clone().ok_or(ConfigError {
+            variable: "MANAGED_BUCKET",
+            problem: "is not set".into(),
+            expected: "the name of the bucket the orgs read (required to enroll)",
+        })?;
+        Ok(EnrollSettings {
+            iam_user_path: self.iam_user_path.clone(),
+            managed_bucket,
+            prefix_template: self.org_prefix_template.clone(),
+        })
+    }
+}
+
+fn check_bucket(variable: &'static str, name: &str) -> Result<(), ConfigError> {
+    let ok = (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError { variable, problem: format!("is '{name}'"), expected: "an S3 bucket name (3-63 of a-z 0-9 . -)" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = config(&[("REGISTRY_BUCKET", "registry")]).unwrap();
+        assert_eq!(c.org_prefix_template, "{orgId}/");
+        assert_eq!(c.iam_user_path, "/managed-s3/");
+        assert_eq!(c.org_claim, "org_id");
+        assert_eq!(c.admin_scopes, vec!["admin"]);
+        assert_eq!(c.max_key_age, Duration::from_days(90));
+        assert_eq!(c.rotations_per_hour, 5);
+        assert!(c.verify_new_key);
+        assert_eq!(c.managed_bucket, None);
+        assert!(c.enroll_settings().unwrap_err().to_string().contains("MANAGED_BUCKET is not set"));
+    }
+
+    #[test]
+    fn a_bad_setting_is_named_with_the_expected_form() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "REGISTRY_BUCKET is not set"),
+            (&[("REGISTRY_BUCKET", "Bad_Bucket")], "REGISTRY_BUCKET is 'Bad_Bucket'"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("MAX_KEY_AGE", "90")], "MAX_KEY_AGE is invalid: '90' has no unit"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("MAX_KEY_AGE", "1h")], "MAX_KEY_AGE is 1h; expected at least 1d"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("ROTATIONS_PER_HOUR", "0")], "ROTATIONS_PER_HOUR is '0'"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("IAM_USER_PATH", "managed")], "IAM_USER_PATH is 'managed'"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("ORG_PREFIX_TEMPLATE", "logs/")], "ORG_PREFIX_TEMPLATE is 'logs/'"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("VERIFY_NEW_KEY", "yes")], "VERIFY_NEW_KEY is 'yes'; expected true or false"),
+        ];
+        for (vars, expected) in cases {
+            let err = config(vars).unwrap_err().to_string();
+            assert!(err.contains(expected), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn admin_scope_may_list_several_scopes() {
+        let c = config(&[("REGISTRY_BUCKET", "r-b"), ("ADMIN_SCOPE", "admin, admin.iam:write")]).unwrap();
+        assert_eq!(c.admin_scopes, vec!["admin", "admin.iam:write"]);
+    }
+}

@@ -1,0 +1,272 @@
+//! The org key record and everything it is made of. The record is what the
+//! registry stores (as JSON), one per org; it never holds a secret.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::duration::Duration;
+
+/// How many entries of history a record keeps (older ones stay in the audit trail).
+pub const HISTORY_LIMIT: usize = 20;
+
+/// An organization (tenant) id: 1 to 48 characters of `A-Z a-z 0-9 _ -`, so that
+/// it is safe in an IAM user name (`org-{id}`), an S3 key and a log line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OrgId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid org id '{shown}': expected 1 to 48 characters of A-Z, a-z, 0-9, '_' or '-'")]
+pub struct InvalidOrgId {
+    shown: String,
+}
+
+impl OrgId {
+    pub fn parse(text: &str) -> Result<Self, InvalidOrgId> {
+        let valid = (1..=48).contains(&text.len())
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(InvalidOrgId { shown: text.chars().take(48).flat_map(char::escape_debug).collect() })
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The id of the org's bucket key in the KMS-style API.
+    pub fn key_id(&self) -> String {
+        format!("key-{}", self.0)
+    }
+    /// The org's IAM user name.
+    pub fn user_name(&self) -> String {
+        format!("org-{}", self.0)
+    }
+}
+
+impl TryFrom<String> for OrgId {
+    type Error = InvalidOrgId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<OrgId> for String {
+    fn from(value: OrgId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The state of an org's bucket key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyState {
+    /// Rotates on request and on schedule.
+    Enabled,
+    /// Suspended by an operator: keys inactive, no rotation.
+    Disabled,
+    /// Will be deleted at the record's deletion date; no rotation.
+    PendingDeletion,
+    /// The current key passed the maximum age and was deactivated; a manual
+    /// rotation restores access.
+    Expired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "Enabled",
+            Self::Disabled => "Disabled",
+            Self::PendingDeletion => "PendingDeletion",
+            Self::Expired => "Expired",
+        }
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One issued access key of the org (its id, never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyVersion {
+    pub version: u32,
+    pub access_key_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The key that was current before the last rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousKey {
+    #[serde(flatten)]
+    pub key: KeyVersion,
+    /// When it stopped (or stops) being usable: deactivated at this time.
+    pub retire_at: DateTime<Utc>,
+    /// Set once it has been deactivated in IAM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivated_at: Option<DateTime<Utc>>,
+}
+
+/// The automatic rotation policy of the org's key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationPolicy {
+    pub automatic: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<DateTime<Utc>>,
+}
+
+/// What started a rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Trigger {
+    /// `POST /iam/rotate-key` by an org admin.
+    Api,
+    /// The scheduled evaluation (automatic rotation policy).
+    Schedule,
+    /// The operator CLI.
+    Operator,
+}
+
+/// A rotation that has claimed the record and not yet committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingRotation {
+    pub rotation_id: String,
+    pub trigger: Trigger,
+    pub started_at: DateTime<Utc>,
+    /// Until then, nobody else may rotate or repair this org.
+    pub lease_until: DateTime<Utc>,
+    /// The new key, recorded as soon as IAM created it, so that a crash
+    /// leaves a trace of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_access_key_id: Option<String>,
+}
+
+/// What happened to a key version, kept in the record's bounded history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+}
+
+/// Everything the registry knows about one org's bucket key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgRecord {
+    pub schema: u32,
+    pub org_id: OrgId,
+    pub key_id: String,
+    pub state: KeyState,
+    pub created_at: DateTime<Utc>,
+    pub iam_user: String,
+    /// The bucket and prefix the org's key reads.
+    pub bucket: String,
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<KeyVersion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousKey>,
+    #[serde(default)]
+    pub policy: RotationPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingRotation>,
+    /// Start times of recent rotations, for the per-org rate limit (last hour only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_rotations: Vec<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+}
+
+impl OrgRecord {
+    pub const SCHEMA: u32 = 1;
+
+    /// A newly enrolled org: `Enabled`, no key yet (its first manual rotation issues one).
+    pub fn enrolled(org: &OrgId, bucket: &str, prefix: &str, now: DateTime<Utc>) -> Self {
+        Self {
+            schema: Self::SCHEMA,
+            org_id: org.clone(),
+            key_id: org.key_id(),
+            state: KeyState::Enabled,
+            created_at: now,
+            iam_user: org.user_name(),
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            current: None,
+            previous: None,
+            policy: RotationPolicy::default(),
+            pending: None,
+            recent_rotations: Vec::new(),
+            history: vec![HistoryEntry { at: now, event: "enrolled".into(), version: None, access_key_id: None }],
+        }
+    }
+
+    /// The access key ids the record knows (current and previous).
+    pub fn known_key_ids(&self) -> impl Iterator<Item = &str> {
+        self.current
+            .iter()
+            .map(|k| k.access_key_id.as_str())
+            .chain(self.previous.iter().map(|p| p.key.access_key_id.as_str()))
+    }
+
+    pub fn record_history(&mut self, entry: HistoryEntry) {
+        self.history.push(entry);
+        if self.history.len() > HISTORY_LIMIT {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn org_ids_are_safe_in_names_and_keys() {
+        assert!(OrgId::parse("1234567").is_ok());
+        assert!(OrgId::parse("acme-prod_2").is_ok());
+        for bad in ["", "a/b", "../x", "a b", "ü", &"9".repeat(49), "1234\n"] {
+            let err = OrgId::parse(bad).expect_err(bad).to_string();
+            assert!(err.contains("expected 1 to 48 characters"), "{err}");
+        }
+        assert_eq!(OrgId::parse("42").unwrap().user_name(), "org-42");
+        assert_eq!(OrgId::parse("42").unwrap().key_id(), "key-42");
+    }
+
+    #[test]
+    fn a_record_round_trips_through_json_and_bounds_its_history() {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T04:51:11Z").unwrap().with_timezone(&Utc);
+        let mut record = OrgRecord::enrolled(&OrgId::parse("7").unwrap(), "logs", "7/", now);
+        for i in 0..50 {
+            record.record_history(HistoryEntry { at: now, event: format!("e{i}"), version: None, access_key_id: None });
+        }
+        assert_eq!(record.history.len(), HISTORY_LIMIT);
+        assert_eq!(record.history.last().unwrap().event, "e49");
+        let json = serde_json::to_string(&record).unwrap();
+        assert_eq!(serde_json::from_str::<OrgRecord>(&json).unwrap(), record);
+        // An org id that is not valid is refused when a record is read.
+        let tampered = json.replace("\"orgId\":\"7\"", "\"orgId\":\"../8\"");
+        assert!(serde_json::from_str::<OrgRecord>(&tampered).is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! Enrollment: an org gets an IAM user that can read only its own prefix of
+//! the managed bucket, and a registry record in state `Enabled` with no key
+//! yet (its first manual rotation issues the first key).
+
+use chrono::{DateTime, Utc};
+use tracing::info;
+
+use super::domain::{OrgId, OrgRecord};
+use super::ports::{AccessKeys, AuditEntry, AuditLog, PortError, Registry, UserSpec};
+use super::rotation::write_audit;
+
+/// Where an org's user lives and what it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollSettings {
+    pub iam_user_path: String,
+    pub managed_bucket: String,
+    /// Contains `{orgId}`, e.g. `{orgId}/` or `logs/{orgId}/`.
+    pub prefix_template: String,
+}
+
+impl EnrollSettings {
+    pub fn prefix_of(&self, org: &OrgId) -> String {
+        self.prefix_template.replace("{orgId}", org.as_str())
+    }
+}
+
+/// The outcome of an enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    /// `false`: the org was enrolled already and nothing changed.
+    pub created: bool,
+    pub record: OrgRecord,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("org {org} is enrolled already with bucket {bucket} and prefix {prefix}, not {wanted}")]
+    Mismatch { org: OrgId, bucket: String, prefix: String, wanted: String },
+    #[error("AWS failed during enrollment: {0}")]
+    Aws(#[from] PortError),
+}
+
+/// Enrolls `org`. Idempotent: enrolling an enrolled org changes nothing.
+pub async fn enroll(
+    registry: &dyn Registry,
+    keys: &dyn AccessKeys,
+    audit: &dyn AuditLog,
+    settings: &EnrollSettings,
+    org: &OrgId,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<Enrolled, EnrollError> {
+    let prefix = settings.prefix_of(org);
+    if let Some(existing) = registry.load(org).await? {
+        return same_place(existing.value, settings, &prefix);
+    }
+    let spec = UserSpec {
+        user_name: org.user_name(),
+        path: settings.iam_user_path.clone(),
+        org: org.clone(),
+        bucket: settings.managed_bucket.clone(),
+        prefix: prefix.clone(),
+    };
+    // The user first: a record never names a user that does not exist.
+    keys.ensure_user(&spec).await?;
+    let record = OrgRecord::enrolled(org, &settings.managed_bucket, &prefix, now);
+    match registry.create(&record).await {
+        Ok(_) => {}
+        Err(PortError::Conflict) => {
+            // Enrolled concurrently by someone else.
+            let existing = registry.load(org).await?.ok_or(PortError::Conflict)?;
+            return same_place(existing.value, settings, &prefix);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    info!(org = %org, user = %spec.user_name, "enrolled");
+    let entry = AuditEntry {
+        at: now,
+        org_id: org.clone(),
+        action: "enroll".into(),
+        actor: actor.to_owned(),
+        request_id: None,
+        key_ids: Vec::new(),
+        detail: Some(format!("user {}{} reads s3://{}/{}", spec.path, spec.user_name, spec.bucket, spec.prefix)),
+    };
+    write_audit(audit, &entry).await;
+    Ok(Enrolled { created: true, record })
+}
+
+fn same_place(record: OrgRecord, settings: &EnrollSettings, prefix: &str) -> Result<Enrolled, EnrollError> {
+    if record.bucket == settings.managed_bucket && record.prefix == prefix {
+        Ok(Enrolled { created: false, record })
+    } else {
+        Err(EnrollError::Mismatch {
+            org: record.org_id.clone(),
+            bucket: record.bucket,
+            prefix: record.prefix,
+            wanted: format!("{}/{}", settings.managed_bucket, prefix),
+        })
+    }
+}
+
+/// The inline policy of an org's user: list its prefix, read its objects,
+/// nothing else.
+pub fn user_policy(bucket: &str, prefix: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ListOwnPrefix",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": format!("arn:aws:s3:::{bucket}"),
+                "Condition": { "StringLike": { "s3:prefix": [prefix, format!("{prefix}*")] } }
+            },
+            {
+                "Sid": "ReadOwnObjects",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": format!("arn:aws:s3:::{bucket}/{prefix}*")
+            }
+        ]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::core::memory::{Faults, MemoryAudit, MemoryKeys, MemoryRegistry};
+
+    fn settings() -> EnrollSettings {
+        EnrollSettings { iam_user_path: "/managed-s3/".into(), managed_bucket: "logs".into(), prefix_template: "{orgId}/".into() }
+    }
+
+    #[test]
+    fn the_policy_reads_only_the_orgs_prefix() {
+        let policy = user_policy("logs", "42/");
+        let statements = policy["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 2);
+        assert_eq!(statements[0]["Action"], "s3:ListBucket");
+        assert_eq!(statements[0]["Resource"], "arn:aws:s3:::logs");
+        assert_eq!(statements[0]["Condition"]["StringLike"]["s3:prefix"], serde_json::json!(["42/", "42/*"]));
+        assert_eq!(statements[1]["Action"], "s3:GetObject");
+        assert_eq!(statements[1]["Resource"], "arn:aws:s3:::logs/42/*");
+        let text = policy.to_string();
+        assert!(!text.contains("\"*\""), "no wildcard action or resource: {text}");
+        assert!(!text.contains("Put") && !text.contains("Delete"), "read only: {text}");
+    }
+
+    #[tokio::test]
+    async fn enrolling_twice_changes_nothing() {
+        let faults = Arc::new(Faults::default());
+        let (registry, keys, audit) =
+            (MemoryRegistry::new(faults.clone()), MemoryKeys::new(faults.clone()), MemoryAudit::new(faults.clone()));
+        let org = OrgId::parse("42").unwrap();
+        let now = Utc::now();
+        let first = enroll(&registry, &keys, &audit, &settings(), &org, now, "op").await.unwrap();
+        assert!(first.created);
+        assert_eq!(first.record.prefix, "42/");
+        assert!(first.record.current.is_none());
+        let stored = registry.get(&org).unwrap();
+        let second = enroll(&registry, &keys, &audit, &settings(), &org, now, "op").await.unwrap();
+        assert!(!second.created);
+        assert_eq!(registry.get(&org).unwrap(), stored);
+        assert_eq!(audit.entries().len(), 1);
+        // Enrolling the same org elsewhere is refused, not silently ignored.
+        let elsewhere = EnrollSettings { managed_bucket: "other".into(), ..settings() };
+        let err = enroll(&registry, &keys, &audit, &elsewhere, &org, now, "op").await.unwrap_err();
+        assert!(err.to_string().contains("enrolled already"), "{err}");
+    }
+}

@@ -1,0 +1,232 @@
+//! In-memory implementations of the ports, for tests: they behave like the
+//! real services where it matters (conditional writes, IAM's 2-key quota)
+//! and can fail or "crash" at a chosen step, which a real endpoint cannot.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use secrecy::SecretString;
+
+use super::domain::{OrgId, OrgRecord};
+use super::ports::{AccessKeys, AuditEntry, AuditLog, IamKey, KeyVerifier, NewKey, PortError, Registry, UserSpec, Versioned};
+
+/// How an injected fault behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultMode {
+    /// The chosen call fails; later calls work (a transient AWS error).
+    Fail,
+    /// The chosen call and every call after it fail, as if the process died
+    /// there: no clean-up code reaches the services any more.
+    Crash,
+}
+
+/// Counts every call to every in-memory service, and fails the chosen one.
+#[derive(Debug, Default)]
+pub struct Faults {
+    calls: AtomicUsize,
+    plan: Mutex<Option<(usize, FaultMode)>>,
+    log: Mutex<Vec<&'static str>>,
+}
+
+impl Faults {
+    /// Fail the `nth` call (1-based) from now on, in the given mode.
+    pub fn inject(&self, nth: usize, mode: FaultMode) {
+        let base = self.calls.load(Ordering::SeqCst);
+        *lock(&self.plan) = Some((base + nth, mode));
+    }
+    pub fn clear(&self) {
+        *lock(&self.plan) = None;
+    }
+    /// Calls made so far, by name (`iam.create_key`, `registry.update`, …).
+    pub fn calls(&self) -> Vec<&'static str> {
+        lock(&self.log).clone()
+    }
+    pub fn call_count(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    async fn step(&self, operation: &'static str) -> Result<(), PortError> {
+        // Let concurrent tasks interleave at every call, as real I/O would.
+        tokio::task::yield_now().await;
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        lock(&self.log).push(operation);
+        let fail = match *lock(&self.plan) {
+            Some((at, FaultMode::Fail)) => n == at,
+            Some((at, FaultMode::Crash)) => n >= at,
+            None => false,
+        };
+        if fail {
+            Err(PortError::Unavailable { service: "memory", operation, detail: format!("injected fault at call {n}") })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The registry: records with etags, conditional writes.
+#[derive(Debug, Default)]
+pub struct MemoryRegistry {
+    faults: Arc<Faults>,
+    records: Mutex<BTreeMap<OrgId, (OrgRecord, u64)>>,
+    version: AtomicUsize,
+}
+
+impl MemoryRegistry {
+    pub fn new(faults: Arc<Faults>) -> Self {
+        Self { faults, ..Default::default() }
+    }
+    pub fn get(&self, org: &OrgId) -> Option<OrgRecord> {
+        lock(&self.records).get(org).map(|(r, _)| r.clone())
+    }
+    /// Replaces a record outside the protocol (to set up a test).
+    pub fn put(&self, record: OrgRecord) {
+        let v = self.version.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+        lock(&self.records).insert(record.org_id.clone(), (record, v));
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn load(&self, org: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError> {
+        self.faults.step("registry.load").await?;
+        Ok(lock(&self.records).get(org).map(|(r, v)| Versioned { value: r.clone(), etag: format!("\"{v}\"") }))
+    }
+    async fn create(&self, record: &OrgRecord) -> Result<String, PortError> {
+        self.faults.step("registry.create").await?;
+        let mut records = lock(&self.records);
+        if records.contains_key(&record.org_id) {
+            return Err(PortError::Conflict);
+        }
+        let v = self.version.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+        records.insert(record.org_id.clone(), (record.clone(), v));
+        Ok(format!("\"{v}\""))
+    }
+    async fn update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
+        self.faults.step("registry.update").await?;
+        let mut records = lock(&self.records);
+        match records.get(&record.org_id) {
+            Some((_, v)) if format!("\"{v}\"") == etag => {
+                let v = self.version.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+                records.insert(record.org_id.clone(), (record.clone(), v));
+                Ok(format!("\"{v}\""))
+            }
+            _ => Err(PortError::Conflict),
+        }
+    }
+}
+
+/// IAM users and their access keys, with IAM's limit of two keys per user.
+#[derive(Debug, Default)]
+pub struct MemoryKeys {
+    faults: Arc<Faults>,
+    users: Mutex<BTreeMap<String, Vec<IamKey>>>,
+    next: AtomicUsize,
+    /// The most keys any user ever had at once.
+    pub max_keys_seen: AtomicUsize,
+}
+
+impl MemoryKeys {
+    pub fn new(faults: Arc<Faults>) -> Self {
+        Self { faults, ..Default::default() }
+    }
+    pub fn keys_of(&self, user: &str) -> Vec<IamKey> {
+        lock(&self.users).get(user).cloned().unwrap_or_default()
+    }
+    /// Whether `access_key_id` exists and is active (it would authenticate).
+    pub fn works(&self, user: &str, access_key_id: &str) -> bool {
+        self.keys_of(user).iter().any(|k| k.access_key_id == access_key_id && k.active)
+    }
+}
+
+#[async_trait]
+impl AccessKeys for MemoryKeys {
+    async fn ensure_user(&self, spec: &UserSpec) -> Result<(), PortError> {
+        self.faults.step("iam.ensure_user").await?;
+        lock(&self.users).entry(spec.user_name.clone()).or_default();
+        Ok(())
+    }
+    async fn list_keys(&self, user: &str) -> Result<Vec<IamKey>, PortError> {
+        self.faults.step("iam.list_keys").await?;
+        lock(&self.users).get(user).cloned().ok_or(PortError::NoSuchUser)
+    }
+    async fn create_key(&self, user: &str) -> Result<NewKey, PortError> {
+        self.faults.step("iam.create_key").await?;
+        let mut users = lock(&self.users);
+        let keys = users.get_mut(user).ok_or(PortError::NoSuchUser)?;
+        if keys.len() >= 2 {
+            return Err(PortError::QuotaExceeded);
+        }
+        let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        let access_key_id = format!("AKIAMEMORY{n:010}");
+        keys.push(IamKey { access_key_id: access_key_id.clone(), active: true, created_at: Some(Utc::now()) });
+        self.max_keys_seen.fetch_max(keys.len(), Ordering::SeqCst);
+        Ok(NewKey { access_key_id, secret_access_key: SecretString::from(format!("memory-secret-{n}")) })
+    }
+    async fn set_active(&self, user: &str, access_key_id: &str, active: bool) -> Result<(), PortError> {
+        self.faults.step("iam.set_active").await?;
+        let mut users = lock(&self.users);
+        let keys = users.get_mut(user).ok_or(PortError::NoSuchUser)?;
+        if let Some(k) = keys.iter_mut().find(|k| k.access_key_id == access_key_id) {
+            k.active = active;
+        }
+        Ok(())
+    }
+    async fn delete_key(&self, user: &str, access_key_id: &str) -> Result<(), PortError> {
+        self.faults.step("iam.delete_key").await?;
+        let mut users = lock(&self.users);
+        let keys = users.get_mut(user).ok_or(PortError::NoSuchUser)?;
+        keys.retain(|k| k.access_key_id != access_key_id);
+        Ok(())
+    }
+}
+
+/// The audit trail, in order.
+#[derive(Debug, Default)]
+pub struct MemoryAudit {
+    faults: Arc<Faults>,
+    pub entries: Mutex<Vec<AuditEntry>>,
+}
+
+impl MemoryAudit {
+    pub fn new(faults: Arc<Faults>) -> Self {
+        Self { faults, ..Default::default() }
+    }
+    pub fn entries(&self) -> Vec<AuditEntry> {
+        lock(&self.entries).clone()
+    }
+}
+
+#[async_trait]
+impl AuditLog for MemoryAudit {
+    async fn append(&self, entry: &AuditEntry) -> Result<(), PortError> {
+        self.faults.step("audit.append").await?;
+        lock(&self.entries).push(entry.clone());
+        Ok(())
+    }
+}
+
+/// A verifier that accepts every key (its calls still count as steps).
+#[derive(Debug, Default)]
+pub struct MemoryVerifier {
+    faults: Arc<Faults>,
+}
+
+impl MemoryVerifier {
+    pub fn new(faults: Arc<Faults>) -> Self {
+        Self { faults }
+    }
+}
+
+#[async_trait]
+impl KeyVerifier for MemoryVerifier {
+    async fn verify(&self, _key: &NewKey, _bucket: &str, _prefix: &str) -> Result<(), PortError> {
+        self.faults.step("verify").await
+    }
+}

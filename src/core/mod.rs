@@ -1,0 +1,10 @@
+//! The core: the domain, the rotation protocol and enrollment. It knows
+//! nothing of HTTP, Lambda or the AWS SDK: it talks to the world through the
+//! ports.
+
+pub mod domain;
+pub mod duration;
+pub mod enrollment;
+pub mod memory;
+pub mod ports;
+pub mod rotation;

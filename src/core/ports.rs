@@ -1,0 +1,117 @@
+//! The small capabilities the core needs from the outside world. Each has an
+//! AWS adapter (`crate::aws`) and an in-memory one (`crate::core::memory`) for
+//! tests that inject a fault at a chosen step.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde::Serialize;
+
+use super::domain::{OrgId, OrgRecord};
+
+/// A failure of an outside service, already classified for the core.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// A conditional write lost: someone else wrote first (S3 412, or the
+    /// object already exists on create).
+    #[error("the record was changed by someone else")]
+    Conflict,
+    /// IAM refused a new key: the user already has two.
+    #[error("the IAM user already has the maximum number of access keys")]
+    QuotaExceeded,
+    /// The IAM user does not exist.
+    #[error("the IAM user does not exist")]
+    NoSuchUser,
+    /// Still throttled after the SDK's retries with backoff.
+    #[error("{service} {operation} was throttled")]
+    Throttled { service: &'static str, operation: &'static str },
+    /// Any other failure; `detail` is the service's error code, never a secret.
+    #[error("{service} {operation} failed: {detail}")]
+    Unavailable { service: &'static str, operation: &'static str, detail: String },
+}
+
+/// A stored record and the version (S3 ETag) it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub etag: String,
+}
+
+/// The org registry: one record per org, every write conditional.
+#[async_trait]
+pub trait Registry: Send + Sync {
+    async fn load(&self, org: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError>;
+    /// Creates the record; [`PortError::Conflict`] when one exists already.
+    async fn create(&self, record: &OrgRecord) -> Result<String, PortError>;
+    /// Replaces the record read at `etag`; [`PortError::Conflict`] when it changed since.
+    async fn update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError>;
+}
+
+/// One entry of the append-only audit trail: who did what, when, to which key
+/// ids. Never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub org_id: OrgId,
+    pub action: String,
+    pub actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub key_ids: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    async fn append(&self, entry: &AuditEntry) -> Result<(), PortError>;
+}
+
+/// An access key as IAM lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IamKey {
+    pub access_key_id: String,
+    pub active: bool,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// A key IAM has just created: the only moment its secret exists outside IAM.
+/// `Debug` prints the secret as `[REDACTED]` and it is zeroized on drop.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+}
+
+/// What an org's IAM user may do: read its own prefix of one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSpec {
+    pub user_name: String,
+    pub path: String,
+    pub org: OrgId,
+    pub bucket: String,
+    pub prefix: String,
+}
+
+/// The access keys of the orgs' IAM users.
+#[async_trait]
+pub trait AccessKeys: Send + Sync {
+    /// Creates the user (if missing) and puts its read-only policy. Idempotent.
+    async fn ensure_user(&self, spec: &UserSpec) -> Result<(), PortError>;
+    async fn list_keys(&self, user: &str) -> Result<Vec<IamKey>, PortError>;
+    /// [`PortError::QuotaExceeded`] when the user has two keys already.
+    async fn create_key(&self, user: &str) -> Result<NewKey, PortError>;
+    /// Activates or deactivates a key; a key that no longer exists is not an error.
+    async fn set_active(&self, user: &str, access_key_id: &str, active: bool) -> Result<(), PortError>;
+    /// Deletes a key; a key that no longer exists is not an error.
+    async fn delete_key(&self, user: &str, access_key_id: &str) -> Result<(), PortError>;
+}
+
+/// Checks that a new key can read the org's prefix (IAM is eventually
+/// consistent: implementations retry within a bound).
+#[async_trait]
+pub trait KeyVerifier: Send + Sync {
+    async fn verify(&self, key: &NewKey, bucket: &str, prefix: &str) -> Result<(), PortError>;
+}

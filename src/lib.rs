@@ -1,0 +1,12 @@
+//! s3-key-rotation: rotates the IAM access keys through which each
+//! organization reads its provider-managed S3 bucket.
+//!
+//! - [`core`]: domain, rotation protocol, enrollment, ports (no I/O of its own);
+//! - [`aws`]: the ports implemented with the AWS SDK for Rust;
+//! - [`api`]: HTTP glue of the API Gateway functions;
+//! - [`config`]: the environment, read once at start-up.
+
+pub mod api;
+pub mod aws;
+pub mod config;
+pub mod core;
