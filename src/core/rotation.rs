@@ -471,3 +471,337 @@ pub async fn retire_if_due(ports: Ports<'_>, settings: &RotationSettings, org: &
         _ => Ok(false),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use chrono::TimeDelta;
+    use secrecy::ExposeSecret;
+
+    use super::*;
+    use crate::core::memory::{FaultMode, Faults, MemoryAudit, MemoryKeys, MemoryRegistry, MemoryVerifier};
+    use crate::core::ports::UserSpec;
+
+    struct World {
+        faults: Arc<Faults>,
+        registry: MemoryRegistry,
+        keys: MemoryKeys,
+        audit: MemoryAudit,
+        verifier: MemoryVerifier,
+        settings: RotationSettings,
+        org: OrgId,
+        start: DateTime<Utc>,
+    }
+
+    impl World {
+        async fn enrolled() -> Self {
+            let faults = Arc::new(Faults::default());
+            let world = Self {
+                registry: MemoryRegistry::new(faults.clone()),
+                keys: MemoryKeys::new(faults.clone()),
+                audit: MemoryAudit::new(faults.clone()),
+                verifier: MemoryVerifier::new(faults.clone()),
+                faults,
+                settings: RotationSettings::default(),
+                org: OrgId::parse("1234567").unwrap(),
+                start: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc),
+            };
+            let record = OrgRecord::enrolled(&world.org, "logs", "1234567/", world.start);
+            let spec = UserSpec {
+                user_name: record.iam_user.clone(),
+                path: "/managed-s3/".into(),
+                org: world.org.clone(),
+                bucket: "logs".into(),
+                prefix: "1234567/".into(),
+            };
+            world.keys.ensure_user(&spec).await.unwrap();
+            world.registry.put(record);
+            world
+        }
+        fn ports(&self) -> Ports<'_> {
+            Ports { registry: &self.registry, keys: &self.keys, audit: &self.audit, verifier: Some(&self.verifier) }
+        }
+        fn request(&self, at: DateTime<Utc>, id: &str) -> RotationRequest {
+            RotationRequest {
+                org: self.org.clone(),
+                now: at,
+                trigger: Trigger::Api,
+                actor: "admin@example.com".into(),
+                rotation_id: id.into(),
+                request_id: None,
+                grace: None,
+            }
+        }
+        async fn rotate_at(&self, at: DateTime<Utc>, id: &str) -> Result<Rotated, RotationError> {
+            rotate(self.ports(), &self.settings, &self.request(at, id)).await
+        }
+        fn record(&self) -> OrgRecord {
+            self.registry.get(&self.org).unwrap()
+        }
+        fn user(&self) -> String {
+            self.org.user_name()
+        }
+        fn key_ids(&self) -> Vec<String> {
+            self.keys.keys_of(&self.user()).into_iter().map(|k| k.access_key_id).collect()
+        }
+        /// The org has a key it knows (the record's current) and it works.
+        fn assert_has_working_known_key(&self) {
+            let record = self.record();
+            let current = record.current.expect("a current key");
+            assert!(self.keys.works(&self.user(), &current.access_key_id), "current key {} must work", current.access_key_id);
+            assert!(self.key_ids().len() <= 2);
+        }
+    }
+
+    fn minutes(n: i64) -> TimeDelta {
+        TimeDelta::minutes(n)
+    }
+
+    #[tokio::test]
+    async fn the_first_rotation_issues_the_first_key() {
+        let w = World::enrolled().await;
+        let rotated = w.rotate_at(w.start, "r1").await.unwrap();
+        assert_eq!(rotated.version, 1);
+        assert!(rotated.previous.is_none());
+        assert_eq!(rotated.expires_at, w.start + TimeDelta::days(90));
+        assert!(w.keys.works(&w.user(), &rotated.access_key_id));
+        let record = w.record();
+        assert_eq!(record.current.unwrap().access_key_id, rotated.access_key_id);
+        assert!(record.pending.is_none());
+        assert_eq!(record.policy.last_rotation_at, Some(w.start));
+        // The secret is handed out, never printed.
+        assert!(rotated.secret_access_key.expose_secret().starts_with("memory-secret-"));
+        assert!(!format!("{rotated:?}").contains("memory-secret"));
+        let json = serde_json::to_string(&w.record()).unwrap();
+        assert!(!json.contains("memory-secret"));
+        assert!(w.audit.entries().iter().all(|e| !format!("{e:?}").contains("memory-secret")));
+    }
+
+    #[tokio::test]
+    async fn a_second_rotation_retires_the_old_key_and_counts_up() {
+        let w = World::enrolled().await;
+        let first = w.rotate_at(w.start, "r1").await.unwrap();
+        let second = w.rotate_at(w.start + minutes(1), "r2").await.unwrap();
+        assert_eq!(second.version, 2);
+        let previous = second.previous.unwrap();
+        assert_eq!(previous.access_key_id, first.access_key_id);
+        assert!(!previous.active);
+        assert!(!w.keys.works(&w.user(), &first.access_key_id), "old key deactivated");
+        assert!(w.keys.works(&w.user(), &second.access_key_id));
+        let record = w.record();
+        assert_eq!(record.previous.unwrap().deactivated_at, Some(w.start + minutes(1)));
+        let actions: Vec<String> = w.audit.entries().into_iter().map(|e| e.action).collect();
+        assert!(actions.iter().any(|a| a.starts_with("rotate")) && actions.iter().any(|a| a == "deactivate previous key"), "{actions:?}");
+    }
+
+    #[tokio::test]
+    async fn a_grace_period_keeps_the_old_key_until_it_is_due() {
+        let w = World::enrolled().await;
+        let first = w.rotate_at(w.start, "r1").await.unwrap();
+        let mut req = w.request(w.start + minutes(1), "r2");
+        req.grace = Some(Duration::from_hours(24));
+        let second = rotate(w.ports(), &w.settings, &req).await.unwrap();
+        let previous = second.previous.unwrap();
+        assert!(previous.active);
+        assert_eq!(previous.retire_at, w.start + minutes(1) + TimeDelta::hours(24));
+        assert!(w.keys.works(&w.user(), &first.access_key_id));
+        // A second before it is due, nothing happens; at the time, it is retired.
+        let due = previous.retire_at;
+        assert!(!retire_if_due(w.ports(), &w.settings, &w.org, due - TimeDelta::seconds(1)).await.unwrap());
+        assert!(w.keys.works(&w.user(), &first.access_key_id));
+        assert!(retire_if_due(w.ports(), &w.settings, &w.org, due).await.unwrap());
+        assert!(!w.keys.works(&w.user(), &first.access_key_id));
+        assert!(w.keys.works(&w.user(), &second.access_key_id));
+        assert!(!retire_if_due(w.ports(), &w.settings, &w.org, due).await.unwrap(), "only once");
+    }
+
+    #[tokio::test]
+    async fn a_grace_period_longer_than_seven_days_is_refused() {
+        let w = World::enrolled().await;
+        let before = w.faults.call_count();
+        let mut req = w.request(w.start, "r1");
+        req.grace = Some(Duration::from_secs(7 * 86_400 + 1));
+        let err = rotate(w.ports(), &w.settings, &req).await.unwrap_err();
+        assert!(matches!(err, RotationError::GraceTooLong { .. }), "{err}");
+        assert_eq!(w.faults.call_count(), before, "nothing touched");
+        req.grace = Some(Duration::from_days(7));
+        rotate(w.ports(), &w.settings, &req).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_key_quota_is_never_exceeded_across_many_rotations() {
+        let mut w = World::enrolled().await;
+        w.settings.rotations_per_hour = 1000;
+        let mut at = w.start;
+        for i in 0..25 {
+            let mut req = w.request(at, &format!("r{i}"));
+            req.grace = Some(Duration::from_hours(if i % 2 == 0 { 24 } else { 0 }));
+            let rotated = rotate(w.ports(), &w.settings, &req).await.unwrap();
+            assert_eq!(rotated.version, i + 1);
+            w.assert_has_working_known_key();
+            at += minutes(5);
+        }
+        assert!(w.keys.max_keys_seen.load(Ordering::SeqCst) <= 2);
+        assert!(w.record().history.len() <= crate::core::domain::HISTORY_LIMIT);
+    }
+
+    #[tokio::test]
+    async fn refusals_name_the_reason_and_change_nothing() {
+        let w = World::enrolled().await;
+        let other = OrgId::parse("999").unwrap();
+        let mut req = w.request(w.start, "r1");
+        req.org = other;
+        let err = rotate(w.ports(), &w.settings, &req).await.unwrap_err();
+        assert_eq!(err.to_string(), "Not found IAM key info for orgId: 999");
+
+        for state in [KeyState::Disabled, KeyState::PendingDeletion] {
+            let mut record = w.record();
+            record.state = state;
+            w.registry.put(record.clone());
+            let err = w.rotate_at(w.start, "r1").await.unwrap_err();
+            assert!(matches!(err, RotationError::NotEnabled { state: s, .. } if s == state), "{err}");
+            assert_eq!(w.record(), record);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_key_is_restored_by_a_manual_rotation_but_not_by_the_schedule() {
+        let w = World::enrolled().await;
+        let first = w.rotate_at(w.start, "r1").await.unwrap();
+        // The 90-day rule took the key away.
+        let mut record = w.record();
+        record.state = KeyState::Expired;
+        w.registry.put(record);
+        w.keys.set_active(&w.user(), &first.access_key_id, false).await.unwrap();
+        let later = w.start + TimeDelta::days(91);
+        let mut scheduled = w.request(later, "s1");
+        scheduled.trigger = Trigger::Schedule;
+        assert!(matches!(rotate(w.ports(), &w.settings, &scheduled).await, Err(RotationError::NotEnabled { .. })));
+        let restored = w.rotate_at(later, "r2").await.unwrap();
+        assert_eq!(w.record().state, KeyState::Enabled);
+        assert!(w.keys.works(&w.user(), &restored.access_key_id));
+        assert!(!restored.previous.unwrap().active);
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_counts_an_hour_of_api_rotations() {
+        let w = World::enrolled().await;
+        for i in 0..5 {
+            w.rotate_at(w.start + minutes(i), &format!("r{i}")).await.unwrap();
+        }
+        let err = w.rotate_at(w.start + minutes(10), "r5").await.unwrap_err();
+        match err {
+            RotationError::RateLimited { limit, retry_after, .. } => {
+                assert_eq!(limit, 5);
+                assert_eq!(retry_after, Duration::from_secs(50 * 60), "until the oldest leaves the hour");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(w.record().pending.is_none());
+        w.rotate_at(w.start + minutes(60), "r6").await.unwrap();
+        // Scheduled rotations are not limited.
+        let mut scheduled = w.request(w.start + minutes(61), "s1");
+        scheduled.trigger = Trigger::Schedule;
+        for i in 0..3 {
+            scheduled.rotation_id = format!("s{i}");
+            rotate(w.ports(), &w.settings, &scheduled).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotation_in_progress_blocks_others_until_its_lease_expires() {
+        let w = World::enrolled().await;
+        w.rotate_at(w.start, "r1").await.unwrap();
+        // A rotation that crashed after creating its key.
+        w.faults.inject(6, FaultMode::Crash); // load, claim, list, create, record id, verify: crash at verify
+        assert!(w.rotate_at(w.start + minutes(1), "crashed").await.is_err());
+        w.faults.clear();
+        let pending = w.record().pending.expect("the crashed claim stays");
+        let orphan = pending.new_access_key_id.expect("its key id was recorded");
+        assert_eq!(w.key_ids().len(), 2);
+        let err = w.rotate_at(w.start + minutes(2), "r2").await.unwrap_err();
+        assert!(matches!(err, RotationError::InProgress { .. }), "{err}");
+        // After the lease, the next rotation takes over and deletes the orphan.
+        let after = pending.lease_until;
+        let rotated = w.rotate_at(after, "r3").await.unwrap();
+        assert!(!w.key_ids().contains(&orphan));
+        assert!(w.keys.works(&w.user(), &rotated.access_key_id));
+        assert!(w.audit.entries().iter().any(|e| e.key_ids == vec![orphan.clone()]));
+    }
+
+    #[tokio::test]
+    async fn a_failed_verification_rolls_back() {
+        let w = World::enrolled().await;
+        let first = w.rotate_at(w.start, "r1").await.unwrap();
+        w.faults.inject(6, FaultMode::Fail); // the verify call
+        let err = w.rotate_at(w.start + minutes(1), "r2").await.unwrap_err();
+        assert!(matches!(err, RotationError::VerificationFailed(_)), "{err}");
+        assert_eq!(w.key_ids(), vec![first.access_key_id.clone()]);
+        assert!(w.record().pending.is_none());
+        assert_eq!(w.record().current.unwrap().access_key_id, first.access_key_id);
+    }
+
+    /// A fault at every step of a rotation (a transient error, or a crash after
+    /// which nothing reaches AWS), from the state "one key, in use": the org
+    /// keeps a working key it knows, and the next rotation succeeds.
+    #[tokio::test]
+    async fn a_fault_at_any_step_leaves_a_state_the_next_rotation_repairs() {
+        // How many calls a clean second rotation makes.
+        let steps = {
+            let w = World::enrolled().await;
+            w.rotate_at(w.start, "r1").await.unwrap();
+            let before = w.faults.call_count();
+            w.rotate_at(w.start + minutes(1), "r2").await.unwrap();
+            w.faults.call_count() - before
+        };
+        assert!(steps >= 10, "{steps}");
+        for mode in [FaultMode::Fail, FaultMode::Crash] {
+            for step in 1..=steps + 1 {
+                let w = World::enrolled().await;
+                let first = w.rotate_at(w.start, "r1").await.unwrap();
+                w.faults.inject(step, mode);
+                let result = w.rotate_at(w.start + minutes(1), "r2").await;
+                let calls = w.faults.calls();
+                w.faults.clear();
+                let context = format!("{mode:?} at step {step} of {steps}: {calls:?}");
+                w.assert_has_working_known_key();
+                let current = w.record().current.unwrap().access_key_id;
+                match &result {
+                    Err(_) => assert_eq!(current, first.access_key_id, "{context}: failure keeps the old state"),
+                    Ok(rotated) => assert_eq!(current, rotated.access_key_id, "{context}"),
+                }
+                // The next rotation, once any lease has expired, succeeds and
+                // leaves exactly the keys the record knows.
+                let next = w.rotate_at(w.start + minutes(30), "r3").await.unwrap_or_else(|e| panic!("{context}: {e}"));
+                let record = w.record();
+                let mut known: Vec<String> = record.known_key_ids().map(str::to_owned).collect();
+                let mut present = w.key_ids();
+                known.sort();
+                present.sort();
+                assert_eq!(known, present, "{context}");
+                assert!(w.keys.works(&w.user(), &next.access_key_id), "{context}");
+                assert!(w.keys.max_keys_seen.load(Ordering::SeqCst) <= 2, "{context}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn two_concurrent_rotations_one_wins_never_three_keys() {
+        for round in 0..20 {
+            let w = World::enrolled().await;
+            w.rotate_at(w.start, "r0").await.unwrap();
+            let at = w.start + minutes(1);
+            let (a, b) = tokio::join!(w.rotate_at(at, "a"), w.rotate_at(at, "b"));
+            let (won, lost) = match (a, b) {
+                (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
+                (a, b) => panic!("round {round}: exactly one must win: {a:?} / {b:?}"),
+            };
+            assert!(matches!(lost, RotationError::InProgress { .. } | RotationError::Contended(_)), "{lost}");
+            assert_eq!(won.version, 2);
+            assert!(w.keys.max_keys_seen.load(Ordering::SeqCst) <= 2);
+            w.assert_has_working_known_key();
+        }
+    }
+}
