@@ -11,6 +11,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 use crate::config::Config;
 use crate::core::ports::PortError;
+use crate::core::rotation::Ports;
 
 /// The SDK clients of one process.
 #[derive(Debug, Clone)]
@@ -40,6 +41,37 @@ impl Clients {
         );
         let iam = aws_sdk_iam::Client::new(&sdk);
         Self { sdk, s3, iam, force_path_style }
+    }
+}
+
+/// The adapters of one process, wired from its clients and configuration.
+#[derive(Debug, Clone)]
+pub struct Adapters {
+    pub registry: registry::S3Registry,
+    pub audit: registry::S3Audit,
+    pub keys: iam::IamKeys,
+    pub verifier: Option<verifier::S3Verifier>,
+}
+
+impl Adapters {
+    pub fn new(clients: &Clients, config: &Config) -> Self {
+        Self {
+            registry: registry::S3Registry::new(clients.s3.clone(), &config.registry_bucket),
+            audit: registry::S3Audit::new(clients.s3.clone(), &config.registry_bucket),
+            keys: iam::IamKeys::new(clients.iam.clone()),
+            verifier: config
+                .verify_new_key
+                .then(|| verifier::S3Verifier::new(clients.sdk.clone(), clients.force_path_style, config.verify_within)),
+        }
+    }
+
+    pub fn ports(&self) -> Ports<'_> {
+        Ports {
+            registry: &self.registry,
+            keys: &self.keys,
+            audit: &self.audit,
+            verifier: self.verifier.as_ref().map(|v| v as _),
+        }
     }
 }
 
