@@ -1,0 +1,136 @@
+//! The real `rotate-key` binary under a real Lambda Runtime API
+//! (`cargo lambda watch`), invoked with the files in `events/` by
+//! `cargo lambda invoke`, against the local AWS endpoint.
+
+mod common;
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::{project_root, venv_bin, Stack, ORG_A, ORG_B};
+use s3_key_rotation::core::domain::OrgId;
+use s3_key_rotation::core::enrollment::enroll;
+
+/// `cargo lambda watch` on a free loopback port, with the deployment's
+/// environment; its whole process group is stopped when dropped.
+struct Emulator {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Emulator {
+    fn start(stack: &Stack, log: PathBuf) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let path = format!("{}:{}", venv_bin().display(), std::env::var("PATH").unwrap_or_default());
+        let out = File::create(&log).unwrap();
+        let child = Command::new(venv_bin().join("cargo-lambda"))
+            .args(["lambda", "watch", "--ignore-changes", "--invoke-address", "127.0.0.1", "--invoke-port"])
+            .arg(port.to_string())
+            .current_dir(project_root())
+            .env("PATH", path)
+            .env("AWS_ENDPOINT_URL", stack.aws.endpoint())
+            .env("AWS_ACCESS_KEY_ID", &stack.admin.0)
+            .env("AWS_SECRET_ACCESS_KEY", &stack.admin.1)
+            .env("AWS_REGION", "us-east-1")
+            .env("REGISTRY_BUCKET", "registry")
+            .env("MANAGED_BUCKET", "logs")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .expect("start cargo lambda watch");
+        let emulator = Self { child, port, log };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(60), "the emulator did not start: {}", emulator.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        emulator
+    }
+
+    /// `cargo lambda invoke <function> --data-file events/<file>`: the API Gateway response.
+    fn invoke(&self, function: &str, event_file: &str) -> serde_json::Value {
+        let output = Command::new(venv_bin().join("cargo-lambda"))
+            .args(["lambda", "invoke", function, "--invoke-address", "127.0.0.1", "--output-format", "json"])
+            .args(["--invoke-port", &self.port.to_string(), "--data-file"])
+            .arg(project_root().join("events").join(event_file))
+            .current_dir(project_root())
+            .output()
+            .expect("cargo lambda invoke");
+        assert!(output.status.success(), "invoke failed: {}\n{}", String::from_utf8_lossy(&output.stderr), self.log_text());
+        serde_json::from_slice(&output.stdout).expect("a JSON response")
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("--").arg(format!("-{}", self.child.id())).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn body(response: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(response["body"].as_str().expect("a body")).expect("a JSON body")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_key_handles_the_event_files_through_the_lambda_runtime_api() {
+    let stack = Stack::start().await;
+    let settings = stack.config.enroll_settings().unwrap();
+    for org in [ORG_A, ORG_B] {
+        let a = &stack.adapters;
+        enroll(&a.registry, &a.keys, &a.audit, &settings, &OrgId::parse(org).unwrap(), Utc::now(), "test").await.unwrap();
+    }
+    stack.aws.enforce_auth();
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::start(&stack, dir.path().join("watch.log"));
+
+    let first = emulator.invoke("rotate-key", "rotate-key.json");
+    assert_eq!(first["statusCode"], 200, "{first}");
+    assert_eq!(first["headers"]["cache-control"], "no-store");
+    let first = body(&first);
+    let key1 = (first["accessKeyId"].as_str().unwrap().to_owned(), first["secretAccessKey"].as_str().unwrap().to_owned());
+    assert!(stack.can_read((&key1.0, &key1.1), ORG_A).await);
+    assert!(!stack.can_read((&key1.0, &key1.1), ORG_B).await);
+
+    let refused = emulator.invoke("rotate-key", "rotate-key-wrong-scope.json");
+    assert_eq!(refused["statusCode"], 403, "{refused}");
+    let refused = emulator.invoke("rotate-key", "rotate-key-not-json.json");
+    assert_eq!(refused["statusCode"], 415, "{refused}");
+
+    // A second rotation with a body: the first key stays for its 24 h grace period.
+    let graced = emulator.invoke("rotate-key", "rotate-key-grace-period.json");
+    assert_eq!(graced["statusCode"], 200, "{graced}");
+    let graced = body(&graced);
+    assert_eq!(graced["oldKeyId"], key1.0.as_str());
+    assert_eq!(graced["previousKeyStatus"], "Active");
+    let key2 = (graced["accessKeyId"].as_str().unwrap().to_owned(), graced["secretAccessKey"].as_str().unwrap().to_owned());
+    assert!(stack.can_read((&key1.0, &key1.1), ORG_A).await, "grace period");
+
+    let reference = emulator.invoke("rotate-key", "rotate-key-reference-route.json");
+    assert_eq!(reference["statusCode"], 200, "{reference}");
+    let reference = body(&reference);
+    assert_eq!(reference["oldKeyId"], key2.0.as_str());
+    assert_eq!(reference["keyVersion"], 3);
+    assert!(!stack.can_read((&key2.0, &key2.1), ORG_A).await, "retired without grace");
+    assert!(!stack.can_read((&key1.0, &key1.1), ORG_A).await, "deleted to make room");
+
+    // The function logged its work, and no secret.
+    let log = emulator.log_text();
+    assert!(log.contains("committed the rotation"), "{log}");
+    for secret in [key1.1.as_str(), key2.1.as_str(), reference["secretAccessKey"].as_str().unwrap()] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
