@@ -33,6 +33,10 @@ impl Emulator {
             .args(["lambda", "watch", "--ignore-changes", "--invoke-address", "127.0.0.1", "--invoke-port"])
             .arg(port.to_string())
             .current_dir(project_root())
+            // Only what a shell would pass: the variables cargo sets for a test
+            // process would make `cargo run` rebuild dependencies.
+            .env_clear()
+            .envs(["HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "TMPDIR"].iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
             .env("PATH", path)
             .env("AWS_ENDPOINT_URL", stack.aws.endpoint())
             .env("AWS_ACCESS_KEY_ID", &stack.admin.0)
