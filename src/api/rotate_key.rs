@@ -205,3 +205,227 @@ fn status_of(e: &RotationError) -> (StatusCode, Option<u64>) {
         RotationError::VerificationFailed(_) | RotationError::Aws(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeZone;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::core::domain::{KeyState, OrgId, OrgRecord};
+    use crate::core::memory::{Faults, MemoryAudit, MemoryKeys, MemoryRegistry, MemoryVerifier};
+    use crate::core::ports::{AccessKeys, UserSpec};
+
+    const EVENT: &str = include_str!("../../events/rotate-key.json");
+    const GRACE: &str = include_str!("../../events/rotate-key-grace-period.json");
+    const REFERENCE_ROUTE: &str = include_str!("../../events/rotate-key-reference-route.json");
+    const WRONG_SCOPE: &str = include_str!("../../events/rotate-key-wrong-scope.json");
+    const NOT_JSON: &str = include_str!("../../events/rotate-key-not-json.json");
+
+    struct Fixture {
+        faults: Arc<Faults>,
+        registry: MemoryRegistry,
+        keys: MemoryKeys,
+        audit: MemoryAudit,
+        verifier: MemoryVerifier,
+        settings: RotateKeySettings,
+    }
+
+    impl Fixture {
+        async fn new() -> Self {
+            let faults = Arc::new(Faults::default());
+            let f = Self {
+                registry: MemoryRegistry::new(faults.clone()),
+                keys: MemoryKeys::new(faults.clone()),
+                audit: MemoryAudit::new(faults.clone()),
+                verifier: MemoryVerifier::new(faults.clone()),
+                faults,
+                settings: RotateKeySettings {
+                    caller: CallerRules { org_claim: "org_id".into(), admin_scopes: vec!["admin".into()] },
+                    rotation: RotationSettings::default(),
+                },
+            };
+            let org = OrgId::parse("1234567").unwrap();
+            let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+            f.registry.put(OrgRecord::enrolled(&org, "logs", "1234567/", at));
+            let spec = UserSpec { user_name: org.user_name(), path: "/managed-s3/".into(), org, bucket: "logs".into(), prefix: "1234567/".into() };
+            f.keys.ensure_user(&spec).await.unwrap();
+            f
+        }
+        fn ports(&self) -> Ports<'_> {
+            Ports { registry: &self.registry, keys: &self.keys, audit: &self.audit, verifier: Some(&self.verifier) }
+        }
+        async fn call(&self, event: &str, patch: impl FnOnce(&mut Value)) -> (u16, Value, lambda_http::http::HeaderMap) {
+            let mut value: Value = serde_json::from_str(event).unwrap();
+            patch(&mut value);
+            let request = lambda_http::request::from_str(&value.to_string()).unwrap();
+            let response = handle(request, self.ports(), &self.settings).await;
+            let status = response.status().as_u16();
+            let body = serde_json::from_slice(response.body().as_ref()).expect("always a JSON body");
+            (status, body, response.headers().clone())
+        }
+        fn record(&self) -> OrgRecord {
+            self.registry.get(&OrgId::parse("1234567").unwrap()).unwrap()
+        }
+    }
+
+    fn claims(e: &mut Value) -> &mut Value {
+        &mut e["requestContext"]["authorizer"]["jwt"]["claims"]
+    }
+
+    #[test]
+    fn every_event_file_parses_serializes_and_parses_again() {
+        for text in [EVENT, GRACE, REFERENCE_ROUTE, WRONG_SCOPE, NOT_JSON] {
+            let typed: aws_lambda_events::apigw::ApiGatewayV2httpRequest = serde_json::from_str(text).unwrap();
+            let again: aws_lambda_events::apigw::ApiGatewayV2httpRequest =
+                serde_json::from_str(&serde_json::to_string(&typed).unwrap()).unwrap();
+            assert_eq!(serde_json::to_value(&typed).unwrap(), serde_json::to_value(&again).unwrap());
+            assert!(lambda_http::request::from_str(text).is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotation_answers_the_new_key_once_with_no_store() {
+        let f = Fixture::new().await;
+        let (status, body, headers) = f.call(EVENT, |_| {}).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(headers["content-type"], "application/json");
+        for field in ["oldKeyId", "currentKeyId", "secretAccessKey", "keyCreationDate"] {
+            assert!(body[field].is_string(), "the reference's required string field {field}: {body}");
+        }
+        assert_eq!(body["oldKeyId"], "");
+        assert_eq!(body["createdAt"], "2026-11-22T04:51:11Z", "now is the event's time");
+        let secret = body["secretAccessKey"].as_str().unwrap();
+        assert!(!serde_json::to_string(&f.record()).unwrap().contains(secret), "never stored in the registry");
+        assert!(f.audit.entries().iter().all(|e| !serde_json::to_string(e).unwrap().contains(secret)));
+    }
+
+    #[tokio::test]
+    async fn the_caller_must_carry_an_org_claim_and_the_admin_scope() {
+        let f = Fixture::new().await;
+        let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>, &str)> = vec![
+            (WRONG_SCOPE, Box::new(|_| {}), "lacks the required scope (admin)"),
+            (EVENT, Box::new(|e| { claims(e).as_object_mut().unwrap().remove("org_id"); }), "no org_id claim"),
+            (EVENT, Box::new(|e| claims(e)["org_id"] = "../other".into()), "not a valid org id"),
+            (EVENT, Box::new(|e| { e["requestContext"].as_object_mut().unwrap().remove("authorizer"); }), "no JWT authorizer claims"),
+            (EVENT, Box::new(|e| { e["requestContext"]["authorizer"]["jwt"]["scopes"] = Value::Null; claims(e)["scope"] = "read write".into(); }), "lacks the required scope"),
+        ];
+        for (event, patch, says) in cases {
+            let (status, body, _) = f.call(event, patch).await;
+            assert_eq!(status, 403, "{body}");
+            assert!(body["error"].as_str().unwrap().contains(says), "{body}");
+        }
+        // The scope may also come only from the `scope` claim, as some issuers write it.
+        let (status, body, _) = f.call(EVENT, |e| {
+            e["requestContext"]["authorizer"]["jwt"]["scopes"] = Value::Null;
+            claims(e)["scope"] = "openid admin".into();
+        }).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    #[tokio::test]
+    async fn the_org_comes_from_the_token_never_from_the_body() {
+        let f = Fixture::new().await;
+        let (status, body, _) = f.call(GRACE, |e| e["body"] = json!({"orgId": "7654321"}).to_string().into()).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("unknown field 'orgId'"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_are_refused_with_the_field_named() {
+        let f = Fixture::new().await;
+        let cases = [
+            (json!("{"), "application/json", 400, "not valid JSON"),
+            (json!("[]"), "application/json", 400, "must be a JSON object"),
+            (json!(r#"{"previousKeyGracePeriod": 24}"#), "application/json", 400, "previousKeyGracePeriod must be a string"),
+            (json!(r#"{"previousKeyGracePeriod": "24"}"#), "application/json", 400, "previousKeyGracePeriod: '24' has no unit"),
+            (json!(r#"{"previousKeyGracePeriod": "8d"}"#), "application/json; charset=utf-8", 400, "8d is longer than the maximum of 7d"),
+            (json!(r#"{"previousKeyGracePeriod": "24h"}"#), "text/plain", 415, "must be application/json"),
+        ];
+        for (body, content_type, status, says) in cases {
+            let (got, answer, _) = f.call(GRACE, |e| {
+                e["body"] = body.clone();
+                e["headers"]["content-type"] = content_type.into();
+            }).await;
+            assert_eq!(got, status, "{body}: {answer}");
+            assert!(answer["error"].as_str().unwrap().contains(says), "{body}: {answer}");
+            assert_eq!(answer["path"], "/iam/rotate-key");
+        }
+        let (status, _, _) = f.call(NOT_JSON, |_| {}).await;
+        assert_eq!(status, 415);
+        assert!(f.record().current.is_none(), "nothing rotated");
+    }
+
+    #[tokio::test]
+    async fn a_json_body_with_a_grace_period_and_a_bodiless_post_both_rotate() {
+        let f = Fixture::new().await;
+        assert_eq!(f.call(REFERENCE_ROUTE, |_| {}).await.0, 200);
+        let (status, body, _) = f.call(GRACE, |e| e["requestContext"]["timeEpoch"] = json!(1795323131000i64)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["previousKeyStatus"], "Active");
+        assert_eq!(body["previousKeyRetiresAt"], "2026-11-23T04:52:11Z");
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_refused() {
+        let f = Fixture::new().await;
+        let (status, _, _) = f.call(EVENT, |e| {
+            e["rawPath"] = "/iam/other".into();
+            e["requestContext"]["http"]["path"] = "/iam/other".into();
+        }).await;
+        assert_eq!(status, 404);
+        let (status, _, headers) = f.call(EVENT, |e| e["requestContext"]["http"]["method"] = "GET".into()).await;
+        assert_eq!(status, 405);
+        assert_eq!(headers["allow"], "POST");
+    }
+
+    #[tokio::test]
+    async fn each_refusal_of_the_core_has_its_status() {
+        let f = Fixture::new().await;
+        // 429 after the hourly limit, with Retry-After.
+        for i in 0..5 {
+            let (status, _, _) = f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795323071000i64 + i * 1000)).await;
+            assert_eq!(status, 200);
+        }
+        let (status, body, headers) = f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795323071000i64 + 60_000)).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(headers["retry-after"], "3540");
+        // 409 for a key that is not Enabled.
+        let mut record = f.record();
+        record.state = KeyState::Disabled;
+        f.registry.put(record);
+        let (status, body, _) = f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795333071000i64)).await;
+        assert_eq!(status, 409, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("Disabled"));
+        // 503 when AWS fails, and nothing changed.
+        let mut record = f.record();
+        record.state = KeyState::Enabled;
+        f.registry.put(record);
+        let before = f.record();
+        f.faults.inject(3, crate::core::memory::FaultMode::Fail); // list the keys
+        let (status, body, _) = f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795333071000i64)).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(f.record(), before);
+    }
+
+    #[tokio::test]
+    async fn a_rotation_in_progress_is_a_conflict() {
+        let f = Fixture::new().await;
+        let mut record = f.record();
+        let now = Utc.timestamp_millis_opt(1795323071000).unwrap();
+        record.pending = Some(crate::core::domain::PendingRotation {
+            rotation_id: "other".into(),
+            trigger: Trigger::Api,
+            started_at: now,
+            lease_until: now + chrono::TimeDelta::minutes(5),
+            new_access_key_id: None,
+        });
+        f.registry.put(record);
+        let (status, body, _) = f.call(EVENT, |_| {}).await;
+        assert_eq!(status, 409, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("already in progress"));
+    }
+}

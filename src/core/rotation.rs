@@ -156,10 +156,12 @@ async fn claim(registry: &dyn Registry, settings: &RotationSettings, req: &Rotat
             }
             warn!(stale_rotation = %pending.rotation_id, "taking over a rotation whose lease expired");
         }
-        record.recent_rotations.retain(|t| *t + hour > req.now);
         if req.trigger == Trigger::Api {
-            if record.recent_rotations.len() >= settings.rotations_per_hour as usize {
-                let oldest = record.recent_rotations.iter().min().copied().unwrap_or(req.now);
+            // Entries older than an hour are dropped by the commit, not here, so
+            // that a rotation that fails leaves the record exactly as it was.
+            let recent: Vec<DateTime<Utc>> = record.recent_rotations.iter().copied().filter(|t| *t + hour > req.now).collect();
+            if recent.len() >= settings.rotations_per_hour as usize {
+                let oldest = recent.iter().min().copied().unwrap_or(req.now);
                 let wait = (oldest + hour - req.now).num_seconds().max(1) as u64;
                 return Err(RotationError::RateLimited {
                     org: req.org.clone(),
@@ -396,6 +398,7 @@ pub fn commit_rotation(record: &mut OrgRecord, new_access_key_id: &str, now: Dat
     record.current = Some(KeyVersion { version, access_key_id: new_access_key_id.to_owned(), created_at: now });
     record.state = KeyState::Enabled;
     record.pending = None;
+    record.recent_rotations.retain(|t| *t + chrono::TimeDelta::hours(1) > now);
     record.policy.last_rotation_at = Some(now);
     record.policy.next_rotation_at = match (record.policy.automatic, record.policy.interval) {
         (true, Some(interval)) => Some(now + interval.to_chrono()),
