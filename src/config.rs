@@ -89,14 +89,18 @@ impl Config {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect();
-        let duration = |variable: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        let duration = |variable: &'static str,
+                        default: Duration|
+         -> Result<Duration, ConfigError> {
             match get(variable) {
                 None => Ok(default),
-                Some(text) => text.parse().map_err(|e: crate::core::duration::DurationError| ConfigError {
-                    variable,
-                    problem: format!("is invalid: {e}"),
-                    expected: "a duration such as 90d, 24h, 604800s",
-                }),
+                Some(text) => text
+                    .parse()
+                    .map_err(|e: crate::core::duration::DurationError| ConfigError {
+                        variable,
+                        problem: format!("is invalid: {e}"),
+                        expected: "a duration such as 90d, 24h, 604800s",
+                    }),
             }
         };
         let max_key_age = duration("MAX_KEY_AGE", Duration::from_days(90))?;
@@ -109,11 +113,17 @@ impl Config {
         }
         let rotations_per_hour = match get("ROTATIONS_PER_HOUR") {
             None => 5,
-            Some(text) => text.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or(ConfigError {
-                variable: "ROTATIONS_PER_HOUR",
-                problem: format!("is '{text}'"),
-                expected: "a whole number of at least 1",
-            })?,
+            Some(text) => {
+                text.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or(ConfigError {
+                        variable: "ROTATIONS_PER_HOUR",
+                        problem: format!("is '{text}'"),
+                        expected: "a whole number of at least 1",
+                    })?
+            }
         };
         let rotation_lease = duration("ROTATION_LEASE", Duration::from_secs(300))?;
         let verify_new_key = match get("VERIFY_NEW_KEY").as_deref().map(str::trim) {
@@ -170,12 +180,18 @@ impl Config {
 
 fn check_bucket(variable: &'static str, name: &str) -> Result<(), ConfigError> {
     let ok = (3..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
     } else {
-        Err(ConfigError { variable, problem: format!("is '{name}'"), expected: "an S3 bucket name (3-63 of a-z 0-9 . -)" })
+        Err(ConfigError {
+            variable,
+            problem: format!("is '{name}'"),
+            expected: "an S3 bucket name (3-63 of a-z 0-9 . -)",
+        })
     }
 }
 
@@ -186,7 +202,10 @@ mod tests {
     use super::*;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -201,20 +220,45 @@ mod tests {
         assert_eq!(c.rotations_per_hour, 5);
         assert!(c.verify_new_key);
         assert_eq!(c.managed_bucket, None);
-        assert!(c.enroll_settings().unwrap_err().to_string().contains("MANAGED_BUCKET is not set"));
+        assert!(c
+            .enroll_settings()
+            .unwrap_err()
+            .to_string()
+            .contains("MANAGED_BUCKET is not set"));
     }
 
     #[test]
     fn a_bad_setting_is_named_with_the_expected_form() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "REGISTRY_BUCKET is not set"),
-            (&[("REGISTRY_BUCKET", "Bad_Bucket")], "REGISTRY_BUCKET is 'Bad_Bucket'"),
-            (&[("REGISTRY_BUCKET", "r-b"), ("MAX_KEY_AGE", "90")], "MAX_KEY_AGE is invalid: '90' has no unit"),
-            (&[("REGISTRY_BUCKET", "r-b"), ("MAX_KEY_AGE", "1h")], "MAX_KEY_AGE is 1h; expected at least 1d"),
-            (&[("REGISTRY_BUCKET", "r-b"), ("ROTATIONS_PER_HOUR", "0")], "ROTATIONS_PER_HOUR is '0'"),
-            (&[("REGISTRY_BUCKET", "r-b"), ("IAM_USER_PATH", "managed")], "IAM_USER_PATH is 'managed'"),
-            (&[("REGISTRY_BUCKET", "r-b"), ("ORG_PREFIX_TEMPLATE", "logs/")], "ORG_PREFIX_TEMPLATE is 'logs/'"),
-            (&[("REGISTRY_BUCKET", "r-b"), ("VERIFY_NEW_KEY", "yes")], "VERIFY_NEW_KEY is 'yes'; expected true or false"),
+            (
+                &[("REGISTRY_BUCKET", "Bad_Bucket")],
+                "REGISTRY_BUCKET is 'Bad_Bucket'",
+            ),
+            (
+                &[("REGISTRY_BUCKET", "r-b"), ("MAX_KEY_AGE", "90")],
+                "MAX_KEY_AGE is invalid: '90' has no unit",
+            ),
+            (
+                &[("REGISTRY_BUCKET", "r-b"), ("MAX_KEY_AGE", "1h")],
+                "MAX_KEY_AGE is 1h; expected at least 1d",
+            ),
+            (
+                &[("REGISTRY_BUCKET", "r-b"), ("ROTATIONS_PER_HOUR", "0")],
+                "ROTATIONS_PER_HOUR is '0'",
+            ),
+            (
+                &[("REGISTRY_BUCKET", "r-b"), ("IAM_USER_PATH", "managed")],
+                "IAM_USER_PATH is 'managed'",
+            ),
+            (
+                &[("REGISTRY_BUCKET", "r-b"), ("ORG_PREFIX_TEMPLATE", "logs/")],
+                "ORG_PREFIX_TEMPLATE is 'logs/'",
+            ),
+            (
+                &[("REGISTRY_BUCKET", "r-b"), ("VERIFY_NEW_KEY", "yes")],
+                "VERIFY_NEW_KEY is 'yes'; expected true or false",
+            ),
         ];
         for (vars, expected) in cases {
             let err = config(vars).unwrap_err().to_string();
@@ -224,7 +268,11 @@ mod tests {
 
     #[test]
     fn admin_scope_may_list_several_scopes() {
-        let c = config(&[("REGISTRY_BUCKET", "r-b"), ("ADMIN_SCOPE", "admin, admin.iam:write")]).unwrap();
+        let c = config(&[
+            ("REGISTRY_BUCKET", "r-b"),
+            ("ADMIN_SCOPE", "admin, admin.iam:write"),
+        ])
+        .unwrap();
         assert_eq!(c.admin_scopes, vec!["admin", "admin.iam:write"]);
     }
 }

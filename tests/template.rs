@@ -16,12 +16,21 @@ fn template() -> Value {
         .current_dir(project_root())
         .output()
         .expect("run python");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).expect("template JSON")
 }
 
 fn resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a String, &'a Value)> {
-    template["Resources"].as_object().unwrap().iter().filter(|(_, r)| r["Type"] == kind).collect()
+    template["Resources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"] == kind)
+        .collect()
 }
 
 fn as_list(value: &Value) -> Vec<Value> {
@@ -33,7 +42,11 @@ fn as_list(value: &Value) -> Vec<Value> {
 
 #[test]
 fn cfn_lint_passes() {
-    let output = Command::new(venv_bin().join("cfn-lint")).arg("template.yaml").current_dir(project_root()).output().expect("run cfn-lint");
+    let output = Command::new(venv_bin().join("cfn-lint"))
+        .arg("template.yaml")
+        .current_dir(project_root())
+        .output()
+        .expect("run cfn-lint");
     assert!(
         output.status.success(),
         "cfn-lint:\n{}{}",
@@ -52,10 +65,18 @@ fn every_function_is_a_cargo_lambda_binary_for_arm64_on_al2023() {
     let functions = resources_of_type(&t, "AWS::Serverless::Function");
     assert!(!functions.is_empty());
     for (name, function) in functions {
-        assert_eq!(function["Metadata"]["BuildMethod"], "rust-cargolambda", "{name}");
+        assert_eq!(
+            function["Metadata"]["BuildMethod"], "rust-cargolambda",
+            "{name}"
+        );
         assert_eq!(function["Properties"]["CodeUri"], "./", "{name}");
-        let binary = function["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
-        assert!(project_root().join(format!("src/bin/{binary}.rs")).exists(), "{name}: no binary {binary}");
+        let binary = function["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .unwrap();
+        assert!(
+            project_root().join(format!("src/bin/{binary}.rs")).exists(),
+            "{name}: no binary {binary}"
+        );
     }
 }
 
@@ -67,25 +88,43 @@ fn rotate_key_serves_both_routes_behind_the_jwt_authorizer_with_the_admin_scope(
     assert_eq!(jwt["issuer"], serde_json::json!({"Ref": "JwtIssuer"}));
     assert_eq!(jwt["audience"], serde_json::json!([{"Ref": "JwtAudience"}]));
     assert!(api["DefaultRouteSettings"]["ThrottlingRateLimit"].is_object());
-    let events = t["Resources"]["RotateKeyFunction"]["Properties"]["Events"].as_object().unwrap();
+    let events = t["Resources"]["RotateKeyFunction"]["Properties"]["Events"]
+        .as_object()
+        .unwrap();
     let mut routes: Vec<String> = events
         .values()
         .map(|e| {
             let p = &e["Properties"];
-            assert_eq!(p["Auth"]["AuthorizationScopes"], serde_json::json!([{"Ref": "AdminScope"}]));
-            format!("{} {}", p["Method"].as_str().unwrap(), p["Path"].as_str().unwrap())
+            assert_eq!(
+                p["Auth"]["AuthorizationScopes"],
+                serde_json::json!([{"Ref": "AdminScope"}])
+            );
+            format!(
+                "{} {}",
+                p["Method"].as_str().unwrap(),
+                p["Path"].as_str().unwrap()
+            )
         })
         .collect();
     routes.sort();
-    assert_eq!(routes, ["POST /admin/v2/iam/rotateKey", "POST /iam/rotate-key"]);
+    assert_eq!(
+        routes,
+        ["POST /admin/v2/iam/rotateKey", "POST /iam/rotate-key"]
+    );
 }
 
 #[test]
 fn the_registry_bucket_is_encrypted_private_and_versioned() {
     let t = template();
     let bucket = &t["Resources"]["RegistryBucket"]["Properties"];
-    assert!(bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"].is_string());
-    let block = bucket["PublicAccessBlockConfiguration"].as_object().unwrap();
+    assert!(
+        bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+            ["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
+            .is_string()
+    );
+    let block = bucket["PublicAccessBlockConfiguration"]
+        .as_object()
+        .unwrap();
     assert_eq!(block.len(), 4);
     assert!(block.values().all(|v| v == true), "{block:?}");
     assert_eq!(bucket["VersioningConfiguration"]["Status"], "Enabled");
@@ -106,7 +145,10 @@ fn function_policies_name_their_actions_and_resources() {
                     assert_ne!(resource, "*", "{name}: every resource");
                     let text = resource.to_string();
                     if text.contains(":iam::") {
-                        assert!(text.contains("${IamUserPath}org-*"), "{name}: IAM access limited to the org users' path: {text}");
+                        assert!(
+                            text.contains("${IamUserPath}org-*"),
+                            "{name}: IAM access limited to the org users' path: {text}"
+                        );
                     }
                 }
             }

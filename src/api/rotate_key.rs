@@ -14,7 +14,9 @@ use super::{is_json, json_response, request_id, request_time};
 use crate::core::domain::Trigger;
 use crate::core::duration::Duration;
 use crate::core::ports::PortError;
-use crate::core::rotation::{rotate, Ports, Rotated, RotationError, RotationRequest, RotationSettings};
+use crate::core::rotation::{
+    rotate, Ports, Rotated, RotationError, RotationRequest, RotationSettings,
+};
 
 /// The path every error body names, as the reference does.
 pub const ERROR_PATH: &str = "/iam/rotate-key";
@@ -99,28 +101,48 @@ fn parse_body(req: &Request) -> Result<Option<Duration>, (StatusCode, String)> {
         return Ok(None);
     }
     if !is_json(req.headers()) {
-        return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type: a request body must be application/json".into()));
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported Media Type: a request body must be application/json".into(),
+        ));
     }
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("Bad Request: the body is not valid JSON ({e})")))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("Bad Request: the body is not valid JSON ({e})"),
+        )
+    })?;
     let serde_json::Value::Object(fields) = value else {
-        return Err((StatusCode::BAD_REQUEST, "Bad Request: the body must be a JSON object".into()));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "Bad Request: the body must be a JSON object".into(),
+        ));
     };
     let mut grace = None;
     for (name, value) in fields {
         match (name.as_str(), value) {
             ("previousKeyGracePeriod", serde_json::Value::String(text)) => {
-                let parsed: Duration = text
-                    .parse()
-                    .map_err(|e| (StatusCode::BAD_REQUEST, format!("Bad Request: previousKeyGracePeriod: {e}")))?;
+                let parsed: Duration = text.parse().map_err(|e| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("Bad Request: previousKeyGracePeriod: {e}"),
+                    )
+                })?;
                 grace = Some(parsed);
             }
             ("previousKeyGracePeriod", serde_json::Value::Null) => {}
             ("previousKeyGracePeriod", _) => {
-                return Err((StatusCode::BAD_REQUEST, "Bad Request: previousKeyGracePeriod must be a string such as \"24h\"".into()))
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: previousKeyGracePeriod must be a string such as \"24h\"".into(),
+                ))
             }
             (other, _) => {
-                let shown: String = other.chars().take(64).flat_map(char::escape_debug).collect();
+                let shown: String = other
+                    .chars()
+                    .take(64)
+                    .flat_map(char::escape_debug)
+                    .collect();
                 return Err((StatusCode::BAD_REQUEST, format!("Bad Request: unknown field '{shown}'; the only field is previousKeyGracePeriod")));
             }
         }
@@ -130,21 +152,36 @@ fn parse_body(req: &Request) -> Result<Option<Duration>, (StatusCode, String)> {
 
 /// Handles one request. Always answers: every refusal is a JSON error with its status.
 #[tracing::instrument(skip_all, fields(org = tracing::field::Empty, status = tracing::field::Empty))]
-pub async fn handle(req: Request, ports: Ports<'_>, settings: &RotateKeySettings) -> Response<Body> {
+pub async fn handle(
+    req: Request,
+    ports: Ports<'_>,
+    settings: &RotateKeySettings,
+) -> Response<Body> {
     let now = request_time(&req);
     let response = respond(&req, ports, settings, now).await;
     tracing::Span::current().record("status", response.status().as_u16());
     response
 }
 
-async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, now: DateTime<Utc>) -> Response<Body> {
+async fn respond(
+    req: &Request,
+    ports: Ports<'_>,
+    settings: &RotateKeySettings,
+    now: DateTime<Utc>,
+) -> Response<Body> {
     let path = req.uri().path();
     if !ROUTES.iter().any(|route| path.ends_with(route)) {
         return error(StatusCode::NOT_FOUND, "Not Found", now);
     }
     if req.method() != Method::POST {
-        let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed: use POST", now);
-        response.headers_mut().insert(ALLOW, "POST".parse().expect("static header"));
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed: use POST",
+            now,
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, "POST".parse().expect("static header"));
         return response;
     }
     let caller = match settings.caller.caller(req) {
@@ -198,11 +235,19 @@ async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, 
 fn status_of(e: &RotationError) -> (StatusCode, Option<u64>) {
     match e {
         RotationError::NotEnrolled(_) => (StatusCode::NOT_FOUND, None),
-        RotationError::NotEnabled { .. } | RotationError::InProgress { .. } | RotationError::Contended(_) => (StatusCode::CONFLICT, None),
-        RotationError::RateLimited { retry_after, .. } => (StatusCode::TOO_MANY_REQUESTS, Some(retry_after.as_secs())),
+        RotationError::NotEnabled { .. }
+        | RotationError::InProgress { .. }
+        | RotationError::Contended(_) => (StatusCode::CONFLICT, None),
+        RotationError::RateLimited { retry_after, .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, Some(retry_after.as_secs()))
+        }
         RotationError::GraceTooLong { .. } => (StatusCode::BAD_REQUEST, None),
-        RotationError::Aws(PortError::Throttled { .. }) => (StatusCode::SERVICE_UNAVAILABLE, Some(5)),
-        RotationError::VerificationFailed(_) | RotationError::Aws(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+        RotationError::Aws(PortError::Throttled { .. }) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Some(5))
+        }
+        RotationError::VerificationFailed(_) | RotationError::Aws(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, None)
+        }
     }
 }
 
@@ -243,31 +288,53 @@ mod tests {
                 verifier: MemoryVerifier::new(faults.clone()),
                 faults,
                 settings: RotateKeySettings {
-                    caller: CallerRules { org_claim: "org_id".into(), admin_scopes: vec!["admin".into()] },
+                    caller: CallerRules {
+                        org_claim: "org_id".into(),
+                        admin_scopes: vec!["admin".into()],
+                    },
                     rotation: RotationSettings::default(),
                 },
             };
             let org = OrgId::parse("1234567").unwrap();
             let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-            f.registry.put(OrgRecord::enrolled(&org, "logs", "1234567/", at));
-            let spec = UserSpec { user_name: org.user_name(), path: "/managed-s3/".into(), org, bucket: "logs".into(), prefix: "1234567/".into() };
+            f.registry
+                .put(OrgRecord::enrolled(&org, "logs", "1234567/", at));
+            let spec = UserSpec {
+                user_name: org.user_name(),
+                path: "/managed-s3/".into(),
+                org,
+                bucket: "logs".into(),
+                prefix: "1234567/".into(),
+            };
             f.keys.ensure_user(&spec).await.unwrap();
             f
         }
         fn ports(&self) -> Ports<'_> {
-            Ports { registry: &self.registry, keys: &self.keys, audit: &self.audit, verifier: Some(&self.verifier) }
+            Ports {
+                registry: &self.registry,
+                keys: &self.keys,
+                audit: &self.audit,
+                verifier: Some(&self.verifier),
+            }
         }
-        async fn call(&self, event: &str, patch: impl FnOnce(&mut Value)) -> (u16, Value, lambda_http::http::HeaderMap) {
+        async fn call(
+            &self,
+            event: &str,
+            patch: impl FnOnce(&mut Value),
+        ) -> (u16, Value, lambda_http::http::HeaderMap) {
             let mut value: Value = serde_json::from_str(event).unwrap();
             patch(&mut value);
             let request = lambda_http::request::from_str(&value.to_string()).unwrap();
             let response = handle(request, self.ports(), &self.settings).await;
             let status = response.status().as_u16();
-            let body = serde_json::from_slice(response.body().as_ref()).expect("always a JSON body");
+            let body =
+                serde_json::from_slice(response.body().as_ref()).expect("always a JSON body");
             (status, body, response.headers().clone())
         }
         fn record(&self) -> OrgRecord {
-            self.registry.get(&OrgId::parse("1234567").unwrap()).unwrap()
+            self.registry
+                .get(&OrgId::parse("1234567").unwrap())
+                .unwrap()
         }
     }
 
@@ -278,10 +345,14 @@ mod tests {
     #[test]
     fn every_event_file_parses_serializes_and_parses_again() {
         for text in [EVENT, GRACE, REFERENCE_ROUTE, WRONG_SCOPE, NOT_JSON] {
-            let typed: aws_lambda_events::apigw::ApiGatewayV2httpRequest = serde_json::from_str(text).unwrap();
+            let typed: aws_lambda_events::apigw::ApiGatewayV2httpRequest =
+                serde_json::from_str(text).unwrap();
             let again: aws_lambda_events::apigw::ApiGatewayV2httpRequest =
                 serde_json::from_str(&serde_json::to_string(&typed).unwrap()).unwrap();
-            assert_eq!(serde_json::to_value(&typed).unwrap(), serde_json::to_value(&again).unwrap());
+            assert_eq!(
+                serde_json::to_value(&typed).unwrap(),
+                serde_json::to_value(&again).unwrap()
+            );
             assert!(lambda_http::request::from_str(text).is_ok());
         }
     }
@@ -293,25 +364,74 @@ mod tests {
         assert_eq!(status, 200, "{body}");
         assert_eq!(headers["cache-control"], "no-store");
         assert_eq!(headers["content-type"], "application/json");
-        for field in ["oldKeyId", "currentKeyId", "secretAccessKey", "keyCreationDate"] {
-            assert!(body[field].is_string(), "the reference's required string field {field}: {body}");
+        for field in [
+            "oldKeyId",
+            "currentKeyId",
+            "secretAccessKey",
+            "keyCreationDate",
+        ] {
+            assert!(
+                body[field].is_string(),
+                "the reference's required string field {field}: {body}"
+            );
         }
         assert_eq!(body["oldKeyId"], "");
-        assert_eq!(body["createdAt"], "2026-11-22T04:51:11Z", "now is the event's time");
+        assert_eq!(
+            body["createdAt"], "2026-11-22T04:51:11Z",
+            "now is the event's time"
+        );
         let secret = body["secretAccessKey"].as_str().unwrap();
-        assert!(!serde_json::to_string(&f.record()).unwrap().contains(secret), "never stored in the registry");
-        assert!(f.audit.entries().iter().all(|e| !serde_json::to_string(e).unwrap().contains(secret)));
+        assert!(
+            !serde_json::to_string(&f.record()).unwrap().contains(secret),
+            "never stored in the registry"
+        );
+        assert!(f
+            .audit
+            .entries()
+            .iter()
+            .all(|e| !serde_json::to_string(e).unwrap().contains(secret)));
     }
 
     #[tokio::test]
     async fn the_caller_must_carry_an_org_claim_and_the_admin_scope() {
         let f = Fixture::new().await;
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>, &str)> = vec![
-            (WRONG_SCOPE, Box::new(|_| {}), "lacks the required scope (admin)"),
-            (EVENT, Box::new(|e| { claims(e).as_object_mut().unwrap().remove("org_id"); }), "no org_id claim"),
-            (EVENT, Box::new(|e| claims(e)["org_id"] = "../other".into()), "not a valid org id"),
-            (EVENT, Box::new(|e| { e["requestContext"].as_object_mut().unwrap().remove("authorizer"); }), "no JWT authorizer claims"),
-            (EVENT, Box::new(|e| { e["requestContext"]["authorizer"]["jwt"]["scopes"] = Value::Null; claims(e)["scope"] = "read write".into(); }), "lacks the required scope"),
+        type Patch = Box<dyn FnOnce(&mut Value)>;
+        let cases: Vec<(&str, Patch, &str)> = vec![
+            (
+                WRONG_SCOPE,
+                Box::new(|_| {}),
+                "lacks the required scope (admin)",
+            ),
+            (
+                EVENT,
+                Box::new(|e| {
+                    claims(e).as_object_mut().unwrap().remove("org_id");
+                }),
+                "no org_id claim",
+            ),
+            (
+                EVENT,
+                Box::new(|e| claims(e)["org_id"] = "../other".into()),
+                "not a valid org id",
+            ),
+            (
+                EVENT,
+                Box::new(|e| {
+                    e["requestContext"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("authorizer");
+                }),
+                "no JWT authorizer claims",
+            ),
+            (
+                EVENT,
+                Box::new(|e| {
+                    e["requestContext"]["authorizer"]["jwt"]["scopes"] = Value::Null;
+                    claims(e)["scope"] = "read write".into();
+                }),
+                "lacks the required scope",
+            ),
         ];
         for (event, patch, says) in cases {
             let (status, body, _) = f.call(event, patch).await;
@@ -319,19 +439,31 @@ mod tests {
             assert!(body["error"].as_str().unwrap().contains(says), "{body}");
         }
         // The scope may also come only from the `scope` claim, as some issuers write it.
-        let (status, body, _) = f.call(EVENT, |e| {
-            e["requestContext"]["authorizer"]["jwt"]["scopes"] = Value::Null;
-            claims(e)["scope"] = "openid admin".into();
-        }).await;
+        let (status, body, _) = f
+            .call(EVENT, |e| {
+                e["requestContext"]["authorizer"]["jwt"]["scopes"] = Value::Null;
+                claims(e)["scope"] = "openid admin".into();
+            })
+            .await;
         assert_eq!(status, 200, "{body}");
     }
 
     #[tokio::test]
     async fn the_org_comes_from_the_token_never_from_the_body() {
         let f = Fixture::new().await;
-        let (status, body, _) = f.call(GRACE, |e| e["body"] = json!({"orgId": "7654321"}).to_string().into()).await;
+        let (status, body, _) = f
+            .call(GRACE, |e| {
+                e["body"] = json!({"orgId": "7654321"}).to_string().into()
+            })
+            .await;
         assert_eq!(status, 400, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("unknown field 'orgId'"), "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field 'orgId'"),
+            "{body}"
+        );
     }
 
     #[tokio::test]
@@ -339,19 +471,49 @@ mod tests {
         let f = Fixture::new().await;
         let cases = [
             (json!("{"), "application/json", 400, "not valid JSON"),
-            (json!("[]"), "application/json", 400, "must be a JSON object"),
-            (json!(r#"{"previousKeyGracePeriod": 24}"#), "application/json", 400, "previousKeyGracePeriod must be a string"),
-            (json!(r#"{"previousKeyGracePeriod": "24"}"#), "application/json", 400, "previousKeyGracePeriod: '24' has no unit"),
-            (json!(r#"{"previousKeyGracePeriod": "8d"}"#), "application/json; charset=utf-8", 400, "8d is longer than the maximum of 7d"),
-            (json!(r#"{"previousKeyGracePeriod": "24h"}"#), "text/plain", 415, "must be application/json"),
+            (
+                json!("[]"),
+                "application/json",
+                400,
+                "must be a JSON object",
+            ),
+            (
+                json!(r#"{"previousKeyGracePeriod": 24}"#),
+                "application/json",
+                400,
+                "previousKeyGracePeriod must be a string",
+            ),
+            (
+                json!(r#"{"previousKeyGracePeriod": "24"}"#),
+                "application/json",
+                400,
+                "previousKeyGracePeriod: '24' has no unit",
+            ),
+            (
+                json!(r#"{"previousKeyGracePeriod": "8d"}"#),
+                "application/json; charset=utf-8",
+                400,
+                "8d is longer than the maximum of 7d",
+            ),
+            (
+                json!(r#"{"previousKeyGracePeriod": "24h"}"#),
+                "text/plain",
+                415,
+                "must be application/json",
+            ),
         ];
         for (body, content_type, status, says) in cases {
-            let (got, answer, _) = f.call(GRACE, |e| {
-                e["body"] = body.clone();
-                e["headers"]["content-type"] = content_type.into();
-            }).await;
+            let (got, answer, _) = f
+                .call(GRACE, |e| {
+                    e["body"] = body.clone();
+                    e["headers"]["content-type"] = content_type.into();
+                })
+                .await;
             assert_eq!(got, status, "{body}: {answer}");
-            assert!(answer["error"].as_str().unwrap().contains(says), "{body}: {answer}");
+            assert!(
+                answer["error"].as_str().unwrap().contains(says),
+                "{body}: {answer}"
+            );
             assert_eq!(answer["path"], "/iam/rotate-key");
         }
         let (status, _, _) = f.call(NOT_JSON, |_| {}).await;
@@ -363,7 +525,11 @@ mod tests {
     async fn a_json_body_with_a_grace_period_and_a_bodiless_post_both_rotate() {
         let f = Fixture::new().await;
         assert_eq!(f.call(REFERENCE_ROUTE, |_| {}).await.0, 200);
-        let (status, body, _) = f.call(GRACE, |e| e["requestContext"]["timeEpoch"] = json!(1795323131000i64)).await;
+        let (status, body, _) = f
+            .call(GRACE, |e| {
+                e["requestContext"]["timeEpoch"] = json!(1795323131000i64)
+            })
+            .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["previousKeyStatus"], "Active");
         assert_eq!(body["previousKeyRetiresAt"], "2026-11-23T04:52:11Z");
@@ -372,12 +538,18 @@ mod tests {
     #[tokio::test]
     async fn unknown_routes_and_methods_are_refused() {
         let f = Fixture::new().await;
-        let (status, _, _) = f.call(EVENT, |e| {
-            e["rawPath"] = "/iam/other".into();
-            e["requestContext"]["http"]["path"] = "/iam/other".into();
-        }).await;
+        let (status, _, _) = f
+            .call(EVENT, |e| {
+                e["rawPath"] = "/iam/other".into();
+                e["requestContext"]["http"]["path"] = "/iam/other".into();
+            })
+            .await;
         assert_eq!(status, 404);
-        let (status, _, headers) = f.call(EVENT, |e| e["requestContext"]["http"]["method"] = "GET".into()).await;
+        let (status, _, headers) = f
+            .call(EVENT, |e| {
+                e["requestContext"]["http"]["method"] = "GET".into()
+            })
+            .await;
         assert_eq!(status, 405);
         assert_eq!(headers["allow"], "POST");
     }
@@ -387,17 +559,29 @@ mod tests {
         let f = Fixture::new().await;
         // 429 after the hourly limit, with Retry-After.
         for i in 0..5 {
-            let (status, _, _) = f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795323071000i64 + i * 1000)).await;
+            let (status, _, _) = f
+                .call(EVENT, |e| {
+                    e["requestContext"]["timeEpoch"] = json!(1795323071000i64 + i * 1000)
+                })
+                .await;
             assert_eq!(status, 200);
         }
-        let (status, body, headers) = f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795323071000i64 + 60_000)).await;
+        let (status, body, headers) = f
+            .call(EVENT, |e| {
+                e["requestContext"]["timeEpoch"] = json!(1795323071000i64 + 60_000)
+            })
+            .await;
         assert_eq!(status, 429, "{body}");
         assert_eq!(headers["retry-after"], "3540");
         // 409 for a key that is not Enabled.
         let mut record = f.record();
         record.state = KeyState::Disabled;
         f.registry.put(record);
-        let (status, body, _) = f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795333071000i64)).await;
+        let (status, body, _) = f
+            .call(EVENT, |e| {
+                e["requestContext"]["timeEpoch"] = json!(1795333071000i64)
+            })
+            .await;
         assert_eq!(status, 409, "{body}");
         assert!(body["error"].as_str().unwrap().contains("Disabled"));
         // 503 when AWS fails, and nothing changed.
@@ -406,7 +590,11 @@ mod tests {
         f.registry.put(record);
         let before = f.record();
         f.faults.inject(3, crate::core::memory::FaultMode::Fail); // list the keys
-        let (status, body, _) = f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795333071000i64)).await;
+        let (status, body, _) = f
+            .call(EVENT, |e| {
+                e["requestContext"]["timeEpoch"] = json!(1795333071000i64)
+            })
+            .await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(f.record(), before);
     }
@@ -426,6 +614,9 @@ mod tests {
         f.registry.put(record);
         let (status, body, _) = f.call(EVENT, |_| {}).await;
         assert_eq!(status, 409, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("already in progress"));
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already in progress"));
     }
 }

@@ -37,14 +37,26 @@ impl AccessKeys for IamKeys {
             .create_user()
             .user_name(&spec.user_name)
             .path(&spec.path)
-            .tags(Tag::builder().key("s3-key-rotation:org").value(spec.org.as_str()).build().map_err(|e| {
-                PortError::Unavailable { service: "iam", operation: "CreateUser", detail: e.to_string() }
-            })?)
+            .tags(
+                Tag::builder()
+                    .key("s3-key-rotation:org")
+                    .value(spec.org.as_str())
+                    .build()
+                    .map_err(|e| PortError::Unavailable {
+                        service: "iam",
+                        operation: "CreateUser",
+                        detail: e.to_string(),
+                    })?,
+            )
             .send()
             .await;
         match created {
             Ok(_) => {}
-            Err(e) if matches!(e.as_service_error(), Some(CreateUserError::EntityAlreadyExistsException(_))) => {}
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(CreateUserError::EntityAlreadyExistsException(_))
+                ) => {}
             Err(e) => return Err(classify("iam", "CreateUser", &e)),
         }
         self.client
@@ -59,21 +71,36 @@ impl AccessKeys for IamKeys {
     }
 
     async fn list_keys(&self, user: &str) -> Result<Vec<IamKey>, PortError> {
-        let mut pages = self.client.list_access_keys().user_name(user).into_paginator().items().send();
+        let mut pages = self
+            .client
+            .list_access_keys()
+            .user_name(user)
+            .into_paginator()
+            .items()
+            .send();
         let mut keys = Vec::new();
         while let Some(item) = pages.next().await {
             let meta = match item {
                 Ok(meta) => meta,
-                Err(e) if matches!(e.as_service_error(), Some(ListAccessKeysError::NoSuchEntityException(_))) => {
+                Err(e)
+                    if matches!(
+                        e.as_service_error(),
+                        Some(ListAccessKeysError::NoSuchEntityException(_))
+                    ) =>
+                {
                     return Err(PortError::NoSuchUser)
                 }
                 Err(e) => return Err(classify("iam", "ListAccessKeys", &e)),
             };
-            let Some(access_key_id) = meta.access_key_id else { continue };
+            let Some(access_key_id) = meta.access_key_id else {
+                continue;
+            };
             keys.push(IamKey {
                 access_key_id,
                 active: meta.status == Some(StatusType::Active),
-                created_at: meta.create_date.and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), d.subsec_nanos())),
+                created_at: meta
+                    .create_date
+                    .and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), d.subsec_nanos())),
             });
         }
         Ok(keys)
@@ -84,7 +111,9 @@ impl AccessKeys for IamKeys {
             Ok(output) => output,
             Err(e) => {
                 return Err(match e.as_service_error() {
-                    Some(CreateAccessKeyError::LimitExceededException(_)) => PortError::QuotaExceeded,
+                    Some(CreateAccessKeyError::LimitExceededException(_)) => {
+                        PortError::QuotaExceeded
+                    }
                     Some(CreateAccessKeyError::NoSuchEntityException(_)) => PortError::NoSuchUser,
                     _ => classify("iam", "CreateAccessKey", &e),
                 })
@@ -95,23 +124,251 @@ impl AccessKeys for IamKeys {
             operation: "CreateAccessKey",
             detail: "no key in the answer".into(),
         })?;
-        Ok(NewKey { access_key_id: key.access_key_id, secret_access_key: SecretString::from(key.secret_access_key) })
+        Ok(NewKey {
+            access_key_id: key.access_key_id,
+            secret_access_key: SecretString::from(key.secret_access_key),
+        })
     }
 
-    async fn set_active(&self, user: &str, access_key_id: &str, active: bool) -> Result<(), PortError> {
-        let status = if active { StatusType::Active } else { StatusType::Inactive };
-        match self.client.update_access_key().user_name(user).access_key_id(access_key_id).status(status).send().await {
+    async fn set_active(
+        &self,
+        user: &str,
+        access_key_id: &str,
+        active: bool,
+    ) -> Result<(), PortError> {
+        let status = if active {
+            StatusType::Active
+        } else {
+            StatusType::Inactive
+        };
+        match self
+            .client
+            .update_access_key()
+            .user_name(user)
+            .access_key_id(access_key_id)
+            .status(status)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.as_service_error(), Some(UpdateAccessKeyError::NoSuchEntityException(_))) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateAccessKeyError::NoSuchEntityException(_))
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(classify("iam", "UpdateAccessKey", &e)),
         }
     }
 
     async fn delete_key(&self, user: &str, access_key_id: &str) -> Result<(), PortError> {
-        match self.client.delete_access_key().user_name(user).access_key_id(access_key_id).send().await {
+        match self
+            .client
+            .delete_access_key()
+            .user_name(user)
+            .access_key_id(access_key_id)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.as_service_error(), Some(DeleteAccessKeyError::NoSuchEntityException(_))) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(DeleteAccessKeyError::NoSuchEntityException(_))
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(classify("iam", "DeleteAccessKey", &e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aws_sdk_iam::operation::create_access_key::{CreateAccessKeyError, CreateAccessKeyOutput};
+    use aws_sdk_iam::operation::create_user::CreateUserError;
+    use aws_sdk_iam::operation::delete_access_key::DeleteAccessKeyError;
+    use aws_sdk_iam::operation::list_access_keys::{ListAccessKeysError, ListAccessKeysOutput};
+    use aws_sdk_iam::operation::put_user_policy::PutUserPolicyOutput;
+    use aws_sdk_iam::types::error::{
+        EntityAlreadyExistsException, LimitExceededException, NoSuchEntityException,
+    };
+    use aws_sdk_iam::types::{AccessKey, AccessKeyMetadata};
+    use aws_sdk_iam::Client;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use aws_smithy_types::retry::RetryConfig;
+    use secrecy::ExposeSecret;
+
+    use super::*;
+    use crate::core::domain::OrgId;
+
+    fn keys(rules: &[&Rule]) -> IamKeys {
+        let client = mock_client!(aws_sdk_iam, RuleMode::Sequential, rules, |c| c
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(Duration::from_millis(1))
+            ));
+        IamKeys::new(client)
+    }
+
+    fn throttled() -> aws_smithy_runtime_api::http::Response {
+        let body = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>r</RequestId></ErrorResponse>";
+        aws_smithy_runtime_api::http::Response::new(
+            aws_smithy_runtime_api::http::StatusCode::try_from(400).unwrap(),
+            aws_smithy_types::body::SdkBody::from(body),
+        )
+    }
+
+    fn new_key() -> CreateAccessKeyOutput {
+        CreateAccessKeyOutput::builder()
+            .access_key(
+                AccessKey::builder()
+                    .user_name("org-1")
+                    .access_key_id("AKIANEW")
+                    .status(StatusType::Active)
+                    .secret_access_key("very-secret")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+    }
+
+    #[tokio::test]
+    async fn the_key_quota_and_a_missing_user_are_told_apart() {
+        let quota = mock!(Client::create_access_key).then_error(|| {
+            CreateAccessKeyError::LimitExceededException(LimitExceededException::builder().build())
+        });
+        assert_eq!(
+            keys(&[&quota]).create_key("org-1").await.unwrap_err(),
+            PortError::QuotaExceeded
+        );
+        let missing = mock!(Client::create_access_key).then_error(|| {
+            CreateAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build())
+        });
+        assert_eq!(
+            keys(&[&missing]).create_key("org-1").await.unwrap_err(),
+            PortError::NoSuchUser
+        );
+        let listed = mock!(Client::list_access_keys).then_error(|| {
+            ListAccessKeysError::NoSuchEntityException(NoSuchEntityException::builder().build())
+        });
+        assert_eq!(
+            keys(&[&listed]).list_keys("org-1").await.unwrap_err(),
+            PortError::NoSuchUser
+        );
+    }
+
+    #[tokio::test]
+    async fn throttling_is_retried_with_backoff_by_the_sdk() {
+        let rule = mock!(Client::create_access_key)
+            .sequence()
+            .http_response(throttled)
+            .http_response(throttled)
+            .output(new_key)
+            .build();
+        let created = keys(&[&rule]).create_key("org-1").await.unwrap();
+        assert_eq!(rule.num_calls(), 3);
+        assert_eq!(created.access_key_id, "AKIANEW");
+        assert_eq!(created.secret_access_key.expose_secret(), "very-secret");
+        assert!(
+            !format!("{created:?}").contains("very-secret"),
+            "Debug hides the secret"
+        );
+    }
+
+    #[tokio::test]
+    async fn throttling_that_outlasts_the_retries_is_reported_as_throttling() {
+        let rule = mock!(Client::create_access_key)
+            .sequence()
+            .http_response(throttled)
+            .times(3)
+            .build();
+        let err = keys(&[&rule]).create_key("org-1").await.unwrap_err();
+        assert_eq!(rule.num_calls(), 3);
+        assert_eq!(
+            err,
+            PortError::Throttled {
+                service: "iam",
+                operation: "CreateAccessKey"
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_or_deactivating_a_key_that_is_gone_is_not_an_error() {
+        let gone = mock!(Client::delete_access_key).then_error(|| {
+            DeleteAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build())
+        });
+        keys(&[&gone]).delete_key("org-1", "AKIAOLD").await.unwrap();
+        let gone = mock!(Client::update_access_key).then_error(|| {
+            UpdateAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build())
+        });
+        keys(&[&gone])
+            .set_active("org-1", "AKIAOLD", false)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn ensure_user_is_idempotent_and_puts_the_read_only_policy() {
+        let exists = mock!(Client::create_user)
+            .match_requests(|r| r.path() == Some("/managed-s3/") && r.user_name() == Some("org-42"))
+            .then_error(|| {
+                CreateUserError::EntityAlreadyExistsException(
+                    EntityAlreadyExistsException::builder().build(),
+                )
+            });
+        let policy = mock!(Client::put_user_policy)
+            .match_requests(|r| {
+                r.policy_name() == Some(POLICY_NAME)
+                    && r.policy_document()
+                        .is_some_and(|d| d.contains("arn:aws:s3:::logs/42/*"))
+            })
+            .then_output(|| PutUserPolicyOutput::builder().build());
+        let spec = UserSpec {
+            user_name: "org-42".into(),
+            path: "/managed-s3/".into(),
+            org: OrgId::parse("42").unwrap(),
+            bucket: "logs".into(),
+            prefix: "42/".into(),
+        };
+        keys(&[&exists, &policy]).ensure_user(&spec).await.unwrap();
+        assert_eq!((exists.num_calls(), policy.num_calls()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn listed_keys_carry_their_status() {
+        let listed = mock!(Client::list_access_keys).then_output(|| {
+            ListAccessKeysOutput::builder()
+                .access_key_metadata(
+                    AccessKeyMetadata::builder()
+                        .access_key_id("AKIA1")
+                        .status(StatusType::Active)
+                        .build(),
+                )
+                .access_key_metadata(
+                    AccessKeyMetadata::builder()
+                        .access_key_id("AKIA2")
+                        .status(StatusType::Inactive)
+                        .build(),
+                )
+                .set_is_truncated(Some(false))
+                .build()
+                .unwrap()
+        });
+        let found = keys(&[&listed]).list_keys("org-1").await.unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|k| (k.access_key_id.as_str(), k.active))
+                .collect::<Vec<_>>(),
+            [("AKIA1", true), ("AKIA2", false)]
+        );
     }
 }

@@ -37,10 +37,17 @@ impl Clients {
 
     pub fn from_sdk(sdk: SdkConfig, force_path_style: bool) -> Self {
         let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(force_path_style).build(),
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(force_path_style)
+                .build(),
         );
         let iam = aws_sdk_iam::Client::new(&sdk);
-        Self { sdk, s3, iam, force_path_style }
+        Self {
+            sdk,
+            s3,
+            iam,
+            force_path_style,
+        }
     }
 }
 
@@ -59,9 +66,13 @@ impl Adapters {
             registry: registry::S3Registry::new(clients.s3.clone(), &config.registry_bucket),
             audit: registry::S3Audit::new(clients.s3.clone(), &config.registry_bucket),
             keys: iam::IamKeys::new(clients.iam.clone()),
-            verifier: config
-                .verify_new_key
-                .then(|| verifier::S3Verifier::new(clients.sdk.clone(), clients.force_path_style, config.verify_within)),
+            verifier: config.verify_new_key.then(|| {
+                verifier::S3Verifier::new(
+                    clients.sdk.clone(),
+                    clients.force_path_style,
+                    config.verify_within,
+                )
+            }),
         }
     }
 
@@ -76,8 +87,14 @@ impl Adapters {
 }
 
 /// Error codes that mean "slow down" (after the SDK's own retries).
-const THROTTLING_CODES: &[&str] =
-    &["Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded", "SlowDown", "TooManyRequestsException"];
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "TooManyRequestsException",
+];
 
 /// The service error code of an SDK error, if the service answered with one.
 pub(crate) fn error_code<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Option<&str> {
@@ -90,10 +107,19 @@ pub(crate) fn error_code<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Option<&
 /// Classifies an SDK error for the core: a lost conditional write, throttling,
 /// or anything else with the service's error code (never its message text,
 /// which may quote request data).
-pub(crate) fn classify<E: ProvideErrorMetadata>(service: &'static str, operation: &'static str, err: &SdkError<E>) -> PortError {
+pub(crate) fn classify<E: ProvideErrorMetadata>(
+    service: &'static str,
+    operation: &'static str,
+    err: &SdkError<E>,
+) -> PortError {
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = error_code(err);
-    if status == Some(412) || matches!(code, Some("PreconditionFailed" | "ConditionalRequestConflict")) {
+    if status == Some(412)
+        || matches!(
+            code,
+            Some("PreconditionFailed" | "ConditionalRequestConflict")
+        )
+    {
         return PortError::Conflict;
     }
     if code.is_some_and(|c| THROTTLING_CODES.contains(&c)) || status == Some(429) {
@@ -106,5 +132,9 @@ pub(crate) fn classify<E: ProvideErrorMetadata>(service: &'static str, operation
         (_, None, Some(status)) => format!("HTTP {status}"),
         _ => "request failed".to_owned(),
     };
-    PortError::Unavailable { service, operation, detail }
+    PortError::Unavailable {
+        service,
+        operation,
+        detail,
+    }
 }

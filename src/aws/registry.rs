@@ -20,7 +20,10 @@ pub struct S3Registry {
 
 impl S3Registry {
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
-        Self { client, bucket: bucket.into() }
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
     }
 
     pub fn record_key(org: &OrgId) -> String {
@@ -44,12 +47,18 @@ impl S3Registry {
             Condition::Absent => request.if_none_match("*"),
             Condition::Etag(etag) => request.if_match(etag),
         };
-        let output = request.send().await.map_err(|e| classify("s3", "PutObject", &e))?;
-        output.e_tag().map(str::to_owned).ok_or_else(|| PortError::Unavailable {
-            service: "s3",
-            operation: "PutObject",
-            detail: "no ETag in the answer".into(),
-        })
+        let output = request
+            .send()
+            .await
+            .map_err(|e| classify("s3", "PutObject", &e))?;
+        output
+            .e_tag()
+            .map(str::to_owned)
+            .ok_or_else(|| PortError::Unavailable {
+                service: "s3",
+                operation: "PutObject",
+                detail: "no ETag in the answer".into(),
+            })
     }
 }
 
@@ -61,32 +70,52 @@ enum Condition<'a> {
 #[async_trait]
 impl Registry for S3Registry {
     async fn load(&self, org: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError> {
-        let result = self.client.get_object().bucket(&self.bucket).key(Self::record_key(org)).send().await;
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(Self::record_key(org))
+            .send()
+            .await;
         let output = match result {
             Ok(output) => output,
-            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => return Ok(None),
+            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => {
+                return Ok(None)
+            }
             Err(e) => return Err(classify("s3", "GetObject", &e)),
         };
-        let etag = output.e_tag().map(str::to_owned).ok_or_else(|| PortError::Unavailable {
-            service: "s3",
-            operation: "GetObject",
-            detail: "no ETag in the answer".into(),
-        })?;
-        let bytes = output.body.collect().await.map_err(|_| PortError::Unavailable {
-            service: "s3",
-            operation: "GetObject",
-            detail: "the body could not be read".into(),
-        })?;
-        let value: OrgRecord = serde_json::from_slice(&bytes.into_bytes()).map_err(|e| PortError::Unavailable {
-            service: "s3",
-            operation: "GetObject",
-            detail: format!("the record of org {org} is not valid: {e}"),
-        })?;
+        let etag = output
+            .e_tag()
+            .map(str::to_owned)
+            .ok_or_else(|| PortError::Unavailable {
+                service: "s3",
+                operation: "GetObject",
+                detail: "no ETag in the answer".into(),
+            })?;
+        let bytes = output
+            .body
+            .collect()
+            .await
+            .map_err(|_| PortError::Unavailable {
+                service: "s3",
+                operation: "GetObject",
+                detail: "the body could not be read".into(),
+            })?;
+        let value: OrgRecord =
+            serde_json::from_slice(&bytes.into_bytes()).map_err(|e| PortError::Unavailable {
+                service: "s3",
+                operation: "GetObject",
+                detail: format!("the record of org {org} is not valid: {e}"),
+            })?;
         if &value.org_id != org {
             return Err(PortError::Unavailable {
                 service: "s3",
                 operation: "GetObject",
-                detail: format!("the record at {} names org {}", Self::record_key(org), value.org_id),
+                detail: format!(
+                    "the record at {} names org {}",
+                    Self::record_key(org),
+                    value.org_id
+                ),
             });
         }
         Ok(Some(Versioned { value, etag }))
@@ -110,7 +139,10 @@ pub struct S3Audit {
 
 impl S3Audit {
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
-        Self { client, bucket: bucket.into() }
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
     }
 
     /// Entries sort by time within an org: `audit/{orgId}/{YYYYMMDDTHHMMSS.mmmZ}-{uuid}.json`.
@@ -143,5 +175,113 @@ impl AuditLog for S3Audit {
             .await
             .map_err(|e| classify("s3", "PutObject", &e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::operation::get_object::GetObjectOutput;
+    use aws_sdk_s3::operation::put_object::PutObjectOutput;
+    use aws_sdk_s3::types::error::NoSuchKey;
+    use aws_sdk_s3::Client;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+
+    fn registry(rules: &[&Rule]) -> S3Registry {
+        S3Registry::new(
+            mock_client!(aws_sdk_s3, RuleMode::Sequential, rules),
+            "registry",
+        )
+    }
+
+    fn record() -> OrgRecord {
+        OrgRecord::enrolled(
+            &OrgId::parse("42").unwrap(),
+            "logs",
+            "42/",
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_lost_conditional_write_is_a_conflict() {
+        let rule = mock!(Client::put_object).then_http_response(|| {
+            aws_smithy_runtime_api::http::Response::new(
+                aws_smithy_runtime_api::http::StatusCode::try_from(412).unwrap(),
+                aws_smithy_types::body::SdkBody::from(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>",
+                ),
+            )
+        });
+        assert_eq!(
+            registry(&[&rule])
+                .update(&record(), "\"etag\"")
+                .await
+                .unwrap_err(),
+            PortError::Conflict
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_are_conditional() {
+        let create = mock!(Client::put_object)
+            .match_requests(|r| {
+                r.if_none_match() == Some("*")
+                    && r.if_match().is_none()
+                    && r.key() == Some("orgs/42.json")
+            })
+            .then_output(|| PutObjectOutput::builder().e_tag("\"v1\"").build());
+        let update = mock!(Client::put_object)
+            .match_requests(|r| r.if_match() == Some("\"v1\"") && r.if_none_match().is_none())
+            .then_output(|| PutObjectOutput::builder().e_tag("\"v2\"").build());
+        let registry = registry(&[&create, &update]);
+        assert_eq!(registry.create(&record()).await.unwrap(), "\"v1\"");
+        assert_eq!(
+            registry.update(&record(), "\"v1\"").await.unwrap(),
+            "\"v2\""
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_record_is_none_and_a_corrupt_one_an_error() {
+        let missing = mock!(Client::get_object)
+            .then_error(|| GetObjectError::NoSuchKey(NoSuchKey::builder().build()));
+        assert_eq!(
+            registry(&[&missing])
+                .load(&OrgId::parse("42").unwrap())
+                .await
+                .unwrap(),
+            None
+        );
+        let corrupt = mock!(Client::get_object).then_output(|| {
+            GetObjectOutput::builder()
+                .e_tag("\"v1\"")
+                .body(ByteStream::from_static(b"{not json"))
+                .build()
+        });
+        let err = registry(&[&corrupt])
+            .load(&OrgId::parse("42").unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the record of org 42 is not valid"),
+            "{err}"
+        );
+        // A record stored under another org's key is refused.
+        let json = serde_json::to_vec(&record()).unwrap();
+        let misplaced = mock!(Client::get_object).then_output(move || {
+            GetObjectOutput::builder()
+                .e_tag("\"v1\"")
+                .body(ByteStream::from(json.clone()))
+                .build()
+        });
+        let err = registry(&[&misplaced])
+            .load(&OrgId::parse("43").unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("names org 42"), "{err}");
     }
 }

@@ -15,7 +15,12 @@ use crate::core::duration::Duration;
 use crate::core::ports::{KeyVerifier, NewKey, PortError};
 
 /// Codes that mean "this key does not work (yet)".
-const NOT_YET: &[&str] = &["InvalidAccessKeyId", "AccessDenied", "SignatureDoesNotMatch", "InvalidClientTokenId"];
+const NOT_YET: &[&str] = &[
+    "InvalidAccessKeyId",
+    "AccessDenied",
+    "SignatureDoesNotMatch",
+    "InvalidClientTokenId",
+];
 
 /// Lists the org's prefix with the new key.
 #[derive(Debug, Clone)]
@@ -27,7 +32,11 @@ pub struct S3Verifier {
 
 impl S3Verifier {
     pub fn new(sdk: SdkConfig, force_path_style: bool, within: Duration) -> Self {
-        Self { sdk, force_path_style, within: StdDuration::from_secs(within.as_secs()) }
+        Self {
+            sdk,
+            force_path_style,
+            within: StdDuration::from_secs(within.as_secs()),
+        }
     }
 }
 
@@ -47,24 +56,133 @@ impl KeyVerifier for S3Verifier {
                 .force_path_style(self.force_path_style)
                 .build(),
         );
-        let started = tokio::time::Instant::now();
-        let mut wait = StdDuration::from_millis(250);
-        let mut attempt = 1;
-        loop {
-            let result = client.list_objects_v2().bucket(bucket).prefix(prefix).max_keys(1).send().await;
-            let err = match result {
-                Ok(_) => return Ok(()),
-                Err(e) => e,
-            };
-            let retryable = error_code(&err).is_some_and(|c| NOT_YET.contains(&c));
-            if !retryable || started.elapsed() + wait > self.within {
-                debug!(attempt, "the new key did not work");
-                return Err(classify("s3", "ListObjectsV2 (new key)", &err));
+        let bucket = bucket.to_owned();
+        let prefix = prefix.to_owned();
+        retry_while_propagating(self.within, || {
+            let request = client
+                .list_objects_v2()
+                .bucket(&bucket)
+                .prefix(&prefix)
+                .max_keys(1);
+            async move {
+                match request.send().await {
+                    Ok(_) => Ok(()),
+                    Err(err) => Err(Attempt {
+                        retryable: error_code(&err).is_some_and(|c| NOT_YET.contains(&c)),
+                        error: classify("s3", "ListObjectsV2 (new key)", &err),
+                    }),
+                }
             }
-            debug!(attempt, wait_ms = wait.as_millis() as u64, "the new key does not work yet; retrying");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(StdDuration::from_secs(4));
-            attempt += 1;
+        })
+        .await
+    }
+}
+
+/// One failed try of the new key.
+struct Attempt {
+    /// The key is not (yet) accepted: worth another try.
+    retryable: bool,
+    error: PortError,
+}
+
+/// Tries `attempt` until it succeeds, fails for good, or `within` would pass:
+/// exponential backoff from 250 ms, at most 4 s between tries.
+async fn retry_while_propagating<F, Fut>(
+    within: StdDuration,
+    mut attempt: F,
+) -> Result<(), PortError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Attempt>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut wait = StdDuration::from_millis(250);
+    let mut tries = 1;
+    loop {
+        let failed = match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(failed) => failed,
+        };
+        if !failed.retryable || started.elapsed() + wait > within {
+            debug!(tries, "the new key did not work");
+            return Err(failed.error);
         }
+        debug!(
+            tries,
+            wait_ms = wait.as_millis() as u64,
+            "the new key does not work yet; retrying"
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(StdDuration::from_secs(4));
+        tries += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn denied(retryable: bool) -> Attempt {
+        Attempt {
+            retryable,
+            error: PortError::Unavailable {
+                service: "s3",
+                operation: "ListObjectsV2 (new key)",
+                detail: "InvalidAccessKeyId".into(),
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_that_starts_working_within_the_bound_is_accepted() {
+        let tries = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let result = retry_while_propagating(StdDuration::from_secs(20), || {
+            let n = tries.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 4 {
+                    Err(denied(true))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(tries.load(Ordering::SeqCst), 5);
+        // 250 + 500 + 1000 + 2000 ms of backoff.
+        assert_eq!(started.elapsed(), StdDuration::from_millis(3750));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_that_never_works_fails_within_the_bound() {
+        let tries = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let result = retry_while_propagating(StdDuration::from_secs(20), || {
+            tries.fetch_add(1, Ordering::SeqCst);
+            async { Err(denied(true)) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert!(
+            started.elapsed() <= StdDuration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(tries.load(Ordering::SeqCst) >= 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_error_is_not_retried() {
+        let tries = AtomicUsize::new(0);
+        let result = retry_while_propagating(StdDuration::from_secs(20), || {
+            tries.fetch_add(1, Ordering::SeqCst);
+            async { Err(denied(false)) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
     }
 }

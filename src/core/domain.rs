@@ -26,11 +26,15 @@ pub struct InvalidOrgId {
 impl OrgId {
     pub fn parse(text: &str) -> Result<Self, InvalidOrgId> {
         let valid = (1..=48).contains(&text.len())
-            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if valid {
             Ok(Self(text.to_owned()))
         } else {
-            Err(InvalidOrgId { shown: text.chars().take(48).flat_map(char::escape_debug).collect() })
+            Err(InvalidOrgId {
+                shown: text.chars().take(48).flat_map(char::escape_debug).collect(),
+            })
         }
     }
     pub fn as_str(&self) -> &str {
@@ -217,7 +221,12 @@ impl OrgRecord {
             policy: RotationPolicy::default(),
             pending: None,
             recent_rotations: Vec::new(),
-            history: vec![HistoryEntry { at: now, event: "enrolled".into(), version: None, access_key_id: None }],
+            history: vec![HistoryEntry {
+                at: now,
+                event: "enrolled".into(),
+                version: None,
+                access_key_id: None,
+            }],
         }
     }
 
@@ -256,10 +265,17 @@ mod tests {
 
     #[test]
     fn a_record_round_trips_through_json_and_bounds_its_history() {
-        let now = DateTime::parse_from_rfc3339("2026-11-22T04:51:11Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-11-22T04:51:11Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let mut record = OrgRecord::enrolled(&OrgId::parse("7").unwrap(), "logs", "7/", now);
         for i in 0..50 {
-            record.record_history(HistoryEntry { at: now, event: format!("e{i}"), version: None, access_key_id: None });
+            record.record_history(HistoryEntry {
+                at: now,
+                event: format!("e{i}"),
+                version: None,
+                access_key_id: None,
+            });
         }
         assert_eq!(record.history.len(), HISTORY_LIMIT);
         assert_eq!(record.history.last().unwrap().event, "e49");

@@ -11,7 +11,10 @@ use chrono::Utc;
 use secrecy::SecretString;
 
 use super::domain::{OrgId, OrgRecord};
-use super::ports::{AccessKeys, AuditEntry, AuditLog, IamKey, KeyVerifier, NewKey, PortError, Registry, UserSpec, Versioned};
+use super::ports::{
+    AccessKeys, AuditEntry, AuditLog, IamKey, KeyVerifier, NewKey, PortError, Registry, UserSpec,
+    Versioned,
+};
 
 /// How an injected fault behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +62,11 @@ impl Faults {
             None => false,
         };
         if fail {
-            Err(PortError::Unavailable { service: "memory", operation, detail: format!("injected fault at call {n}") })
+            Err(PortError::Unavailable {
+                service: "memory",
+                operation,
+                detail: format!("injected fault at call {n}"),
+            })
         } else {
             Ok(())
         }
@@ -80,7 +87,10 @@ pub struct MemoryRegistry {
 
 impl MemoryRegistry {
     pub fn new(faults: Arc<Faults>) -> Self {
-        Self { faults, ..Default::default() }
+        Self {
+            faults,
+            ..Default::default()
+        }
     }
     pub fn get(&self, org: &OrgId) -> Option<OrgRecord> {
         lock(&self.records).get(org).map(|(r, _)| r.clone())
@@ -96,7 +106,10 @@ impl MemoryRegistry {
 impl Registry for MemoryRegistry {
     async fn load(&self, org: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError> {
         self.faults.step("registry.load").await?;
-        Ok(lock(&self.records).get(org).map(|(r, v)| Versioned { value: r.clone(), etag: format!("\"{v}\"") }))
+        Ok(lock(&self.records).get(org).map(|(r, v)| Versioned {
+            value: r.clone(),
+            etag: format!("\"{v}\""),
+        }))
     }
     async fn create(&self, record: &OrgRecord) -> Result<String, PortError> {
         self.faults.step("registry.create").await?;
@@ -134,14 +147,19 @@ pub struct MemoryKeys {
 
 impl MemoryKeys {
     pub fn new(faults: Arc<Faults>) -> Self {
-        Self { faults, ..Default::default() }
+        Self {
+            faults,
+            ..Default::default()
+        }
     }
     pub fn keys_of(&self, user: &str) -> Vec<IamKey> {
         lock(&self.users).get(user).cloned().unwrap_or_default()
     }
     /// Whether `access_key_id` exists and is active (it would authenticate).
     pub fn works(&self, user: &str, access_key_id: &str) -> bool {
-        self.keys_of(user).iter().any(|k| k.access_key_id == access_key_id && k.active)
+        self.keys_of(user)
+            .iter()
+            .any(|k| k.access_key_id == access_key_id && k.active)
     }
 }
 
@@ -154,7 +172,10 @@ impl AccessKeys for MemoryKeys {
     }
     async fn list_keys(&self, user: &str) -> Result<Vec<IamKey>, PortError> {
         self.faults.step("iam.list_keys").await?;
-        lock(&self.users).get(user).cloned().ok_or(PortError::NoSuchUser)
+        lock(&self.users)
+            .get(user)
+            .cloned()
+            .ok_or(PortError::NoSuchUser)
     }
     async fn create_key(&self, user: &str) -> Result<NewKey, PortError> {
         self.faults.step("iam.create_key").await?;
@@ -165,11 +186,23 @@ impl AccessKeys for MemoryKeys {
         }
         let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let access_key_id = format!("AKIAMEMORY{n:010}");
-        keys.push(IamKey { access_key_id: access_key_id.clone(), active: true, created_at: Some(Utc::now()) });
+        keys.push(IamKey {
+            access_key_id: access_key_id.clone(),
+            active: true,
+            created_at: Some(Utc::now()),
+        });
         self.max_keys_seen.fetch_max(keys.len(), Ordering::SeqCst);
-        Ok(NewKey { access_key_id, secret_access_key: SecretString::from(format!("memory-secret-{n}")) })
+        Ok(NewKey {
+            access_key_id,
+            secret_access_key: SecretString::from(format!("memory-secret-{n}")),
+        })
     }
-    async fn set_active(&self, user: &str, access_key_id: &str, active: bool) -> Result<(), PortError> {
+    async fn set_active(
+        &self,
+        user: &str,
+        access_key_id: &str,
+        active: bool,
+    ) -> Result<(), PortError> {
         self.faults.step("iam.set_active").await?;
         let mut users = lock(&self.users);
         let keys = users.get_mut(user).ok_or(PortError::NoSuchUser)?;
@@ -196,7 +229,10 @@ pub struct MemoryAudit {
 
 impl MemoryAudit {
     pub fn new(faults: Arc<Faults>) -> Self {
-        Self { faults, ..Default::default() }
+        Self {
+            faults,
+            ..Default::default()
+        }
     }
     pub fn entries(&self) -> Vec<AuditEntry> {
         lock(&self.entries).clone()

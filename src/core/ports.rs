@@ -24,10 +24,17 @@ pub enum PortError {
     NoSuchUser,
     /// Still throttled after the SDK's retries with backoff.
     #[error("{service} {operation} was throttled")]
-    Throttled { service: &'static str, operation: &'static str },
+    Throttled {
+        service: &'static str,
+        operation: &'static str,
+    },
     /// Any other failure; `detail` is the service's error code, never a secret.
     #[error("{service} {operation} failed: {detail}")]
-    Unavailable { service: &'static str, operation: &'static str, detail: String },
+    Unavailable {
+        service: &'static str,
+        operation: &'static str,
+        detail: String,
+    },
 }
 
 /// A stored record and the version (S3 ETag) it was read at.
@@ -104,7 +111,12 @@ pub trait AccessKeys: Send + Sync {
     /// [`PortError::QuotaExceeded`] when the user has two keys already.
     async fn create_key(&self, user: &str) -> Result<NewKey, PortError>;
     /// Activates or deactivates a key; a key that no longer exists is not an error.
-    async fn set_active(&self, user: &str, access_key_id: &str, active: bool) -> Result<(), PortError>;
+    async fn set_active(
+        &self,
+        user: &str,
+        access_key_id: &str,
+        active: bool,
+    ) -> Result<(), PortError>;
     /// Deletes a key; a key that no longer exists is not an error.
     async fn delete_key(&self, user: &str, access_key_id: &str) -> Result<(), PortError>;
 }
