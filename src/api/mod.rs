@@ -4,6 +4,7 @@
 
 pub mod caller;
 pub mod rotate_key;
+pub mod rotation_policy;
 
 use chrono::{DateTime, Utc};
 use lambda_http::http::header::{CACHE_CONTROL, CONTENT_TYPE};

@@ -6,5 +6,6 @@ pub mod domain;
 pub mod duration;
 pub mod enrollment;
 pub mod memory;
+pub mod policy;
 pub mod ports;
 pub mod rotation;

@@ -1,0 +1,114 @@
+//! `s3-key-rotation enroll` (the real CLI binary) against the local AWS endpoint.
+
+mod common;
+
+use std::process::Command;
+
+use common::Stack;
+use s3_key_rotation::core::domain::{KeyState, OrgId};
+use s3_key_rotation::core::ports::Registry;
+
+fn cli(stack: &Stack, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
+        .args(args)
+        .env("AWS_ENDPOINT_URL", stack.aws.endpoint())
+        .env("AWS_ACCESS_KEY_ID", &stack.admin.0)
+        .env("AWS_SECRET_ACCESS_KEY", &stack.admin.1)
+        .env("AWS_REGION", "us-east-1")
+        .env("REGISTRY_BUCKET", "registry")
+        .env("MANAGED_BUCKET", "logs")
+        .output()
+        .expect("run the CLI");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into(),
+        String::from_utf8_lossy(&output.stderr).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrolling_creates_a_read_only_user_and_a_keyless_record_and_twice_changes_nothing() {
+    let stack = Stack::start().await;
+
+    let (ok, out, err) = cli(&stack, &["enroll", "--org", "1234567"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(
+            "enrolled org 1234567: IAM user /managed-s3/org-1234567 reads s3://logs/1234567/"
+        ),
+        "{out}"
+    );
+
+    let org = OrgId::parse("1234567").unwrap();
+    let first = stack
+        .adapters
+        .registry
+        .load(&org)
+        .await
+        .unwrap()
+        .expect("a record");
+    assert_eq!(first.value.state, KeyState::Enabled);
+    assert!(
+        first.value.current.is_none(),
+        "no key until the first rotation"
+    );
+    let iam = s3_key_rotation::aws::Clients::from_sdk(
+        stack.aws.sdk(&stack.admin.0, &stack.admin.1),
+        true,
+    )
+    .iam;
+    let user = iam
+        .get_user()
+        .user_name("org-1234567")
+        .send()
+        .await
+        .unwrap()
+        .user
+        .unwrap();
+    assert_eq!(user.path, "/managed-s3/");
+    let policy = iam
+        .get_user_policy()
+        .user_name("org-1234567")
+        .policy_name(s3_key_rotation::aws::iam::POLICY_NAME)
+        .send()
+        .await
+        .unwrap();
+    let document = urlencoding::decode(&policy.policy_document)
+        .unwrap()
+        .into_owned();
+    assert!(
+        document.contains("arn:aws:s3:::logs/1234567/*"),
+        "{document}"
+    );
+
+    let (ok, out, _) = cli(&stack, &["enroll", "--org", "1234567"]);
+    assert!(ok);
+    assert!(out.contains("enrolled already; nothing changed"), "{out}");
+    let second = stack.adapters.registry.load(&org).await.unwrap().unwrap();
+    assert_eq!(second, first, "same record, same etag");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_refuses_bad_input_and_missing_settings_clearly() {
+    let stack = Stack::start().await;
+    let (ok, _, err) = cli(&stack, &["enroll", "--org", "../etc"]);
+    assert!(!ok);
+    assert!(err.contains("invalid org id '../etc'"), "{err}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
+        .args(["enroll", "--org", "1"])
+        .env_remove("REGISTRY_BUCKET")
+        .env("AWS_ENDPOINT_URL", stack.aws.endpoint())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("REGISTRY_BUCKET is not set"), "{err}");
+
+    let (ok, _, err) = cli(&stack, &["status", "--org", "999"]);
+    assert!(!ok);
+    assert!(
+        err.contains("Not found IAM key info for orgId: 999"),
+        "{err}"
+    );
+}
