@@ -135,7 +135,7 @@ fn body(response: &serde_json::Value) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn rotate_key_handles_the_event_files_through_the_lambda_runtime_api() {
+async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
     let stack = Stack::start().await;
     let settings = stack.config.enroll_settings().unwrap();
     for org in [ORG_A, ORG_B] {
@@ -201,7 +201,28 @@ async fn rotate_key_handles_the_event_files_through_the_lambda_runtime_api() {
         "deleted to make room"
     );
 
-    // The function logged its work, and no secret.
+    // rotation-policy, every action and format, through the same Runtime API.
+    for (file, status) in [
+        ("policy-update-rotation-policy.json", 200),
+        ("policy-update-rotation-policy-sdk.json", 200),
+        ("policy-describe-key.json", 200),
+        ("policy-list-key-versions.json", 200),
+        ("policy-list-key-versions-json-body.json", 200),
+        ("policy-update-rotation-policy-form.json", 200),
+    ] {
+        let response = emulator.invoke("rotation-policy", file);
+        assert_eq!(response["statusCode"], status, "{file}: {response}");
+    }
+    let described = emulator.invoke("rotation-policy", "policy-describe-key.json");
+    let metadata = body(&described)["KeyMetadata"].clone();
+    assert_eq!(metadata["PrimaryKeyVersion"], "3");
+    assert_eq!(metadata["RotationInterval"], "604800s", "the SDK-style update stored its interval");
+    assert_eq!(metadata["AutomaticRotation"], "Disabled", "the form update disabled it");
+    let xml = emulator.invoke("rotation-policy", "policy-describe-key-xml.json");
+    assert_eq!(xml["headers"]["content-type"], "application/xml");
+    assert!(xml["body"].as_str().unwrap().contains("<KeyId>key-1234567</KeyId>"));
+
+    // The functions logged their work, and no secret.
     let log = emulator.log_text();
     assert!(log.contains("committed the rotation"), "{log}");
     for secret in [

@@ -80,37 +80,32 @@ fn every_function_is_a_cargo_lambda_binary_for_arm64_on_al2023() {
     }
 }
 
+fn routes_of(t: &Value, function: &str) -> Vec<String> {
+    let events = t["Resources"][function]["Properties"]["Events"].as_object().unwrap();
+    let mut routes: Vec<String> = events
+        .values()
+        .map(|e| {
+            let p = &e["Properties"];
+            assert_eq!(p["ApiId"], serde_json::json!({"Ref": "HttpApi"}), "{function}");
+            assert_eq!(p["Auth"]["AuthorizationScopes"], serde_json::json!([{"Ref": "AdminScope"}]), "{function}");
+            format!("{} {}", p["Method"].as_str().unwrap(), p["Path"].as_str().unwrap())
+        })
+        .collect();
+    routes.sort();
+    routes
+}
+
 #[test]
-fn rotate_key_serves_both_routes_behind_the_jwt_authorizer_with_the_admin_scope() {
+fn every_route_is_behind_the_jwt_authorizer_with_the_admin_scope() {
     let t = template();
     let api = &t["Resources"]["HttpApi"]["Properties"];
     let jwt = &api["Auth"]["Authorizers"]["JwtAuthorizer"]["JwtConfiguration"];
     assert_eq!(jwt["issuer"], serde_json::json!({"Ref": "JwtIssuer"}));
     assert_eq!(jwt["audience"], serde_json::json!([{"Ref": "JwtAudience"}]));
+    assert_eq!(api["Auth"]["DefaultAuthorizer"], "JwtAuthorizer");
     assert!(api["DefaultRouteSettings"]["ThrottlingRateLimit"].is_object());
-    let events = t["Resources"]["RotateKeyFunction"]["Properties"]["Events"]
-        .as_object()
-        .unwrap();
-    let mut routes: Vec<String> = events
-        .values()
-        .map(|e| {
-            let p = &e["Properties"];
-            assert_eq!(
-                p["Auth"]["AuthorizationScopes"],
-                serde_json::json!([{"Ref": "AdminScope"}])
-            );
-            format!(
-                "{} {}",
-                p["Method"].as_str().unwrap(),
-                p["Path"].as_str().unwrap()
-            )
-        })
-        .collect();
-    routes.sort();
-    assert_eq!(
-        routes,
-        ["POST /admin/v2/iam/rotateKey", "POST /iam/rotate-key"]
-    );
+    assert_eq!(routes_of(&t, "RotateKeyFunction"), ["POST /admin/v2/iam/rotateKey", "POST /iam/rotate-key"]);
+    assert_eq!(routes_of(&t, "RotationPolicyFunction"), ["GET /", "POST /"]);
 }
 
 #[test]
