@@ -30,6 +30,20 @@ pub struct Config {
     pub verify_new_key: bool,
     /// `VERIFY_WITHIN`: how long the check may retry while IAM propagates the key.
     pub verify_within: Duration,
+    /// `VAULT_SECRET_PREFIX`: the key vault's secret of an org is `{prefix}{orgId}`.
+    pub vault_secret_prefix: String,
+    /// `EVENT_BUS_NAME`: where the notifications go.
+    pub event_bus_name: String,
+    /// `ROTATION_GRACE_PERIOD`: how long an automatically rotated key's predecessor stays active.
+    pub rotation_grace_period: Duration,
+    /// `KEY_RETENTION`: how long an inactive previous key is kept before it is deleted.
+    pub key_retention: Duration,
+    /// `EXPIRY_WARNINGS`: how long before the maximum age warnings are published.
+    pub expiry_warnings: Vec<Duration>,
+    /// `SWEEP_CONCURRENCY`: orgs evaluated at once by the scheduled run.
+    pub sweep_concurrency: usize,
+    /// `DEADLINE_MARGIN`: the scheduled run starts no org this close to its deadline.
+    pub deadline_margin: Duration,
     /// `AWS_ENDPOINT_URL`: a local endpoint (S3 then uses path-style addressing).
     pub endpoint_url: Option<String>,
 }
@@ -89,18 +103,14 @@ impl Config {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect();
-        let duration = |variable: &'static str,
-                        default: Duration|
-         -> Result<Duration, ConfigError> {
+        let duration = |variable: &'static str, default: Duration| -> Result<Duration, ConfigError> {
             match get(variable) {
                 None => Ok(default),
-                Some(text) => text
-                    .parse()
-                    .map_err(|e: crate::core::duration::DurationError| ConfigError {
-                        variable,
-                        problem: format!("is invalid: {e}"),
-                        expected: "a duration such as 90d, 24h, 604800s",
-                    }),
+                Some(text) => text.parse().map_err(|e: crate::core::duration::DurationError| ConfigError {
+                    variable,
+                    problem: format!("is invalid: {e}"),
+                    expected: "a duration such as 90d, 24h, 604800s",
+                }),
             }
         };
         let max_key_age = duration("MAX_KEY_AGE", Duration::from_days(90))?;
@@ -113,17 +123,11 @@ impl Config {
         }
         let rotations_per_hour = match get("ROTATIONS_PER_HOUR") {
             None => 5,
-            Some(text) => {
-                text.trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or(ConfigError {
-                        variable: "ROTATIONS_PER_HOUR",
-                        problem: format!("is '{text}'"),
-                        expected: "a whole number of at least 1",
-                    })?
-            }
+            Some(text) => text.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or(ConfigError {
+                variable: "ROTATIONS_PER_HOUR",
+                problem: format!("is '{text}'"),
+                expected: "a whole number of at least 1",
+            })?,
         };
         let rotation_lease = duration("ROTATION_LEASE", Duration::from_secs(300))?;
         let verify_new_key = match get("VERIFY_NEW_KEY").as_deref().map(str::trim) {
@@ -138,6 +142,54 @@ impl Config {
             }
         };
         let verify_within = duration("VERIFY_WITHIN", Duration::from_secs(20))?;
+        let vault_secret_prefix = get("VAULT_SECRET_PREFIX").unwrap_or_else(|| "s3-key-rotation/org-".into());
+        if !vault_secret_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b))
+            || vault_secret_prefix.len() > 400
+        {
+            return Err(ConfigError {
+                variable: "VAULT_SECRET_PREFIX",
+                problem: format!("is '{vault_secret_prefix}'"),
+                expected: "a Secrets Manager name prefix of A-Z a-z 0-9 / _ + = . @ -",
+            });
+        }
+        let event_bus_name = get("EVENT_BUS_NAME").unwrap_or_else(|| "default".into());
+        let rotation_grace_period = duration("ROTATION_GRACE_PERIOD", Duration::from_hours(24))?;
+        if rotation_grace_period > Duration::from_days(7) {
+            return Err(ConfigError {
+                variable: "ROTATION_GRACE_PERIOD",
+                problem: format!("is {rotation_grace_period}"),
+                expected: "at most 7d",
+            });
+        }
+        let key_retention = duration("KEY_RETENTION", Duration::from_days(7))?;
+        let expiry_warnings = match get("EXPIRY_WARNINGS") {
+            None => vec![Duration::from_days(14), Duration::from_days(7), Duration::from_days(1)],
+            Some(text) => {
+                text.split(',').map(|part| part.trim().parse::<Duration>()).collect::<Result<Vec<_>, _>>().map_err(
+                    |e| ConfigError {
+                        variable: "EXPIRY_WARNINGS",
+                        problem: format!("is invalid: {e}"),
+                        expected: "a comma-separated list of durations, e.g. 14d,7d,1d",
+                    },
+                )?
+            }
+        };
+        if expiry_warnings.iter().any(|w| *w >= max_key_age) {
+            return Err(ConfigError {
+                variable: "EXPIRY_WARNINGS",
+                problem: "has a warning no shorter than MAX_KEY_AGE".into(),
+                expected: "durations shorter than the maximum key age",
+            });
+        }
+        let sweep_concurrency = match get("SWEEP_CONCURRENCY") {
+            None => 8,
+            Some(text) => text.trim().parse::<usize>().ok().filter(|n| (1..=64).contains(n)).ok_or(ConfigError {
+                variable: "SWEEP_CONCURRENCY",
+                problem: format!("is '{text}'"),
+                expected: "a whole number from 1 to 64",
+            })?,
+        };
+        let deadline_margin = duration("DEADLINE_MARGIN", Duration::from_secs(20))?;
         Ok(Self {
             registry_bucket,
             managed_bucket,
@@ -150,6 +202,13 @@ impl Config {
             rotation_lease,
             verify_new_key,
             verify_within,
+            vault_secret_prefix,
+            event_bus_name,
+            rotation_grace_period,
+            key_retention,
+            expiry_warnings,
+            sweep_concurrency,
+            deadline_margin,
             endpoint_url: get("AWS_ENDPOINT_URL"),
         })
     }
@@ -180,9 +239,7 @@ impl Config {
 
 fn check_bucket(variable: &'static str, name: &str) -> Result<(), ConfigError> {
     let ok = (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
@@ -202,10 +259,7 @@ mod tests {
     use super::*;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -220,41 +274,19 @@ mod tests {
         assert_eq!(c.rotations_per_hour, 5);
         assert!(c.verify_new_key);
         assert_eq!(c.managed_bucket, None);
-        assert!(c
-            .enroll_settings()
-            .unwrap_err()
-            .to_string()
-            .contains("MANAGED_BUCKET is not set"));
+        assert!(c.enroll_settings().unwrap_err().to_string().contains("MANAGED_BUCKET is not set"));
     }
 
     #[test]
     fn a_bad_setting_is_named_with_the_expected_form() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "REGISTRY_BUCKET is not set"),
-            (
-                &[("REGISTRY_BUCKET", "Bad_Bucket")],
-                "REGISTRY_BUCKET is 'Bad_Bucket'",
-            ),
-            (
-                &[("REGISTRY_BUCKET", "r-b"), ("MAX_KEY_AGE", "90")],
-                "MAX_KEY_AGE is invalid: '90' has no unit",
-            ),
-            (
-                &[("REGISTRY_BUCKET", "r-b"), ("MAX_KEY_AGE", "1h")],
-                "MAX_KEY_AGE is 1h; expected at least 1d",
-            ),
-            (
-                &[("REGISTRY_BUCKET", "r-b"), ("ROTATIONS_PER_HOUR", "0")],
-                "ROTATIONS_PER_HOUR is '0'",
-            ),
-            (
-                &[("REGISTRY_BUCKET", "r-b"), ("IAM_USER_PATH", "managed")],
-                "IAM_USER_PATH is 'managed'",
-            ),
-            (
-                &[("REGISTRY_BUCKET", "r-b"), ("ORG_PREFIX_TEMPLATE", "logs/")],
-                "ORG_PREFIX_TEMPLATE is 'logs/'",
-            ),
+            (&[("REGISTRY_BUCKET", "Bad_Bucket")], "REGISTRY_BUCKET is 'Bad_Bucket'"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("MAX_KEY_AGE", "90")], "MAX_KEY_AGE is invalid: '90' has no unit"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("MAX_KEY_AGE", "1h")], "MAX_KEY_AGE is 1h; expected at least 1d"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("ROTATIONS_PER_HOUR", "0")], "ROTATIONS_PER_HOUR is '0'"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("IAM_USER_PATH", "managed")], "IAM_USER_PATH is 'managed'"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("ORG_PREFIX_TEMPLATE", "logs/")], "ORG_PREFIX_TEMPLATE is 'logs/'"),
             (
                 &[("REGISTRY_BUCKET", "r-b"), ("VERIFY_NEW_KEY", "yes")],
                 "VERIFY_NEW_KEY is 'yes'; expected true or false",
@@ -268,11 +300,7 @@ mod tests {
 
     #[test]
     fn admin_scope_may_list_several_scopes() {
-        let c = config(&[
-            ("REGISTRY_BUCKET", "r-b"),
-            ("ADMIN_SCOPE", "admin, admin.iam:write"),
-        ])
-        .unwrap();
+        let c = config(&[("REGISTRY_BUCKET", "r-b"), ("ADMIN_SCOPE", "admin, admin.iam:write")]).unwrap();
         assert_eq!(c.admin_scopes, vec!["admin", "admin.iam:write"]);
     }
 }

@@ -32,39 +32,14 @@ async fn enrolling_creates_a_read_only_user_and_a_keyless_record_and_twice_chang
 
     let (ok, out, err) = cli(&stack, &["enroll", "--org", "1234567"]);
     assert!(ok, "{out}{err}");
-    assert!(
-        out.contains(
-            "enrolled org 1234567: IAM user /managed-s3/org-1234567 reads s3://logs/1234567/"
-        ),
-        "{out}"
-    );
+    assert!(out.contains("enrolled org 1234567: IAM user /managed-s3/org-1234567 reads s3://logs/1234567/"), "{out}");
 
     let org = OrgId::parse("1234567").unwrap();
-    let first = stack
-        .adapters
-        .registry
-        .load(&org)
-        .await
-        .unwrap()
-        .expect("a record");
+    let first = stack.adapters.registry.load(&org).await.unwrap().expect("a record");
     assert_eq!(first.value.state, KeyState::Enabled);
-    assert!(
-        first.value.current.is_none(),
-        "no key until the first rotation"
-    );
-    let iam = s3_key_rotation::aws::Clients::from_sdk(
-        stack.aws.sdk(&stack.admin.0, &stack.admin.1),
-        true,
-    )
-    .iam;
-    let user = iam
-        .get_user()
-        .user_name("org-1234567")
-        .send()
-        .await
-        .unwrap()
-        .user
-        .unwrap();
+    assert!(first.value.current.is_none(), "no key until the first rotation");
+    let iam = s3_key_rotation::aws::Clients::from_sdk(stack.aws.sdk(&stack.admin.0, &stack.admin.1), true).iam;
+    let user = iam.get_user().user_name("org-1234567").send().await.unwrap().user.unwrap();
     assert_eq!(user.path, "/managed-s3/");
     let policy = iam
         .get_user_policy()
@@ -73,13 +48,8 @@ async fn enrolling_creates_a_read_only_user_and_a_keyless_record_and_twice_chang
         .send()
         .await
         .unwrap();
-    let document = urlencoding::decode(&policy.policy_document)
-        .unwrap()
-        .into_owned();
-    assert!(
-        document.contains("arn:aws:s3:::logs/1234567/*"),
-        "{document}"
-    );
+    let document = urlencoding::decode(&policy.policy_document).unwrap().into_owned();
+    assert!(document.contains("arn:aws:s3:::logs/1234567/*"), "{document}");
 
     let (ok, out, _) = cli(&stack, &["enroll", "--org", "1234567"]);
     assert!(ok);
@@ -107,8 +77,5 @@ async fn the_cli_refuses_bad_input_and_missing_settings_clearly() {
 
     let (ok, _, err) = cli(&stack, &["status", "--org", "999"]);
     assert!(!ok);
-    assert!(
-        err.contains("Not found IAM key info for orgId: 999"),
-        "{err}"
-    );
+    assert!(err.contains("Not found IAM key info for orgId: 999"), "{err}");
 }

@@ -28,17 +28,7 @@ async fn enrolled_stack() -> Stack {
     for org in [ORG_A, ORG_B] {
         let org = OrgId::parse(org).unwrap();
         let a = &stack.adapters;
-        enroll(
-            &a.registry,
-            &a.keys,
-            &a.audit,
-            &enroll_settings,
-            &org,
-            Utc::now(),
-            "test",
-        )
-        .await
-        .unwrap();
+        enroll(&a.registry, &a.keys, &a.audit, &enroll_settings, &org, Utc::now(), "test").await.unwrap();
     }
     stack
 }
@@ -49,21 +39,15 @@ async fn rotate(
     name: &str,
     patch: impl FnOnce(&mut serde_json::Value),
 ) -> ((String, String), serde_json::Value) {
-    let (status, body, headers) =
-        parts(handle(event(name, patch), stack.adapters.ports(), &settings(stack)).await);
+    let (status, body, headers) = parts(handle(event(name, patch), stack.adapters.ports(), &settings(stack)).await);
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["cache-control"], "no-store");
-    let key = (
-        body["accessKeyId"].as_str().unwrap().to_owned(),
-        body["secretAccessKey"].as_str().unwrap().to_owned(),
-    );
+    let key = (body["accessKeyId"].as_str().unwrap().to_owned(), body["secretAccessKey"].as_str().unwrap().to_owned());
     (key, body)
 }
 
 fn event_time() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-22T04:51:11Z")
-        .unwrap()
-        .with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-11-22T04:51:11Z").unwrap().with_timezone(&Utc)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,24 +64,10 @@ async fn the_first_rotation_issues_a_key_that_reads_its_own_prefix_and_no_other(
     assert_eq!(body["previousAccessKeyId"], serde_json::Value::Null);
     assert_eq!(body["createdAt"], "2026-11-22T04:51:11Z");
     assert_eq!(body["keyCreationDate"], "2026-11-22T04:51:11Z");
-    assert_eq!(
-        body["expiresAt"], "2027-02-20T04:51:11Z",
-        "created + 90 days"
-    );
-    assert!(
-        stack.can_read((&key.0, &key.1), ORG_A).await,
-        "reads its own prefix"
-    );
-    assert!(
-        !stack.can_read((&key.0, &key.1), ORG_B).await,
-        "not another org's"
-    );
-    assert!(
-        !stack
-            .can_read(("AKIAUNKNOWN000000000", "nope"), ORG_A)
-            .await,
-        "enforcement is on"
-    );
+    assert_eq!(body["expiresAt"], "2027-02-20T04:51:11Z", "created + 90 days");
+    assert!(stack.can_read((&key.0, &key.1), ORG_A).await, "reads its own prefix");
+    assert!(!stack.can_read((&key.0, &key.1), ORG_B).await, "not another org's");
+    assert!(!stack.can_read(("AKIAUNKNOWN000000000", "nope"), ORG_A).await, "enforcement is on");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -112,22 +82,15 @@ async fn a_second_rotation_makes_the_old_key_fail_and_the_new_one_work() {
     assert_eq!(body["keyVersion"], 2);
     assert_eq!(body["oldKeyId"], first.0.as_str());
     assert_eq!(body["previousKeyStatus"], "Inactive");
-    assert!(
-        !stack.can_read((&first.0, &first.1), ORG_A).await,
-        "the old key stops working"
-    );
-    assert!(
-        stack.can_read((&second.0, &second.1), ORG_A).await,
-        "the new key works"
-    );
+    assert!(!stack.can_read((&first.0, &first.1), ORG_A).await, "the old key stops working");
+    assert!(stack.can_read((&second.0, &second.1), ORG_A).await, "the new key works");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_org_without_key_info_gets_the_reference_not_found() {
     let stack = enrolled_stack().await;
-    let request = event("rotate-key.json", |e| {
-        e["requestContext"]["authorizer"]["jwt"]["claims"]["org_id"] = "999".into()
-    });
+    let request =
+        event("rotate-key.json", |e| e["requestContext"]["authorizer"]["jwt"]["claims"]["org_id"] = "999".into());
 
     let (status, body, _) = parts(handle(request, stack.adapters.ports(), &settings(&stack)).await);
 
@@ -149,16 +112,10 @@ async fn the_two_key_quota_is_never_exceeded_across_many_rotations() {
     let iam = &stack.adapters;
     let mut last = None;
     for i in 0..8 {
-        let name = if i % 2 == 0 {
-            "rotate-key-grace-period.json"
-        } else {
-            "rotate-key.json"
-        };
+        let name = if i % 2 == 0 { "rotate-key-grace-period.json" } else { "rotate-key.json" };
         let (key, body) = rotate(&stack, name, later(i * 120)).await;
         assert_eq!(body["keyVersion"], i + 1);
-        let listed = s3_key_rotation::core::ports::AccessKeys::list_keys(&iam.keys, "org-1234567")
-            .await
-            .unwrap();
+        let listed = s3_key_rotation::core::ports::AccessKeys::list_keys(&iam.keys, "org-1234567").await.unwrap();
         assert!(listed.len() <= 2, "rotation {i}: {listed:?}");
         assert!(listed.iter().any(|k| k.access_key_id == key.0 && k.active));
         last = Some(key);
@@ -180,36 +137,19 @@ async fn a_grace_period_keeps_the_old_key_working_until_it_is_retired() {
     let rotated_at = event_time() + TimeDelta::seconds(60);
     assert_eq!(
         body["previousKeyRetiresAt"],
-        (rotated_at + TimeDelta::hours(24))
-            .format("%Y-%m-%dT%H:%M:%SZ")
-            .to_string()
+        (rotated_at + TimeDelta::hours(24)).format("%Y-%m-%dT%H:%M:%SZ").to_string()
     );
-    assert!(
-        stack.can_read((&first.0, &first.1), ORG_A).await,
-        "old key works during the grace period"
-    );
+    assert!(stack.can_read((&first.0, &first.1), ORG_A).await, "old key works during the grace period");
     assert!(stack.can_read((&second.0, &second.1), ORG_A).await);
 
     let org = OrgId::parse(ORG_A).unwrap();
     let settings = stack.config.rotation_settings();
     let ports = stack.adapters.ports();
     let just_before = rotated_at + TimeDelta::hours(24) - TimeDelta::seconds(1);
-    assert!(!retire_if_due(ports, &settings, &org, just_before)
-        .await
-        .unwrap());
-    assert!(
-        stack.can_read((&first.0, &first.1), ORG_A).await,
-        "still works a second before"
-    );
-    assert!(
-        retire_if_due(ports, &settings, &org, rotated_at + TimeDelta::hours(24))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !stack.can_read((&first.0, &first.1), ORG_A).await,
-        "retired when due"
-    );
+    assert!(!retire_if_due(ports, &settings, &org, just_before).await.unwrap());
+    assert!(stack.can_read((&first.0, &first.1), ORG_A).await, "still works a second before");
+    assert!(retire_if_due(ports, &settings, &org, rotated_at + TimeDelta::hours(24)).await.unwrap());
+    assert!(!stack.can_read((&first.0, &first.1), ORG_A).await, "retired when due");
     assert!(stack.can_read((&second.0, &second.1), ORG_A).await);
 }
 
@@ -221,26 +161,12 @@ async fn refusals_change_nothing() {
     let before = stack.adapters.registry.load(&org).await.unwrap().unwrap();
 
     for (name, status, says) in [
-        (
-            "rotate-key-wrong-scope.json",
-            403,
-            "lacks the required scope",
-        ),
+        ("rotate-key-wrong-scope.json", 403, "lacks the required scope"),
         ("rotate-key-not-json.json", 415, "must be application/json"),
     ] {
-        let (got, body, _) = parts(
-            handle(
-                event(name, later(60)),
-                stack.adapters.ports(),
-                &settings(&stack),
-            )
-            .await,
-        );
+        let (got, body, _) = parts(handle(event(name, later(60)), stack.adapters.ports(), &settings(&stack)).await);
         assert_eq!(got, status, "{name}: {body}");
-        assert!(
-            body["error"].as_str().unwrap().contains(says),
-            "{name}: {body}"
-        );
+        assert!(body["error"].as_str().unwrap().contains(says), "{name}: {body}");
         assert_eq!(body["path"], "/iam/rotate-key");
     }
     let after = stack.adapters.registry.load(&org).await.unwrap().unwrap();
@@ -252,19 +178,9 @@ async fn an_aws_failure_answers_503_and_leaves_the_record_as_it_was() {
     let stack = enrolled_stack().await;
     let (first, _) = rotate(&stack, "rotate-key.json", |_| {}).await;
     let org = OrgId::parse(ORG_A).unwrap();
-    let before = stack
-        .adapters
-        .registry
-        .load(&org)
-        .await
-        .unwrap()
-        .unwrap()
-        .value;
+    let before = stack.adapters.registry.load(&org).await.unwrap().unwrap().value;
     // The org's IAM user's keys cannot be listed: IAM answers an error for the user.
-    let admin = s3_key_rotation::aws::Clients::from_sdk(
-        stack.aws.sdk(&stack.admin.0, &stack.admin.1),
-        true,
-    );
+    let admin = s3_key_rotation::aws::Clients::from_sdk(stack.aws.sdk(&stack.admin.0, &stack.admin.1), true);
     admin
         .iam
         .delete_user_policy()
@@ -273,43 +189,14 @@ async fn an_aws_failure_answers_503_and_leaves_the_record_as_it_was() {
         .send()
         .await
         .unwrap();
-    admin
-        .iam
-        .delete_access_key()
-        .user_name("org-1234567")
-        .access_key_id(&first.0)
-        .send()
-        .await
-        .unwrap();
-    admin
-        .iam
-        .delete_user()
-        .user_name("org-1234567")
-        .send()
-        .await
-        .unwrap();
+    admin.iam.delete_access_key().user_name("org-1234567").access_key_id(&first.0).send().await.unwrap();
+    admin.iam.delete_user().user_name("org-1234567").send().await.unwrap();
 
-    let (status, body, _) = parts(
-        handle(
-            event("rotate-key.json", later(60)),
-            stack.adapters.ports(),
-            &settings(&stack),
-        )
-        .await,
-    );
+    let (status, body, _) =
+        parts(handle(event("rotate-key.json", later(60)), stack.adapters.ports(), &settings(&stack)).await);
 
     assert_eq!(status, 503, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains("AWS failed"),
-        "{body}"
-    );
-    let after = stack
-        .adapters
-        .registry
-        .load(&org)
-        .await
-        .unwrap()
-        .unwrap()
-        .value;
+    assert!(body["error"].as_str().unwrap().contains("AWS failed"), "{body}");
+    let after = stack.adapters.registry.load(&org).await.unwrap().unwrap().value;
     assert_eq!(after, before);
 }

@@ -14,7 +14,10 @@ use s3_key_rotation::core::rotation::{rotate, RotationRequest};
 
 async fn call(stack: &Stack, name: &str, patch: impl FnOnce(&mut serde_json::Value)) -> (u16, String) {
     let settings = PolicySettings {
-        caller: CallerRules { org_claim: stack.config.org_claim.clone(), admin_scopes: stack.config.admin_scopes.clone() },
+        caller: CallerRules {
+            org_claim: stack.config.org_claim.clone(),
+            admin_scopes: stack.config.admin_scopes.clone(),
+        },
         max_key_age: stack.config.max_key_age,
     };
     let ports = PolicyPorts { registry: &stack.adapters.registry, audit: &stack.adapters.audit };
@@ -27,7 +30,9 @@ async fn stack_with_a_rotated_org() -> Stack {
     let settings = stack.config.enroll_settings().unwrap();
     for org in [ORG_A, ORG_B] {
         let a = &stack.adapters;
-        enroll(&a.registry, &a.keys, &a.audit, &settings, &OrgId::parse(org).unwrap(), Utc::now(), "test").await.unwrap();
+        enroll(&a.registry, &a.keys, &a.audit, &settings, &OrgId::parse(org).unwrap(), Utc::now(), "test")
+            .await
+            .unwrap();
     }
     let request = RotationRequest {
         org: OrgId::parse(ORG_A).unwrap(),

@@ -26,41 +26,20 @@ struct Emulator {
 
 impl Emulator {
     fn start(stack: &Stack, log: PathBuf) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let path = format!(
-            "{}:{}",
-            venv_bin().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let path = format!("{}:{}", venv_bin().display(), std::env::var("PATH").unwrap_or_default());
         let out = File::create(&log).unwrap();
         let child = Command::new(venv_bin().join("cargo-lambda"))
-            .args([
-                "lambda",
-                "watch",
-                "--ignore-changes",
-                "--invoke-address",
-                "127.0.0.1",
-                "--invoke-port",
-            ])
+            .args(["lambda", "watch", "--ignore-changes", "--invoke-address", "127.0.0.1", "--invoke-port"])
             .arg(port.to_string())
             .current_dir(project_root())
             // Only what a shell would pass: the variables cargo sets for a test
             // process would make `cargo run` rebuild dependencies.
             .env_clear()
             .envs(
-                [
-                    "HOME",
-                    "CARGO_HOME",
-                    "RUSTUP_HOME",
-                    "RUSTUP_TOOLCHAIN",
-                    "TMPDIR",
-                ]
-                .iter()
-                .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+                ["HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "TMPDIR"]
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
             )
             .env("PATH", path)
             .env("AWS_ENDPOINT_URL", stack.aws.endpoint())
@@ -79,11 +58,7 @@ impl Emulator {
         let emulator = Self { child, port, log };
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the emulator did not start: {}",
-                emulator.log_text()
-            );
+            assert!(started.elapsed() < Duration::from_secs(60), "the emulator did not start: {}", emulator.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
         emulator
@@ -92,15 +67,7 @@ impl Emulator {
     /// `cargo lambda invoke <function> --data-file events/<file>`: the API Gateway response.
     fn invoke(&self, function: &str, event_file: &str) -> serde_json::Value {
         let output = Command::new(venv_bin().join("cargo-lambda"))
-            .args([
-                "lambda",
-                "invoke",
-                function,
-                "--invoke-address",
-                "127.0.0.1",
-                "--output-format",
-                "json",
-            ])
+            .args(["lambda", "invoke", function, "--invoke-address", "127.0.0.1", "--output-format", "json"])
             .args(["--invoke-port", &self.port.to_string(), "--data-file"])
             .arg(project_root().join("events").join(event_file))
             .current_dir(project_root())
@@ -122,10 +89,7 @@ impl Emulator {
 
 impl Drop for Emulator {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("--")
-            .arg(format!("-{}", self.child.id()))
-            .status();
+        let _ = Command::new("kill").arg("--").arg(format!("-{}", self.child.id())).status();
         let _ = self.child.wait();
     }
 }
@@ -140,17 +104,9 @@ async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
     let settings = stack.config.enroll_settings().unwrap();
     for org in [ORG_A, ORG_B] {
         let a = &stack.adapters;
-        enroll(
-            &a.registry,
-            &a.keys,
-            &a.audit,
-            &settings,
-            &OrgId::parse(org).unwrap(),
-            Utc::now(),
-            "test",
-        )
-        .await
-        .unwrap();
+        enroll(&a.registry, &a.keys, &a.audit, &settings, &OrgId::parse(org).unwrap(), Utc::now(), "test")
+            .await
+            .unwrap();
     }
     stack.aws.enforce_auth();
     let dir = tempfile::tempdir().unwrap();
@@ -160,10 +116,8 @@ async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
     assert_eq!(first["statusCode"], 200, "{first}");
     assert_eq!(first["headers"]["cache-control"], "no-store");
     let first = body(&first);
-    let key1 = (
-        first["accessKeyId"].as_str().unwrap().to_owned(),
-        first["secretAccessKey"].as_str().unwrap().to_owned(),
-    );
+    let key1 =
+        (first["accessKeyId"].as_str().unwrap().to_owned(), first["secretAccessKey"].as_str().unwrap().to_owned());
     assert!(stack.can_read((&key1.0, &key1.1), ORG_A).await);
     assert!(!stack.can_read((&key1.0, &key1.1), ORG_B).await);
 
@@ -178,28 +132,17 @@ async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
     let graced = body(&graced);
     assert_eq!(graced["oldKeyId"], key1.0.as_str());
     assert_eq!(graced["previousKeyStatus"], "Active");
-    let key2 = (
-        graced["accessKeyId"].as_str().unwrap().to_owned(),
-        graced["secretAccessKey"].as_str().unwrap().to_owned(),
-    );
-    assert!(
-        stack.can_read((&key1.0, &key1.1), ORG_A).await,
-        "grace period"
-    );
+    let key2 =
+        (graced["accessKeyId"].as_str().unwrap().to_owned(), graced["secretAccessKey"].as_str().unwrap().to_owned());
+    assert!(stack.can_read((&key1.0, &key1.1), ORG_A).await, "grace period");
 
     let reference = emulator.invoke("rotate-key", "rotate-key-reference-route.json");
     assert_eq!(reference["statusCode"], 200, "{reference}");
     let reference = body(&reference);
     assert_eq!(reference["oldKeyId"], key2.0.as_str());
     assert_eq!(reference["keyVersion"], 3);
-    assert!(
-        !stack.can_read((&key2.0, &key2.1), ORG_A).await,
-        "retired without grace"
-    );
-    assert!(
-        !stack.can_read((&key1.0, &key1.1), ORG_A).await,
-        "deleted to make room"
-    );
+    assert!(!stack.can_read((&key2.0, &key2.1), ORG_A).await, "retired without grace");
+    assert!(!stack.can_read((&key1.0, &key1.1), ORG_A).await, "deleted to make room");
 
     // rotation-policy, every action and format, through the same Runtime API.
     for (file, status) in [
@@ -225,11 +168,7 @@ async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
     // The functions logged their work, and no secret.
     let log = emulator.log_text();
     assert!(log.contains("committed the rotation"), "{log}");
-    for secret in [
-        key1.1.as_str(),
-        key2.1.as_str(),
-        reference["secretAccessKey"].as_str().unwrap(),
-    ] {
+    for secret in [key1.1.as_str(), key2.1.as_str(), reference["secretAccessKey"].as_str().unwrap()] {
         assert!(!log.contains(secret), "a secret reached the log");
     }
 }

@@ -16,21 +16,12 @@ fn template() -> Value {
         .current_dir(project_root())
         .output()
         .expect("run python");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("template JSON")
 }
 
 fn resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a String, &'a Value)> {
-    template["Resources"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, r)| r["Type"] == kind)
-        .collect()
+    template["Resources"].as_object().unwrap().iter().filter(|(_, r)| r["Type"] == kind).collect()
 }
 
 fn as_list(value: &Value) -> Vec<Value> {
@@ -65,18 +56,10 @@ fn every_function_is_a_cargo_lambda_binary_for_arm64_on_al2023() {
     let functions = resources_of_type(&t, "AWS::Serverless::Function");
     assert!(!functions.is_empty());
     for (name, function) in functions {
-        assert_eq!(
-            function["Metadata"]["BuildMethod"], "rust-cargolambda",
-            "{name}"
-        );
+        assert_eq!(function["Metadata"]["BuildMethod"], "rust-cargolambda", "{name}");
         assert_eq!(function["Properties"]["CodeUri"], "./", "{name}");
-        let binary = function["Metadata"]["BuildProperties"]["Binary"]
-            .as_str()
-            .unwrap();
-        assert!(
-            project_root().join(format!("src/bin/{binary}.rs")).exists(),
-            "{name}: no binary {binary}"
-        );
+        let binary = function["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
+        assert!(project_root().join(format!("src/bin/{binary}.rs")).exists(), "{name}: no binary {binary}");
     }
 }
 
@@ -112,14 +95,10 @@ fn every_route_is_behind_the_jwt_authorizer_with_the_admin_scope() {
 fn the_registry_bucket_is_encrypted_private_and_versioned() {
     let t = template();
     let bucket = &t["Resources"]["RegistryBucket"]["Properties"];
-    assert!(
-        bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
-            ["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
-            .is_string()
-    );
-    let block = bucket["PublicAccessBlockConfiguration"]
-        .as_object()
-        .unwrap();
+    assert!(bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+        ["SSEAlgorithm"]
+        .is_string());
+    let block = bucket["PublicAccessBlockConfiguration"].as_object().unwrap();
     assert_eq!(block.len(), 4);
     assert!(block.values().all(|v| v == true), "{block:?}");
     assert_eq!(bucket["VersioningConfiguration"]["Status"], "Enabled");

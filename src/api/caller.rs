@@ -42,34 +42,19 @@ impl CallerRules {
     /// space-separated, as issuers write it).
     pub fn caller(&self, req: &Request) -> Result<Caller, Forbidden> {
         let jwt = match req.request_context_ref() {
-            Some(RequestContext::ApiGatewayV2(ctx)) => {
-                ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref())
-            }
+            Some(RequestContext::ApiGatewayV2(ctx)) => ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref()),
             _ => None,
         };
         let jwt = jwt.ok_or(Forbidden::NoClaims)?;
-        let claim = jwt
-            .claims
-            .get(&self.org_claim)
-            .ok_or_else(|| Forbidden::NoOrgClaim(self.org_claim.clone()))?;
-        let org = OrgId::parse(claim.trim())
-            .map_err(|_| Forbidden::BadOrgClaim(self.org_claim.clone()))?;
+        let claim = jwt.claims.get(&self.org_claim).ok_or_else(|| Forbidden::NoOrgClaim(self.org_claim.clone()))?;
+        let org = OrgId::parse(claim.trim()).map_err(|_| Forbidden::BadOrgClaim(self.org_claim.clone()))?;
         let mut scopes: Vec<&str> = jwt.scopes.iter().flatten().map(String::as_str).collect();
         for name in ["scope", "scp"] {
             if let Some(value) = jwt.claims.get(name) {
-                scopes.extend(
-                    value
-                        .trim_matches(|c| c == '[' || c == ']')
-                        .split([' ', ','])
-                        .filter(|s| !s.is_empty()),
-                );
+                scopes.extend(value.trim_matches(|c| c == '[' || c == ']').split([' ', ',']).filter(|s| !s.is_empty()));
             }
         }
-        if !self
-            .admin_scopes
-            .iter()
-            .any(|wanted| scopes.contains(&wanted.as_str()))
-        {
+        if !self.admin_scopes.iter().any(|wanted| scopes.contains(&wanted.as_str())) {
             return Err(Forbidden::MissingScope(self.admin_scopes.join(" or ")));
         }
         let subject = ["sub", "client_id"]

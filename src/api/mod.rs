@@ -28,9 +28,7 @@ pub fn request_time(req: &Request) -> DateTime<Utc> {
 /// API Gateway's request id, else the Lambda request id.
 pub fn request_id(req: &Request) -> Option<String> {
     match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(ctx)) if ctx.request_id.is_some() => {
-            ctx.request_id.clone()
-        }
+        Some(RequestContext::ApiGatewayV2(ctx)) if ctx.request_id.is_some() => ctx.request_id.clone(),
         _ => req.lambda_context_ref().map(|c| c.request_id.clone()),
     }
 }
@@ -41,12 +39,7 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let media = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let media = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
 
@@ -56,10 +49,7 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body
     let mut response = Response::new(Body::Text(text));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        "application/json".parse().expect("static header"),
-    );
+    headers.insert(CONTENT_TYPE, "application/json".parse().expect("static header"));
     headers.insert(CACHE_CONTROL, "no-store".parse().expect("static header"));
     response
 }

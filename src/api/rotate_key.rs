@@ -14,9 +14,7 @@ use super::{is_json, json_response, request_id, request_time};
 use crate::core::domain::Trigger;
 use crate::core::duration::Duration;
 use crate::core::ports::PortError;
-use crate::core::rotation::{
-    rotate, Ports, Rotated, RotationError, RotationRequest, RotationSettings,
-};
+use crate::core::rotation::{rotate, Ports, Rotated, RotationError, RotationRequest, RotationSettings};
 
 /// The path every error body names, as the reference does.
 pub const ERROR_PATH: &str = "/iam/rotate-key";
@@ -106,28 +104,18 @@ fn parse_body(req: &Request) -> Result<Option<Duration>, (StatusCode, String)> {
             "Unsupported Media Type: a request body must be application/json".into(),
         ));
     }
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("Bad Request: the body is not valid JSON ({e})"),
-        )
-    })?;
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("Bad Request: the body is not valid JSON ({e})")))?;
     let serde_json::Value::Object(fields) = value else {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "Bad Request: the body must be a JSON object".into(),
-        ));
+        return Err((StatusCode::BAD_REQUEST, "Bad Request: the body must be a JSON object".into()));
     };
     let mut grace = None;
     for (name, value) in fields {
         match (name.as_str(), value) {
             ("previousKeyGracePeriod", serde_json::Value::String(text)) => {
-                let parsed: Duration = text.parse().map_err(|e| {
-                    (
-                        StatusCode::BAD_REQUEST,
-                        format!("Bad Request: previousKeyGracePeriod: {e}"),
-                    )
-                })?;
+                let parsed: Duration = text
+                    .parse()
+                    .map_err(|e| (StatusCode::BAD_REQUEST, format!("Bad Request: previousKeyGracePeriod: {e}")))?;
                 grace = Some(parsed);
             }
             ("previousKeyGracePeriod", serde_json::Value::Null) => {}
@@ -138,12 +126,11 @@ fn parse_body(req: &Request) -> Result<Option<Duration>, (StatusCode, String)> {
                 ))
             }
             (other, _) => {
-                let shown: String = other
-                    .chars()
-                    .take(64)
-                    .flat_map(char::escape_debug)
-                    .collect();
-                return Err((StatusCode::BAD_REQUEST, format!("Bad Request: unknown field '{shown}'; the only field is previousKeyGracePeriod")));
+                let shown: String = other.chars().take(64).flat_map(char::escape_debug).collect();
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("Bad Request: unknown field '{shown}'; the only field is previousKeyGracePeriod"),
+                ));
             }
         }
     }
@@ -152,36 +139,21 @@ fn parse_body(req: &Request) -> Result<Option<Duration>, (StatusCode, String)> {
 
 /// Handles one request. Always answers: every refusal is a JSON error with its status.
 #[tracing::instrument(skip_all, fields(org = tracing::field::Empty, status = tracing::field::Empty))]
-pub async fn handle(
-    req: Request,
-    ports: Ports<'_>,
-    settings: &RotateKeySettings,
-) -> Response<Body> {
+pub async fn handle(req: Request, ports: Ports<'_>, settings: &RotateKeySettings) -> Response<Body> {
     let now = request_time(&req);
     let response = respond(&req, ports, settings, now).await;
     tracing::Span::current().record("status", response.status().as_u16());
     response
 }
 
-async fn respond(
-    req: &Request,
-    ports: Ports<'_>,
-    settings: &RotateKeySettings,
-    now: DateTime<Utc>,
-) -> Response<Body> {
+async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, now: DateTime<Utc>) -> Response<Body> {
     let path = req.uri().path();
     if !ROUTES.iter().any(|route| path.ends_with(route)) {
         return error(StatusCode::NOT_FOUND, "Not Found", now);
     }
     if req.method() != Method::POST {
-        let mut response = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Method Not Allowed: use POST",
-            now,
-        );
-        response
-            .headers_mut()
-            .insert(ALLOW, "POST".parse().expect("static header"));
+        let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed: use POST", now);
+        response.headers_mut().insert(ALLOW, "POST".parse().expect("static header"));
         return response;
     }
     let caller = match settings.caller.caller(req) {
@@ -235,19 +207,13 @@ async fn respond(
 fn status_of(e: &RotationError) -> (StatusCode, Option<u64>) {
     match e {
         RotationError::NotEnrolled(_) => (StatusCode::NOT_FOUND, None),
-        RotationError::NotEnabled { .. }
-        | RotationError::InProgress { .. }
-        | RotationError::Contended(_) => (StatusCode::CONFLICT, None),
-        RotationError::RateLimited { retry_after, .. } => {
-            (StatusCode::TOO_MANY_REQUESTS, Some(retry_after.as_secs()))
+        RotationError::NotEnabled { .. } | RotationError::InProgress { .. } | RotationError::Contended(_) => {
+            (StatusCode::CONFLICT, None)
         }
+        RotationError::RateLimited { retry_after, .. } => (StatusCode::TOO_MANY_REQUESTS, Some(retry_after.as_secs())),
         RotationError::GraceTooLong { .. } => (StatusCode::BAD_REQUEST, None),
-        RotationError::Aws(PortError::Throttled { .. }) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Some(5))
-        }
-        RotationError::VerificationFailed(_) | RotationError::Aws(_) => {
-            (StatusCode::SERVICE_UNAVAILABLE, None)
-        }
+        RotationError::Aws(PortError::Throttled { .. }) => (StatusCode::SERVICE_UNAVAILABLE, Some(5)),
+        RotationError::VerificationFailed(_) | RotationError::Aws(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
     }
 }
 
@@ -288,17 +254,13 @@ mod tests {
                 verifier: MemoryVerifier::new(faults.clone()),
                 faults,
                 settings: RotateKeySettings {
-                    caller: CallerRules {
-                        org_claim: "org_id".into(),
-                        admin_scopes: vec!["admin".into()],
-                    },
+                    caller: CallerRules { org_claim: "org_id".into(), admin_scopes: vec!["admin".into()] },
                     rotation: RotationSettings::default(),
                 },
             };
             let org = OrgId::parse("1234567").unwrap();
             let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-            f.registry
-                .put(OrgRecord::enrolled(&org, "logs", "1234567/", at));
+            f.registry.put(OrgRecord::enrolled(&org, "logs", "1234567/", at));
             let spec = UserSpec {
                 user_name: org.user_name(),
                 path: "/managed-s3/".into(),
@@ -315,6 +277,8 @@ mod tests {
                 keys: &self.keys,
                 audit: &self.audit,
                 verifier: Some(&self.verifier),
+                vault: None,
+                notifier: None,
             }
         }
         async fn call(
@@ -327,14 +291,11 @@ mod tests {
             let request = lambda_http::request::from_str(&value.to_string()).unwrap();
             let response = handle(request, self.ports(), &self.settings).await;
             let status = response.status().as_u16();
-            let body =
-                serde_json::from_slice(response.body().as_ref()).expect("always a JSON body");
+            let body = serde_json::from_slice(response.body().as_ref()).expect("always a JSON body");
             (status, body, response.headers().clone())
         }
         fn record(&self) -> OrgRecord {
-            self.registry
-                .get(&OrgId::parse("1234567").unwrap())
-                .unwrap()
+            self.registry.get(&OrgId::parse("1234567").unwrap()).unwrap()
         }
     }
 
@@ -345,14 +306,10 @@ mod tests {
     #[test]
     fn every_event_file_parses_serializes_and_parses_again() {
         for text in [EVENT, GRACE, REFERENCE_ROUTE, WRONG_SCOPE, NOT_JSON] {
-            let typed: aws_lambda_events::apigw::ApiGatewayV2httpRequest =
-                serde_json::from_str(text).unwrap();
+            let typed: aws_lambda_events::apigw::ApiGatewayV2httpRequest = serde_json::from_str(text).unwrap();
             let again: aws_lambda_events::apigw::ApiGatewayV2httpRequest =
                 serde_json::from_str(&serde_json::to_string(&typed).unwrap()).unwrap();
-            assert_eq!(
-                serde_json::to_value(&typed).unwrap(),
-                serde_json::to_value(&again).unwrap()
-            );
+            assert_eq!(serde_json::to_value(&typed).unwrap(), serde_json::to_value(&again).unwrap());
             assert!(lambda_http::request::from_str(text).is_ok());
         }
     }
@@ -364,32 +321,14 @@ mod tests {
         assert_eq!(status, 200, "{body}");
         assert_eq!(headers["cache-control"], "no-store");
         assert_eq!(headers["content-type"], "application/json");
-        for field in [
-            "oldKeyId",
-            "currentKeyId",
-            "secretAccessKey",
-            "keyCreationDate",
-        ] {
-            assert!(
-                body[field].is_string(),
-                "the reference's required string field {field}: {body}"
-            );
+        for field in ["oldKeyId", "currentKeyId", "secretAccessKey", "keyCreationDate"] {
+            assert!(body[field].is_string(), "the reference's required string field {field}: {body}");
         }
         assert_eq!(body["oldKeyId"], "");
-        assert_eq!(
-            body["createdAt"], "2026-11-22T04:51:11Z",
-            "now is the event's time"
-        );
+        assert_eq!(body["createdAt"], "2026-11-22T04:51:11Z", "now is the event's time");
         let secret = body["secretAccessKey"].as_str().unwrap();
-        assert!(
-            !serde_json::to_string(&f.record()).unwrap().contains(secret),
-            "never stored in the registry"
-        );
-        assert!(f
-            .audit
-            .entries()
-            .iter()
-            .all(|e| !serde_json::to_string(e).unwrap().contains(secret)));
+        assert!(!serde_json::to_string(&f.record()).unwrap().contains(secret), "never stored in the registry");
+        assert!(f.audit.entries().iter().all(|e| !serde_json::to_string(e).unwrap().contains(secret)));
     }
 
     #[tokio::test]
@@ -397,11 +336,7 @@ mod tests {
         let f = Fixture::new().await;
         type Patch = Box<dyn FnOnce(&mut Value)>;
         let cases: Vec<(&str, Patch, &str)> = vec![
-            (
-                WRONG_SCOPE,
-                Box::new(|_| {}),
-                "lacks the required scope (admin)",
-            ),
+            (WRONG_SCOPE, Box::new(|_| {}), "lacks the required scope (admin)"),
             (
                 EVENT,
                 Box::new(|e| {
@@ -409,18 +344,11 @@ mod tests {
                 }),
                 "no org_id claim",
             ),
-            (
-                EVENT,
-                Box::new(|e| claims(e)["org_id"] = "../other".into()),
-                "not a valid org id",
-            ),
+            (EVENT, Box::new(|e| claims(e)["org_id"] = "../other".into()), "not a valid org id"),
             (
                 EVENT,
                 Box::new(|e| {
-                    e["requestContext"]
-                        .as_object_mut()
-                        .unwrap()
-                        .remove("authorizer");
+                    e["requestContext"].as_object_mut().unwrap().remove("authorizer");
                 }),
                 "no JWT authorizer claims",
             ),
@@ -451,19 +379,9 @@ mod tests {
     #[tokio::test]
     async fn the_org_comes_from_the_token_never_from_the_body() {
         let f = Fixture::new().await;
-        let (status, body, _) = f
-            .call(GRACE, |e| {
-                e["body"] = json!({"orgId": "7654321"}).to_string().into()
-            })
-            .await;
+        let (status, body, _) = f.call(GRACE, |e| e["body"] = json!({"orgId": "7654321"}).to_string().into()).await;
         assert_eq!(status, 400, "{body}");
-        assert!(
-            body["error"]
-                .as_str()
-                .unwrap()
-                .contains("unknown field 'orgId'"),
-            "{body}"
-        );
+        assert!(body["error"].as_str().unwrap().contains("unknown field 'orgId'"), "{body}");
     }
 
     #[tokio::test]
@@ -471,12 +389,7 @@ mod tests {
         let f = Fixture::new().await;
         let cases = [
             (json!("{"), "application/json", 400, "not valid JSON"),
-            (
-                json!("[]"),
-                "application/json",
-                400,
-                "must be a JSON object",
-            ),
+            (json!("[]"), "application/json", 400, "must be a JSON object"),
             (
                 json!(r#"{"previousKeyGracePeriod": 24}"#),
                 "application/json",
@@ -495,12 +408,7 @@ mod tests {
                 400,
                 "8d is longer than the maximum of 7d",
             ),
-            (
-                json!(r#"{"previousKeyGracePeriod": "24h"}"#),
-                "text/plain",
-                415,
-                "must be application/json",
-            ),
+            (json!(r#"{"previousKeyGracePeriod": "24h"}"#), "text/plain", 415, "must be application/json"),
         ];
         for (body, content_type, status, says) in cases {
             let (got, answer, _) = f
@@ -510,10 +418,7 @@ mod tests {
                 })
                 .await;
             assert_eq!(got, status, "{body}: {answer}");
-            assert!(
-                answer["error"].as_str().unwrap().contains(says),
-                "{body}: {answer}"
-            );
+            assert!(answer["error"].as_str().unwrap().contains(says), "{body}: {answer}");
             assert_eq!(answer["path"], "/iam/rotate-key");
         }
         let (status, _, _) = f.call(NOT_JSON, |_| {}).await;
@@ -525,11 +430,7 @@ mod tests {
     async fn a_json_body_with_a_grace_period_and_a_bodiless_post_both_rotate() {
         let f = Fixture::new().await;
         assert_eq!(f.call(REFERENCE_ROUTE, |_| {}).await.0, 200);
-        let (status, body, _) = f
-            .call(GRACE, |e| {
-                e["requestContext"]["timeEpoch"] = json!(1795323131000i64)
-            })
-            .await;
+        let (status, body, _) = f.call(GRACE, |e| e["requestContext"]["timeEpoch"] = json!(1795323131000i64)).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["previousKeyStatus"], "Active");
         assert_eq!(body["previousKeyRetiresAt"], "2026-11-23T04:52:11Z");
@@ -545,11 +446,7 @@ mod tests {
             })
             .await;
         assert_eq!(status, 404);
-        let (status, _, headers) = f
-            .call(EVENT, |e| {
-                e["requestContext"]["http"]["method"] = "GET".into()
-            })
-            .await;
+        let (status, _, headers) = f.call(EVENT, |e| e["requestContext"]["http"]["method"] = "GET".into()).await;
         assert_eq!(status, 405);
         assert_eq!(headers["allow"], "POST");
     }
@@ -559,29 +456,19 @@ mod tests {
         let f = Fixture::new().await;
         // 429 after the hourly limit, with Retry-After.
         for i in 0..5 {
-            let (status, _, _) = f
-                .call(EVENT, |e| {
-                    e["requestContext"]["timeEpoch"] = json!(1795323071000i64 + i * 1000)
-                })
-                .await;
+            let (status, _, _) =
+                f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795323071000i64 + i * 1000)).await;
             assert_eq!(status, 200);
         }
-        let (status, body, headers) = f
-            .call(EVENT, |e| {
-                e["requestContext"]["timeEpoch"] = json!(1795323071000i64 + 60_000)
-            })
-            .await;
+        let (status, body, headers) =
+            f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795323071000i64 + 60_000)).await;
         assert_eq!(status, 429, "{body}");
         assert_eq!(headers["retry-after"], "3540");
         // 409 for a key that is not Enabled.
         let mut record = f.record();
         record.state = KeyState::Disabled;
         f.registry.put(record);
-        let (status, body, _) = f
-            .call(EVENT, |e| {
-                e["requestContext"]["timeEpoch"] = json!(1795333071000i64)
-            })
-            .await;
+        let (status, body, _) = f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795333071000i64)).await;
         assert_eq!(status, 409, "{body}");
         assert!(body["error"].as_str().unwrap().contains("Disabled"));
         // 503 when AWS fails, and nothing changed.
@@ -590,11 +477,7 @@ mod tests {
         f.registry.put(record);
         let before = f.record();
         f.faults.inject(3, crate::core::memory::FaultMode::Fail); // list the keys
-        let (status, body, _) = f
-            .call(EVENT, |e| {
-                e["requestContext"]["timeEpoch"] = json!(1795333071000i64)
-            })
-            .await;
+        let (status, body, _) = f.call(EVENT, |e| e["requestContext"]["timeEpoch"] = json!(1795333071000i64)).await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(f.record(), before);
     }
@@ -614,9 +497,6 @@ mod tests {
         f.registry.put(record);
         let (status, body, _) = f.call(EVENT, |_| {}).await;
         assert_eq!(status, 409, "{body}");
-        assert!(body["error"]
-            .as_str()
-            .unwrap()
-            .contains("already in progress"));
+        assert!(body["error"].as_str().unwrap().contains("already in progress"));
     }
 }

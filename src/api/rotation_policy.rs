@@ -19,9 +19,7 @@ use super::caller::CallerRules;
 use super::{json_response, request_id, request_time};
 use crate::core::domain::{OrgId, OrgRecord};
 use crate::core::duration::Duration;
-use crate::core::policy::{
-    automatic_rotation, key_versions, update_policy, PolicyChange, PolicyError,
-};
+use crate::core::policy::{automatic_rotation, key_versions, update_policy, PolicyChange, PolicyError};
 use crate::core::ports::{AuditLog, PortError, Registry};
 
 /// What the handler needs besides the ports.
@@ -82,10 +80,9 @@ impl From<PolicyError> for ApiError {
     fn from(e: PolicyError) -> Self {
         match e {
             PolicyError::KeyNotFound => Self::key_not_found(),
-            PolicyError::IntervalOutOfRange(_) => Self::invalid(
-                "RotationInterval",
-                "must be between 7 days and 365 days (7d to 365d)",
-            ),
+            PolicyError::IntervalOutOfRange(_) => {
+                Self::invalid("RotationInterval", "must be between 7 days and 365 days (7d to 365d)")
+            }
             PolicyError::Contended(_) => Self {
                 status: StatusCode::CONFLICT,
                 code: "Conflict.ConcurrentUpdate",
@@ -125,13 +122,10 @@ fn parameters(req: &Request) -> Result<Params, ApiError> {
                 params.insert(name.into_owned(), value.into_owned());
             }
         } else if content_type == "application/json" || content_type.ends_with("+json") {
-            let value: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::invalid("body", format!("not valid JSON ({e})")))?;
+            let value: Value =
+                serde_json::from_slice(body).map_err(|e| ApiError::invalid("body", format!("not valid JSON ({e})")))?;
             let Value::Object(fields) = value else {
-                return Err(ApiError::invalid(
-                    "body",
-                    "must be a JSON object of parameters",
-                ));
+                return Err(ApiError::invalid("body", "must be a JSON object of parameters"));
             };
             for (name, value) in fields {
                 let text = match value {
@@ -139,12 +133,7 @@ fn parameters(req: &Request) -> Result<Params, ApiError> {
                     Value::Bool(b) => b.to_string(),
                     Value::Number(n) => n.to_string(),
                     Value::Null => continue,
-                    _ => {
-                        return Err(ApiError::invalid(
-                            &name,
-                            "must be a string, number or boolean",
-                        ))
-                    }
+                    _ => return Err(ApiError::invalid(&name, "must be a string, number or boolean")),
                 };
                 params.insert(name, text);
             }
@@ -177,14 +166,8 @@ fn format_of(params: &Params, headers: &HeaderMap) -> Result<Format, ApiError> {
             _ => Err(ApiError::invalid("Format", "must be JSON or XML")),
         };
     }
-    let accept = headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if (accept.contains("application/xml") || accept.contains("text/xml"))
-        && !accept.contains("json")
-    {
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    if (accept.contains("application/xml") || accept.contains("text/xml")) && !accept.contains("json") {
         Ok(Format::Xml)
     } else {
         Ok(Format::Json)
@@ -192,11 +175,7 @@ fn format_of(params: &Params, headers: &HeaderMap) -> Result<Format, ApiError> {
 }
 
 fn required<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
-    params
-        .get(name)
-        .map(String::as_str)
-        .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| ApiError::missing(name))
+    params.get(name).map(String::as_str).filter(|v| !v.trim().is_empty()).ok_or_else(|| ApiError::missing(name))
 }
 
 fn boolean(params: &Params, name: &str) -> Result<bool, ApiError> {
@@ -204,36 +183,19 @@ fn boolean(params: &Params, name: &str) -> Result<bool, ApiError> {
     match value.to_ascii_lowercase().as_str() {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(ApiError::invalid(
-            name,
-            format!("'{}' is not true or false", shown(value)),
-        )),
+        _ => Err(ApiError::invalid(name, format!("'{}' is not true or false", shown(value)))),
     }
 }
 
-fn number(
-    params: &Params,
-    name: &str,
-    default: u32,
-    range: std::ops::RangeInclusive<u32>,
-) -> Result<u32, ApiError> {
+fn number(params: &Params, name: &str, default: u32, range: std::ops::RangeInclusive<u32>) -> Result<u32, ApiError> {
     match params.get(name) {
         None => Ok(default),
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    name,
-                    format!(
-                        "'{}' is not a whole number from {} to {}",
-                        shown(text),
-                        range.start(),
-                        range.end()
-                    ),
-                )
-            }),
+        Some(text) => text.parse::<u32>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
+            ApiError::invalid(
+                name,
+                format!("'{}' is not a whole number from {} to {}", shown(text), range.start(), range.end()),
+            )
+        }),
     }
 }
 
@@ -247,19 +209,11 @@ fn iso(t: DateTime<Utc>) -> String {
 
 /// Handles one request. Always answers: every refusal is an error body with its status.
 #[tracing::instrument(skip_all, fields(org = tracing::field::Empty, action = tracing::field::Empty, status = tracing::field::Empty))]
-pub async fn handle(
-    req: Request,
-    ports: PolicyPorts<'_>,
-    settings: &PolicySettings,
-) -> Response<Body> {
+pub async fn handle(req: Request, ports: PolicyPorts<'_>, settings: &PolicySettings) -> Response<Body> {
     let now = request_time(&req);
     let request_id = request_id(&req).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let params = parameters(&req);
-    let format = params
-        .as_ref()
-        .ok()
-        .and_then(|p| format_of(p, req.headers()).ok())
-        .unwrap_or(Format::Json);
+    let format = params.as_ref().ok().and_then(|p| format_of(p, req.headers()).ok()).unwrap_or(Format::Json);
     let result = match params {
         Ok(params) => respond(&req, &params, ports, settings, now, &request_id).await,
         Err(e) => Err(e),
@@ -267,12 +221,7 @@ pub async fn handle(
     let response = match result {
         Ok((action, mut body)) => {
             body.insert("RequestId".into(), Value::String(request_id));
-            render(
-                StatusCode::OK,
-                &format!("{action}Response"),
-                Value::Object(body),
-                format,
-            )
+            render(StatusCode::OK, &format!("{action}Response"), Value::Object(body), format)
         }
         Err(e) => {
             if e.status.is_server_error() {
@@ -303,16 +252,8 @@ async fn respond(
         message: f.to_string(),
     })?;
     tracing::Span::current().record("org", caller.org.as_str());
-    let header_action = req
-        .headers()
-        .get("x-acs-action")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let action = params
-        .get("Action")
-        .cloned()
-        .or(header_action)
-        .ok_or_else(|| ApiError::missing("Action"))?;
+    let header_action = req.headers().get("x-acs-action").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let action = params.get("Action").cloned().or(header_action).ok_or_else(|| ApiError::missing("Action"))?;
     tracing::Span::current().record("action", action.as_str());
     let action: &'static str = match action.as_str() {
         "UpdateRotationPolicy" => "UpdateRotationPolicy",
@@ -337,32 +278,19 @@ async fn respond(
             let enable = boolean(params, "EnableAutomaticRotation")?;
             let change = if enable {
                 let text = required(params, "RotationInterval")?;
-                let interval: Duration = text
-                    .parse()
-                    .map_err(|e| ApiError::invalid("RotationInterval", e))?;
+                let interval: Duration = text.parse().map_err(|e| ApiError::invalid("RotationInterval", e))?;
                 PolicyChange::enable(interval)?
             } else {
                 PolicyChange::Disable
             };
-            update_policy(
-                ports.registry,
-                ports.audit,
-                &org,
-                change,
-                now,
-                &caller.subject,
-                Some(request_id.to_owned()),
-            )
-            .await?;
+            update_policy(ports.registry, ports.audit, &org, change, now, &caller.subject, Some(request_id.to_owned()))
+                .await?;
             Map::new()
         }
         "DescribeKey" => {
             let record = load(ports.registry, &org).await?;
             let mut body = Map::new();
-            body.insert(
-                "KeyMetadata".into(),
-                key_metadata(&record, settings.max_key_age),
-            );
+            body.insert("KeyMetadata".into(), key_metadata(&record, settings.max_key_age));
             body
         }
         _ => {
@@ -396,11 +324,7 @@ async fn respond(
 }
 
 async fn load(registry: &dyn Registry, org: &OrgId) -> Result<OrgRecord, ApiError> {
-    Ok(registry
-        .load(org)
-        .await?
-        .ok_or_else(ApiError::key_not_found)?
-        .value)
+    Ok(registry.load(org).await?.ok_or_else(ApiError::key_not_found)?.value)
 }
 
 /// DescribeKey's `KeyMetadata`: the reference's fields and ours; never a secret.
@@ -414,11 +338,7 @@ fn key_metadata(record: &OrgRecord, max_key_age: Duration) -> Value {
     put("CreationDate", iso(record.created_at).into());
     put(
         "Description",
-        format!(
-            "IAM access key of org {} for s3://{}/{}",
-            record.org_id, record.bucket, record.prefix
-        )
-        .into(),
+        format!("IAM access key of org {} for s3://{}/{}", record.org_id, record.bucket, record.prefix).into(),
     );
     put("AutomaticRotation", automatic_rotation(record).into());
     if let Some(interval) = record.policy.interval {
@@ -427,21 +347,14 @@ fn key_metadata(record: &OrgRecord, max_key_age: Duration) -> Value {
     if let Some(at) = record.policy.last_rotation_at {
         put("LastRotationDate", iso(at).into());
     }
-    if let Some(at) = record
-        .policy
-        .next_rotation_at
-        .filter(|_| record.policy.automatic)
-    {
+    if let Some(at) = record.policy.next_rotation_at.filter(|_| record.policy.automatic) {
         put("NextRotationDate", iso(at).into());
     }
     put("MaxKeyAge", max_key_age.to_seconds_string().into());
     if let Some(current) = &record.current {
         put("PrimaryKeyVersion", current.version.to_string().into());
         put("PrimaryAccessKeyId", current.access_key_id.clone().into());
-        put(
-            "KeyExpirationDate",
-            iso(current.created_at + max_key_age.to_chrono()).into(),
-        );
+        put("KeyExpirationDate", iso(current.created_at + max_key_age.to_chrono()).into());
     }
     Value::Object(m)
 }
@@ -455,10 +368,7 @@ fn render(status: StatusCode, root: &str, body: Value, format: Format) -> Respon
             let mut response = Response::new(Body::Text(text));
             *response.status_mut() = status;
             let headers = response.headers_mut();
-            headers.insert(
-                CONTENT_TYPE,
-                "application/xml".parse().expect("static header"),
-            );
+            headers.insert(CONTENT_TYPE, "application/xml".parse().expect("static header"));
             headers.insert(CACHE_CONTROL, "no-store".parse().expect("static header"));
             response
         }
@@ -516,17 +426,8 @@ mod tests {
     const DESCRIBE: &str = include_str!("../../events/policy-describe-key.json");
     const DESCRIBE_XML: &str = include_str!("../../events/policy-describe-key-xml.json");
     const LIST: &str = include_str!("../../events/policy-list-key-versions.json");
-    const LIST_JSON_BODY: &str =
-        include_str!("../../events/policy-list-key-versions-json-body.json");
-    const ALL: [&str; 7] = [
-        UPDATE,
-        UPDATE_SDK,
-        UPDATE_FORM,
-        DESCRIBE,
-        DESCRIBE_XML,
-        LIST,
-        LIST_JSON_BODY,
-    ];
+    const LIST_JSON_BODY: &str = include_str!("../../events/policy-list-key-versions-json-body.json");
+    const ALL: [&str; 7] = [UPDATE, UPDATE_SDK, UPDATE_FORM, DESCRIBE, DESCRIBE_XML, LIST, LIST_JSON_BODY];
 
     struct Fixture {
         faults: Arc<Faults>,
@@ -547,53 +448,31 @@ mod tests {
                 audit: MemoryAudit::new(faults.clone()),
                 faults,
                 settings: PolicySettings {
-                    caller: CallerRules {
-                        org_claim: "org_id".into(),
-                        admin_scopes: vec!["admin".into()],
-                    },
+                    caller: CallerRules { org_claim: "org_id".into(), admin_scopes: vec!["admin".into()] },
                     max_key_age: Duration::from_days(90),
                 },
             };
             let org = OrgId::parse("1234567").unwrap();
-            let mut record = OrgRecord::enrolled(
-                &org,
-                "logs",
-                "1234567/",
-                Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
-            );
+            let mut record =
+                OrgRecord::enrolled(&org, "logs", "1234567/", Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap());
             commit_rotation(
                 &mut record,
                 "AKIAFIRST",
                 rotated_at() - chrono::TimeDelta::days(10),
                 Duration::from_secs(0),
+                None,
             );
-            commit_rotation(
-                &mut record,
-                "AKIASECOND",
-                rotated_at(),
-                Duration::from_secs(0),
-            );
+            commit_rotation(&mut record, "AKIASECOND", rotated_at(), Duration::from_secs(0), None);
             f.registry.put(record);
             f
         }
 
-        async fn call(
-            &self,
-            event: &str,
-            patch: impl FnOnce(&mut Value),
-        ) -> (u16, String, HeaderMap) {
+        async fn call(&self, event: &str, patch: impl FnOnce(&mut Value)) -> (u16, String, HeaderMap) {
             let mut value: Value = serde_json::from_str(event).unwrap();
             patch(&mut value);
             let request = lambda_http::request::from_str(&value.to_string()).unwrap();
-            let response = handle(
-                request,
-                PolicyPorts {
-                    registry: &self.registry,
-                    audit: &self.audit,
-                },
-                &self.settings,
-            )
-            .await;
+            let response =
+                handle(request, PolicyPorts { registry: &self.registry, audit: &self.audit }, &self.settings).await;
             let status = response.status().as_u16();
             let text = String::from_utf8(response.body().as_ref().to_vec()).unwrap();
             (status, text, response.headers().clone())
@@ -602,28 +481,19 @@ mod tests {
         async fn json(&self, event: &str, patch: impl FnOnce(&mut Value)) -> (u16, Value) {
             let (status, text, headers) = self.call(event, patch).await;
             assert_eq!(headers["content-type"], "application/json");
-            (
-                status,
-                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-            )
+            (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
         }
 
         fn record(&self) -> OrgRecord {
-            self.registry
-                .get(&OrgId::parse("1234567").unwrap())
-                .unwrap()
+            self.registry.get(&OrgId::parse("1234567").unwrap()).unwrap()
         }
     }
 
     /// Sets query parameters of an event (both forms API Gateway gives).
     fn query(pairs: &[(&str, &str)]) -> impl FnOnce(&mut Value) {
-        let map: Map<String, Value> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-            .collect();
-        let raw = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(pairs.iter())
-            .finish();
+        let map: Map<String, Value> =
+            pairs.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
+        let raw = form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs.iter()).finish();
         move |e| {
             e["queryStringParameters"] = Value::Object(map);
             e["rawQueryString"] = raw.into();
@@ -633,14 +503,10 @@ mod tests {
     #[test]
     fn every_event_file_parses_serializes_and_parses_again() {
         for text in ALL {
-            let typed: aws_lambda_events::apigw::ApiGatewayV2httpRequest =
-                serde_json::from_str(text).unwrap();
+            let typed: aws_lambda_events::apigw::ApiGatewayV2httpRequest = serde_json::from_str(text).unwrap();
             let again: aws_lambda_events::apigw::ApiGatewayV2httpRequest =
                 serde_json::from_str(&serde_json::to_string(&typed).unwrap()).unwrap();
-            assert_eq!(
-                serde_json::to_value(&typed).unwrap(),
-                serde_json::to_value(&again).unwrap()
-            );
+            assert_eq!(serde_json::to_value(&typed).unwrap(), serde_json::to_value(&again).unwrap());
         }
     }
 
@@ -657,12 +523,7 @@ mod tests {
         ] {
             let (status, body) = f.json(event, |_| {}).await;
             assert_eq!(status, 200, "{action}: {body}");
-            assert!(
-                body["RequestId"]
-                    .as_str()
-                    .is_some_and(|id| id.starts_with("1a2b3c4d-")),
-                "{body}"
-            );
+            assert!(body["RequestId"].as_str().is_some_and(|id| id.starts_with("1a2b3c4d-")), "{body}");
         }
         let (status, text, headers) = f.call(DESCRIBE_XML, |_| {}).await;
         assert_eq!(status, 200);
@@ -693,32 +554,13 @@ mod tests {
                 )
                 .await;
             assert_eq!(status, 200, "{interval}: {body}");
-            assert_eq!(
-                body.as_object().unwrap().keys().collect::<Vec<_>>(),
-                ["RequestId"]
-            );
+            assert_eq!(body.as_object().unwrap().keys().collect::<Vec<_>>(), ["RequestId"]);
             let (_, described) = f.json(DESCRIBE, |_| {}).await;
-            assert_eq!(
-                described["KeyMetadata"]["RotationInterval"],
-                format!("{seconds}s"),
-                "{interval}"
-            );
+            assert_eq!(described["KeyMetadata"]["RotationInterval"], format!("{seconds}s"), "{interval}");
         }
-        for interval in [
-            "6d",
-            "366d",
-            "0d",
-            "-7d",
-            "7",
-            "7w",
-            "7.5d",
-            " 7d",
-            "7d ",
-            "99999999999999999999d",
-            "",
-            "d",
-            "1e1d",
-        ] {
+        for interval in
+            ["6d", "366d", "0d", "-7d", "7", "7w", "7.5d", " 7d", "7d ", "99999999999999999999d", "", "d", "1e1d"]
+        {
             let before = f.record();
             let (status, body) = f
                 .json(
@@ -732,19 +574,9 @@ mod tests {
                 )
                 .await;
             assert_eq!(status, 400, "{interval:?}: {body}");
-            let expected = if interval.is_empty() {
-                "MissingParameter"
-            } else {
-                "InvalidParameter"
-            };
+            let expected = if interval.is_empty() { "MissingParameter" } else { "InvalidParameter" };
             assert_eq!(body["Code"], expected, "{interval:?}: {body}");
-            assert!(
-                body["Message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("RotationInterval"),
-                "{body}"
-            );
+            assert!(body["Message"].as_str().unwrap().contains("RotationInterval"), "{body}");
             assert_eq!(f.record(), before, "{interval:?}: nothing stored");
         }
     }
@@ -752,13 +584,7 @@ mod tests {
     #[tokio::test]
     async fn booleans_are_true_or_false_in_any_case() {
         let f = Fixture::new();
-        for (text, enabled) in [
-            ("true", true),
-            ("True", true),
-            ("TRUE", true),
-            ("false", false),
-            ("False", false),
-        ] {
+        for (text, enabled) in [("true", true), ("True", true), ("TRUE", true), ("false", false), ("False", false)] {
             let (status, body) = f
                 .json(
                     UPDATE,
@@ -785,13 +611,7 @@ mod tests {
                 )
                 .await;
             assert_eq!(status, 400, "{text}: {body}");
-            assert!(
-                body["Message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("EnableAutomaticRotation"),
-                "{body}"
-            );
+            assert!(body["Message"].as_str().unwrap().contains("EnableAutomaticRotation"), "{body}");
         }
         // Disabling needs no interval; enabling does.
         let (status, body) = f
@@ -804,14 +624,8 @@ mod tests {
                 ]),
             )
             .await;
-        assert_eq!(
-            (status, body["Code"].as_str().unwrap()),
-            (400, "MissingParameter")
-        );
-        assert!(body["Message"]
-            .as_str()
-            .unwrap()
-            .contains("RotationInterval"));
+        assert_eq!((status, body["Code"].as_str().unwrap()), (400, "MissingParameter"));
+        assert!(body["Message"].as_str().unwrap().contains("RotationInterval"));
     }
 
     #[tokio::test]
@@ -881,22 +695,9 @@ mod tests {
             .await;
         assert_eq!(page2["KeyVersions"]["KeyVersion"][0]["KeyVersionId"], "1");
         assert_eq!(page2["TotalCount"], 2);
-        for (name, value) in [
-            ("PageSize", "0"),
-            ("PageSize", "101"),
-            ("PageNumber", "0"),
-            ("PageNumber", "x"),
-        ] {
-            let (status, body) = f
-                .json(
-                    LIST,
-                    query(&[
-                        ("Action", "ListKeyVersions"),
-                        ("KeyId", "key-1234567"),
-                        (name, value),
-                    ]),
-                )
-                .await;
+        for (name, value) in [("PageSize", "0"), ("PageSize", "101"), ("PageNumber", "0"), ("PageNumber", "x")] {
+            let (status, body) =
+                f.json(LIST, query(&[("Action", "ListKeyVersions"), ("KeyId", "key-1234567"), (name, value)])).await;
             assert_eq!(status, 400, "{name}={value}: {body}");
             assert!(body["Message"].as_str().unwrap().contains(name));
         }
@@ -907,14 +708,8 @@ mod tests {
         let f = Fixture::new();
         for key in ["key-7654321", "key-1234567x", "1234567", "key-../x"] {
             for event in [DESCRIBE, LIST] {
-                let action = if event == DESCRIBE {
-                    "DescribeKey"
-                } else {
-                    "ListKeyVersions"
-                };
-                let (status, body) = f
-                    .json(event, query(&[("Action", action), ("KeyId", key)]))
-                    .await;
+                let action = if event == DESCRIBE { "DescribeKey" } else { "ListKeyVersions" };
+                let (status, body) = f.json(event, query(&[("Action", action), ("KeyId", key)])).await;
                 assert_eq!(status, 404, "{key}: {body}");
                 assert_eq!(body["Code"], "Forbidden.KeyNotFound");
                 assert_eq!(body["Message"], "The specified Key is not found.");
@@ -927,36 +722,20 @@ mod tests {
                 e["queryStringParameters"]["KeyId"] = "key-555".into();
             })
             .await;
-        assert_eq!(
-            (status, body["Code"].as_str().unwrap()),
-            (404, "Forbidden.KeyNotFound")
-        );
+        assert_eq!((status, body["Code"].as_str().unwrap()), (404, "Forbidden.KeyNotFound"));
     }
 
     #[tokio::test]
     async fn unknown_actions_missing_parameters_and_callers_without_scope_are_refused() {
         let f = Fixture::new();
-        let (status, body) = f
-            .json(
-                DESCRIBE,
-                query(&[("Action", "ScheduleKeyDeletion"), ("KeyId", "key-1234567")]),
-            )
-            .await;
-        assert_eq!(
-            (status, body["Code"].as_str().unwrap()),
-            (400, "InvalidAction.NotFound")
-        );
+        let (status, body) =
+            f.json(DESCRIBE, query(&[("Action", "ScheduleKeyDeletion"), ("KeyId", "key-1234567")])).await;
+        assert_eq!((status, body["Code"].as_str().unwrap()), (400, "InvalidAction.NotFound"));
         let (status, body) = f.json(DESCRIBE, query(&[("KeyId", "key-1234567")])).await;
-        assert_eq!(
-            (status, body["Code"].as_str().unwrap()),
-            (400, "MissingParameter")
-        );
+        assert_eq!((status, body["Code"].as_str().unwrap()), (400, "MissingParameter"));
         assert!(body["Message"].as_str().unwrap().contains("Action"));
         let (status, body) = f.json(DESCRIBE, query(&[("Action", "DescribeKey")])).await;
-        assert_eq!(
-            (status, body["Code"].as_str().unwrap()),
-            (400, "MissingParameter")
-        );
+        assert_eq!((status, body["Code"].as_str().unwrap()), (400, "MissingParameter"));
         assert!(body["Message"].as_str().unwrap().contains("KeyId"));
         let (status, body) = f
             .json(DESCRIBE, |e| {
@@ -965,25 +744,10 @@ mod tests {
             })
             .await;
         assert_eq!(status, 403, "{body}");
-        let (status, body) = f
-            .json(
-                DESCRIBE,
-                query(&[
-                    ("Action", "DescribeKey"),
-                    ("KeyId", "key-1234567"),
-                    ("Format", "YAML"),
-                ]),
-            )
-            .await;
-        assert_eq!(
-            (status, body["Code"].as_str().unwrap()),
-            (400, "InvalidParameter")
-        );
-        let (status, _) = f
-            .json(UPDATE_FORM, |e| {
-                e["headers"]["content-type"] = "text/plain".into()
-            })
-            .await;
+        let (status, body) =
+            f.json(DESCRIBE, query(&[("Action", "DescribeKey"), ("KeyId", "key-1234567"), ("Format", "YAML")])).await;
+        assert_eq!((status, body["Code"].as_str().unwrap()), (400, "InvalidParameter"));
+        let (status, _) = f.json(UPDATE_FORM, |e| e["headers"]["content-type"] = "text/plain".into()).await;
         assert_eq!(status, 415);
     }
 
@@ -993,11 +757,7 @@ mod tests {
         let before = f.record();
         f.faults.inject(2, crate::core::memory::FaultMode::Fail); // the conditional write
         let (status, body) = f.json(UPDATE, |_| {}).await;
-        assert_eq!(
-            (status, body["Code"].as_str().unwrap()),
-            (503, "ServiceUnavailable"),
-            "{body}"
-        );
+        assert_eq!((status, body["Code"].as_str().unwrap()), (503, "ServiceUnavailable"), "{body}");
         assert_eq!(f.record(), before);
     }
 
@@ -1009,31 +769,18 @@ mod tests {
         let root = doc.root_element();
         assert_eq!(root.tag_name().name(), "DescribeKeyResponse");
         let child = |node: roxmltree::Node<'_, '_>, name: &str| {
-            node.children()
-                .find(|c| c.has_tag_name(name))
-                .and_then(|c| c.text().map(str::to_owned))
+            node.children().find(|c| c.has_tag_name(name)).and_then(|c| c.text().map(str::to_owned))
         };
-        let metadata = root
-            .children()
-            .find(|c| c.has_tag_name("KeyMetadata"))
-            .unwrap();
+        let metadata = root.children().find(|c| c.has_tag_name("KeyMetadata")).unwrap();
         assert_eq!(child(metadata, "KeyId").as_deref(), Some("key-1234567"));
         assert_eq!(child(metadata, "KeyState").as_deref(), Some("Enabled"));
-        assert_eq!(
-            child(root, "RequestId").as_deref(),
-            Some("1a2b3c4d-0000-4000-8000-000000000005")
-        );
+        assert_eq!(child(root, "RequestId").as_deref(), Some("1a2b3c4d-0000-4000-8000-000000000005"));
 
-        let (_, text, _) = f
-            .call(LIST, |e| e["headers"]["accept"] = "application/xml".into())
-            .await;
+        let (_, text, _) = f.call(LIST, |e| e["headers"]["accept"] = "application/xml".into()).await;
         let doc = roxmltree::Document::parse(&text).unwrap();
         let root = doc.root_element();
         assert_eq!(root.tag_name().name(), "ListKeyVersionsResponse");
-        let versions = root
-            .children()
-            .find(|c| c.has_tag_name("KeyVersions"))
-            .unwrap();
+        let versions = root.children().find(|c| c.has_tag_name("KeyVersions")).unwrap();
         let ids: Vec<String> = versions
             .children()
             .filter(|c| c.has_tag_name("KeyVersion"))
@@ -1050,31 +797,16 @@ mod tests {
         ]);
         let (_, text, _) = f.call(UPDATE, update_xml).await;
         let doc = roxmltree::Document::parse(&text).unwrap();
-        assert_eq!(
-            doc.root_element().tag_name().name(),
-            "UpdateRotationPolicyResponse"
-        );
+        assert_eq!(doc.root_element().tag_name().name(), "UpdateRotationPolicyResponse");
         assert!(child(doc.root_element(), "RequestId").is_some());
 
-        let bad = query(&[
-            ("Action", "<Nope & \"'\u{1}>"),
-            ("KeyId", "key-1234567"),
-            ("Format", "XML"),
-        ]);
+        let bad = query(&[("Action", "<Nope & \"'\u{1}>"), ("KeyId", "key-1234567"), ("Format", "XML")]);
         let (status, text, _) = f.call(UPDATE, bad).await;
         assert_eq!(status, 400);
         let doc = roxmltree::Document::parse(&text).unwrap();
         assert_eq!(doc.root_element().tag_name().name(), "Error");
-        assert_eq!(
-            child(doc.root_element(), "Code").as_deref(),
-            Some("InvalidAction.NotFound")
-        );
-        assert!(
-            child(doc.root_element(), "Message")
-                .unwrap()
-                .contains("'<Nope & "),
-            "escaped and read back"
-        );
+        assert_eq!(child(doc.root_element(), "Code").as_deref(), Some("InvalidAction.NotFound"));
+        assert!(child(doc.root_element(), "Message").unwrap().contains("'<Nope & "), "escaped and read back");
     }
 
     proptest! {

@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use aws_sdk_iam::operation::create_access_key::CreateAccessKeyError;
 use aws_sdk_iam::operation::create_user::CreateUserError;
 use aws_sdk_iam::operation::delete_access_key::DeleteAccessKeyError;
+use aws_sdk_iam::operation::delete_user::DeleteUserError;
+use aws_sdk_iam::operation::delete_user_policy::DeleteUserPolicyError;
 use aws_sdk_iam::operation::list_access_keys::ListAccessKeysError;
 use aws_sdk_iam::operation::update_access_key::UpdateAccessKeyError;
 use aws_sdk_iam::types::{StatusType, Tag};
@@ -37,26 +39,14 @@ impl AccessKeys for IamKeys {
             .create_user()
             .user_name(&spec.user_name)
             .path(&spec.path)
-            .tags(
-                Tag::builder()
-                    .key("s3-key-rotation:org")
-                    .value(spec.org.as_str())
-                    .build()
-                    .map_err(|e| PortError::Unavailable {
-                        service: "iam",
-                        operation: "CreateUser",
-                        detail: e.to_string(),
-                    })?,
-            )
+            .tags(Tag::builder().key("s3-key-rotation:org").value(spec.org.as_str()).build().map_err(|e| {
+                PortError::Unavailable { service: "iam", operation: "CreateUser", detail: e.to_string() }
+            })?)
             .send()
             .await;
         match created {
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(CreateUserError::EntityAlreadyExistsException(_))
-                ) => {}
+            Err(e) if matches!(e.as_service_error(), Some(CreateUserError::EntityAlreadyExistsException(_))) => {}
             Err(e) => return Err(classify("iam", "CreateUser", &e)),
         }
         self.client
@@ -71,23 +61,12 @@ impl AccessKeys for IamKeys {
     }
 
     async fn list_keys(&self, user: &str) -> Result<Vec<IamKey>, PortError> {
-        let mut pages = self
-            .client
-            .list_access_keys()
-            .user_name(user)
-            .into_paginator()
-            .items()
-            .send();
+        let mut pages = self.client.list_access_keys().user_name(user).into_paginator().items().send();
         let mut keys = Vec::new();
         while let Some(item) = pages.next().await {
             let meta = match item {
                 Ok(meta) => meta,
-                Err(e)
-                    if matches!(
-                        e.as_service_error(),
-                        Some(ListAccessKeysError::NoSuchEntityException(_))
-                    ) =>
-                {
+                Err(e) if matches!(e.as_service_error(), Some(ListAccessKeysError::NoSuchEntityException(_))) => {
                     return Err(PortError::NoSuchUser)
                 }
                 Err(e) => return Err(classify("iam", "ListAccessKeys", &e)),
@@ -98,9 +77,7 @@ impl AccessKeys for IamKeys {
             keys.push(IamKey {
                 access_key_id,
                 active: meta.status == Some(StatusType::Active),
-                created_at: meta
-                    .create_date
-                    .and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), d.subsec_nanos())),
+                created_at: meta.create_date.and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), d.subsec_nanos())),
             });
         }
         Ok(keys)
@@ -111,9 +88,7 @@ impl AccessKeys for IamKeys {
             Ok(output) => output,
             Err(e) => {
                 return Err(match e.as_service_error() {
-                    Some(CreateAccessKeyError::LimitExceededException(_)) => {
-                        PortError::QuotaExceeded
-                    }
+                    Some(CreateAccessKeyError::LimitExceededException(_)) => PortError::QuotaExceeded,
                     Some(CreateAccessKeyError::NoSuchEntityException(_)) => PortError::NoSuchUser,
                     _ => classify("iam", "CreateAccessKey", &e),
                 })
@@ -124,64 +99,44 @@ impl AccessKeys for IamKeys {
             operation: "CreateAccessKey",
             detail: "no key in the answer".into(),
         })?;
-        Ok(NewKey {
-            access_key_id: key.access_key_id,
-            secret_access_key: SecretString::from(key.secret_access_key),
-        })
+        Ok(NewKey { access_key_id: key.access_key_id, secret_access_key: SecretString::from(key.secret_access_key) })
     }
 
-    async fn set_active(
-        &self,
-        user: &str,
-        access_key_id: &str,
-        active: bool,
-    ) -> Result<(), PortError> {
-        let status = if active {
-            StatusType::Active
-        } else {
-            StatusType::Inactive
-        };
-        match self
-            .client
-            .update_access_key()
-            .user_name(user)
-            .access_key_id(access_key_id)
-            .status(status)
-            .send()
-            .await
-        {
+    async fn set_active(&self, user: &str, access_key_id: &str, active: bool) -> Result<(), PortError> {
+        let status = if active { StatusType::Active } else { StatusType::Inactive };
+        match self.client.update_access_key().user_name(user).access_key_id(access_key_id).status(status).send().await {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateAccessKeyError::NoSuchEntityException(_))
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if matches!(e.as_service_error(), Some(UpdateAccessKeyError::NoSuchEntityException(_))) => Ok(()),
             Err(e) => Err(classify("iam", "UpdateAccessKey", &e)),
         }
     }
 
     async fn delete_key(&self, user: &str, access_key_id: &str) -> Result<(), PortError> {
-        match self
-            .client
-            .delete_access_key()
-            .user_name(user)
-            .access_key_id(access_key_id)
-            .send()
-            .await
-        {
+        match self.client.delete_access_key().user_name(user).access_key_id(access_key_id).send().await {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(DeleteAccessKeyError::NoSuchEntityException(_))
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if matches!(e.as_service_error(), Some(DeleteAccessKeyError::NoSuchEntityException(_))) => Ok(()),
             Err(e) => Err(classify("iam", "DeleteAccessKey", &e)),
+        }
+    }
+
+    async fn delete_user(&self, user: &str) -> Result<(), PortError> {
+        let keys = match self.list_keys(user).await {
+            Ok(keys) => keys,
+            Err(PortError::NoSuchUser) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for key in keys {
+            self.delete_key(user, &key.access_key_id).await?;
+        }
+        match self.client.delete_user_policy().user_name(user).policy_name(POLICY_NAME).send().await {
+            Ok(_) => {}
+            Err(e) if matches!(e.as_service_error(), Some(DeleteUserPolicyError::NoSuchEntityException(_))) => {}
+            Err(e) => return Err(classify("iam", "DeleteUserPolicy", &e)),
+        }
+        match self.client.delete_user().user_name(user).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.as_service_error(), Some(DeleteUserError::NoSuchEntityException(_))) => Ok(()),
+            Err(e) => Err(classify("iam", "DeleteUser", &e)),
         }
     }
 }
@@ -195,9 +150,7 @@ mod tests {
     use aws_sdk_iam::operation::delete_access_key::DeleteAccessKeyError;
     use aws_sdk_iam::operation::list_access_keys::{ListAccessKeysError, ListAccessKeysOutput};
     use aws_sdk_iam::operation::put_user_policy::PutUserPolicyOutput;
-    use aws_sdk_iam::types::error::{
-        EntityAlreadyExistsException, LimitExceededException, NoSuchEntityException,
-    };
+    use aws_sdk_iam::types::error::{EntityAlreadyExistsException, LimitExceededException, NoSuchEntityException};
     use aws_sdk_iam::types::{AccessKey, AccessKeyMetadata};
     use aws_sdk_iam::Client;
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
@@ -209,11 +162,7 @@ mod tests {
 
     fn keys(rules: &[&Rule]) -> IamKeys {
         let client = mock_client!(aws_sdk_iam, RuleMode::Sequential, rules, |c| c
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(3)
-                    .with_initial_backoff(Duration::from_millis(1))
-            ));
+            .retry_config(RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(1))));
         IamKeys::new(client)
     }
 
@@ -241,27 +190,15 @@ mod tests {
 
     #[tokio::test]
     async fn the_key_quota_and_a_missing_user_are_told_apart() {
-        let quota = mock!(Client::create_access_key).then_error(|| {
-            CreateAccessKeyError::LimitExceededException(LimitExceededException::builder().build())
-        });
-        assert_eq!(
-            keys(&[&quota]).create_key("org-1").await.unwrap_err(),
-            PortError::QuotaExceeded
-        );
-        let missing = mock!(Client::create_access_key).then_error(|| {
-            CreateAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build())
-        });
-        assert_eq!(
-            keys(&[&missing]).create_key("org-1").await.unwrap_err(),
-            PortError::NoSuchUser
-        );
-        let listed = mock!(Client::list_access_keys).then_error(|| {
-            ListAccessKeysError::NoSuchEntityException(NoSuchEntityException::builder().build())
-        });
-        assert_eq!(
-            keys(&[&listed]).list_keys("org-1").await.unwrap_err(),
-            PortError::NoSuchUser
-        );
+        let quota = mock!(Client::create_access_key)
+            .then_error(|| CreateAccessKeyError::LimitExceededException(LimitExceededException::builder().build()));
+        assert_eq!(keys(&[&quota]).create_key("org-1").await.unwrap_err(), PortError::QuotaExceeded);
+        let missing = mock!(Client::create_access_key)
+            .then_error(|| CreateAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build()));
+        assert_eq!(keys(&[&missing]).create_key("org-1").await.unwrap_err(), PortError::NoSuchUser);
+        let listed = mock!(Client::list_access_keys)
+            .then_error(|| ListAccessKeysError::NoSuchEntityException(NoSuchEntityException::builder().build()));
+        assert_eq!(keys(&[&listed]).list_keys("org-1").await.unwrap_err(), PortError::NoSuchUser);
     }
 
     #[tokio::test]
@@ -276,43 +213,25 @@ mod tests {
         assert_eq!(rule.num_calls(), 3);
         assert_eq!(created.access_key_id, "AKIANEW");
         assert_eq!(created.secret_access_key.expose_secret(), "very-secret");
-        assert!(
-            !format!("{created:?}").contains("very-secret"),
-            "Debug hides the secret"
-        );
+        assert!(!format!("{created:?}").contains("very-secret"), "Debug hides the secret");
     }
 
     #[tokio::test]
     async fn throttling_that_outlasts_the_retries_is_reported_as_throttling() {
-        let rule = mock!(Client::create_access_key)
-            .sequence()
-            .http_response(throttled)
-            .times(3)
-            .build();
+        let rule = mock!(Client::create_access_key).sequence().http_response(throttled).times(3).build();
         let err = keys(&[&rule]).create_key("org-1").await.unwrap_err();
         assert_eq!(rule.num_calls(), 3);
-        assert_eq!(
-            err,
-            PortError::Throttled {
-                service: "iam",
-                operation: "CreateAccessKey"
-            }
-        );
+        assert_eq!(err, PortError::Throttled { service: "iam", operation: "CreateAccessKey" });
     }
 
     #[tokio::test]
     async fn deleting_or_deactivating_a_key_that_is_gone_is_not_an_error() {
-        let gone = mock!(Client::delete_access_key).then_error(|| {
-            DeleteAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build())
-        });
+        let gone = mock!(Client::delete_access_key)
+            .then_error(|| DeleteAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build()));
         keys(&[&gone]).delete_key("org-1", "AKIAOLD").await.unwrap();
-        let gone = mock!(Client::update_access_key).then_error(|| {
-            UpdateAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build())
-        });
-        keys(&[&gone])
-            .set_active("org-1", "AKIAOLD", false)
-            .await
-            .unwrap();
+        let gone = mock!(Client::update_access_key)
+            .then_error(|| UpdateAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build()));
+        keys(&[&gone]).set_active("org-1", "AKIAOLD", false).await.unwrap();
     }
 
     #[tokio::test]
@@ -320,15 +239,12 @@ mod tests {
         let exists = mock!(Client::create_user)
             .match_requests(|r| r.path() == Some("/managed-s3/") && r.user_name() == Some("org-42"))
             .then_error(|| {
-                CreateUserError::EntityAlreadyExistsException(
-                    EntityAlreadyExistsException::builder().build(),
-                )
+                CreateUserError::EntityAlreadyExistsException(EntityAlreadyExistsException::builder().build())
             });
         let policy = mock!(Client::put_user_policy)
             .match_requests(|r| {
                 r.policy_name() == Some(POLICY_NAME)
-                    && r.policy_document()
-                        .is_some_and(|d| d.contains("arn:aws:s3:::logs/42/*"))
+                    && r.policy_document().is_some_and(|d| d.contains("arn:aws:s3:::logs/42/*"))
             })
             .then_output(|| PutUserPolicyOutput::builder().build());
         let spec = UserSpec {
@@ -347,16 +263,10 @@ mod tests {
         let listed = mock!(Client::list_access_keys).then_output(|| {
             ListAccessKeysOutput::builder()
                 .access_key_metadata(
-                    AccessKeyMetadata::builder()
-                        .access_key_id("AKIA1")
-                        .status(StatusType::Active)
-                        .build(),
+                    AccessKeyMetadata::builder().access_key_id("AKIA1").status(StatusType::Active).build(),
                 )
                 .access_key_metadata(
-                    AccessKeyMetadata::builder()
-                        .access_key_id("AKIA2")
-                        .status(StatusType::Inactive)
-                        .build(),
+                    AccessKeyMetadata::builder().access_key_id("AKIA2").status(StatusType::Inactive).build(),
                 )
                 .set_is_truncated(Some(false))
                 .build()
@@ -364,10 +274,7 @@ mod tests {
         });
         let found = keys(&[&listed]).list_keys("org-1").await.unwrap();
         assert_eq!(
-            found
-                .iter()
-                .map(|k| (k.access_key_id.as_str(), k.active))
-                .collect::<Vec<_>>(),
+            found.iter().map(|k| (k.access_key_id.as_str(), k.active)).collect::<Vec<_>>(),
             [("AKIA1", true), ("AKIA2", false)]
         );
     }

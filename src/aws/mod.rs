@@ -1,8 +1,10 @@
 //! The ports implemented with the AWS SDK for Rust. Clients are built once per
 //! cold start ([`Clients::from_env`]) and shared by every request.
 
+pub mod events;
 pub mod iam;
 pub mod registry;
+pub mod vault;
 pub mod verifier;
 
 use aws_config::retry::RetryConfig;
@@ -19,6 +21,8 @@ pub struct Clients {
     pub sdk: SdkConfig,
     pub s3: aws_sdk_s3::Client,
     pub iam: aws_sdk_iam::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+    pub events: aws_sdk_eventbridge::Client,
     /// S3 through a local endpoint needs path-style addressing.
     pub force_path_style: bool,
 }
@@ -37,17 +41,12 @@ impl Clients {
 
     pub fn from_sdk(sdk: SdkConfig, force_path_style: bool) -> Self {
         let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&sdk)
-                .force_path_style(force_path_style)
-                .build(),
+            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(force_path_style).build(),
         );
         let iam = aws_sdk_iam::Client::new(&sdk);
-        Self {
-            sdk,
-            s3,
-            iam,
-            force_path_style,
-        }
+        let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+        let events = aws_sdk_eventbridge::Client::new(&sdk);
+        Self { sdk, s3, iam, secrets, events, force_path_style }
     }
 }
 
@@ -58,6 +57,8 @@ pub struct Adapters {
     pub audit: registry::S3Audit,
     pub keys: iam::IamKeys,
     pub verifier: Option<verifier::S3Verifier>,
+    pub vault: vault::SecretsVault,
+    pub events: events::EventBus,
 }
 
 impl Adapters {
@@ -67,12 +68,10 @@ impl Adapters {
             audit: registry::S3Audit::new(clients.s3.clone(), &config.registry_bucket),
             keys: iam::IamKeys::new(clients.iam.clone()),
             verifier: config.verify_new_key.then(|| {
-                verifier::S3Verifier::new(
-                    clients.sdk.clone(),
-                    clients.force_path_style,
-                    config.verify_within,
-                )
+                verifier::S3Verifier::new(clients.sdk.clone(), clients.force_path_style, config.verify_within)
             }),
+            vault: vault::SecretsVault::new(clients.secrets.clone(), &config.vault_secret_prefix),
+            events: events::EventBus::new(clients.events.clone(), &config.event_bus_name),
         }
     }
 
@@ -82,6 +81,8 @@ impl Adapters {
             keys: &self.keys,
             audit: &self.audit,
             verifier: self.verifier.as_ref().map(|v| v as _),
+            vault: Some(&self.vault),
+            notifier: Some(&self.events),
         }
     }
 }
@@ -114,12 +115,7 @@ pub(crate) fn classify<E: ProvideErrorMetadata>(
 ) -> PortError {
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = error_code(err);
-    if status == Some(412)
-        || matches!(
-            code,
-            Some("PreconditionFailed" | "ConditionalRequestConflict")
-        )
-    {
+    if status == Some(412) || matches!(code, Some("PreconditionFailed" | "ConditionalRequestConflict")) {
         return PortError::Conflict;
     }
     if code.is_some_and(|c| THROTTLING_CODES.contains(&c)) || status == Some(429) {
@@ -132,9 +128,5 @@ pub(crate) fn classify<E: ProvideErrorMetadata>(
         (_, None, Some(status)) => format!("HTTP {status}"),
         _ => "request failed".to_owned(),
     };
-    PortError::Unavailable {
-        service,
-        operation,
-        detail,
-    }
+    PortError::Unavailable { service, operation, detail }
 }

@@ -20,10 +20,7 @@ pub struct S3Registry {
 
 impl S3Registry {
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
-        Self {
-            client,
-            bucket: bucket.into(),
-        }
+        Self { client, bucket: bucket.into() }
     }
 
     pub fn record_key(org: &OrgId) -> String {
@@ -47,18 +44,12 @@ impl S3Registry {
             Condition::Absent => request.if_none_match("*"),
             Condition::Etag(etag) => request.if_match(etag),
         };
-        let output = request
-            .send()
-            .await
-            .map_err(|e| classify("s3", "PutObject", &e))?;
-        output
-            .e_tag()
-            .map(str::to_owned)
-            .ok_or_else(|| PortError::Unavailable {
-                service: "s3",
-                operation: "PutObject",
-                detail: "no ETag in the answer".into(),
-            })
+        let output = request.send().await.map_err(|e| classify("s3", "PutObject", &e))?;
+        output.e_tag().map(str::to_owned).ok_or_else(|| PortError::Unavailable {
+            service: "s3",
+            operation: "PutObject",
+            detail: "no ETag in the answer".into(),
+        })
     }
 }
 
@@ -70,52 +61,32 @@ enum Condition<'a> {
 #[async_trait]
 impl Registry for S3Registry {
     async fn load(&self, org: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError> {
-        let result = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(Self::record_key(org))
-            .send()
-            .await;
+        let result = self.client.get_object().bucket(&self.bucket).key(Self::record_key(org)).send().await;
         let output = match result {
             Ok(output) => output,
-            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => {
-                return Ok(None)
-            }
+            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => return Ok(None),
             Err(e) => return Err(classify("s3", "GetObject", &e)),
         };
-        let etag = output
-            .e_tag()
-            .map(str::to_owned)
-            .ok_or_else(|| PortError::Unavailable {
-                service: "s3",
-                operation: "GetObject",
-                detail: "no ETag in the answer".into(),
-            })?;
-        let bytes = output
-            .body
-            .collect()
-            .await
-            .map_err(|_| PortError::Unavailable {
-                service: "s3",
-                operation: "GetObject",
-                detail: "the body could not be read".into(),
-            })?;
-        let value: OrgRecord =
-            serde_json::from_slice(&bytes.into_bytes()).map_err(|e| PortError::Unavailable {
-                service: "s3",
-                operation: "GetObject",
-                detail: format!("the record of org {org} is not valid: {e}"),
-            })?;
+        let etag = output.e_tag().map(str::to_owned).ok_or_else(|| PortError::Unavailable {
+            service: "s3",
+            operation: "GetObject",
+            detail: "no ETag in the answer".into(),
+        })?;
+        let bytes = output.body.collect().await.map_err(|_| PortError::Unavailable {
+            service: "s3",
+            operation: "GetObject",
+            detail: "the body could not be read".into(),
+        })?;
+        let value: OrgRecord = serde_json::from_slice(&bytes.into_bytes()).map_err(|e| PortError::Unavailable {
+            service: "s3",
+            operation: "GetObject",
+            detail: format!("the record of org {org} is not valid: {e}"),
+        })?;
         if &value.org_id != org {
             return Err(PortError::Unavailable {
                 service: "s3",
                 operation: "GetObject",
-                detail: format!(
-                    "the record at {} names org {}",
-                    Self::record_key(org),
-                    value.org_id
-                ),
+                detail: format!("the record at {} names org {}", Self::record_key(org), value.org_id),
             });
         }
         Ok(Some(Versioned { value, etag }))
@@ -128,6 +99,65 @@ impl Registry for S3Registry {
     async fn update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
         self.put(record, Condition::Etag(etag)).await
     }
+
+    async fn delete(&self, org: &OrgId, etag: &str) -> Result<(), PortError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(Self::record_key(org))
+            .if_match(etag)
+            .send()
+            .await
+            .map_err(|e| classify("s3", "DeleteObject", &e))?;
+        Ok(())
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<OrgId>, PortError> {
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix("orgs/").into_paginator().send();
+        let mut orgs = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("s3", "ListObjectsV2", &e))?;
+            for object in page.contents() {
+                let id = object.key().and_then(|k| k.strip_prefix("orgs/")).and_then(|k| k.strip_suffix(".json"));
+                match id.map(OrgId::parse) {
+                    Some(Ok(org)) => orgs.push(org),
+                    _ => {
+                        tracing::warn!(key = ?object.key(), "ignoring an object of the registry that is not an org record")
+                    }
+                }
+            }
+        }
+        orgs.sort();
+        Ok(orgs)
+    }
+
+    async fn get_state(&self, name: &str) -> Result<Option<String>, PortError> {
+        let result = self.client.get_object().bucket(&self.bucket).key(format!("sweep/{name}")).send().await;
+        let output = match result {
+            Ok(output) => output,
+            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => return Ok(None),
+            Err(e) => return Err(classify("s3", "GetObject", &e)),
+        };
+        let bytes = output.body.collect().await.map_err(|_| PortError::Unavailable {
+            service: "s3",
+            operation: "GetObject",
+            detail: "the body could not be read".into(),
+        })?;
+        Ok(Some(String::from_utf8_lossy(&bytes.into_bytes()).into_owned()))
+    }
+
+    async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(format!("sweep/{name}"))
+            .content_type("application/json")
+            .body(ByteStream::from(value.as_bytes().to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify("s3", "PutObject", &e))?;
+        Ok(())
+    }
 }
 
 /// The audit trail, in the registry bucket.
@@ -139,20 +169,12 @@ pub struct S3Audit {
 
 impl S3Audit {
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
-        Self {
-            client,
-            bucket: bucket.into(),
-        }
+        Self { client, bucket: bucket.into() }
     }
 
     /// Entries sort by time within an org: `audit/{orgId}/{YYYYMMDDTHHMMSS.mmmZ}-{uuid}.json`.
     pub fn entry_key(entry: &AuditEntry) -> String {
-        format!(
-            "audit/{}/{}-{}.json",
-            entry.org_id,
-            entry.at.format("%Y%m%dT%H%M%S%.3fZ"),
-            uuid::Uuid::new_v4()
-        )
+        format!("audit/{}/{}-{}.json", entry.org_id, entry.at.format("%Y%m%dT%H%M%S%.3fZ"), uuid::Uuid::new_v4())
     }
 }
 
@@ -190,10 +212,7 @@ mod tests {
     use super::*;
 
     fn registry(rules: &[&Rule]) -> S3Registry {
-        S3Registry::new(
-            mock_client!(aws_sdk_s3, RuleMode::Sequential, rules),
-            "registry",
-        )
+        S3Registry::new(mock_client!(aws_sdk_s3, RuleMode::Sequential, rules), "registry")
     }
 
     fn record() -> OrgRecord {
@@ -215,22 +234,14 @@ mod tests {
                 ),
             )
         });
-        assert_eq!(
-            registry(&[&rule])
-                .update(&record(), "\"etag\"")
-                .await
-                .unwrap_err(),
-            PortError::Conflict
-        );
+        assert_eq!(registry(&[&rule]).update(&record(), "\"etag\"").await.unwrap_err(), PortError::Conflict);
     }
 
     #[tokio::test]
     async fn writes_are_conditional() {
         let create = mock!(Client::put_object)
             .match_requests(|r| {
-                r.if_none_match() == Some("*")
-                    && r.if_match().is_none()
-                    && r.key() == Some("orgs/42.json")
+                r.if_none_match() == Some("*") && r.if_match().is_none() && r.key() == Some("orgs/42.json")
             })
             .then_output(|| PutObjectOutput::builder().e_tag("\"v1\"").build());
         let update = mock!(Client::put_object)
@@ -238,50 +249,24 @@ mod tests {
             .then_output(|| PutObjectOutput::builder().e_tag("\"v2\"").build());
         let registry = registry(&[&create, &update]);
         assert_eq!(registry.create(&record()).await.unwrap(), "\"v1\"");
-        assert_eq!(
-            registry.update(&record(), "\"v1\"").await.unwrap(),
-            "\"v2\""
-        );
+        assert_eq!(registry.update(&record(), "\"v1\"").await.unwrap(), "\"v2\"");
     }
 
     #[tokio::test]
     async fn a_missing_record_is_none_and_a_corrupt_one_an_error() {
-        let missing = mock!(Client::get_object)
-            .then_error(|| GetObjectError::NoSuchKey(NoSuchKey::builder().build()));
-        assert_eq!(
-            registry(&[&missing])
-                .load(&OrgId::parse("42").unwrap())
-                .await
-                .unwrap(),
-            None
-        );
+        let missing = mock!(Client::get_object).then_error(|| GetObjectError::NoSuchKey(NoSuchKey::builder().build()));
+        assert_eq!(registry(&[&missing]).load(&OrgId::parse("42").unwrap()).await.unwrap(), None);
         let corrupt = mock!(Client::get_object).then_output(|| {
-            GetObjectOutput::builder()
-                .e_tag("\"v1\"")
-                .body(ByteStream::from_static(b"{not json"))
-                .build()
+            GetObjectOutput::builder().e_tag("\"v1\"").body(ByteStream::from_static(b"{not json")).build()
         });
-        let err = registry(&[&corrupt])
-            .load(&OrgId::parse("42").unwrap())
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("the record of org 42 is not valid"),
-            "{err}"
-        );
+        let err = registry(&[&corrupt]).load(&OrgId::parse("42").unwrap()).await.unwrap_err();
+        assert!(err.to_string().contains("the record of org 42 is not valid"), "{err}");
         // A record stored under another org's key is refused.
         let json = serde_json::to_vec(&record()).unwrap();
         let misplaced = mock!(Client::get_object).then_output(move || {
-            GetObjectOutput::builder()
-                .e_tag("\"v1\"")
-                .body(ByteStream::from(json.clone()))
-                .build()
+            GetObjectOutput::builder().e_tag("\"v1\"").body(ByteStream::from(json.clone())).build()
         });
-        let err = registry(&[&misplaced])
-            .load(&OrgId::parse("43").unwrap())
-            .await
-            .unwrap_err();
+        let err = registry(&[&misplaced]).load(&OrgId::parse("43").unwrap()).await.unwrap_err();
         assert!(err.to_string().contains("names org 42"), "{err}");
     }
 }

@@ -15,12 +15,7 @@ use crate::core::duration::Duration;
 use crate::core::ports::{KeyVerifier, NewKey, PortError};
 
 /// Codes that mean "this key does not work (yet)".
-const NOT_YET: &[&str] = &[
-    "InvalidAccessKeyId",
-    "AccessDenied",
-    "SignatureDoesNotMatch",
-    "InvalidClientTokenId",
-];
+const NOT_YET: &[&str] = &["InvalidAccessKeyId", "AccessDenied", "SignatureDoesNotMatch", "InvalidClientTokenId"];
 
 /// Lists the org's prefix with the new key.
 #[derive(Debug, Clone)]
@@ -32,11 +27,7 @@ pub struct S3Verifier {
 
 impl S3Verifier {
     pub fn new(sdk: SdkConfig, force_path_style: bool, within: Duration) -> Self {
-        Self {
-            sdk,
-            force_path_style,
-            within: StdDuration::from_secs(within.as_secs()),
-        }
+        Self { sdk, force_path_style, within: StdDuration::from_secs(within.as_secs()) }
     }
 }
 
@@ -59,11 +50,7 @@ impl KeyVerifier for S3Verifier {
         let bucket = bucket.to_owned();
         let prefix = prefix.to_owned();
         retry_while_propagating(self.within, || {
-            let request = client
-                .list_objects_v2()
-                .bucket(&bucket)
-                .prefix(&prefix)
-                .max_keys(1);
+            let request = client.list_objects_v2().bucket(&bucket).prefix(&prefix).max_keys(1);
             async move {
                 match request.send().await {
                     Ok(_) => Ok(()),
@@ -87,10 +74,7 @@ struct Attempt {
 
 /// Tries `attempt` until it succeeds, fails for good, or `within` would pass:
 /// exponential backoff from 250 ms, at most 4 s between tries.
-async fn retry_while_propagating<F, Fut>(
-    within: StdDuration,
-    mut attempt: F,
-) -> Result<(), PortError>
+async fn retry_while_propagating<F, Fut>(within: StdDuration, mut attempt: F) -> Result<(), PortError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), Attempt>>,
@@ -107,11 +91,7 @@ where
             debug!(tries, "the new key did not work");
             return Err(failed.error);
         }
-        debug!(
-            tries,
-            wait_ms = wait.as_millis() as u64,
-            "the new key does not work yet; retrying"
-        );
+        debug!(tries, wait_ms = wait.as_millis() as u64, "the new key does not work yet; retrying");
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(StdDuration::from_secs(4));
         tries += 1;
@@ -166,11 +146,7 @@ mod tests {
         })
         .await;
         assert!(result.is_err());
-        assert!(
-            started.elapsed() <= StdDuration::from_secs(20),
-            "{:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() <= StdDuration::from_secs(20), "{:?}", started.elapsed());
         assert!(tries.load(Ordering::SeqCst) >= 5);
     }
 

@@ -15,15 +15,10 @@ async fn main() -> Result<(), Error> {
     let clients = Clients::from_env(&config).await;
     let adapters = Adapters::new(&clients, &config);
     let settings = RotateKeySettings {
-        caller: CallerRules {
-            org_claim: config.org_claim.clone(),
-            admin_scopes: config.admin_scopes.clone(),
-        },
+        caller: CallerRules { org_claim: config.org_claim.clone(), admin_scopes: config.admin_scopes.clone() },
         rotation: config.rotation_settings(),
     };
     let (adapters, settings) = (&adapters, &settings);
-    run(service_fn(move |req: Request| async move {
-        Ok::<_, Error>(handle(req, adapters.ports(), settings).await)
-    }))
-    .await
+    run(service_fn(move |req: Request| async move { Ok::<_, Error>(handle(req, adapters.ports(), settings).await) }))
+        .await
 }

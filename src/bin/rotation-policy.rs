@@ -14,19 +14,10 @@ async fn main() -> Result<(), Error> {
     let clients = Clients::from_env(&config).await;
     let adapters = Adapters::new(&clients, &config);
     let settings = PolicySettings {
-        caller: CallerRules {
-            org_claim: config.org_claim.clone(),
-            admin_scopes: config.admin_scopes.clone(),
-        },
+        caller: CallerRules { org_claim: config.org_claim.clone(), admin_scopes: config.admin_scopes.clone() },
         max_key_age: config.max_key_age,
     };
-    let ports = PolicyPorts {
-        registry: &adapters.registry,
-        audit: &adapters.audit,
-    };
+    let ports = PolicyPorts { registry: &adapters.registry, audit: &adapters.audit };
     let settings = &settings;
-    run(service_fn(move |req: Request| async move {
-        Ok::<_, Error>(handle(req, ports, settings).await)
-    }))
-    .await
+    run(service_fn(move |req: Request| async move { Ok::<_, Error>(handle(req, ports, settings).await) })).await
 }

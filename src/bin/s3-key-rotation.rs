@@ -60,8 +60,7 @@ fn parse_org(text: &str) -> Result<OrgId, String> {
 }
 
 fn parse_duration(text: &str) -> Result<s3_key_rotation::core::duration::Duration, String> {
-    text.parse()
-        .map_err(|e: s3_key_rotation::core::duration::DurationError| e.to_string())
+    text.parse().map_err(|e: s3_key_rotation::core::duration::DurationError| e.to_string())
 }
 
 #[tokio::main]
@@ -86,23 +85,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             let settings = config.enroll_settings().map_err(|e| e.to_string())?;
             let mut failed = 0;
             for org in &orgs {
-                match enroll(
-                    &adapters.registry,
-                    &adapters.keys,
-                    &adapters.audit,
-                    &settings,
-                    org,
-                    now,
-                    "operator",
-                )
-                .await
+                match enroll(&adapters.registry, &adapters.keys, &adapters.audit, &settings, org, now, "operator").await
                 {
                     Ok(done) if done.created => println!(
                         "enrolled org {org}: IAM user {}{} reads s3://{}/{}",
-                        settings.iam_user_path,
-                        done.record.iam_user,
-                        done.record.bucket,
-                        done.record.prefix
+                        settings.iam_user_path, done.record.iam_user, done.record.bucket, done.record.prefix
                     ),
                     Ok(_) => println!("org {org} is enrolled already; nothing changed"),
                     Err(e) => {
@@ -112,10 +99,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
             if failed > 0 {
-                return Err(format!(
-                    "{failed} of {} orgs could not be enrolled",
-                    orgs.len()
-                ));
+                return Err(format!("{failed} of {} orgs could not be enrolled", orgs.len()));
             }
         }
         Command::Status { org, json } => {
@@ -125,10 +109,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .ok_or_else(|| format!("Not found IAM key info for orgId: {org}"))?
                 .value;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?
-                );
+                println!("{}", serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?);
             } else {
                 println!(
                     "org {}  state {}  user {}  reads s3://{}/{}",
@@ -149,10 +130,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         Some(at) => format!("inactive since {at}"),
                         None => format!("active until {}", p.retire_at),
                     };
-                    println!(
-                        "previous v{} {} {status}",
-                        p.key.version, p.key.access_key_id
-                    );
+                    println!("previous v{} {} {status}", p.key.version, p.key.access_key_id);
                 }
                 if let Some(p) = &record.pending {
                     println!(
@@ -162,11 +140,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         }
-        Command::Rotate {
-            org,
-            grace,
-            show_secret,
-        } => {
+        Command::Rotate { org, grace, show_secret } => {
             let request = RotationRequest {
                 org,
                 now,
@@ -176,26 +150,18 @@ async fn run(cli: Cli) -> Result<(), String> {
                 request_id: None,
                 grace,
             };
-            let rotated = rotate(adapters.ports(), &config.rotation_settings(), &request)
-                .await
-                .map_err(|e| e.to_string())?;
+            let rotated =
+                rotate(adapters.ports(), &config.rotation_settings(), &request).await.map_err(|e| e.to_string())?;
             println!(
                 "rotated org {}: v{} {} (expires {})",
                 rotated.org, rotated.version, rotated.access_key_id, rotated.expires_at
             );
             if let Some(p) = &rotated.previous {
-                let state = if p.active {
-                    format!("active until {}", p.retire_at)
-                } else {
-                    "inactive".into()
-                };
+                let state = if p.active { format!("active until {}", p.retire_at) } else { "inactive".into() };
                 println!("previous key {} is {state}", p.access_key_id);
             }
             if show_secret {
-                println!(
-                    "secret access key: {}",
-                    rotated.secret_access_key.expose_secret()
-                );
+                println!("secret access key: {}", rotated.secret_access_key.expose_secret());
             } else {
                 println!("secret access key: not shown (use --show-secret)");
             }

@@ -25,16 +25,12 @@ pub struct InvalidOrgId {
 
 impl OrgId {
     pub fn parse(text: &str) -> Result<Self, InvalidOrgId> {
-        let valid = (1..=48).contains(&text.len())
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let valid =
+            (1..=48).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if valid {
             Ok(Self(text.to_owned()))
         } else {
-            Err(InvalidOrgId {
-                shown: text.chars().take(48).flat_map(char::escape_debug).collect(),
-            })
+            Err(InvalidOrgId { shown: text.chars().take(48).flat_map(char::escape_debug).collect() })
         }
     }
     pub fn as_str(&self) -> &str {
@@ -107,6 +103,10 @@ pub struct KeyVersion {
     pub version: u32,
     pub access_key_id: String,
     pub created_at: DateTime<Utc>,
+    /// The key vault's version of this key's secret (the rotation id), when it
+    /// was stored there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_version: Option<String>,
 }
 
 /// The key that was current before the last rotation.
@@ -200,6 +200,12 @@ pub struct OrgRecord {
     pub recent_rotations: Vec<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+    /// Expiry warnings already published for the current key (thresholds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings_sent: Vec<Duration>,
+    /// When a `PendingDeletion` org is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_at: Option<DateTime<Utc>>,
 }
 
 impl OrgRecord {
@@ -221,12 +227,9 @@ impl OrgRecord {
             policy: RotationPolicy::default(),
             pending: None,
             recent_rotations: Vec::new(),
-            history: vec![HistoryEntry {
-                at: now,
-                event: "enrolled".into(),
-                version: None,
-                access_key_id: None,
-            }],
+            history: vec![HistoryEntry { at: now, event: "enrolled".into(), version: None, access_key_id: None }],
+            warnings_sent: Vec::new(),
+            deletion_at: None,
         }
     }
 
@@ -265,17 +268,10 @@ mod tests {
 
     #[test]
     fn a_record_round_trips_through_json_and_bounds_its_history() {
-        let now = DateTime::parse_from_rfc3339("2026-11-22T04:51:11Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-11-22T04:51:11Z").unwrap().with_timezone(&Utc);
         let mut record = OrgRecord::enrolled(&OrgId::parse("7").unwrap(), "logs", "7/", now);
         for i in 0..50 {
-            record.record_history(HistoryEntry {
-                at: now,
-                event: format!("e{i}"),
-                version: None,
-                access_key_id: None,
-            });
+            record.record_history(HistoryEntry { at: now, event: format!("e{i}"), version: None, access_key_id: None });
         }
         assert_eq!(record.history.len(), HISTORY_LIMIT);
         assert_eq!(record.history.last().unwrap().event, "e49");

@@ -28,9 +28,7 @@ pub struct DurationError {
 
 impl DurationError {
     fn new(reason: impl Into<String>) -> Self {
-        Self {
-            reason: reason.into(),
-        }
+        Self { reason: reason.into() }
     }
 }
 
@@ -65,8 +63,7 @@ impl FromStr for Duration {
             return Err(DurationError::new("the duration is empty"));
         }
         let shown = shown(text);
-        let (digits, unit) =
-            text.split_at(text.len() - text.chars().last().map_or(0, char::len_utf8));
+        let (digits, unit) = text.split_at(text.len() - text.chars().last().map_or(0, char::len_utf8));
         let factor = match unit {
             "d" => DAY,
             "h" => HOUR,
@@ -75,35 +72,18 @@ impl FromStr for Duration {
             u if u.chars().all(|c| c.is_ascii_digit()) => {
                 return Err(DurationError::new(format!("'{shown}' has no unit")))
             }
-            u => {
-                return Err(DurationError::new(format!(
-                    "'{shown}' has an unknown unit '{}'",
-                    shown_unit(u)
-                )))
-            }
+            u => return Err(DurationError::new(format!("'{shown}' has an unknown unit '{}'", shown_unit(u)))),
         };
         if digits.is_empty() {
-            return Err(DurationError::new(format!(
-                "'{shown}' has no number before its unit"
-            )));
+            return Err(DurationError::new(format!("'{shown}' has no number before its unit")));
         }
         if !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(DurationError::new(format!(
-                "'{shown}' is not a whole number of {}",
-                unit_name(unit)
-            )));
+            return Err(DurationError::new(format!("'{shown}' is not a whole number of {}", unit_name(unit))));
         }
-        let too_large = || {
-            DurationError::new(format!(
-                "'{shown}' is longer than the maximum of {}",
-                Duration(MAX_SECONDS)
-            ))
-        };
+        let too_large =
+            || DurationError::new(format!("'{shown}' is longer than the maximum of {}", Duration(MAX_SECONDS)));
         let value: u64 = digits.parse().map_err(|_| too_large())?;
-        let secs = value
-            .checked_mul(factor)
-            .filter(|s| *s <= MAX_SECONDS)
-            .ok_or_else(too_large)?;
+        let secs = value.checked_mul(factor).filter(|s| *s <= MAX_SECONDS).ok_or_else(too_large)?;
         Ok(Duration(secs))
     }
 }
@@ -198,10 +178,7 @@ mod tests {
         for (input, expected) in cases {
             let err = input.parse::<Duration>().expect_err(input).to_string();
             assert!(err.contains(expected), "{input:?}: {err}");
-            assert!(
-                err.contains("expected an integer followed by a unit"),
-                "{input:?}: {err}"
-            );
+            assert!(err.contains("expected an integer followed by a unit"), "{input:?}: {err}");
         }
     }
 

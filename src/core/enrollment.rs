@@ -34,15 +34,8 @@ pub struct Enrolled {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    #[error(
-        "org {org} is enrolled already with bucket {bucket} and prefix {prefix}, not {wanted}"
-    )]
-    Mismatch {
-        org: OrgId,
-        bucket: String,
-        prefix: String,
-        wanted: String,
-    },
+    #[error("org {org} is enrolled already with bucket {bucket} and prefix {prefix}, not {wanted}")]
+    Mismatch { org: OrgId, bucket: String, prefix: String, wanted: String },
     #[error("AWS failed during enrollment: {0}")]
     Aws(#[from] PortError),
 }
@@ -88,28 +81,15 @@ pub async fn enroll(
         actor: actor.to_owned(),
         request_id: None,
         key_ids: Vec::new(),
-        detail: Some(format!(
-            "user {}{} reads s3://{}/{}",
-            spec.path, spec.user_name, spec.bucket, spec.prefix
-        )),
+        detail: Some(format!("user {}{} reads s3://{}/{}", spec.path, spec.user_name, spec.bucket, spec.prefix)),
     };
     write_audit(audit, &entry).await;
-    Ok(Enrolled {
-        created: true,
-        record,
-    })
+    Ok(Enrolled { created: true, record })
 }
 
-fn same_place(
-    record: OrgRecord,
-    settings: &EnrollSettings,
-    prefix: &str,
-) -> Result<Enrolled, EnrollError> {
+fn same_place(record: OrgRecord, settings: &EnrollSettings, prefix: &str) -> Result<Enrolled, EnrollError> {
     if record.bucket == settings.managed_bucket && record.prefix == prefix {
-        Ok(Enrolled {
-            created: false,
-            record,
-        })
+        Ok(Enrolled { created: false, record })
     } else {
         Err(EnrollError::Mismatch {
             org: record.org_id.clone(),
@@ -165,54 +145,33 @@ mod tests {
         assert_eq!(statements.len(), 2);
         assert_eq!(statements[0]["Action"], "s3:ListBucket");
         assert_eq!(statements[0]["Resource"], "arn:aws:s3:::logs");
-        assert_eq!(
-            statements[0]["Condition"]["StringLike"]["s3:prefix"],
-            serde_json::json!(["42/", "42/*"])
-        );
+        assert_eq!(statements[0]["Condition"]["StringLike"]["s3:prefix"], serde_json::json!(["42/", "42/*"]));
         assert_eq!(statements[1]["Action"], "s3:GetObject");
         assert_eq!(statements[1]["Resource"], "arn:aws:s3:::logs/42/*");
         let text = policy.to_string();
-        assert!(
-            !text.contains("\"*\""),
-            "no wildcard action or resource: {text}"
-        );
-        assert!(
-            !text.contains("Put") && !text.contains("Delete"),
-            "read only: {text}"
-        );
+        assert!(!text.contains("\"*\""), "no wildcard action or resource: {text}");
+        assert!(!text.contains("Put") && !text.contains("Delete"), "read only: {text}");
     }
 
     #[tokio::test]
     async fn enrolling_twice_changes_nothing() {
         let faults = Arc::new(Faults::default());
-        let (registry, keys, audit) = (
-            MemoryRegistry::new(faults.clone()),
-            MemoryKeys::new(faults.clone()),
-            MemoryAudit::new(faults.clone()),
-        );
+        let (registry, keys, audit) =
+            (MemoryRegistry::new(faults.clone()), MemoryKeys::new(faults.clone()), MemoryAudit::new(faults.clone()));
         let org = OrgId::parse("42").unwrap();
         let now = Utc::now();
-        let first = enroll(&registry, &keys, &audit, &settings(), &org, now, "op")
-            .await
-            .unwrap();
+        let first = enroll(&registry, &keys, &audit, &settings(), &org, now, "op").await.unwrap();
         assert!(first.created);
         assert_eq!(first.record.prefix, "42/");
         assert!(first.record.current.is_none());
         let stored = registry.get(&org).unwrap();
-        let second = enroll(&registry, &keys, &audit, &settings(), &org, now, "op")
-            .await
-            .unwrap();
+        let second = enroll(&registry, &keys, &audit, &settings(), &org, now, "op").await.unwrap();
         assert!(!second.created);
         assert_eq!(registry.get(&org).unwrap(), stored);
         assert_eq!(audit.entries().len(), 1);
         // Enrolling the same org elsewhere is refused, not silently ignored.
-        let elsewhere = EnrollSettings {
-            managed_bucket: "other".into(),
-            ..settings()
-        };
-        let err = enroll(&registry, &keys, &audit, &elsewhere, &org, now, "op")
-            .await
-            .unwrap_err();
+        let elsewhere = EnrollSettings { managed_bucket: "other".into(), ..settings() };
+        let err = enroll(&registry, &keys, &audit, &elsewhere, &org, now, "op").await.unwrap_err();
         assert!(err.to_string().contains("enrolled already"), "{err}");
     }
 }

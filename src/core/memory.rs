@@ -12,8 +12,8 @@ use secrecy::SecretString;
 
 use super::domain::{OrgId, OrgRecord};
 use super::ports::{
-    AccessKeys, AuditEntry, AuditLog, IamKey, KeyVerifier, NewKey, PortError, Registry, UserSpec,
-    Versioned,
+    AccessKeys, AuditEntry, AuditLog, IamKey, KeyVault, KeyVerifier, NewKey, Notification, Notifier, PortError,
+    Registry, UserSpec, Versioned,
 };
 
 /// How an injected fault behaves.
@@ -62,11 +62,7 @@ impl Faults {
             None => false,
         };
         if fail {
-            Err(PortError::Unavailable {
-                service: "memory",
-                operation,
-                detail: format!("injected fault at call {n}"),
-            })
+            Err(PortError::Unavailable { service: "memory", operation, detail: format!("injected fault at call {n}") })
         } else {
             Ok(())
         }
@@ -82,15 +78,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct MemoryRegistry {
     faults: Arc<Faults>,
     records: Mutex<BTreeMap<OrgId, (OrgRecord, u64)>>,
+    state: Mutex<BTreeMap<String, String>>,
     version: AtomicUsize,
 }
 
 impl MemoryRegistry {
     pub fn new(faults: Arc<Faults>) -> Self {
-        Self {
-            faults,
-            ..Default::default()
-        }
+        Self { faults, ..Default::default() }
     }
     pub fn get(&self, org: &OrgId) -> Option<OrgRecord> {
         lock(&self.records).get(org).map(|(r, _)| r.clone())
@@ -106,10 +100,7 @@ impl MemoryRegistry {
 impl Registry for MemoryRegistry {
     async fn load(&self, org: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError> {
         self.faults.step("registry.load").await?;
-        Ok(lock(&self.records).get(org).map(|(r, v)| Versioned {
-            value: r.clone(),
-            etag: format!("\"{v}\""),
-        }))
+        Ok(lock(&self.records).get(org).map(|(r, v)| Versioned { value: r.clone(), etag: format!("\"{v}\"") }))
     }
     async fn create(&self, record: &OrgRecord) -> Result<String, PortError> {
         self.faults.step("registry.create").await?;
@@ -133,6 +124,30 @@ impl Registry for MemoryRegistry {
             _ => Err(PortError::Conflict),
         }
     }
+    async fn delete(&self, org: &OrgId, etag: &str) -> Result<(), PortError> {
+        self.faults.step("registry.delete").await?;
+        let mut records = lock(&self.records);
+        match records.get(org) {
+            Some((_, v)) if format!("\"{v}\"") == etag => {
+                records.remove(org);
+                Ok(())
+            }
+            _ => Err(PortError::Conflict),
+        }
+    }
+    async fn list_orgs(&self) -> Result<Vec<OrgId>, PortError> {
+        self.faults.step("registry.list_orgs").await?;
+        Ok(lock(&self.records).keys().cloned().collect())
+    }
+    async fn get_state(&self, name: &str) -> Result<Option<String>, PortError> {
+        self.faults.step("registry.get_state").await?;
+        Ok(lock(&self.state).get(name).cloned())
+    }
+    async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError> {
+        self.faults.step("registry.put_state").await?;
+        lock(&self.state).insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
 }
 
 /// IAM users and their access keys, with IAM's limit of two keys per user.
@@ -147,19 +162,14 @@ pub struct MemoryKeys {
 
 impl MemoryKeys {
     pub fn new(faults: Arc<Faults>) -> Self {
-        Self {
-            faults,
-            ..Default::default()
-        }
+        Self { faults, ..Default::default() }
     }
     pub fn keys_of(&self, user: &str) -> Vec<IamKey> {
         lock(&self.users).get(user).cloned().unwrap_or_default()
     }
     /// Whether `access_key_id` exists and is active (it would authenticate).
     pub fn works(&self, user: &str, access_key_id: &str) -> bool {
-        self.keys_of(user)
-            .iter()
-            .any(|k| k.access_key_id == access_key_id && k.active)
+        self.keys_of(user).iter().any(|k| k.access_key_id == access_key_id && k.active)
     }
 }
 
@@ -172,10 +182,7 @@ impl AccessKeys for MemoryKeys {
     }
     async fn list_keys(&self, user: &str) -> Result<Vec<IamKey>, PortError> {
         self.faults.step("iam.list_keys").await?;
-        lock(&self.users)
-            .get(user)
-            .cloned()
-            .ok_or(PortError::NoSuchUser)
+        lock(&self.users).get(user).cloned().ok_or(PortError::NoSuchUser)
     }
     async fn create_key(&self, user: &str) -> Result<NewKey, PortError> {
         self.faults.step("iam.create_key").await?;
@@ -186,23 +193,11 @@ impl AccessKeys for MemoryKeys {
         }
         let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let access_key_id = format!("AKIAMEMORY{n:010}");
-        keys.push(IamKey {
-            access_key_id: access_key_id.clone(),
-            active: true,
-            created_at: Some(Utc::now()),
-        });
+        keys.push(IamKey { access_key_id: access_key_id.clone(), active: true, created_at: Some(Utc::now()) });
         self.max_keys_seen.fetch_max(keys.len(), Ordering::SeqCst);
-        Ok(NewKey {
-            access_key_id,
-            secret_access_key: SecretString::from(format!("memory-secret-{n}")),
-        })
+        Ok(NewKey { access_key_id, secret_access_key: SecretString::from(format!("memory-secret-{n}")) })
     }
-    async fn set_active(
-        &self,
-        user: &str,
-        access_key_id: &str,
-        active: bool,
-    ) -> Result<(), PortError> {
+    async fn set_active(&self, user: &str, access_key_id: &str, active: bool) -> Result<(), PortError> {
         self.faults.step("iam.set_active").await?;
         let mut users = lock(&self.users);
         let keys = users.get_mut(user).ok_or(PortError::NoSuchUser)?;
@@ -218,6 +213,116 @@ impl AccessKeys for MemoryKeys {
         keys.retain(|k| k.access_key_id != access_key_id);
         Ok(())
     }
+    async fn delete_user(&self, user: &str) -> Result<(), PortError> {
+        self.faults.step("iam.delete_user").await?;
+        lock(&self.users).remove(user);
+        Ok(())
+    }
+}
+
+impl MemoryKeys {
+    pub fn user_exists(&self, user: &str) -> bool {
+        lock(&self.users).contains_key(user)
+    }
+}
+
+/// The key vault: per org, versions with their stage.
+#[derive(Debug, Default)]
+pub struct MemoryVault {
+    faults: Arc<Faults>,
+    /// org → (version, access key id, stage) in order of creation.
+    secrets: Mutex<BTreeMap<OrgId, Vec<(String, String, &'static str)>>>,
+}
+
+impl MemoryVault {
+    pub fn new(faults: Arc<Faults>) -> Self {
+        Self { faults, ..Default::default() }
+    }
+    /// The access key id whose secret is `AWSCURRENT`.
+    pub fn current_key(&self, org: &OrgId) -> Option<String> {
+        lock(&self.secrets).get(org)?.iter().find(|v| v.2 == "AWSCURRENT").map(|v| v.1.clone())
+    }
+    pub fn exists(&self, org: &OrgId) -> bool {
+        lock(&self.secrets).contains_key(org)
+    }
+}
+
+#[async_trait]
+impl KeyVault for MemoryVault {
+    async fn put_pending(&self, org: &OrgId, version: &str, key: &NewKey) -> Result<(), PortError> {
+        self.faults.step("vault.put_pending").await?;
+        let mut secrets = lock(&self.secrets);
+        let versions = secrets.entry(org.clone()).or_default();
+        if !versions.iter().any(|v| v.0 == version) {
+            for v in versions.iter_mut().filter(|v| v.2 == "AWSPENDING") {
+                v.2 = "";
+            }
+            versions.push((version.to_owned(), key.access_key_id.clone(), "AWSPENDING"));
+        }
+        Ok(())
+    }
+    async fn promote(&self, org: &OrgId, version: &str) -> Result<(), PortError> {
+        self.faults.step("vault.promote").await?;
+        let mut secrets = lock(&self.secrets);
+        let versions = secrets.get_mut(org).ok_or(PortError::Unavailable {
+            service: "memory",
+            operation: "promote",
+            detail: "no secret".into(),
+        })?;
+        if !versions.iter().any(|v| v.0 == version) {
+            return Err(PortError::Unavailable {
+                service: "memory",
+                operation: "promote",
+                detail: "no such version".into(),
+            });
+        }
+        if versions.iter().any(|v| v.0 == version && v.2 == "AWSCURRENT") {
+            return Ok(());
+        }
+        for v in versions.iter_mut() {
+            v.2 = match (v.0 == version, v.2) {
+                (true, _) => "AWSCURRENT",
+                (false, "AWSCURRENT") => "AWSPREVIOUS",
+                (false, "AWSPREVIOUS") => "",
+                (false, other) => other,
+            };
+        }
+        Ok(())
+    }
+    async fn current_version(&self, org: &OrgId) -> Result<Option<String>, PortError> {
+        self.faults.step("vault.current_version").await?;
+        Ok(lock(&self.secrets).get(org).and_then(|v| v.iter().find(|v| v.2 == "AWSCURRENT").map(|v| v.0.clone())))
+    }
+    async fn delete(&self, org: &OrgId) -> Result<(), PortError> {
+        self.faults.step("vault.delete").await?;
+        lock(&self.secrets).remove(org);
+        Ok(())
+    }
+}
+
+/// Published notifications, in order.
+#[derive(Debug, Default)]
+pub struct MemoryNotifier {
+    faults: Arc<Faults>,
+    published: Mutex<Vec<Notification>>,
+}
+
+impl MemoryNotifier {
+    pub fn new(faults: Arc<Faults>) -> Self {
+        Self { faults, ..Default::default() }
+    }
+    pub fn published(&self) -> Vec<Notification> {
+        lock(&self.published).clone()
+    }
+}
+
+#[async_trait]
+impl Notifier for MemoryNotifier {
+    async fn publish(&self, notifications: &[Notification]) -> Result<(), PortError> {
+        self.faults.step("events.publish").await?;
+        lock(&self.published).extend_from_slice(notifications);
+        Ok(())
+    }
 }
 
 /// The audit trail, in order.
@@ -229,10 +334,7 @@ pub struct MemoryAudit {
 
 impl MemoryAudit {
     pub fn new(faults: Arc<Faults>) -> Self {
-        Self {
-            faults,
-            ..Default::default()
-        }
+        Self { faults, ..Default::default() }
     }
     pub fn entries(&self) -> Vec<AuditEntry> {
         lock(&self.entries).clone()

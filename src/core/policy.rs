@@ -73,21 +73,16 @@ pub async fn update_policy(
     request_id: Option<String>,
 ) -> Result<OrgRecord, PolicyError> {
     for _ in 0..5 {
-        let Some(Versioned {
-            value: mut record,
-            etag,
-        }) = registry.load(org).await?
-        else {
+        let Some(Versioned { value: mut record, etag }) = registry.load(org).await? else {
             return Err(PolicyError::KeyNotFound);
         };
         apply_policy(&mut record, change, now);
         match registry.update(&record, &etag).await {
             Ok(_) => {
                 let detail = match change {
-                    PolicyChange::Enable { interval } => format!(
-                        "automatic rotation every {interval}, next at {:?}",
-                        record.policy.next_rotation_at
-                    ),
+                    PolicyChange::Enable { interval } => {
+                        format!("automatic rotation every {interval}, next at {:?}", record.policy.next_rotation_at)
+                    }
                     PolicyChange::Disable => "automatic rotation disabled".to_owned(),
                 };
                 info!(org = %org, %detail, "rotation policy updated");
@@ -177,11 +172,7 @@ pub fn key_versions(record: &OrgRecord) -> Vec<VersionView> {
         .collect();
     // The current and previous keys are always listed, even when the bounded
     // history no longer holds their rotation.
-    for key in record
-        .current
-        .iter()
-        .chain(record.previous.iter().map(|p| &p.key))
-    {
+    for key in record.current.iter().chain(record.previous.iter().map(|p| &p.key)) {
         if !versions.iter().any(|v| v.version == key.version) {
             versions.push(VersionView {
                 version: key.version,
@@ -218,10 +209,7 @@ mod tests {
         }
         for bad in ["6d", "366d", "0d", "604799s", "8761h"] {
             let err = PolicyChange::enable(bad.parse().unwrap()).unwrap_err();
-            assert!(
-                err.to_string().contains("not between 7 days and 365 days"),
-                "{bad}: {err}"
-            );
+            assert!(err.to_string().contains("not between 7 days and 365 days"), "{bad}: {err}");
         }
     }
 
@@ -229,36 +217,19 @@ mod tests {
     fn the_next_rotation_is_the_last_rotation_plus_the_interval() {
         let mut r = record();
         let t0 = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
-        commit_rotation(&mut r, "AKIA1", t0, Duration::from_secs(0));
+        commit_rotation(&mut r, "AKIA1", t0, Duration::from_secs(0), None);
         let later = t0 + TimeDelta::days(3);
-        apply_policy(
-            &mut r,
-            PolicyChange::enable(Duration::from_days(30)).unwrap(),
-            later,
-        );
+        apply_policy(&mut r, PolicyChange::enable(Duration::from_days(30)).unwrap(), later);
         assert_eq!(r.policy.next_rotation_at, Some(t0 + TimeDelta::days(30)));
         // Already past: due at once (the next scheduled run rotates).
-        apply_policy(
-            &mut r,
-            PolicyChange::enable(Duration::from_days(7)).unwrap(),
-            t0 + TimeDelta::days(10),
-        );
+        apply_policy(&mut r, PolicyChange::enable(Duration::from_days(7)).unwrap(), t0 + TimeDelta::days(10));
         assert_eq!(r.policy.next_rotation_at, Some(t0 + TimeDelta::days(7)));
         // A rotation moves it on.
-        commit_rotation(
-            &mut r,
-            "AKIA2",
-            t0 + TimeDelta::days(10),
-            Duration::from_secs(0),
-        );
+        commit_rotation(&mut r, "AKIA2", t0 + TimeDelta::days(10), Duration::from_secs(0), None);
         assert_eq!(r.policy.next_rotation_at, Some(t0 + TimeDelta::days(17)));
         apply_policy(&mut r, PolicyChange::Disable, t0 + TimeDelta::days(11));
         assert_eq!(r.policy.next_rotation_at, None);
-        assert_eq!(
-            r.policy.interval,
-            Some(Duration::from_days(7)),
-            "the interval is kept for display"
-        );
+        assert_eq!(r.policy.interval, Some(Duration::from_days(7)), "the interval is kept for display");
         assert_eq!(automatic_rotation(&r), "Disabled");
     }
 
@@ -266,17 +237,9 @@ mod tests {
     fn rotation_is_suspended_unless_the_key_is_enabled() {
         let mut r = record();
         let at = r.created_at;
-        apply_policy(
-            &mut r,
-            PolicyChange::enable(Duration::from_days(30)).unwrap(),
-            at,
-        );
+        apply_policy(&mut r, PolicyChange::enable(Duration::from_days(30)).unwrap(), at);
         assert_eq!(automatic_rotation(&r), "Enabled");
-        for state in [
-            KeyState::Disabled,
-            KeyState::PendingDeletion,
-            KeyState::Expired,
-        ] {
+        for state in [KeyState::Disabled, KeyState::PendingDeletion, KeyState::Expired] {
             r.state = state;
             assert_eq!(automatic_rotation(&r), "Suspended");
         }
@@ -287,20 +250,13 @@ mod tests {
         let mut r = record();
         let t0 = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
         for i in 1..=30 {
-            commit_rotation(
-                &mut r,
-                &format!("AKIA{i}"),
-                t0 + TimeDelta::days(i.into()),
-                Duration::from_secs(0),
-            );
+            commit_rotation(&mut r, &format!("AKIA{i}"), t0 + TimeDelta::days(i.into()), Duration::from_secs(0), None);
         }
         let versions = key_versions(&r);
         assert_eq!(versions[0].version, 30);
         assert_eq!(versions[0].status, VersionStatus::Primary);
         assert_eq!(versions[1].status, VersionStatus::Previous);
-        assert!(versions[2..]
-            .iter()
-            .all(|v| v.status == VersionStatus::Retired));
+        assert!(versions[2..].iter().all(|v| v.status == VersionStatus::Retired));
         assert!(versions.windows(2).all(|w| w[0].version > w[1].version));
         assert_eq!(versions[0].access_key_id, "AKIA30");
         assert_eq!(versions[0].created_at, t0 + TimeDelta::days(30));

@@ -24,17 +24,10 @@ pub enum PortError {
     NoSuchUser,
     /// Still throttled after the SDK's retries with backoff.
     #[error("{service} {operation} was throttled")]
-    Throttled {
-        service: &'static str,
-        operation: &'static str,
-    },
+    Throttled { service: &'static str, operation: &'static str },
     /// Any other failure; `detail` is the service's error code, never a secret.
     #[error("{service} {operation} failed: {detail}")]
-    Unavailable {
-        service: &'static str,
-        operation: &'static str,
-        detail: String,
-    },
+    Unavailable { service: &'static str, operation: &'static str, detail: String },
 }
 
 /// A stored record and the version (S3 ETag) it was read at.
@@ -52,6 +45,13 @@ pub trait Registry: Send + Sync {
     async fn create(&self, record: &OrgRecord) -> Result<String, PortError>;
     /// Replaces the record read at `etag`; [`PortError::Conflict`] when it changed since.
     async fn update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError>;
+    /// Deletes the record read at `etag`.
+    async fn delete(&self, org: &OrgId, etag: &str) -> Result<(), PortError>;
+    /// The enrolled orgs, in id order (ids only: records are read one by one).
+    async fn list_orgs(&self) -> Result<Vec<OrgId>, PortError>;
+    /// A small object of the sweep's own (its resume cursor), by name.
+    async fn get_state(&self, name: &str) -> Result<Option<String>, PortError>;
+    async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError>;
 }
 
 /// One entry of the append-only audit trail: who did what, when, to which key
@@ -111,14 +111,38 @@ pub trait AccessKeys: Send + Sync {
     /// [`PortError::QuotaExceeded`] when the user has two keys already.
     async fn create_key(&self, user: &str) -> Result<NewKey, PortError>;
     /// Activates or deactivates a key; a key that no longer exists is not an error.
-    async fn set_active(
-        &self,
-        user: &str,
-        access_key_id: &str,
-        active: bool,
-    ) -> Result<(), PortError>;
+    async fn set_active(&self, user: &str, access_key_id: &str, active: bool) -> Result<(), PortError>;
     /// Deletes a key; a key that no longer exists is not an error.
     async fn delete_key(&self, user: &str, access_key_id: &str) -> Result<(), PortError>;
+    /// Deletes the user, its policy and its keys; a user that no longer exists is not an error.
+    async fn delete_user(&self, user: &str) -> Result<(), PortError>;
+}
+
+/// The key vault: the one place a secret is stored (one secret per org, a
+/// version per rotation, staged `AWSPENDING` → `AWSCURRENT` → `AWSPREVIOUS`).
+#[async_trait]
+pub trait KeyVault: Send + Sync {
+    /// Stores the new key as the pending version `version` (idempotent).
+    async fn put_pending(&self, org: &OrgId, version: &str, key: &NewKey) -> Result<(), PortError>;
+    /// Makes `version` current; the version that was current becomes previous.
+    async fn promote(&self, org: &OrgId, version: &str) -> Result<(), PortError>;
+    /// The version that is current now, if any.
+    async fn current_version(&self, org: &OrgId) -> Result<Option<String>, PortError>;
+    /// Deletes the org's secret; a secret that does not exist is not an error.
+    async fn delete(&self, org: &OrgId) -> Result<(), PortError>;
+}
+
+/// An event for the org's consumers and operators (EventBridge). Never a secret.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notification {
+    /// `Bucket Key Rotated`, `Bucket Key Expiring`, `Bucket Key Expired`.
+    pub detail_type: &'static str,
+    pub detail: serde_json::Value,
+}
+
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    async fn publish(&self, notifications: &[Notification]) -> Result<(), PortError>;
 }
 
 /// Checks that a new key can read the org's prefix (IAM is eventually

@@ -17,11 +17,11 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use tracing::{error, info, warn};
 
-use super::domain::{
-    HistoryEntry, KeyState, KeyVersion, OrgId, OrgRecord, PendingRotation, PreviousKey, Trigger,
-};
+use super::domain::{HistoryEntry, KeyState, KeyVersion, OrgId, OrgRecord, PendingRotation, PreviousKey, Trigger};
 use super::duration::Duration;
-use super::ports::{AccessKeys, AuditEntry, AuditLog, KeyVerifier, PortError, Registry, Versioned};
+use super::ports::{
+    AccessKeys, AuditEntry, AuditLog, KeyVault, KeyVerifier, Notification, Notifier, PortError, Registry, Versioned,
+};
 
 /// The services a rotation uses.
 #[derive(Clone, Copy)]
@@ -31,6 +31,10 @@ pub struct Ports<'a> {
     pub audit: &'a dyn AuditLog,
     /// `None`: the new key is not checked against the bucket before the commit.
     pub verifier: Option<&'a dyn KeyVerifier>,
+    /// `None`: secrets are only handed to the caller, not stored.
+    pub vault: Option<&'a dyn KeyVault>,
+    /// `None`: no events are published.
+    pub notifier: Option<&'a dyn Notifier>,
 }
 
 /// The knobs of the protocol (from the configuration).
@@ -84,23 +88,14 @@ pub enum RotationError {
     #[error("the key of org {org} is {state}; only an Enabled (or, by hand, an Expired) key can be rotated")]
     NotEnabled { org: OrgId, state: KeyState },
     #[error("a rotation of the key of org {org} is already in progress (until {lease_until})")]
-    InProgress {
-        org: OrgId,
-        lease_until: DateTime<Utc>,
-    },
+    InProgress { org: OrgId, lease_until: DateTime<Utc> },
     #[error("too many rotations of the key of org {org}: at most {limit} per hour")]
-    RateLimited {
-        org: OrgId,
-        limit: u32,
-        retry_after: Duration,
-    },
+    RateLimited { org: OrgId, limit: u32, retry_after: Duration },
     #[error("previousKeyGracePeriod: {requested} is longer than the maximum of {max}")]
     GraceTooLong { requested: Duration, max: Duration },
     #[error("the record of org {0} kept changing during the rotation; try again")]
     Contended(OrgId),
-    #[error(
-        "the new key of org {0} could not read its bucket prefix; the rotation was rolled back"
-    )]
+    #[error("the new key of org {0} could not read its bucket prefix; the rotation was rolled back")]
     VerificationFailed(OrgId),
     #[error("AWS failed during the rotation; nothing changed: {0}")]
     Aws(#[from] PortError),
@@ -137,21 +132,11 @@ pub async fn rotate(
 ) -> Result<Rotated, RotationError> {
     let grace = req.grace.unwrap_or(Duration::from_secs(0));
     if grace > settings.max_grace {
-        return Err(RotationError::GraceTooLong {
-            requested: grace,
-            max: settings.max_grace,
-        });
+        return Err(RotationError::GraceTooLong { requested: grace, max: settings.max_grace });
     }
     // 1-2. Read, decide, claim.
-    let Versioned {
-        value: mut record,
-        mut etag,
-    } = claim(ports.registry, settings, req).await?;
-    let rotation = Rotation {
-        ports,
-        settings,
-        req,
-    };
+    let Versioned { value: mut record, mut etag } = claim(ports.registry, settings, req).await?;
+    let rotation = Rotation { ports, settings, req };
     match rotation.run(&mut record, &mut etag, grace).await {
         Ok(done) => Ok(done),
         Err((err, new_key)) => {
@@ -168,11 +153,7 @@ async fn claim(
 ) -> Result<Versioned<OrgRecord>, RotationError> {
     let hour = chrono::TimeDelta::hours(1);
     for _ in 0..settings.cas_attempts {
-        let Some(Versioned {
-            value: mut record,
-            etag,
-        }) = registry.load(&req.org).await?
-        else {
+        let Some(Versioned { value: mut record, etag }) = registry.load(&req.org).await? else {
             return Err(RotationError::NotEnrolled(req.org.clone()));
         };
         let allowed = match record.state {
@@ -181,29 +162,19 @@ async fn claim(
             KeyState::Disabled | KeyState::PendingDeletion => false,
         };
         if !allowed {
-            return Err(RotationError::NotEnabled {
-                org: req.org.clone(),
-                state: record.state,
-            });
+            return Err(RotationError::NotEnabled { org: req.org.clone(), state: record.state });
         }
         if let Some(pending) = &record.pending {
             if pending.lease_until > req.now {
-                return Err(RotationError::InProgress {
-                    org: req.org.clone(),
-                    lease_until: pending.lease_until,
-                });
+                return Err(RotationError::InProgress { org: req.org.clone(), lease_until: pending.lease_until });
             }
             warn!(stale_rotation = %pending.rotation_id, "taking over a rotation whose lease expired");
         }
         if req.trigger == Trigger::Api {
             // Entries older than an hour are dropped by the commit, not here, so
             // that a rotation that fails leaves the record exactly as it was.
-            let recent: Vec<DateTime<Utc>> = record
-                .recent_rotations
-                .iter()
-                .copied()
-                .filter(|t| *t + hour > req.now)
-                .collect();
+            let recent: Vec<DateTime<Utc>> =
+                record.recent_rotations.iter().copied().filter(|t| *t + hour > req.now).collect();
             if recent.len() >= settings.rotations_per_hour as usize {
                 let oldest = recent.iter().min().copied().unwrap_or(req.now);
                 let wait = (oldest + hour - req.now).num_seconds().max(1) as u64;
@@ -223,12 +194,7 @@ async fn claim(
             new_access_key_id: None,
         });
         match registry.update(&record, &etag).await {
-            Ok(etag) => {
-                return Ok(Versioned {
-                    value: record,
-                    etag,
-                })
-            }
+            Ok(etag) => return Ok(Versioned { value: record, etag }),
             Err(PortError::Conflict) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -247,23 +213,13 @@ type StepError = (RotationError, Option<String>);
 impl Rotation<'_> {
     /// Steps 3 to 7 on a claimed record. On error, also returns the id of a new
     /// key that exists in IAM and was not committed.
-    async fn run(
-        &self,
-        record: &mut OrgRecord,
-        etag: &mut String,
-        grace: Duration,
-    ) -> Result<Rotated, StepError> {
+    async fn run(&self, record: &mut OrgRecord, etag: &mut String, grace: Duration) -> Result<Rotated, StepError> {
         let user = record.iam_user.clone();
         // 3. Reconcile IAM with the record and make room.
         self.reconcile(record).await.map_err(|e| (e, None))?;
 
         // 4. Create the new key and record its id at once.
-        let new_key = self
-            .ports
-            .keys
-            .create_key(&user)
-            .await
-            .map_err(|e| (e.into(), None))?;
+        let new_key = self.ports.keys.create_key(&user).await.map_err(|e| (e.into(), None))?;
         let new_id = new_key.access_key_id.clone();
         info!(access_key_id = %new_id, "created the new key");
         let with_id = |r: &mut OrgRecord| {
@@ -271,34 +227,40 @@ impl Rotation<'_> {
                 p.new_access_key_id = Some(new_id.clone());
             }
         };
-        self.write_claimed(record, etag, with_id)
-            .await
-            .map_err(|e| (e, Some(new_id.clone())))?;
+        self.write_claimed(record, etag, with_id).await.map_err(|e| (e, Some(new_id.clone())))?;
 
         // 5. Verify the new key against the bucket.
         if let Some(verifier) = self.ports.verifier {
-            if let Err(e) = verifier
-                .verify(&new_key, &record.bucket, &record.prefix)
-                .await
-            {
+            if let Err(e) = verifier.verify(&new_key, &record.bucket, &record.prefix).await {
                 warn!(access_key_id = %new_id, error = %e, "the new key failed verification");
-                return Err((
-                    RotationError::VerificationFailed(self.req.org.clone()),
-                    Some(new_id),
-                ));
+                return Err((RotationError::VerificationFailed(self.req.org.clone()), Some(new_id)));
             }
         }
 
+        // ... and store it in the vault as the pending version.
+        let vault_version = match self.ports.vault {
+            Some(vault) => match vault.put_pending(&self.req.org, &self.req.rotation_id, &new_key).await {
+                Ok(()) => Some(self.req.rotation_id.as_str()),
+                Err(e) => return Err((e.into(), Some(new_id))),
+            },
+            None => None,
+        };
+
         // 6. Commit.
         let now = self.req.now;
-        let commit = |r: &mut OrgRecord| commit_rotation(r, &new_id, now, grace);
+        let commit = |r: &mut OrgRecord| commit_rotation(r, &new_id, now, grace, vault_version);
         if let Err(e) = self.write_claimed(record, etag, commit).await {
             return Err((e, Some(new_id)));
         }
         let current = record.current.clone().expect("commit sets the current key");
         info!(access_key_id = %new_id, version = current.version, "committed the rotation");
 
-        // 7. After the commit: audit, retire the old key, hand out the secret.
+        // 7. After the commit: the vault, the audit, the old key, the secret.
+        if let Some(vault) = self.ports.vault {
+            if let Err(e) = vault.promote(&self.req.org, &self.req.rotation_id).await {
+                error!(error = %e, "could not make the new secret current in the vault; the next sweep does");
+            }
+        }
         let old = record.previous.clone();
         let mut key_ids: Vec<String> = old.iter().map(|p| p.key.access_key_id.clone()).collect();
         key_ids.push(new_id.clone());
@@ -326,11 +288,7 @@ impl Rotation<'_> {
                     warn!(error = %e, "could not deactivate the previous key now; the next sweep does");
                 }
                 let active = retired.is_err();
-                Some(PreviousOutcome {
-                    access_key_id: old.key.access_key_id,
-                    active,
-                    retire_at: old.retire_at,
-                })
+                Some(PreviousOutcome { access_key_id: old.key.access_key_id, active, retire_at: old.retire_at })
             }
             Some(old) => Some(PreviousOutcome {
                 access_key_id: old.key.access_key_id,
@@ -339,6 +297,26 @@ impl Rotation<'_> {
             }),
             None => None,
         };
+        let expires_at = current.created_at + self.settings.max_key_age.to_chrono();
+        if let Some(notifier) = self.ports.notifier {
+            let event = Notification {
+                detail_type: "Bucket Key Rotated",
+                detail: serde_json::json!({
+                    "orgId": self.req.org,
+                    "keyId": record.key_id,
+                    "keyVersion": current.version,
+                    "accessKeyId": new_id,
+                    "previousAccessKeyId": previous.as_ref().map(|p| &p.access_key_id),
+                    "previousKeyRetiresAt": previous.as_ref().map(|p| p.retire_at),
+                    "trigger": self.req.trigger,
+                    "rotatedAt": now,
+                    "expiresAt": expires_at,
+                }),
+            };
+            if let Err(e) = notifier.publish(&[event]).await {
+                warn!(error = %e, "could not publish the rotation event");
+            }
+        }
         Ok(Rotated {
             org: self.req.org.clone(),
             key_id: record.key_id.clone(),
@@ -346,7 +324,7 @@ impl Rotation<'_> {
             access_key_id: new_id,
             secret_access_key: new_key.secret_access_key,
             created_at: current.created_at,
-            expires_at: current.created_at + self.settings.max_key_age.to_chrono(),
+            expires_at,
             previous,
         })
     }
@@ -362,27 +340,14 @@ impl Rotation<'_> {
                 kept.push(key);
             } else {
                 warn!(access_key_id = %key.access_key_id, "deleting a key the registry does not know");
-                self.ports
-                    .keys
-                    .delete_key(&record.iam_user, &key.access_key_id)
-                    .await?;
-                self.audit(
-                    "delete unknown key (never delivered)".into(),
-                    vec![key.access_key_id],
-                )
-                .await;
+                self.ports.keys.delete_key(&record.iam_user, &key.access_key_id).await?;
+                self.audit("delete unknown key (never delivered)".into(), vec![key.access_key_id]).await;
             }
         }
         if kept.len() >= 2 {
-            for key in kept
-                .iter()
-                .filter(|k| Some(&k.access_key_id) != current.as_ref())
-            {
+            for key in kept.iter().filter(|k| Some(&k.access_key_id) != current.as_ref()) {
                 info!(access_key_id = %key.access_key_id, "deleting the previous key to make room");
-                self.ports
-                    .keys
-                    .delete_key(&record.iam_user, &key.access_key_id)
-                    .await?;
+                self.ports.keys.delete_key(&record.iam_user, &key.access_key_id).await?;
             }
         }
         Ok(())
@@ -434,16 +399,9 @@ impl Rotation<'_> {
                 return;
             }
         };
-        let Versioned {
-            value: mut record,
-            etag,
-        } = loaded;
+        let Versioned { value: mut record, etag } = loaded;
         if let Some(id) = new_key {
-            if record
-                .current
-                .as_ref()
-                .is_some_and(|c| c.access_key_id == id)
-            {
+            if record.current.as_ref().is_some_and(|c| c.access_key_id == id) {
                 return; // committed after all: nothing to undo
             }
             if let Err(e) = self.ports.keys.delete_key(&record.iam_user, id).await {
@@ -453,11 +411,7 @@ impl Rotation<'_> {
         if claimed_by(&record, &self.req.rotation_id) {
             record.pending = None;
             // A rotation that did not happen does not count against the limit.
-            if let Some(i) = record
-                .recent_rotations
-                .iter()
-                .position(|t| *t == self.req.now)
-            {
+            if let Some(i) = record.recent_rotations.iter().position(|t| *t == self.req.now) {
                 record.recent_rotations.remove(i);
             }
             if let Err(e) = self.ports.registry.update(&record, &etag).await {
@@ -481,10 +435,7 @@ impl Rotation<'_> {
 }
 
 fn claimed_by(record: &OrgRecord, rotation_id: &str) -> bool {
-    record
-        .pending
-        .as_ref()
-        .is_some_and(|p| p.rotation_id == rotation_id)
+    record.pending.as_ref().is_some_and(|p| p.rotation_id == rotation_id)
 }
 
 /// Appends to the audit trail; a failure is logged (with the key ids) and
@@ -502,6 +453,7 @@ pub fn commit_rotation(
     new_access_key_id: &str,
     now: DateTime<Utc>,
     grace: Duration,
+    vault_version: Option<&str>,
 ) {
     let version = record.current.as_ref().map_or(0, |c| c.version) + 1;
     if let Some(old_previous) = record.previous.take() {
@@ -516,23 +468,19 @@ pub fn commit_rotation(
     let expired = record.state == KeyState::Expired;
     record.previous = record.current.take().map(|key| PreviousKey {
         key,
-        retire_at: if expired {
-            now
-        } else {
-            now + grace.to_chrono()
-        },
+        retire_at: if expired { now } else { now + grace.to_chrono() },
         deactivated_at: if expired { Some(now) } else { None },
     });
     record.current = Some(KeyVersion {
         version,
         access_key_id: new_access_key_id.to_owned(),
         created_at: now,
+        vault_version: vault_version.map(str::to_owned),
     });
+    record.warnings_sent.clear();
     record.state = KeyState::Enabled;
     record.pending = None;
-    record
-        .recent_rotations
-        .retain(|t| *t + chrono::TimeDelta::hours(1) > now);
+    record.recent_rotations.retain(|t| *t + chrono::TimeDelta::hours(1) > now);
     record.policy.last_rotation_at = Some(now);
     record.policy.next_rotation_at = match (record.policy.automatic, record.policy.interval) {
         (true, Some(interval)) => Some(now + interval.to_chrono()),
@@ -558,27 +506,16 @@ pub async fn retire_previous(
     actor: &str,
 ) -> Result<(), RotationError> {
     for _ in 0..settings.cas_attempts {
-        let Some(Versioned {
-            value: mut record,
-            etag,
-        }) = ports.registry.load(org).await?
-        else {
+        let Some(Versioned { value: mut record, etag }) = ports.registry.load(org).await? else {
             return Err(RotationError::NotEnrolled(org.clone()));
         };
-        let Some(previous) = record
-            .previous
-            .as_mut()
-            .filter(|p| p.key.access_key_id == access_key_id)
-        else {
+        let Some(previous) = record.previous.as_mut().filter(|p| p.key.access_key_id == access_key_id) else {
             return Ok(());
         };
         if previous.deactivated_at.is_some() {
             return Ok(());
         }
-        ports
-            .keys
-            .set_active(&record.iam_user, access_key_id, false)
-            .await?;
+        ports.keys.set_active(&record.iam_user, access_key_id, false).await?;
         previous.deactivated_at = Some(now);
         let version = previous.key.version;
         record.record_history(HistoryEntry {
@@ -639,7 +576,7 @@ mod tests {
 
     use super::*;
     use crate::core::memory::{
-        FaultMode, Faults, MemoryAudit, MemoryKeys, MemoryRegistry, MemoryVerifier,
+        FaultMode, Faults, MemoryAudit, MemoryKeys, MemoryNotifier, MemoryRegistry, MemoryVault, MemoryVerifier,
     };
     use crate::core::ports::UserSpec;
 
@@ -649,6 +586,8 @@ mod tests {
         keys: MemoryKeys,
         audit: MemoryAudit,
         verifier: MemoryVerifier,
+        vault: MemoryVault,
+        notifier: MemoryNotifier,
         settings: RotationSettings,
         org: OrgId,
         start: DateTime<Utc>,
@@ -662,12 +601,12 @@ mod tests {
                 keys: MemoryKeys::new(faults.clone()),
                 audit: MemoryAudit::new(faults.clone()),
                 verifier: MemoryVerifier::new(faults.clone()),
+                vault: MemoryVault::new(faults.clone()),
+                notifier: MemoryNotifier::new(faults.clone()),
                 faults,
                 settings: RotationSettings::default(),
                 org: OrgId::parse("1234567").unwrap(),
-                start: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-                    .unwrap()
-                    .with_timezone(&Utc),
+                start: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc),
             };
             let record = OrgRecord::enrolled(&world.org, "logs", "1234567/", world.start);
             let spec = UserSpec {
@@ -687,6 +626,8 @@ mod tests {
                 keys: &self.keys,
                 audit: &self.audit,
                 verifier: Some(&self.verifier),
+                vault: Some(&self.vault),
+                notifier: Some(&self.notifier),
             }
         }
         fn request(&self, at: DateTime<Utc>, id: &str) -> RotationRequest {
@@ -710,11 +651,7 @@ mod tests {
             self.org.user_name()
         }
         fn key_ids(&self) -> Vec<String> {
-            self.keys
-                .keys_of(&self.user())
-                .into_iter()
-                .map(|k| k.access_key_id)
-                .collect()
+            self.keys.keys_of(&self.user()).into_iter().map(|k| k.access_key_id).collect()
         }
         /// The org has a key it knows (the record's current) and it works.
         fn assert_has_working_known_key(&self) {
@@ -745,19 +682,17 @@ mod tests {
         assert_eq!(record.current.unwrap().access_key_id, rotated.access_key_id);
         assert!(record.pending.is_none());
         assert_eq!(record.policy.last_rotation_at, Some(w.start));
+        assert_eq!(w.vault.current_key(&w.org), Some(rotated.access_key_id.clone()), "the vault holds the current key");
+        let events = w.notifier.published();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].detail_type, "Bucket Key Rotated");
+        assert!(!events[0].detail.to_string().contains("memory-secret"));
         // The secret is handed out, never printed.
-        assert!(rotated
-            .secret_access_key
-            .expose_secret()
-            .starts_with("memory-secret-"));
+        assert!(rotated.secret_access_key.expose_secret().starts_with("memory-secret-"));
         assert!(!format!("{rotated:?}").contains("memory-secret"));
         let json = serde_json::to_string(&w.record()).unwrap();
         assert!(!json.contains("memory-secret"));
-        assert!(w
-            .audit
-            .entries()
-            .iter()
-            .all(|e| !format!("{e:?}").contains("memory-secret")));
+        assert!(w.audit.entries().iter().all(|e| !format!("{e:?}").contains("memory-secret")));
     }
 
     #[tokio::test]
@@ -769,20 +704,13 @@ mod tests {
         let previous = second.previous.unwrap();
         assert_eq!(previous.access_key_id, first.access_key_id);
         assert!(!previous.active);
-        assert!(
-            !w.keys.works(&w.user(), &first.access_key_id),
-            "old key deactivated"
-        );
+        assert!(!w.keys.works(&w.user(), &first.access_key_id), "old key deactivated");
         assert!(w.keys.works(&w.user(), &second.access_key_id));
         let record = w.record();
-        assert_eq!(
-            record.previous.unwrap().deactivated_at,
-            Some(w.start + minutes(1))
-        );
+        assert_eq!(record.previous.unwrap().deactivated_at, Some(w.start + minutes(1)));
         let actions: Vec<String> = w.audit.entries().into_iter().map(|e| e.action).collect();
         assert!(
-            actions.iter().any(|a| a.starts_with("rotate"))
-                && actions.iter().any(|a| a == "deactivate previous key"),
+            actions.iter().any(|a| a.starts_with("rotate")) && actions.iter().any(|a| a == "deactivate previous key"),
             "{actions:?}"
         );
     }
@@ -796,30 +724,16 @@ mod tests {
         let second = rotate(w.ports(), &w.settings, &req).await.unwrap();
         let previous = second.previous.unwrap();
         assert!(previous.active);
-        assert_eq!(
-            previous.retire_at,
-            w.start + minutes(1) + TimeDelta::hours(24)
-        );
+        assert_eq!(previous.retire_at, w.start + minutes(1) + TimeDelta::hours(24));
         assert!(w.keys.works(&w.user(), &first.access_key_id));
         // A second before it is due, nothing happens; at the time, it is retired.
         let due = previous.retire_at;
-        assert!(
-            !retire_if_due(w.ports(), &w.settings, &w.org, due - TimeDelta::seconds(1))
-                .await
-                .unwrap()
-        );
+        assert!(!retire_if_due(w.ports(), &w.settings, &w.org, due - TimeDelta::seconds(1)).await.unwrap());
         assert!(w.keys.works(&w.user(), &first.access_key_id));
-        assert!(retire_if_due(w.ports(), &w.settings, &w.org, due)
-            .await
-            .unwrap());
+        assert!(retire_if_due(w.ports(), &w.settings, &w.org, due).await.unwrap());
         assert!(!w.keys.works(&w.user(), &first.access_key_id));
         assert!(w.keys.works(&w.user(), &second.access_key_id));
-        assert!(
-            !retire_if_due(w.ports(), &w.settings, &w.org, due)
-                .await
-                .unwrap(),
-            "only once"
-        );
+        assert!(!retire_if_due(w.ports(), &w.settings, &w.org, due).await.unwrap(), "only once");
     }
 
     #[tokio::test]
@@ -866,10 +780,7 @@ mod tests {
             record.state = state;
             w.registry.put(record.clone());
             let err = w.rotate_at(w.start, "r1").await.unwrap_err();
-            assert!(
-                matches!(err, RotationError::NotEnabled { state: s, .. } if s == state),
-                "{err}"
-            );
+            assert!(matches!(err, RotationError::NotEnabled { state: s, .. } if s == state), "{err}");
             assert_eq!(w.record(), record);
         }
     }
@@ -882,17 +793,11 @@ mod tests {
         let mut record = w.record();
         record.state = KeyState::Expired;
         w.registry.put(record);
-        w.keys
-            .set_active(&w.user(), &first.access_key_id, false)
-            .await
-            .unwrap();
+        w.keys.set_active(&w.user(), &first.access_key_id, false).await.unwrap();
         let later = w.start + TimeDelta::days(91);
         let mut scheduled = w.request(later, "s1");
         scheduled.trigger = Trigger::Schedule;
-        assert!(matches!(
-            rotate(w.ports(), &w.settings, &scheduled).await,
-            Err(RotationError::NotEnabled { .. })
-        ));
+        assert!(matches!(rotate(w.ports(), &w.settings, &scheduled).await, Err(RotationError::NotEnabled { .. })));
         let restored = w.rotate_at(later, "r2").await.unwrap();
         assert_eq!(w.record().state, KeyState::Enabled);
         assert!(w.keys.works(&w.user(), &restored.access_key_id));
@@ -903,21 +808,13 @@ mod tests {
     async fn the_rate_limit_counts_an_hour_of_api_rotations() {
         let w = World::enrolled().await;
         for i in 0..5 {
-            w.rotate_at(w.start + minutes(i), &format!("r{i}"))
-                .await
-                .unwrap();
+            w.rotate_at(w.start + minutes(i), &format!("r{i}")).await.unwrap();
         }
         let err = w.rotate_at(w.start + minutes(10), "r5").await.unwrap_err();
         match err {
-            RotationError::RateLimited {
-                limit, retry_after, ..
-            } => {
+            RotationError::RateLimited { limit, retry_after, .. } => {
                 assert_eq!(limit, 5);
-                assert_eq!(
-                    retry_after,
-                    Duration::from_secs(50 * 60),
-                    "until the oldest leaves the hour"
-                );
+                assert_eq!(retry_after, Duration::from_secs(50 * 60), "until the oldest leaves the hour");
             }
             other => panic!("{other}"),
         }
@@ -950,11 +847,7 @@ mod tests {
         let rotated = w.rotate_at(after, "r3").await.unwrap();
         assert!(!w.key_ids().contains(&orphan));
         assert!(w.keys.works(&w.user(), &rotated.access_key_id));
-        assert!(w
-            .audit
-            .entries()
-            .iter()
-            .any(|e| e.key_ids == vec![orphan.clone()]));
+        assert!(w.audit.entries().iter().any(|e| e.key_ids == vec![orphan.clone()]));
     }
 
     #[tokio::test]
@@ -995,18 +888,12 @@ mod tests {
                 w.assert_has_working_known_key();
                 let current = w.record().current.unwrap().access_key_id;
                 match &result {
-                    Err(_) => assert_eq!(
-                        current, first.access_key_id,
-                        "{context}: failure keeps the old state"
-                    ),
+                    Err(_) => assert_eq!(current, first.access_key_id, "{context}: failure keeps the old state"),
                     Ok(rotated) => assert_eq!(current, rotated.access_key_id, "{context}"),
                 }
                 // The next rotation, once any lease has expired, succeeds and
                 // leaves exactly the keys the record knows.
-                let next = w
-                    .rotate_at(w.start + minutes(30), "r3")
-                    .await
-                    .unwrap_or_else(|e| panic!("{context}: {e}"));
+                let next = w.rotate_at(w.start + minutes(30), "r3").await.unwrap_or_else(|e| panic!("{context}: {e}"));
                 let record = w.record();
                 let mut known: Vec<String> = record.known_key_ids().map(str::to_owned).collect();
                 let mut present = w.key_ids();
@@ -1014,10 +901,12 @@ mod tests {
                 present.sort();
                 assert_eq!(known, present, "{context}");
                 assert!(w.keys.works(&w.user(), &next.access_key_id), "{context}");
-                assert!(
-                    w.keys.max_keys_seen.load(Ordering::SeqCst) <= 2,
-                    "{context}"
+                assert_eq!(
+                    w.vault.current_key(&w.org),
+                    Some(next.access_key_id.clone()),
+                    "{context}: the vault holds the current key"
                 );
+                assert!(w.keys.max_keys_seen.load(Ordering::SeqCst) <= 2, "{context}");
             }
         }
     }
@@ -1033,13 +922,7 @@ mod tests {
                 (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
                 (a, b) => panic!("round {round}: exactly one must win: {a:?} / {b:?}"),
             };
-            assert!(
-                matches!(
-                    lost,
-                    RotationError::InProgress { .. } | RotationError::Contended(_)
-                ),
-                "{lost}"
-            );
+            assert!(matches!(lost, RotationError::InProgress { .. } | RotationError::Contended(_)), "{lost}");
             assert_eq!(won.version, 2);
             assert!(w.keys.max_keys_seen.load(Ordering::SeqCst) <= 2);
             w.assert_has_working_known_key();

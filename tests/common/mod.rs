@@ -22,10 +22,7 @@ pub fn project_root() -> PathBuf {
 /// The project's virtualenv's `bin/`, made by `scripts/tools.sh`.
 pub fn venv_bin() -> PathBuf {
     let bin = project_root().join(".venv/bin");
-    assert!(
-        bin.join("python").exists(),
-        "no .venv: run scripts/tools.sh (scripts/test.sh does) first"
-    );
+    assert!(bin.join("python").exists(), "no .venv: run scripts/tools.sh (scripts/test.sh does) first");
     bin
 }
 
@@ -47,19 +44,13 @@ impl LocalAws {
             .expect("start moto server");
         let stdin = child.stdin.take().expect("stdin");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("moto prints its port");
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("moto prints its port");
         let port = line
             .trim()
             .strip_prefix("PORT ")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("moto said {line:?}"));
-        Self {
-            child,
-            _stdin: stdin,
-            port,
-        }
+        Self { child, _stdin: stdin, port }
     }
 
     pub fn endpoint(&self) -> String {
@@ -72,9 +63,13 @@ impl LocalAws {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
             .endpoint_url(self.endpoint())
-            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
-                Credentials::new(access_key_id, secret, None, None, "test"),
-            ))
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(Credentials::new(
+                access_key_id,
+                secret,
+                None,
+                None,
+                "test",
+            )))
             .build()
     }
 
@@ -95,10 +90,7 @@ impl LocalAws {
         .expect("send");
         let mut answer = String::new();
         stream.read_to_string(&mut answer).ok();
-        assert!(
-            answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
-            "reset-auth: {answer}"
-        );
+        assert!(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"), "reset-auth: {answer}");
     }
 }
 
@@ -117,12 +109,7 @@ pub fn config(endpoint: &str) -> Config {
         ("AWS_ENDPOINT_URL", endpoint),
         ("ROTATIONS_PER_HOUR", "100"),
     ];
-    Config::from_lookup(|name| {
-        vars.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
-    })
-    .expect("config")
+    Config::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())).expect("config")
 }
 
 /// A local AWS with the registry and managed buckets, a log object per org,
@@ -143,13 +130,7 @@ impl Stack {
         let aws = LocalAws::start();
         let bootstrap = Clients::from_sdk(aws.sdk("test", "test"), true);
         for bucket in ["registry", "logs"] {
-            bootstrap
-                .s3
-                .create_bucket()
-                .bucket(bucket)
-                .send()
-                .await
-                .expect("create bucket");
+            bootstrap.s3.create_bucket().bucket(bucket).send().await.expect("create bucket");
         }
         for org in [ORG_A, ORG_B] {
             bootstrap
@@ -157,20 +138,12 @@ impl Stack {
                 .put_object()
                 .bucket("logs")
                 .key(format!("{org}/2026-11-22.log"))
-                .body(ByteStream::from(
-                    format!("log lines of org {org}\n").into_bytes(),
-                ))
+                .body(ByteStream::from(format!("log lines of org {org}\n").into_bytes()))
                 .send()
                 .await
                 .expect("put log");
         }
-        bootstrap
-            .iam
-            .create_user()
-            .user_name("rotation-admin")
-            .send()
-            .await
-            .expect("admin user");
+        bootstrap.iam.create_user().user_name("rotation-admin").send().await.expect("admin user");
         bootstrap
             .iam
             .put_user_policy()
@@ -180,24 +153,13 @@ impl Stack {
             .send()
             .await
             .expect("admin policy");
-        let key = bootstrap
-            .iam
-            .create_access_key()
-            .user_name("rotation-admin")
-            .send()
-            .await
-            .expect("admin key");
+        let key = bootstrap.iam.create_access_key().user_name("rotation-admin").send().await.expect("admin key");
         let key = key.access_key.expect("key");
         let admin = (key.access_key_id, key.secret_access_key);
         let config = config(&aws.endpoint());
         let clients = Clients::from_sdk(aws.sdk(&admin.0, &admin.1), true);
         let adapters = Adapters::new(&clients, &config);
-        Self {
-            aws,
-            config,
-            admin,
-            adapters,
-        }
+        Self { aws, config, admin, adapters }
     }
 
     pub fn admin_s3(&self) -> aws_sdk_s3::Client {
@@ -206,14 +168,8 @@ impl Stack {
 
     /// Whether `key` can read the log object of `org` (a real signed GetObject).
     pub async fn can_read(&self, key: (&str, &str), org: &str) -> bool {
-        let result = self
-            .aws
-            .s3(key.0, key.1)
-            .get_object()
-            .bucket("logs")
-            .key(format!("{org}/2026-11-22.log"))
-            .send()
-            .await;
+        let result =
+            self.aws.s3(key.0, key.1).get_object().bucket("logs").key(format!("{org}/2026-11-22.log")).send().await;
         result.is_ok()
     }
 }
@@ -221,8 +177,7 @@ impl Stack {
 /// A real HTTP API v2 event from `events/`, changed by `patch` (to move its
 /// time, its org claim, …), as the Lambda runtime hands it to the handler.
 pub fn event(name: &str, patch: impl FnOnce(&mut serde_json::Value)) -> lambda_http::Request {
-    let text =
-        std::fs::read_to_string(project_root().join("events").join(name)).expect("event file");
+    let text = std::fs::read_to_string(project_root().join("events").join(name)).expect("event file");
     let mut value: serde_json::Value = serde_json::from_str(&text).expect("event JSON");
     patch(&mut value);
     lambda_http::request::from_str(&value.to_string()).expect("an API Gateway v2 event")
@@ -231,9 +186,7 @@ pub fn event(name: &str, patch: impl FnOnce(&mut serde_json::Value)) -> lambda_h
 /// Moves an event `seconds` after its recorded time and gives it its own request id.
 pub fn later(seconds: i64) -> impl FnOnce(&mut serde_json::Value) {
     move |e| {
-        let epoch = e["requestContext"]["timeEpoch"]
-            .as_i64()
-            .expect("timeEpoch");
+        let epoch = e["requestContext"]["timeEpoch"].as_i64().expect("timeEpoch");
         e["requestContext"]["timeEpoch"] = (epoch + seconds * 1000).into();
         e["requestContext"]["requestId"] = format!("request-at-{seconds}").into();
     }
@@ -245,7 +198,6 @@ pub fn parts(
 ) -> (u16, serde_json::Value, lambda_http::http::HeaderMap) {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body: serde_json::Value =
-        serde_json::from_slice(response.body().as_ref()).expect("a JSON body");
+    let body: serde_json::Value = serde_json::from_slice(response.body().as_ref()).expect("a JSON body");
     (status, body, headers)
 }
