@@ -29,6 +29,8 @@ pub enum FaultMode {
 /// Counts every call to every in-memory service, and fails the chosen one.
 #[derive(Debug, Default)]
 pub struct Faults {
+    /// Every call takes this long (on tokio's clock, so paused time can skip it).
+    delay: Mutex<Option<std::time::Duration>>,
     calls: AtomicUsize,
     plan: Mutex<Option<(usize, FaultMode)>>,
     log: Mutex<Vec<&'static str>>,
@@ -43,6 +45,10 @@ impl Faults {
     pub fn clear(&self) {
         *lock(&self.plan) = None;
     }
+    /// Makes every later call take `delay`.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        *lock(&self.delay) = Some(delay);
+    }
     /// Calls made so far, by name (`iam.create_key`, `registry.update`, …).
     pub fn calls(&self) -> Vec<&'static str> {
         lock(&self.log).clone()
@@ -54,6 +60,10 @@ impl Faults {
     async fn step(&self, operation: &'static str) -> Result<(), PortError> {
         // Let concurrent tasks interleave at every call, as real I/O would.
         tokio::task::yield_now().await;
+        let delay = *lock(&self.delay);
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         lock(&self.log).push(operation);
         let fail = match *lock(&self.plan) {

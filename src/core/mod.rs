@@ -9,3 +9,4 @@ pub mod memory;
 pub mod policy;
 pub mod ports;
 pub mod rotation;
+pub mod sweep;

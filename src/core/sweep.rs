@@ -1,0 +1,979 @@
+//! The scheduled evaluation of every enrolled org ("the sweep"): repair of
+//! interrupted rotations and of record/IAM/vault mismatches, due automatic
+//! rotations, retirement of previous keys, the maximum key age, expiry
+//! warnings, and the deletion of orgs scheduled for it.
+//!
+//! For each org, [`plan`] decides from the record, the IAM keys and the vault
+//! what is due (a pure function); [`evaluate`] carries it out, each change a
+//! conditional write on a freshly read record. Running it twice at the same
+//! time changes nothing the second time.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::domain::{HistoryEntry, KeyState, OrgId, OrgRecord, Trigger};
+use super::duration::Duration;
+use super::ports::{AuditEntry, IamKey, Notification, PortError, Versioned};
+use super::rotation::{retire_previous, rotate, write_audit, Ports, RotationError, RotationRequest, RotationSettings};
+
+/// The knobs of the sweep (from the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepSettings {
+    pub rotation: RotationSettings,
+    /// How long an automatically rotated key's predecessor stays active.
+    pub grace: Duration,
+    /// How long an inactive previous key is kept before it is deleted.
+    pub retention: Duration,
+    /// Warn this long before the maximum age (each at most once per key).
+    pub warnings: Vec<Duration>,
+    /// Orgs evaluated at once.
+    pub concurrency: usize,
+}
+
+/// One thing due for an org.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum Action {
+    /// A rotation whose lease expired: delete its uncommitted key, release the claim.
+    #[serde(rename_all = "camelCase")]
+    RollBack { rotation_id: String, new_access_key_id: Option<String> },
+    /// A key IAM has and the record does not know (never delivered).
+    #[serde(rename_all = "camelCase")]
+    DeleteUnknownKey { access_key_id: String },
+    /// A key the record knows and IAM does not have: reported, not changed.
+    #[serde(rename_all = "camelCase")]
+    ReportMissingKey { access_key_id: String },
+    /// The vault's current secret is not the current key's.
+    #[serde(rename_all = "camelCase")]
+    RepairVault { version: String },
+    /// `PendingDeletion` past its date: keys, user, secret, record.
+    DeleteOrg,
+    /// Automatic rotation is due.
+    Rotate,
+    #[serde(rename_all = "camelCase")]
+    DeactivatePrevious { access_key_id: String },
+    #[serde(rename_all = "camelCase")]
+    DeletePrevious { access_key_id: String },
+    /// The current key reached the maximum age: access is taken away.
+    #[serde(rename_all = "camelCase")]
+    Expire { access_key_id: String },
+    #[serde(rename_all = "camelCase")]
+    Warn { access_key_id: String, threshold: Duration, expires_at: DateTime<Utc> },
+}
+
+/// Decides what is due for one org at `now`. `iam` is the user's keys
+/// (`None`: the user is missing); `vault_current` the vault's current version.
+pub fn plan(
+    record: &OrgRecord,
+    iam: Option<&[IamKey]>,
+    vault_current: Option<&str>,
+    now: DateTime<Utc>,
+    settings: &SweepSettings,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    if let Some(pending) = &record.pending {
+        if pending.lease_until > now {
+            return actions; // a rotation is under way: leave the org alone
+        }
+        actions.push(Action::RollBack {
+            rotation_id: pending.rotation_id.clone(),
+            new_access_key_id: pending.new_access_key_id.clone(),
+        });
+    }
+    let pending_key = record.pending.as_ref().and_then(|p| p.new_access_key_id.as_deref());
+    let iam = iam.unwrap_or_default();
+    for key in iam {
+        let known = record.known_key_ids().any(|k| k == key.access_key_id);
+        if !known && Some(key.access_key_id.as_str()) != pending_key {
+            actions.push(Action::DeleteUnknownKey { access_key_id: key.access_key_id.clone() });
+        }
+    }
+    for known in record.known_key_ids() {
+        if !iam.iter().any(|k| k.access_key_id == known) {
+            actions.push(Action::ReportMissingKey { access_key_id: known.to_owned() });
+        }
+    }
+    if let Some(version) = record.current.as_ref().and_then(|c| c.vault_version.as_deref()) {
+        if vault_current != Some(version) {
+            actions.push(Action::RepairVault { version: version.to_owned() });
+        }
+    }
+    if record.state == KeyState::PendingDeletion {
+        if record.deletion_at.is_some_and(|at| at <= now) {
+            actions.push(Action::DeleteOrg);
+        }
+        return actions;
+    }
+    let due = record.policy.automatic && record.policy.next_rotation_at.is_some_and(|at| at <= now);
+    if record.state == KeyState::Enabled && due {
+        actions.push(Action::Rotate);
+        return actions;
+    }
+    if let Some(previous) = &record.previous {
+        let id = previous.key.access_key_id.clone();
+        match previous.deactivated_at {
+            None if previous.retire_at <= now => actions.push(Action::DeactivatePrevious { access_key_id: id }),
+            Some(at) if at + settings.retention.to_chrono() <= now => {
+                actions.push(Action::DeletePrevious { access_key_id: id })
+            }
+            _ => {}
+        }
+    }
+    if record.state != KeyState::Enabled {
+        return actions;
+    }
+    if let Some(current) = &record.current {
+        let expires_at = current.created_at + settings.rotation.max_key_age.to_chrono();
+        if expires_at <= now {
+            actions.push(Action::Expire { access_key_id: current.access_key_id.clone() });
+        } else {
+            let tightest = settings
+                .warnings
+                .iter()
+                .filter(|w| expires_at - w.to_chrono() <= now && !record.warnings_sent.contains(w))
+                .min();
+            if let Some(threshold) = tightest {
+                actions.push(Action::Warn {
+                    access_key_id: current.access_key_id.clone(),
+                    threshold: *threshold,
+                    expires_at,
+                });
+            }
+        }
+    }
+    actions
+}
+
+/// A failure of one org, in the summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgFailure {
+    pub org_id: OrgId,
+    pub reason: String,
+}
+
+/// What a run of the sweep did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub evaluated_at: DateTime<Utc>,
+    pub dry_run: bool,
+    /// `false`: the deadline came first; the next run resumes after `stopped_after`.
+    pub complete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_after: Option<OrgId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_after: Option<OrgId>,
+    pub orgs_seen: usize,
+    pub rotated: Vec<OrgId>,
+    pub retired: usize,
+    pub deleted_keys: usize,
+    pub deleted_orgs: Vec<OrgId>,
+    pub expired: Vec<OrgId>,
+    pub warned: usize,
+    pub repaired: usize,
+    pub mismatches: Vec<OrgFailure>,
+    pub failed: Vec<OrgFailure>,
+    /// The dry run's plan: org and action.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<(OrgId, Action)>,
+    pub duration_ms: u64,
+}
+
+/// One run's parameters.
+#[derive(Debug, Clone)]
+pub struct SweepRequest {
+    /// The scheduled event's time: every decision is made at it.
+    pub now: DateTime<Utc>,
+    pub dry_run: bool,
+    /// Start no new org once less than `margin` is left before it.
+    pub deadline: Option<tokio::time::Instant>,
+    pub margin: StdDuration,
+}
+
+/// Where an interrupted run stopped, kept in the registry for the next run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Cursor {
+    evaluated_at: DateTime<Utc>,
+    resume_after: Option<OrgId>,
+}
+
+const CURSOR: &str = "cursor.json";
+
+/// What one org's evaluation did.
+#[derive(Debug, Default)]
+struct OrgOutcome {
+    rotated: bool,
+    retired: usize,
+    deleted_keys: usize,
+    deleted_org: bool,
+    expired: bool,
+    warned: usize,
+    repaired: usize,
+    mismatches: Vec<String>,
+    failure: Option<String>,
+    planned: Vec<Action>,
+}
+
+/// Runs the sweep over every enrolled org: one org's failure never stops the
+/// others; at most `concurrency` orgs at once; the deadline is watched.
+pub async fn sweep(ports: Ports<'_>, settings: &SweepSettings, req: &SweepRequest) -> Result<Summary, PortError> {
+    let started = std::time::Instant::now();
+    let mut orgs = ports.registry.list_orgs().await?;
+    let cursor: Option<Cursor> = match ports.registry.get_state(CURSOR).await? {
+        Some(text) => serde_json::from_str(&text).ok(),
+        None => None,
+    };
+    // Resume after where an interrupted run stopped, then wrap around.
+    let resumed_after = cursor.and_then(|c| c.resume_after);
+    if let Some(after) = &resumed_after {
+        let split = orgs.partition_point(|o| o <= after);
+        orgs.rotate_left(split);
+    }
+    let mut summary = Summary { evaluated_at: req.now, dry_run: req.dry_run, resumed_after, ..Summary::default() };
+    let deadline_reached =
+        || req.deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < req.margin);
+    let mut results = futures::stream::iter(orgs.iter())
+        .map(|org| async move {
+            if deadline_reached() {
+                return (org, None);
+            }
+            (org, Some(evaluate(ports, settings, org, req).await))
+        })
+        .buffered(settings.concurrency.max(1));
+    summary.complete = true;
+    while let Some((org, outcome)) = results.next().await {
+        let Some(outcome) = outcome else {
+            summary.complete = false;
+            break;
+        };
+        summary.orgs_seen += 1;
+        summary.stopped_after = Some(org.clone());
+        if outcome.rotated {
+            summary.rotated.push(org.clone());
+        }
+        if outcome.deleted_org {
+            summary.deleted_orgs.push(org.clone());
+        }
+        if outcome.expired {
+            summary.expired.push(org.clone());
+        }
+        summary.retired += outcome.retired;
+        summary.deleted_keys += outcome.deleted_keys;
+        summary.warned += outcome.warned;
+        summary.repaired += outcome.repaired;
+        summary
+            .mismatches
+            .extend(outcome.mismatches.into_iter().map(|reason| OrgFailure { org_id: org.clone(), reason }));
+        summary.planned.extend(outcome.planned.into_iter().map(|a| (org.clone(), a)));
+        if let Some(reason) = outcome.failure {
+            summary.failed.push(OrgFailure { org_id: org.clone(), reason });
+        }
+    }
+    drop(results);
+    if summary.complete {
+        summary.stopped_after = None;
+    }
+    if !req.dry_run {
+        let cursor = Cursor { evaluated_at: req.now, resume_after: summary.stopped_after.clone() };
+        let text = serde_json::to_string(&cursor).unwrap_or_default();
+        if let Err(e) = ports.registry.put_state(CURSOR, &text).await {
+            warn!(error = %e, "could not store where the sweep stopped; the next run starts over");
+        }
+    }
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(summary)
+}
+
+/// Evaluates one org: plans, then (unless a dry run) carries out each action.
+#[tracing::instrument(skip_all, fields(org = %org))]
+async fn evaluate(ports: Ports<'_>, settings: &SweepSettings, org: &OrgId, req: &SweepRequest) -> OrgOutcome {
+    let mut outcome = OrgOutcome::default();
+    let actions = match plan_org(ports, settings, org, req.now).await {
+        Ok(Some(actions)) => actions,
+        Ok(None) => return outcome, // deleted meanwhile
+        Err(e) => {
+            outcome.failure = Some(e.to_string());
+            return outcome;
+        }
+    };
+    if req.dry_run {
+        outcome.planned = actions;
+        return outcome;
+    }
+    for action in actions {
+        if let Err(e) = execute(ports, settings, org, req.now, &action, &mut outcome).await {
+            warn!(error = %e, ?action, "failed");
+            outcome.failure = Some(format!("{}: {e}", action_name(&action)));
+            break;
+        }
+    }
+    outcome
+}
+
+async fn plan_org(
+    ports: Ports<'_>,
+    settings: &SweepSettings,
+    org: &OrgId,
+    now: DateTime<Utc>,
+) -> Result<Option<Vec<Action>>, PortError> {
+    let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else {
+        return Ok(None);
+    };
+    let iam = match ports.keys.list_keys(&record.iam_user).await {
+        Ok(keys) => Some(keys),
+        Err(PortError::NoSuchUser) => None,
+        Err(e) => return Err(e),
+    };
+    let vault_current = match (ports.vault, record.current.as_ref().and_then(|c| c.vault_version.as_ref())) {
+        (Some(vault), Some(_)) => vault.current_version(org).await?,
+        _ => None,
+    };
+    let mut actions = plan(&record, iam.as_deref(), vault_current.as_deref(), now, settings);
+    if iam.is_none() && record.state != KeyState::PendingDeletion {
+        actions.insert(
+            0,
+            Action::ReportMissingKey { access_key_id: format!("(IAM user {} is missing)", record.iam_user) },
+        );
+    }
+    Ok(Some(actions))
+}
+
+fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::RollBack { .. } => "roll back an interrupted rotation",
+        Action::DeleteUnknownKey { .. } => "delete an unknown key",
+        Action::ReportMissingKey { .. } => "report a missing key",
+        Action::RepairVault { .. } => "repair the vault",
+        Action::DeleteOrg => "delete the org",
+        Action::Rotate => "automatic rotation",
+        Action::DeactivatePrevious { .. } => "deactivate the previous key",
+        Action::DeletePrevious { .. } => "delete the previous key",
+        Action::Expire { .. } => "expire the current key",
+        Action::Warn { .. } => "warn of expiry",
+    }
+}
+
+/// Errors of one action, as the summary reports them.
+#[derive(Debug, thiserror::Error)]
+enum ActionError {
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Rotation(#[from] RotationError),
+    #[error("the record kept changing")]
+    Contended,
+}
+
+async fn execute(
+    ports: Ports<'_>,
+    settings: &SweepSettings,
+    org: &OrgId,
+    now: DateTime<Utc>,
+    action: &Action,
+    outcome: &mut OrgOutcome,
+) -> Result<(), ActionError> {
+    let audit = |action: &str, key_ids: Vec<String>| AuditEntry {
+        at: now,
+        org_id: org.clone(),
+        action: action.to_owned(),
+        actor: "schedule".into(),
+        request_id: None,
+        key_ids,
+        detail: None,
+    };
+    match action {
+        Action::RollBack { rotation_id, new_access_key_id } => {
+            let changed = modify(ports, org, |r| {
+                let ours = r.pending.as_ref().is_some_and(|p| &p.rotation_id == rotation_id && p.lease_until <= now);
+                if ours {
+                    r.pending = None;
+                }
+                ours
+            })
+            .await?;
+            if let (Some(record), Some(id)) = (changed, new_access_key_id) {
+                if !record.known_key_ids().any(|k| k == id) {
+                    ports.keys.delete_key(&record.iam_user, id).await?;
+                }
+            }
+            write_audit(
+                ports.audit,
+                &audit("roll back an interrupted rotation", new_access_key_id.iter().cloned().collect()),
+            )
+            .await;
+            outcome.repaired += 1;
+        }
+        Action::DeleteUnknownKey { access_key_id } => {
+            let user = org.user_name();
+            ports.keys.delete_key(&user, access_key_id).await?;
+            write_audit(ports.audit, &audit("delete unknown key (never delivered)", vec![access_key_id.clone()])).await;
+            outcome.repaired += 1;
+            outcome.deleted_keys += 1;
+        }
+        Action::ReportMissingKey { access_key_id } => {
+            warn!(access_key_id, "the record names a key IAM does not have");
+            outcome.mismatches.push(format!("the record names {access_key_id}, which IAM does not have"));
+        }
+        Action::RepairVault { version } => {
+            if let Some(vault) = ports.vault {
+                vault.promote(org, version).await?;
+                outcome.repaired += 1;
+            }
+        }
+        Action::DeleteOrg => {
+            let Some(Versioned { value: record, etag }) = ports.registry.load(org).await? else { return Ok(()) };
+            if record.state != KeyState::PendingDeletion {
+                return Ok(());
+            }
+            let key_ids: Vec<String> = record.known_key_ids().map(str::to_owned).collect();
+            ports.keys.delete_user(&record.iam_user).await?;
+            if let Some(vault) = ports.vault {
+                vault.delete(org).await?;
+            }
+            ports.registry.delete(org, &etag).await?;
+            write_audit(ports.audit, &audit("delete org (scheduled deletion)", key_ids)).await;
+            info!("deleted the org");
+            outcome.deleted_org = true;
+        }
+        Action::Rotate => {
+            let request = RotationRequest {
+                org: org.clone(),
+                now,
+                trigger: Trigger::Schedule,
+                actor: "schedule".into(),
+                rotation_id: uuid::Uuid::new_v4().to_string(),
+                request_id: None,
+                grace: Some(settings.grace),
+            };
+            let rotated = rotate(ports, &settings.rotation, &request).await?;
+            info!(access_key_id = %rotated.access_key_id, version = rotated.version, "rotated automatically");
+            outcome.rotated = true;
+        }
+        Action::DeactivatePrevious { access_key_id } => {
+            retire_previous(ports, &settings.rotation, org, access_key_id, now, "schedule").await?;
+            outcome.retired += 1;
+        }
+        Action::DeletePrevious { access_key_id } => {
+            let user = org.user_name();
+            ports.keys.delete_key(&user, access_key_id).await?;
+            modify(ports, org, |r| {
+                let ours = r.previous.as_ref().is_some_and(|p| &p.key.access_key_id == access_key_id);
+                if ours {
+                    let p = r.previous.take().expect("checked");
+                    r.record_history(HistoryEntry {
+                        at: now,
+                        event: "deleted".into(),
+                        version: Some(p.key.version),
+                        access_key_id: Some(p.key.access_key_id),
+                    });
+                }
+                ours
+            })
+            .await?;
+            write_audit(ports.audit, &audit("delete previous key (retention over)", vec![access_key_id.clone()])).await;
+            outcome.deleted_keys += 1;
+        }
+        Action::Expire { access_key_id } => {
+            let user = org.user_name();
+            // Access goes first, then the record says so; a failure in
+            // between is finished by the next run (the key is still too old).
+            ports.keys.set_active(&user, access_key_id, false).await?;
+            let record = modify(ports, org, |r| {
+                let ours = r.state == KeyState::Enabled
+                    && r.current.as_ref().is_some_and(|c| &c.access_key_id == access_key_id);
+                if ours {
+                    r.state = KeyState::Expired;
+                    let version = r.current.as_ref().map(|c| c.version);
+                    r.record_history(HistoryEntry {
+                        at: now,
+                        event: "expired".into(),
+                        version,
+                        access_key_id: Some(access_key_id.clone()),
+                    });
+                }
+                ours
+            })
+            .await?;
+            let Some(record) = record else { return Ok(()) };
+            // The previous key, if still active, goes too: the org loses access.
+            if let Some(previous) = record.previous.as_ref().filter(|p| p.deactivated_at.is_none()) {
+                retire_previous(ports, &settings.rotation, org, &previous.key.access_key_id, now, "schedule").await?;
+            }
+            write_audit(ports.audit, &audit("expire key (maximum age reached)", vec![access_key_id.clone()])).await;
+            warn!(access_key_id, "the key reached its maximum age: the org lost access to its bucket");
+            if let Some(notifier) = ports.notifier {
+                let event = Notification {
+                    detail_type: "Bucket Key Expired",
+                    detail: serde_json::json!({
+                        "orgId": org,
+                        "keyId": record.key_id,
+                        "accessKeyId": access_key_id,
+                        "expiredAt": now,
+                        "maxKeyAge": settings.rotation.max_key_age,
+                    }),
+                };
+                notifier.publish(&[event]).await?;
+            }
+            outcome.expired = true;
+        }
+        Action::Warn { access_key_id, threshold, expires_at } => {
+            // Record first, so that a warning is never published twice; if
+            // publishing fails, take the record back so the next run retries.
+            let crossed: Vec<Duration> =
+                settings.warnings.iter().copied().filter(|w| *expires_at - w.to_chrono() <= now).collect();
+            let mark = |r: &mut OrgRecord, on: bool| {
+                let ours = r.current.as_ref().is_some_and(|c| &c.access_key_id == access_key_id);
+                if ours {
+                    r.warnings_sent.retain(|w| !crossed.contains(w));
+                    if on {
+                        r.warnings_sent.extend(crossed.iter().copied());
+                    }
+                }
+                ours
+            };
+            let Some(record) = modify(ports, org, |r| mark(r, true)).await? else { return Ok(()) };
+            if let Some(notifier) = ports.notifier {
+                let event = Notification {
+                    detail_type: "Bucket Key Expiring",
+                    detail: serde_json::json!({
+                        "orgId": org,
+                        "keyId": record.key_id,
+                        "accessKeyId": access_key_id,
+                        "expiresAt": expires_at,
+                        "threshold": threshold,
+                        "daysLeft": (*expires_at - now).num_days(),
+                    }),
+                };
+                if let Err(e) = notifier.publish(&[event]).await {
+                    let _ = modify(ports, org, |r| mark(r, false)).await;
+                    return Err(e.into());
+                }
+            }
+            outcome.warned += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Applies `change` to a freshly read record with a conditional write,
+/// re-reading on a lost race. `change` answers whether it changed anything;
+/// the written record is returned (`None` when nothing was to change).
+async fn modify(
+    ports: Ports<'_>,
+    org: &OrgId,
+    mut change: impl FnMut(&mut OrgRecord) -> bool,
+) -> Result<Option<OrgRecord>, ActionError> {
+    for _ in 0..5 {
+        let Some(Versioned { value: mut record, etag }) = ports.registry.load(org).await? else { return Ok(None) };
+        if !change(&mut record) {
+            return Ok(None);
+        }
+        match ports.registry.update(&record, &etag).await {
+            Ok(_) => return Ok(Some(record)),
+            Err(PortError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ActionError::Contended)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{TimeDelta, TimeZone};
+
+    use super::*;
+    use crate::core::memory::{
+        FaultMode, Faults, MemoryAudit, MemoryKeys, MemoryNotifier, MemoryRegistry, MemoryVault, MemoryVerifier,
+    };
+    use crate::core::policy::{apply_policy, PolicyChange};
+    use crate::core::ports::{AccessKeys, UserSpec};
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    fn settings() -> SweepSettings {
+        SweepSettings {
+            rotation: RotationSettings::default(),
+            grace: Duration::from_hours(24),
+            retention: Duration::from_days(7),
+            warnings: vec![Duration::from_days(14), Duration::from_days(7), Duration::from_days(1)],
+            concurrency: 4,
+        }
+    }
+
+    struct World {
+        faults: Arc<Faults>,
+        registry: MemoryRegistry,
+        keys: MemoryKeys,
+        audit: MemoryAudit,
+        verifier: MemoryVerifier,
+        vault: MemoryVault,
+        notifier: MemoryNotifier,
+        settings: SweepSettings,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let faults = Arc::new(Faults::default());
+            Self {
+                registry: MemoryRegistry::new(faults.clone()),
+                keys: MemoryKeys::new(faults.clone()),
+                audit: MemoryAudit::new(faults.clone()),
+                verifier: MemoryVerifier::new(faults.clone()),
+                vault: MemoryVault::new(faults.clone()),
+                notifier: MemoryNotifier::new(faults.clone()),
+                faults,
+                settings: settings(),
+            }
+        }
+        fn ports(&self) -> Ports<'_> {
+            Ports {
+                registry: &self.registry,
+                keys: &self.keys,
+                audit: &self.audit,
+                verifier: Some(&self.verifier),
+                vault: Some(&self.vault),
+                notifier: Some(&self.notifier),
+            }
+        }
+        /// An enrolled org with its first key issued at `t0`, and automatic
+        /// rotation every `interval` if given.
+        async fn org(&self, id: &str, interval: Option<u64>) -> OrgId {
+            let org = OrgId::parse(id).unwrap();
+            let mut record = OrgRecord::enrolled(&org, "logs", &format!("{id}/"), t0());
+            if let Some(days) = interval {
+                apply_policy(&mut record, PolicyChange::enable(Duration::from_days(days)).unwrap(), t0());
+            }
+            let spec = UserSpec {
+                user_name: org.user_name(),
+                path: "/managed-s3/".into(),
+                org: org.clone(),
+                bucket: "logs".into(),
+                prefix: format!("{id}/"),
+            };
+            self.keys.ensure_user(&spec).await.unwrap();
+            self.registry.put(record);
+            let req = RotationRequest {
+                org: org.clone(),
+                now: t0(),
+                trigger: Trigger::Operator,
+                actor: "test".into(),
+                rotation_id: format!("first-{id}"),
+                request_id: None,
+                grace: None,
+            };
+            rotate(self.ports(), &self.settings.rotation, &req).await.unwrap();
+            org
+        }
+        async fn run(&self, at: DateTime<Utc>) -> Summary {
+            let req = SweepRequest { now: at, dry_run: false, deadline: None, margin: StdDuration::from_secs(1) };
+            sweep(self.ports(), &self.settings, &req).await.unwrap()
+        }
+        fn record(&self, org: &OrgId) -> OrgRecord {
+            self.registry.get(org).unwrap()
+        }
+        fn current_key(&self, org: &OrgId) -> String {
+            self.record(org).current.unwrap().access_key_id
+        }
+        fn works(&self, org: &OrgId, key: &str) -> bool {
+            self.keys.works(&org.user_name(), key)
+        }
+        fn kinds(&self) -> Vec<&'static str> {
+            self.notifier.published().iter().map(|n| n.detail_type).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_rotates_automatically_exactly_when_due_and_not_a_second_before() {
+        let w = World::new();
+        let org = w.org("1", Some(30)).await;
+        let first = w.current_key(&org);
+        let due = t0() + TimeDelta::days(30);
+
+        let early = w.run(due - TimeDelta::seconds(1)).await;
+        assert!(early.rotated.is_empty());
+        assert_eq!(w.current_key(&org), first);
+
+        let on_time = w.run(due).await;
+        assert_eq!(on_time.rotated, vec![org.clone()]);
+        let second = w.current_key(&org);
+        assert_ne!(second, first);
+        assert_eq!(w.record(&org).policy.next_rotation_at, Some(due + TimeDelta::days(30)));
+        assert_eq!(w.vault.current_key(&org), Some(second.clone()), "consumers find the new secret in the vault");
+        // The previous key works for the grace period, and not after.
+        assert!(w.works(&org, &first));
+        w.run(due + TimeDelta::hours(24) - TimeDelta::seconds(1)).await;
+        assert!(w.works(&org, &first));
+        let retired = w.run(due + TimeDelta::hours(24)).await;
+        assert_eq!(retired.retired, 1);
+        assert!(!w.works(&org, &first));
+        assert!(w.works(&org, &second));
+        // After the retention, the inactive key is deleted.
+        let deleted = w.run(due + TimeDelta::hours(24) + TimeDelta::days(7)).await;
+        assert_eq!(deleted.deleted_keys, 1);
+        assert_eq!(w.keys.keys_of(&org.user_name()).len(), 1);
+        assert!(w.record(&org).previous.is_none());
+        assert_eq!(w.kinds(), ["Bucket Key Rotated", "Bucket Key Rotated"]);
+    }
+
+    #[tokio::test]
+    async fn a_key_at_the_maximum_age_is_taken_away_after_one_warning_per_threshold() {
+        let w = World::new();
+        let org = w.org("1", None).await;
+        let key = w.current_key(&org);
+        let expiry = t0() + TimeDelta::days(90);
+        for (at, warned) in [
+            (expiry - TimeDelta::days(15), 0),
+            (expiry - TimeDelta::days(14), 1),
+            (expiry - TimeDelta::days(13), 0),
+            (expiry - TimeDelta::days(7), 1),
+            (expiry - TimeDelta::days(7), 0),
+            (expiry - TimeDelta::hours(1), 1),
+            (expiry - TimeDelta::seconds(1), 0),
+        ] {
+            let summary = w.run(at).await;
+            assert_eq!(summary.warned, warned, "at {at}");
+            assert!(summary.expired.is_empty());
+            assert!(w.works(&org, &key));
+        }
+        let summary = w.run(expiry).await;
+        assert_eq!(summary.expired, vec![org.clone()]);
+        assert!(!w.works(&org, &key), "the org lost access");
+        assert_eq!(w.record(&org).state, KeyState::Expired);
+        assert_eq!(
+            w.kinds(),
+            [
+                "Bucket Key Rotated",
+                "Bucket Key Expiring",
+                "Bucket Key Expiring",
+                "Bucket Key Expiring",
+                "Bucket Key Expired"
+            ]
+        );
+        let thresholds: Vec<serde_json::Value> =
+            w.notifier.published()[1..4].iter().map(|n| n.detail["threshold"].clone()).collect();
+        assert_eq!(thresholds, [serde_json::json!("14d"), serde_json::json!("7d"), serde_json::json!("1d")]);
+        // Nothing more happens to an expired key, until a manual rotation restores access.
+        let events = w.notifier.published().len();
+        let quiet = w.run(expiry + TimeDelta::days(1)).await;
+        assert!(quiet.expired.is_empty() && quiet.rotated.is_empty() && quiet.failed.is_empty(), "{quiet:?}");
+        assert_eq!((quiet.warned, quiet.retired, quiet.repaired), (0, 0, 0));
+        assert_eq!(w.notifier.published().len(), events);
+        let req = RotationRequest {
+            org: org.clone(),
+            now: expiry + TimeDelta::days(2),
+            trigger: Trigger::Api,
+            actor: "admin".into(),
+            rotation_id: "restore".into(),
+            request_id: None,
+            grace: None,
+        };
+        let restored = rotate(w.ports(), &w.settings.rotation, &req).await.unwrap();
+        assert!(w.works(&org, &restored.access_key_id));
+        assert_eq!(w.record(&org).state, KeyState::Enabled);
+        assert_eq!(w.vault.current_key(&org), Some(restored.access_key_id));
+    }
+
+    #[tokio::test]
+    async fn a_second_run_at_the_same_time_changes_nothing() {
+        let w = World::new();
+        let due = w.org("1", Some(7)).await;
+        let expiring = w.org("2", None).await;
+        let warned = w.org("3", None).await;
+        w.registry.put({
+            let mut r = w.record(&warned);
+            r.current.as_mut().unwrap().created_at = t0() + TimeDelta::days(10);
+            r
+        });
+        let at = t0() + TimeDelta::days(90);
+        let first = w.run(at).await;
+        assert_eq!(first.rotated, vec![due.clone()]);
+        assert_eq!(first.expired, vec![expiring.clone()]);
+        assert_eq!(first.warned, 1);
+        let records: Vec<OrgRecord> = [&due, &expiring, &warned].iter().map(|o| w.record(o)).collect();
+        let keys: Vec<_> = [&due, &expiring, &warned].iter().map(|o| w.keys.keys_of(&o.user_name())).collect();
+        let events = w.notifier.published().len();
+        let second = w.run(at).await;
+        assert!(second.rotated.is_empty() && second.expired.is_empty() && second.failed.is_empty());
+        assert_eq!((second.warned, second.retired, second.deleted_keys, second.repaired), (0, 0, 0, 0));
+        assert_eq!(records, [&due, &expiring, &warned].iter().map(|o| w.record(o)).collect::<Vec<_>>());
+        assert_eq!(keys, [&due, &expiring, &warned].iter().map(|o| w.keys.keys_of(&o.user_name())).collect::<Vec<_>>());
+        assert_eq!(w.notifier.published().len(), events);
+    }
+
+    /// A crash between any two calls of an automatic rotation: the next run
+    /// (after the lease) repairs it, and the org always has a working key.
+    #[tokio::test]
+    async fn a_crash_at_any_step_of_an_automatic_rotation_is_repaired_by_the_next_run() {
+        let steps = {
+            let w = World::new();
+            w.org("1", Some(30)).await;
+            let before = w.faults.call_count();
+            w.run(t0() + TimeDelta::days(30)).await;
+            w.faults.call_count() - before
+        };
+        assert!(steps > 10, "{steps}");
+        for step in 1..=steps {
+            let w = World::new();
+            let org = w.org("1", Some(30)).await;
+            let first = w.current_key(&org);
+            w.faults.inject(step, FaultMode::Crash);
+            let req = SweepRequest {
+                now: t0() + TimeDelta::days(30),
+                dry_run: false,
+                deadline: None,
+                margin: StdDuration::ZERO,
+            };
+            let _ = sweep(w.ports(), &w.settings, &req).await;
+            let calls = w.faults.calls();
+            w.faults.clear();
+            let context = format!("crash at step {step} of {steps}: {calls:?}");
+            let current = w.current_key(&org);
+            assert!(w.works(&org, &current), "{context}");
+            if current == first {
+                // Not committed: the next run, after the lease, rotates.
+                let summary = w.run(t0() + TimeDelta::days(30) + TimeDelta::minutes(10)).await;
+                assert!(summary.failed.is_empty(), "{context}: {summary:?}");
+                assert_eq!(summary.rotated, vec![org.clone()], "{context}");
+            } else {
+                // Committed: the next run finishes what is left (the vault).
+                let summary = w.run(t0() + TimeDelta::days(30) + TimeDelta::minutes(10)).await;
+                assert!(summary.failed.is_empty(), "{context}: {summary:?}");
+            }
+            let record = w.record(&org);
+            let mut known: Vec<String> = record.known_key_ids().map(str::to_owned).collect();
+            let mut present: Vec<String> =
+                w.keys.keys_of(&org.user_name()).into_iter().map(|k| k.access_key_id).collect();
+            known.sort();
+            present.sort();
+            assert_eq!(known, present, "{context}");
+            assert!(record.pending.is_none(), "{context}");
+            assert_eq!(
+                w.vault.current_key(&org),
+                Some(w.current_key(&org)),
+                "{context}: the vault holds the current key"
+            );
+            assert!(w.works(&org, &w.current_key(&org)), "{context}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_stops_the_run_midway_and_the_next_run_completes() {
+        let mut w = World::new();
+        w.settings.concurrency = 1;
+        let mut orgs = Vec::new();
+        for i in 0..10 {
+            orgs.push(w.org(&format!("{i:02}"), Some(7)).await);
+        }
+        w.faults.set_delay(StdDuration::from_millis(100));
+        let at = t0() + TimeDelta::days(7);
+        let req = SweepRequest {
+            now: at,
+            dry_run: false,
+            deadline: Some(tokio::time::Instant::now() + StdDuration::from_secs(8)),
+            margin: StdDuration::from_secs(2),
+        };
+        let partial = sweep(w.ports(), &w.settings, &req).await.unwrap();
+        assert!(!partial.complete);
+        assert!(!partial.rotated.is_empty() && partial.rotated.len() < 10, "{partial:?}");
+        let stopped = partial.stopped_after.clone().unwrap();
+        assert_eq!(partial.rotated.last(), Some(&stopped));
+        let json = serde_json::to_value(&partial).unwrap();
+        assert_eq!(json["complete"], false);
+        assert_eq!(json["stoppedAfter"], stopped.as_str());
+
+        let rest = w.run(at).await;
+        assert!(rest.complete);
+        assert_eq!(rest.resumed_after, Some(stopped));
+        let mut all: Vec<OrgId> = partial.rotated.iter().chain(rest.rotated.iter()).cloned().collect();
+        all.sort();
+        assert_eq!(all, orgs, "every org rotated exactly once");
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_reports_and_changes_nothing() {
+        let w = World::new();
+        let org = w.org("1", Some(7)).await;
+        let before = w.record(&org);
+        let calls_before = w.faults.calls();
+        let req =
+            SweepRequest { now: t0() + TimeDelta::days(90), dry_run: true, deadline: None, margin: StdDuration::ZERO };
+        let summary = sweep(w.ports(), &w.settings, &req).await.unwrap();
+        assert_eq!(summary.planned, vec![(org.clone(), Action::Rotate)]);
+        assert!(summary.rotated.is_empty());
+        assert_eq!(w.record(&org), before);
+        let writes: Vec<&str> = w.faults.calls()[calls_before.len()..]
+            .iter()
+            .copied()
+            .filter(|c| {
+                !c.ends_with("load")
+                    && !c.ends_with("list_keys")
+                    && !c.ends_with("list_orgs")
+                    && !c.ends_with("get_state")
+                    && !c.ends_with("current_version")
+            })
+            .collect();
+        assert!(writes.is_empty(), "a dry run only reads: {writes:?}");
+    }
+
+    #[tokio::test]
+    async fn one_orgs_failure_never_stops_the_others() {
+        let w = World::new();
+        let a = w.org("a", Some(7)).await;
+        let b = w.org("b", Some(7)).await;
+        // Org a's IAM user vanished: its rotation fails, b's goes on.
+        w.keys.delete_user(&a.user_name()).await.unwrap();
+        let summary = w.run(t0() + TimeDelta::days(7)).await;
+        assert_eq!(summary.rotated, vec![b]);
+        assert_eq!(summary.failed.len(), 1);
+        assert_eq!(summary.failed[0].org_id, a);
+        assert!(summary.mismatches.iter().any(|m| m.org_id == a), "{summary:?}");
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_are_deleted_and_orgs_past_their_deletion_date_are_deleted() {
+        let w = World::new();
+        let org = w.org("1", None).await;
+        let stray = w.keys.create_key(&org.user_name()).await.unwrap();
+        let summary = w.run(t0() + TimeDelta::days(1)).await;
+        assert_eq!(summary.repaired, 1);
+        assert!(!w.keys.keys_of(&org.user_name()).iter().any(|k| k.access_key_id == stray.access_key_id));
+
+        let mut record = w.record(&org);
+        record.state = KeyState::PendingDeletion;
+        record.deletion_at = Some(t0() + TimeDelta::days(10));
+        w.registry.put(record);
+        assert!(w.run(t0() + TimeDelta::days(10) - TimeDelta::seconds(1)).await.deleted_orgs.is_empty());
+        let summary = w.run(t0() + TimeDelta::days(10)).await;
+        assert_eq!(summary.deleted_orgs, vec![org.clone()]);
+        assert!(w.registry.get(&org).is_none());
+        assert!(!w.keys.user_exists(&org.user_name()));
+        assert!(!w.vault.exists(&org));
+        assert!(w.audit.entries().iter().any(|e| e.action.starts_with("delete org")));
+    }
+
+    #[test]
+    fn disabled_and_pending_deletion_orgs_do_not_rotate() {
+        let org = OrgId::parse("1").unwrap();
+        let mut record = OrgRecord::enrolled(&org, "logs", "1/", t0());
+        crate::core::rotation::commit_rotation(&mut record, "AKIA1", t0(), Duration::from_secs(0), None);
+        apply_policy(&mut record, PolicyChange::enable(Duration::from_days(7)).unwrap(), t0());
+        let keys = [IamKey { access_key_id: "AKIA1".into(), active: true, created_at: None }];
+        let later = t0() + TimeDelta::days(100);
+        assert!(plan(&record, Some(&keys), None, later, &settings()).contains(&Action::Rotate));
+        for state in [KeyState::Disabled, KeyState::PendingDeletion, KeyState::Expired] {
+            record.state = state;
+            let actions = plan(&record, Some(&keys), None, later, &settings());
+            assert!(actions.is_empty(), "{state}: {actions:?}");
+        }
+    }
+}
