@@ -222,6 +222,16 @@ impl Config {
         }
     }
 
+    pub fn sweep_settings(&self) -> crate::core::sweep::SweepSettings {
+        crate::core::sweep::SweepSettings {
+            rotation: self.rotation_settings(),
+            grace: self.rotation_grace_period,
+            retention: self.key_retention,
+            warnings: self.expiry_warnings.clone(),
+            concurrency: self.sweep_concurrency,
+        }
+    }
+
     /// The enrollment settings; enrolling needs `MANAGED_BUCKET`.
     pub fn enroll_settings(&self) -> Result<EnrollSettings, ConfigError> {
         let managed_bucket = self.managed_bucket.clone().ok_or(ConfigError {

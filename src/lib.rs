@@ -4,9 +4,11 @@
 //! - [`core`]: domain, rotation protocol, enrollment, ports (no I/O of its own);
 //! - [`aws`]: the ports implemented with the AWS SDK for Rust;
 //! - [`api`]: HTTP glue of the API Gateway functions;
+//! - [`scheduled`]: EventBridge glue of the scheduled evaluation;
 //! - [`config`]: the environment, read once at start-up.
 
 pub mod api;
 pub mod aws;
 pub mod config;
 pub mod core;
+pub mod scheduled;

@@ -39,7 +39,7 @@ async fn stack_with_a_rotated_org() -> Stack {
         now: chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z").unwrap().with_timezone(&Utc),
         trigger: Trigger::Operator,
         actor: "test".into(),
-        rotation_id: "first".into(),
+        rotation_id: uuid::Uuid::new_v4().to_string(),
         request_id: None,
         grace: None,
     };

@@ -165,9 +165,20 @@ async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
     assert_eq!(xml["headers"]["content-type"], "application/xml");
     assert!(xml["body"].as_str().unwrap().contains("<KeyId>key-1234567</KeyId>"));
 
+    // scheduled-rotation with the Scheduled Event: nothing is due yet.
+    let summary = emulator.invoke("scheduled-rotation", "scheduled-event.json");
+    assert_eq!(summary["evaluatedAt"], "2026-11-22T05:00:00Z", "{summary}");
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(summary["orgsSeen"], 2);
+    assert_eq!(summary["failed"], serde_json::json!([]));
+    let dry = emulator.invoke("scheduled-rotation", "scheduled-event-dry-run.json");
+    assert_eq!(dry["dryRun"], true, "{dry}");
+
     // The functions logged their work, and no secret.
     let log = emulator.log_text();
     assert!(log.contains("committed the rotation"), "{log}");
+    assert!(log.contains("sweep finished"), "{log}");
+    assert!(log.contains("\"CloudWatchMetrics\""), "an embedded-metric line: {log}");
     for secret in [key1.1.as_str(), key2.1.as_str(), reference["secretAccessKey"].as_str().unwrap()] {
         assert!(!log.contains(secret), "a secret reached the log");
     }

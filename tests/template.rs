@@ -129,3 +129,19 @@ fn function_policies_name_their_actions_and_resources() {
         }
     }
 }
+
+#[test]
+fn the_scheduled_function_runs_on_a_schedule_with_a_failure_destination() {
+    let t = template();
+    let function = &t["Resources"]["ScheduledRotationFunction"]["Properties"];
+    let schedule = &function["Events"]["Schedule"];
+    assert_eq!(schedule["Type"], "ScheduleV2");
+    assert_eq!(schedule["Properties"]["ScheduleExpression"], serde_json::json!({"Ref": "ScheduleRate"}));
+    assert_eq!(t["Parameters"]["ScheduleRate"]["Default"], "rate(1 hour)");
+    assert!(function["Timeout"].as_u64().unwrap() >= 300);
+    assert_eq!(function["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Type"], "SQS");
+    // EventBridge can deliver the notifications to their queue.
+    let policy = &t["Resources"]["NotificationsQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
+    assert_eq!(policy["Principal"]["Service"], "events.amazonaws.com");
+    assert_eq!(policy["Action"], "sqs:SendMessage");
+}

@@ -73,7 +73,9 @@ pub struct RotationRequest {
     pub trigger: Trigger,
     /// Who asked (for the audit trail): a subject claim, `schedule`, `operator`.
     pub actor: String,
-    /// A unique id of this attempt (names the claim in the record).
+    /// A unique id of this attempt (names the claim in the record and the
+    /// vault version of the new secret): a UUID, as Secrets Manager takes
+    /// 32 to 64 characters as a version token.
     pub rotation_id: String,
     pub request_id: Option<String>,
     /// Keep the previous key active this long; `None` or zero: deactivate it now.

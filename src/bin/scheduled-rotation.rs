@@ -1,0 +1,25 @@
+//! Lambda function `scheduled-rotation`: on an EventBridge schedule, evaluates
+//! every enrolled org (see `s3_key_rotation::core::sweep`).
+
+use std::time::Duration;
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use s3_key_rotation::aws::{Adapters, Clients};
+use s3_key_rotation::config::Config;
+use s3_key_rotation::scheduled::{handle, SweepDetail};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = Config::from_env()?;
+    let clients = Clients::from_env(&config).await;
+    let adapters = Adapters::new(&clients, &config);
+    let settings = config.sweep_settings();
+    let margin = Duration::from_secs(config.deadline_margin.as_secs());
+    let (adapters, settings) = (&adapters, &settings);
+    run(service_fn(move |event: LambdaEvent<EventBridgeEvent<SweepDetail>>| async move {
+        handle(event, adapters.ports(), settings, margin).await
+    }))
+    .await
+}
