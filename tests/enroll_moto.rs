@@ -79,3 +79,26 @@ async fn the_cli_refuses_bad_input_and_missing_settings_clearly() {
     assert!(!ok);
     assert!(err.contains("Not found IAM key info for orgId: 999"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orgs_own_principal_can_be_granted_read_access_to_its_secret() {
+    let stack = Stack::start().await;
+    let reader = "arn:aws:iam::210987654321:role/log-reader";
+
+    let (ok, out, err) = cli(&stack, &["enroll", "--org", "1234567", "--reader-principal", reader]);
+
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("may read the secret s3-key-rotation/org-1234567"), "{out}");
+    let secrets = s3_key_rotation::aws::Clients::from_sdk(stack.aws.sdk(&stack.admin.0, &stack.admin.1), true).secrets;
+    let policy = secrets.get_resource_policy().secret_id("s3-key-rotation/org-1234567").send().await.unwrap();
+    let policy: serde_json::Value = serde_json::from_str(policy.resource_policy().unwrap()).unwrap();
+    assert_eq!(policy["Statement"][0]["Principal"]["AWS"], reader);
+    assert_eq!(
+        policy["Statement"][0]["Action"],
+        serde_json::json!(["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"])
+    );
+
+    let (ok, _, err) = cli(&stack, &["enroll", "--org", "1234567", "--reader-principal", "*"]);
+    assert!(!ok);
+    assert!(err.contains("is not an IAM principal ARN"), "{err}");
+}

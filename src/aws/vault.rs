@@ -128,6 +128,29 @@ impl KeyVault for SecretsVault {
             .and_then(|v| v.into_iter().find(|(_, stages)| stages.iter().any(|s| s == "AWSCURRENT")).map(|(id, _)| id)))
     }
 
+    async fn allow_reader(&self, org: &OrgId, principal: &str) -> Result<(), PortError> {
+        self.ensure_secret(org).await?;
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "OrgReadsItsOwnKey",
+                "Effect": "Allow",
+                "Principal": { "AWS": principal },
+                "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                "Resource": "*"
+            }]
+        });
+        self.client
+            .put_resource_policy()
+            .secret_id(self.secret_name(org))
+            .resource_policy(policy.to_string())
+            .block_public_policy(true)
+            .send()
+            .await
+            .map_err(|e| classify("secretsmanager", "PutResourcePolicy", &e))?;
+        Ok(())
+    }
+
     async fn delete(&self, org: &OrgId) -> Result<(), PortError> {
         match self
             .client

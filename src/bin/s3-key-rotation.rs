@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use s3_key_rotation::aws::{Adapters, Clients};
 use s3_key_rotation::config::Config;
 use s3_key_rotation::core::domain::{OrgId, Trigger};
-use s3_key_rotation::core::enrollment::enroll;
+use s3_key_rotation::core::enrollment::{enroll, grant_vault_reader};
 use s3_key_rotation::core::rotation::{rotate, RotationRequest};
 use secrecy::ExposeSecret;
 
@@ -33,6 +33,9 @@ enum Command {
         /// The org id (repeat for several orgs).
         #[arg(long = "org", required = true, value_parser = parse_org)]
         orgs: Vec<OrgId>,
+        /// Let this AWS principal of the org (an IAM ARN) read the org's secret in the key vault.
+        #[arg(long)]
+        reader_principal: Option<String>,
     },
     /// Show an org's key record (never a secret).
     Status {
@@ -81,7 +84,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let adapters = Adapters::new(&clients, &config);
     let now: DateTime<Utc> = Utc::now();
     match cli.command {
-        Command::Enroll { orgs } => {
+        Command::Enroll { orgs, reader_principal } => {
             let settings = config.enroll_settings().map_err(|e| e.to_string())?;
             let mut failed = 0;
             for org in &orgs {
@@ -95,6 +98,16 @@ async fn run(cli: Cli) -> Result<(), String> {
                     Err(e) => {
                         eprintln!("error: org {org}: {e}");
                         failed += 1;
+                        continue;
+                    }
+                }
+                if let Some(principal) = &reader_principal {
+                    match grant_vault_reader(&adapters.vault, &adapters.audit, org, principal, now, "operator").await {
+                        Ok(()) => println!("  {principal} may read the secret {}", adapters.vault.secret_name(org)),
+                        Err(e) => {
+                            eprintln!("error: org {org}: {e}");
+                            failed += 1;
+                        }
                     }
                 }
             }

@@ -36,6 +36,8 @@ pub struct Enrolled {
 pub enum EnrollError {
     #[error("org {org} is enrolled already with bucket {bucket} and prefix {prefix}, not {wanted}")]
     Mismatch { org: OrgId, bucket: String, prefix: String, wanted: String },
+    #[error("'{0}' is not an IAM principal ARN (e.g. arn:aws:iam::210987654321:role/log-reader), without wildcards")]
+    BadPrincipal(String),
     #[error("AWS failed during enrollment: {0}")]
     Aws(#[from] PortError),
 }
@@ -169,9 +171,52 @@ mod tests {
         assert!(!second.created);
         assert_eq!(registry.get(&org).unwrap(), stored);
         assert_eq!(audit.entries().len(), 1);
+
+        // The org's own principal may read its secret; nothing vaguer.
+        let vault = crate::core::memory::MemoryVault::new(faults.clone());
+        let reader = "arn:aws:iam::210987654321:role/log-reader";
+        grant_vault_reader(&vault, &audit, &org, reader, now, "op").await.unwrap();
+        assert_eq!(vault.reader(&org).as_deref(), Some(reader));
+        for bad in ["*", "arn:aws:iam::*:root", "210987654321", "arn:aws:s3:::logs"] {
+            let err = grant_vault_reader(&vault, &audit, &org, bad, now, "op").await.unwrap_err();
+            assert!(err.to_string().contains("is not an IAM principal ARN"), "{bad}: {err}");
+        }
         // Enrolling the same org elsewhere is refused, not silently ignored.
         let elsewhere = EnrollSettings { managed_bucket: "other".into(), ..settings() };
         let err = enroll(&registry, &keys, &audit, &elsewhere, &org, now, "op").await.unwrap_err();
         assert!(err.to_string().contains("enrolled already"), "{err}");
     }
+}
+
+/// Lets the org's own AWS principal read its secret in the key vault (an
+/// enrollment option): `principal` is an IAM ARN such as
+/// `arn:aws:iam::210987654321:role/log-reader` or an account root.
+pub async fn grant_vault_reader(
+    vault: &dyn crate::core::ports::KeyVault,
+    audit: &dyn AuditLog,
+    org: &OrgId,
+    principal: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<(), EnrollError> {
+    let valid = principal.starts_with("arn:")
+        && principal.split(':').nth(2) == Some("iam")
+        && principal.split(':').count() == 6
+        && principal.len() <= 2048
+        && !principal.contains('*');
+    if !valid {
+        return Err(EnrollError::BadPrincipal(principal.chars().take(80).collect()));
+    }
+    vault.allow_reader(org, principal).await?;
+    let entry = AuditEntry {
+        at: now,
+        org_id: org.clone(),
+        action: "grant vault read access".into(),
+        actor: actor.to_owned(),
+        request_id: None,
+        key_ids: Vec::new(),
+        detail: Some(format!("principal {principal}")),
+    };
+    write_audit(audit, &entry).await;
+    Ok(())
 }

@@ -236,12 +236,16 @@ impl MemoryKeys {
     }
 }
 
+/// A version of an org's secret: (version, access key id, stage).
+type VaultVersion = (String, String, &'static str);
+
 /// The key vault: per org, versions with their stage.
 #[derive(Debug, Default)]
 pub struct MemoryVault {
     faults: Arc<Faults>,
     /// org → (version, access key id, stage) in order of creation.
-    secrets: Mutex<BTreeMap<OrgId, Vec<(String, String, &'static str)>>>,
+    secrets: Mutex<BTreeMap<OrgId, Vec<VaultVersion>>>,
+    readers: Mutex<BTreeMap<OrgId, String>>,
 }
 
 impl MemoryVault {
@@ -253,7 +257,11 @@ impl MemoryVault {
         lock(&self.secrets).get(org)?.iter().find(|v| v.2 == "AWSCURRENT").map(|v| v.1.clone())
     }
     pub fn exists(&self, org: &OrgId) -> bool {
-        lock(&self.secrets).contains_key(org)
+        lock(&self.secrets).contains_key(org) || lock(&self.readers).contains_key(org)
+    }
+    /// The principal allowed to read the org's secret, if any.
+    pub fn reader(&self, org: &OrgId) -> Option<String> {
+        lock(&self.readers).get(org).cloned()
     }
 }
 
@@ -306,6 +314,12 @@ impl KeyVault for MemoryVault {
     async fn delete(&self, org: &OrgId) -> Result<(), PortError> {
         self.faults.step("vault.delete").await?;
         lock(&self.secrets).remove(org);
+        lock(&self.readers).remove(org);
+        Ok(())
+    }
+    async fn allow_reader(&self, org: &OrgId, principal: &str) -> Result<(), PortError> {
+        self.faults.step("vault.allow_reader").await?;
+        lock(&self.readers).insert(org.clone(), principal.to_owned());
         Ok(())
     }
 }

@@ -182,7 +182,7 @@ pub fn key_versions(record: &OrgRecord) -> Vec<VersionView> {
             });
         }
     }
-    versions.sort_by(|a, b| b.version.cmp(&a.version));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.version));
     versions
 }
 

@@ -130,6 +130,9 @@ pub trait KeyVault: Send + Sync {
     async fn current_version(&self, org: &OrgId) -> Result<Option<String>, PortError>;
     /// Deletes the org's secret; a secret that does not exist is not an error.
     async fn delete(&self, org: &OrgId) -> Result<(), PortError>;
+    /// Lets `principal` (an AWS principal ARN of the org's own) read the org's
+    /// secret: a resource policy on it. Idempotent.
+    async fn allow_reader(&self, org: &OrgId, principal: &str) -> Result<(), PortError>;
 }
 
 /// An event for the org's consumers and operators (EventBridge). Never a secret.
