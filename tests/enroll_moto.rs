@@ -11,12 +11,7 @@ use s3_key_rotation::core::ports::Registry;
 fn cli(stack: &Stack, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
         .args(args)
-        .env("AWS_ENDPOINT_URL", stack.aws.endpoint())
-        .env("AWS_ACCESS_KEY_ID", &stack.admin.0)
-        .env("AWS_SECRET_ACCESS_KEY", &stack.admin.1)
-        .env("AWS_REGION", "us-east-1")
-        .env("REGISTRY_BUCKET", "registry")
-        .env("MANAGED_BUCKET", "logs")
+        .envs(stack.function_env())
         .output()
         .expect("run the CLI");
     (

@@ -42,12 +42,7 @@ impl Emulator {
                     .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
             )
             .env("PATH", path)
-            .env("AWS_ENDPOINT_URL", stack.aws.endpoint())
-            .env("AWS_ACCESS_KEY_ID", &stack.admin.0)
-            .env("AWS_SECRET_ACCESS_KEY", &stack.admin.1)
-            .env("AWS_REGION", "us-east-1")
-            .env("REGISTRY_BUCKET", "registry")
-            .env("MANAGED_BUCKET", "logs")
+            .envs(stack.function_env())
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

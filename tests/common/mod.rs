@@ -162,8 +162,17 @@ impl Stack {
         Self { aws, config, admin, adapters }
     }
 
-    pub fn admin_s3(&self) -> aws_sdk_s3::Client {
-        self.aws.s3(&self.admin.0, &self.admin.1)
+    /// The environment a deployed function (or the operator's CLI) has on
+    /// this stack: the functions' role's credentials and the settings.
+    pub fn function_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.aws.endpoint()),
+            ("AWS_ACCESS_KEY_ID", self.admin.0.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.admin.1.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("REGISTRY_BUCKET", "registry".into()),
+            ("MANAGED_BUCKET", "logs".into()),
+        ]
     }
 
     /// Whether `key` can read the log object of `org` (a real signed GetObject).
