@@ -427,7 +427,6 @@ mod tests {
     const DESCRIBE_XML: &str = include_str!("../../events/policy-describe-key-xml.json");
     const LIST: &str = include_str!("../../events/policy-list-key-versions.json");
     const LIST_JSON_BODY: &str = include_str!("../../events/policy-list-key-versions-json-body.json");
-    const ALL: [&str; 7] = [UPDATE, UPDATE_SDK, UPDATE_FORM, DESCRIBE, DESCRIBE_XML, LIST, LIST_JSON_BODY];
 
     struct Fixture {
         faults: Arc<Faults>,
