@@ -219,15 +219,13 @@ fn status_of(e: &RotationError) -> (StatusCode, Option<u64>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use chrono::TimeZone;
     use serde_json::{json, Value};
 
     use super::*;
     use crate::core::domain::{KeyState, OrgId, OrgRecord};
-    use crate::core::memory::{Faults, MemoryAudit, MemoryKeys, MemoryRegistry, MemoryVerifier};
-    use crate::core::ports::{AccessKeys, UserSpec};
+    use crate::core::memory::MemoryWorld;
 
     const EVENT: &str = include_str!("../../events/rotate-key.json");
     const GRACE: &str = include_str!("../../events/rotate-key-grace-period.json");
@@ -236,50 +234,28 @@ mod tests {
     const NOT_JSON: &str = include_str!("../../events/rotate-key-not-json.json");
 
     struct Fixture {
-        faults: Arc<Faults>,
-        registry: MemoryRegistry,
-        keys: MemoryKeys,
-        audit: MemoryAudit,
-        verifier: MemoryVerifier,
+        world: MemoryWorld,
         settings: RotateKeySettings,
+    }
+
+    impl std::ops::Deref for Fixture {
+        type Target = MemoryWorld;
+        fn deref(&self) -> &MemoryWorld {
+            &self.world
+        }
     }
 
     impl Fixture {
         async fn new() -> Self {
-            let faults = Arc::new(Faults::default());
             let f = Self {
-                registry: MemoryRegistry::new(faults.clone()),
-                keys: MemoryKeys::new(faults.clone()),
-                audit: MemoryAudit::new(faults.clone()),
-                verifier: MemoryVerifier::new(faults.clone()),
-                faults,
+                world: MemoryWorld::new(),
                 settings: RotateKeySettings {
                     caller: CallerRules { org_claim: "org_id".into(), admin_scopes: vec!["admin".into()] },
                     rotation: RotationSettings::default(),
                 },
             };
-            let org = OrgId::parse("1234567").unwrap();
-            let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-            f.registry.put(OrgRecord::enrolled(&org, "logs", "1234567/", at));
-            let spec = UserSpec {
-                user_name: org.user_name(),
-                path: "/managed-s3/".into(),
-                org,
-                bucket: "logs".into(),
-                prefix: "1234567/".into(),
-            };
-            f.keys.ensure_user(&spec).await.unwrap();
+            f.world.enroll(&OrgId::parse("1234567").unwrap(), Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()).await;
             f
-        }
-        fn ports(&self) -> Ports<'_> {
-            Ports {
-                registry: &self.registry,
-                keys: &self.keys,
-                audit: &self.audit,
-                verifier: Some(&self.verifier),
-                vault: None,
-                notifier: None,
-            }
         }
         async fn call(
             &self,

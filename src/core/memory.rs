@@ -392,3 +392,58 @@ impl KeyVerifier for MemoryVerifier {
         self.faults.step("verify").await
     }
 }
+
+/// Every in-memory service on one fault plan: a whole world for a test.
+#[derive(Debug, Default)]
+pub struct MemoryWorld {
+    pub faults: Arc<Faults>,
+    pub registry: MemoryRegistry,
+    pub keys: MemoryKeys,
+    pub audit: MemoryAudit,
+    pub verifier: MemoryVerifier,
+    pub vault: MemoryVault,
+    pub notifier: MemoryNotifier,
+}
+
+impl MemoryWorld {
+    pub fn new() -> Self {
+        let faults = Arc::new(Faults::default());
+        Self {
+            registry: MemoryRegistry::new(faults.clone()),
+            keys: MemoryKeys::new(faults.clone()),
+            audit: MemoryAudit::new(faults.clone()),
+            verifier: MemoryVerifier::new(faults.clone()),
+            vault: MemoryVault::new(faults.clone()),
+            notifier: MemoryNotifier::new(faults.clone()),
+            faults,
+        }
+    }
+
+    /// Every port, on these services.
+    pub fn ports(&self) -> super::rotation::Ports<'_> {
+        super::rotation::Ports {
+            registry: &self.registry,
+            keys: &self.keys,
+            audit: &self.audit,
+            verifier: Some(&self.verifier),
+            vault: Some(&self.vault),
+            notifier: Some(&self.notifier),
+        }
+    }
+
+    /// Enrolls `org` (prefix `{org}/` of bucket `logs`) as of `at`, outside the
+    /// fault plan's interest: its two calls are made before any fault is injected.
+    pub async fn enroll(&self, org: &OrgId, at: chrono::DateTime<Utc>) -> OrgRecord {
+        let record = OrgRecord::enrolled(org, "logs", &format!("{org}/"), at);
+        let spec = UserSpec {
+            user_name: record.iam_user.clone(),
+            path: "/managed-s3/".into(),
+            org: org.clone(),
+            bucket: "logs".into(),
+            prefix: record.prefix.clone(),
+        };
+        self.keys.ensure_user(&spec).await.expect("no fault is planned yet");
+        self.registry.put(record.clone());
+        record
+    }
+}

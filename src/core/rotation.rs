@@ -571,66 +571,37 @@ pub async fn retire_if_due(
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
-    use std::sync::Arc;
 
     use chrono::TimeDelta;
     use secrecy::ExposeSecret;
 
     use super::*;
-    use crate::core::memory::{
-        FaultMode, Faults, MemoryAudit, MemoryKeys, MemoryNotifier, MemoryRegistry, MemoryVault, MemoryVerifier,
-    };
-    use crate::core::ports::UserSpec;
+    use crate::core::memory::{FaultMode, MemoryWorld};
 
     struct World {
-        faults: Arc<Faults>,
-        registry: MemoryRegistry,
-        keys: MemoryKeys,
-        audit: MemoryAudit,
-        verifier: MemoryVerifier,
-        vault: MemoryVault,
-        notifier: MemoryNotifier,
+        world: MemoryWorld,
         settings: RotationSettings,
         org: OrgId,
         start: DateTime<Utc>,
     }
 
+    impl std::ops::Deref for World {
+        type Target = MemoryWorld;
+        fn deref(&self) -> &MemoryWorld {
+            &self.world
+        }
+    }
+
     impl World {
         async fn enrolled() -> Self {
-            let faults = Arc::new(Faults::default());
             let world = Self {
-                registry: MemoryRegistry::new(faults.clone()),
-                keys: MemoryKeys::new(faults.clone()),
-                audit: MemoryAudit::new(faults.clone()),
-                verifier: MemoryVerifier::new(faults.clone()),
-                vault: MemoryVault::new(faults.clone()),
-                notifier: MemoryNotifier::new(faults.clone()),
-                faults,
+                world: MemoryWorld::new(),
                 settings: RotationSettings::default(),
                 org: OrgId::parse("1234567").unwrap(),
                 start: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc),
             };
-            let record = OrgRecord::enrolled(&world.org, "logs", "1234567/", world.start);
-            let spec = UserSpec {
-                user_name: record.iam_user.clone(),
-                path: "/managed-s3/".into(),
-                org: world.org.clone(),
-                bucket: "logs".into(),
-                prefix: "1234567/".into(),
-            };
-            world.keys.ensure_user(&spec).await.unwrap();
-            world.registry.put(record);
+            world.world.enroll(&world.org, world.start).await;
             world
-        }
-        fn ports(&self) -> Ports<'_> {
-            Ports {
-                registry: &self.registry,
-                keys: &self.keys,
-                audit: &self.audit,
-                verifier: Some(&self.verifier),
-                vault: Some(&self.vault),
-                notifier: Some(&self.notifier),
-            }
         }
         fn request(&self, at: DateTime<Utc>, id: &str) -> RotationRequest {
             RotationRequest {

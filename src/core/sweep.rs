@@ -585,16 +585,13 @@ async fn modify(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use chrono::{TimeDelta, TimeZone};
 
     use super::*;
-    use crate::core::memory::{
-        FaultMode, Faults, MemoryAudit, MemoryKeys, MemoryNotifier, MemoryRegistry, MemoryVault, MemoryVerifier,
-    };
+    use crate::core::memory::{FaultMode, MemoryWorld};
     use crate::core::policy::{apply_policy, PolicyChange};
-    use crate::core::ports::{AccessKeys, UserSpec};
+    use crate::core::ports::AccessKeys;
 
     fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
@@ -611,57 +608,30 @@ mod tests {
     }
 
     struct World {
-        faults: Arc<Faults>,
-        registry: MemoryRegistry,
-        keys: MemoryKeys,
-        audit: MemoryAudit,
-        verifier: MemoryVerifier,
-        vault: MemoryVault,
-        notifier: MemoryNotifier,
+        world: MemoryWorld,
         settings: SweepSettings,
+    }
+
+    impl std::ops::Deref for World {
+        type Target = MemoryWorld;
+        fn deref(&self) -> &MemoryWorld {
+            &self.world
+        }
     }
 
     impl World {
         fn new() -> Self {
-            let faults = Arc::new(Faults::default());
-            Self {
-                registry: MemoryRegistry::new(faults.clone()),
-                keys: MemoryKeys::new(faults.clone()),
-                audit: MemoryAudit::new(faults.clone()),
-                verifier: MemoryVerifier::new(faults.clone()),
-                vault: MemoryVault::new(faults.clone()),
-                notifier: MemoryNotifier::new(faults.clone()),
-                faults,
-                settings: settings(),
-            }
-        }
-        fn ports(&self) -> Ports<'_> {
-            Ports {
-                registry: &self.registry,
-                keys: &self.keys,
-                audit: &self.audit,
-                verifier: Some(&self.verifier),
-                vault: Some(&self.vault),
-                notifier: Some(&self.notifier),
-            }
+            Self { world: MemoryWorld::new(), settings: settings() }
         }
         /// An enrolled org with its first key issued at `t0`, and automatic
-        /// rotation every `interval` if given.
+        /// rotation every `interval` days if given.
         async fn org(&self, id: &str, interval: Option<u64>) -> OrgId {
             let org = OrgId::parse(id).unwrap();
-            let mut record = OrgRecord::enrolled(&org, "logs", &format!("{id}/"), t0());
+            let mut record = self.world.enroll(&org, t0()).await;
             if let Some(days) = interval {
                 apply_policy(&mut record, PolicyChange::enable(Duration::from_days(days)).unwrap(), t0());
+                self.registry.put(record);
             }
-            let spec = UserSpec {
-                user_name: org.user_name(),
-                path: "/managed-s3/".into(),
-                org: org.clone(),
-                bucket: "logs".into(),
-                prefix: format!("{id}/"),
-            };
-            self.keys.ensure_user(&spec).await.unwrap();
-            self.registry.put(record);
             let req = RotationRequest {
                 org: org.clone(),
                 now: t0(),
