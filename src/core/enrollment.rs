@@ -125,6 +125,39 @@ pub fn user_policy(bucket: &str, prefix: &str) -> serde_json::Value {
     })
 }
 
+/// Lets the org's own AWS principal read its secret in the key vault (an
+/// enrollment option): `principal` is an IAM ARN such as
+/// `arn:aws:iam::210987654321:role/log-reader` or an account root.
+pub async fn grant_vault_reader(
+    vault: &dyn crate::core::ports::KeyVault,
+    audit: &dyn AuditLog,
+    org: &OrgId,
+    principal: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<(), EnrollError> {
+    let valid = principal.starts_with("arn:")
+        && principal.split(':').nth(2) == Some("iam")
+        && principal.split(':').count() == 6
+        && principal.len() <= 2048
+        && !principal.contains('*');
+    if !valid {
+        return Err(EnrollError::BadPrincipal(principal.chars().take(80).collect()));
+    }
+    vault.allow_reader(org, principal).await?;
+    let entry = AuditEntry {
+        at: now,
+        org_id: org.clone(),
+        action: "grant vault read access".into(),
+        actor: actor.to_owned(),
+        request_id: None,
+        key_ids: Vec::new(),
+        detail: Some(format!("principal {principal}")),
+    };
+    write_audit(audit, &entry).await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -186,37 +219,4 @@ mod tests {
         let err = enroll(&registry, &keys, &audit, &elsewhere, &org, now, "op").await.unwrap_err();
         assert!(err.to_string().contains("enrolled already"), "{err}");
     }
-}
-
-/// Lets the org's own AWS principal read its secret in the key vault (an
-/// enrollment option): `principal` is an IAM ARN such as
-/// `arn:aws:iam::210987654321:role/log-reader` or an account root.
-pub async fn grant_vault_reader(
-    vault: &dyn crate::core::ports::KeyVault,
-    audit: &dyn AuditLog,
-    org: &OrgId,
-    principal: &str,
-    now: DateTime<Utc>,
-    actor: &str,
-) -> Result<(), EnrollError> {
-    let valid = principal.starts_with("arn:")
-        && principal.split(':').nth(2) == Some("iam")
-        && principal.split(':').count() == 6
-        && principal.len() <= 2048
-        && !principal.contains('*');
-    if !valid {
-        return Err(EnrollError::BadPrincipal(principal.chars().take(80).collect()));
-    }
-    vault.allow_reader(org, principal).await?;
-    let entry = AuditEntry {
-        at: now,
-        org_id: org.clone(),
-        action: "grant vault read access".into(),
-        actor: actor.to_owned(),
-        request_id: None,
-        key_ids: Vec::new(),
-        detail: Some(format!("principal {principal}")),
-    };
-    write_audit(audit, &entry).await;
-    Ok(())
 }
