@@ -156,9 +156,16 @@ async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
     assert_eq!(metadata["PrimaryKeyVersion"], "3");
     assert_eq!(metadata["RotationInterval"], "604800s", "the SDK-style update stored its interval");
     assert_eq!(metadata["AutomaticRotation"], "Disabled", "the form update disabled it");
-    let xml = emulator.invoke("rotation-policy", "policy-describe-key-xml.json");
-    assert_eq!(xml["headers"]["content-type"], "application/xml");
-    assert!(xml["body"].as_str().unwrap().contains("<KeyId>key-1234567</KeyId>"));
+    for (file, root) in [
+        ("policy-describe-key-xml.json", "<DescribeKeyResponse><KeyMetadata><KeyId>key-1234567</KeyId>"),
+        ("policy-list-key-versions-xml.json", "<ListKeyVersionsResponse><KeyVersions><KeyVersion>"),
+        ("policy-update-rotation-policy-xml.json", "<UpdateRotationPolicyResponse><RequestId>"),
+    ] {
+        let xml = emulator.invoke("rotation-policy", file);
+        assert_eq!(xml["statusCode"], 200, "{file}: {xml}");
+        assert_eq!(xml["headers"]["content-type"], "application/xml", "{file}");
+        assert!(xml["body"].as_str().unwrap().contains(root), "{file}: {xml}");
+    }
 
     // scheduled-rotation with the Scheduled Event: nothing is due yet.
     let summary = emulator.invoke("scheduled-rotation", "scheduled-event.json");
