@@ -47,6 +47,9 @@ pub enum Action {
     /// A key the record knows and IAM does not have: reported, not changed.
     #[serde(rename_all = "camelCase")]
     ReportMissingKey { access_key_id: String },
+    /// The org's IAM user does not exist: reported, not changed.
+    #[serde(rename_all = "camelCase")]
+    ReportMissingUser { user: String },
     /// The vault's current secret is not the current key's.
     #[serde(rename_all = "camelCase")]
     RepairVault { version: String },
@@ -336,10 +339,7 @@ async fn plan_org(
     };
     let mut actions = plan(&record, iam.as_deref(), vault_current.as_deref(), now, settings);
     if iam.is_none() && record.state != KeyState::PendingDeletion {
-        actions.insert(
-            0,
-            Action::ReportMissingKey { access_key_id: format!("(IAM user {} is missing)", record.iam_user) },
-        );
+        actions.insert(0, Action::ReportMissingUser { user: record.iam_user.clone() });
     }
     Ok(Some(actions))
 }
@@ -349,6 +349,7 @@ fn action_name(action: &Action) -> &'static str {
         Action::RollBack { .. } => "roll back an interrupted rotation",
         Action::DeleteUnknownKey { .. } => "delete an unknown key",
         Action::ReportMissingKey { .. } => "report a missing key",
+        Action::ReportMissingUser { .. } => "report a missing IAM user",
         Action::RepairVault { .. } => "repair the vault",
         Action::DeleteOrg => "delete the org",
         Action::Rotate => "automatic rotation",
@@ -419,6 +420,10 @@ async fn execute(
         Action::ReportMissingKey { access_key_id } => {
             warn!(access_key_id, "the record names a key IAM does not have");
             outcome.mismatches.push(format!("the record names {access_key_id}, which IAM does not have"));
+        }
+        Action::ReportMissingUser { user } => {
+            warn!(user, "the org's IAM user does not exist");
+            outcome.mismatches.push(format!("the IAM user {user} does not exist"));
         }
         Action::RepairVault { version } => {
             if let Some(vault) = ports.vault {
@@ -906,7 +911,10 @@ mod tests {
         assert_eq!(summary.rotated, vec![b]);
         assert_eq!(summary.failed.len(), 1);
         assert_eq!(summary.failed[0].org_id, a);
-        assert!(summary.mismatches.iter().any(|m| m.org_id == a), "{summary:?}");
+        assert!(
+            summary.mismatches.iter().any(|m| m.org_id == a && m.reason.contains("IAM user org-a does not exist")),
+            "{summary:?}"
+        );
     }
 
     #[tokio::test]
