@@ -213,6 +213,11 @@ impl Config {
         })
     }
 
+    /// How the HTTP functions read the caller from the JWT authorizer's claims.
+    pub fn caller_rules(&self) -> crate::api::caller::CallerRules {
+        crate::api::caller::CallerRules { org_claim: self.org_claim.clone(), admin_scopes: self.admin_scopes.clone() }
+    }
+
     pub fn rotation_settings(&self) -> RotationSettings {
         RotationSettings {
             lease: self.rotation_lease,

@@ -5,7 +5,6 @@ mod common;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{event, later, parts, Stack, ORG_A, ORG_B};
-use s3_key_rotation::api::caller::CallerRules;
 use s3_key_rotation::api::rotate_key::{handle, RotateKeySettings};
 use s3_key_rotation::core::domain::OrgId;
 use s3_key_rotation::core::enrollment::enroll;
@@ -13,13 +12,7 @@ use s3_key_rotation::core::ports::Registry;
 use s3_key_rotation::core::rotation::retire_if_due;
 
 fn settings(stack: &Stack) -> RotateKeySettings {
-    RotateKeySettings {
-        caller: CallerRules {
-            org_claim: stack.config.org_claim.clone(),
-            admin_scopes: stack.config.admin_scopes.clone(),
-        },
-        rotation: stack.config.rotation_settings(),
-    }
+    RotateKeySettings { caller: stack.config.caller_rules(), rotation: stack.config.rotation_settings() }
 }
 
 async fn enrolled_stack() -> Stack {

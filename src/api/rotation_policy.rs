@@ -488,6 +488,16 @@ mod tests {
         }
     }
 
+    /// UpdateRotationPolicy enabling rotation every `interval`, as query parameters.
+    fn enable_every(interval: &str) -> impl FnOnce(&mut Value) {
+        query(&[
+            ("Action", "UpdateRotationPolicy"),
+            ("KeyId", "key-1234567"),
+            ("EnableAutomaticRotation", "true"),
+            ("RotationInterval", interval),
+        ])
+    }
+
     /// Sets query parameters of an event (both forms API Gateway gives).
     fn query(pairs: &[(&str, &str)]) -> impl FnOnce(&mut Value) {
         let map: Map<String, Value> =
@@ -531,17 +541,7 @@ mod tests {
             ("30d", 2_592_000),
             ("10080m", 604_800),
         ] {
-            let (status, body) = f
-                .json(
-                    UPDATE,
-                    query(&[
-                        ("Action", "UpdateRotationPolicy"),
-                        ("KeyId", "key-1234567"),
-                        ("EnableAutomaticRotation", "true"),
-                        ("RotationInterval", interval),
-                    ]),
-                )
-                .await;
+            let (status, body) = f.json(UPDATE, enable_every(interval)).await;
             assert_eq!(status, 200, "{interval}: {body}");
             assert_eq!(body.as_object().unwrap().keys().collect::<Vec<_>>(), ["RequestId"]);
             let (_, described) = f.json(DESCRIBE, |_| {}).await;
@@ -551,17 +551,7 @@ mod tests {
             ["6d", "366d", "0d", "-7d", "7", "7w", "7.5d", " 7d", "7d ", "99999999999999999999d", "", "d", "1e1d"]
         {
             let before = f.record();
-            let (status, body) = f
-                .json(
-                    UPDATE,
-                    query(&[
-                        ("Action", "UpdateRotationPolicy"),
-                        ("KeyId", "key-1234567"),
-                        ("EnableAutomaticRotation", "true"),
-                        ("RotationInterval", interval),
-                    ]),
-                )
-                .await;
+            let (status, body) = f.json(UPDATE, enable_every(interval)).await;
             assert_eq!(status, 400, "{interval:?}: {body}");
             let expected = if interval.is_empty() { "MissingParameter" } else { "InvalidParameter" };
             assert_eq!(body["Code"], expected, "{interval:?}: {body}");

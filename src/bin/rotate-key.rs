@@ -2,7 +2,6 @@
 //! `POST /iam/rotate-key` and `POST /admin/v2/iam/rotateKey`.
 
 use lambda_http::{run, service_fn, Error, Request};
-use s3_key_rotation::api::caller::CallerRules;
 use s3_key_rotation::api::rotate_key::{handle, RotateKeySettings};
 use s3_key_rotation::aws::{Adapters, Clients};
 use s3_key_rotation::config::Config;
@@ -14,10 +13,7 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_env()?;
     let clients = Clients::from_env(&config).await;
     let adapters = Adapters::new(&clients, &config);
-    let settings = RotateKeySettings {
-        caller: CallerRules { org_claim: config.org_claim.clone(), admin_scopes: config.admin_scopes.clone() },
-        rotation: config.rotation_settings(),
-    };
+    let settings = RotateKeySettings { caller: config.caller_rules(), rotation: config.rotation_settings() };
     let (adapters, settings) = (&adapters, &settings);
     run(service_fn(move |req: Request| async move { Ok::<_, Error>(handle(req, adapters.ports(), settings).await) }))
         .await
