@@ -411,8 +411,9 @@ async fn execute(
             outcome.repaired += 1;
         }
         Action::DeleteUnknownKey { access_key_id } => {
-            let user = org.user_name();
-            ports.keys.delete_key(&user, access_key_id).await?;
+            let still_unknown = |r: &OrgRecord| !r.known_key_ids().any(|k| k == access_key_id);
+            let Some(record) = recheck(ports, org, now, still_unknown).await? else { return Ok(()) };
+            ports.keys.delete_key(&record.iam_user, access_key_id).await?;
             write_audit(ports.audit, &audit("delete unknown key (never delivered)", vec![access_key_id.clone()])).await;
             outcome.repaired += 1;
             outcome.deleted_keys += 1;
@@ -485,10 +486,13 @@ async fn execute(
             outcome.deleted_keys += 1;
         }
         Action::Expire { access_key_id } => {
-            let user = org.user_name();
+            let still_current = |r: &OrgRecord| {
+                r.state == KeyState::Enabled && r.current.as_ref().is_some_and(|c| &c.access_key_id == access_key_id)
+            };
+            let Some(record) = recheck(ports, org, now, still_current).await? else { return Ok(()) };
             // Access goes first, then the record says so; a failure in
             // between is finished by the next run (the key is still too old).
-            ports.keys.set_active(&user, access_key_id, false).await?;
+            ports.keys.set_active(&record.iam_user, access_key_id, false).await?;
             let record = modify(ports, org, |r| {
                 let ours = r.state == KeyState::Enabled
                     && r.current.as_ref().is_some_and(|c| &c.access_key_id == access_key_id);
@@ -564,6 +568,21 @@ async fn execute(
         }
     }
     Ok(())
+}
+
+/// Reads the record again right before an IAM change that cannot be undone,
+/// and returns it only if no rotation is under way and `still` holds: the plan
+/// was made from an earlier read. A key IAM listed was created after its
+/// rotation's claim was written, so this read shows that claim or its commit.
+async fn recheck(
+    ports: Ports<'_>,
+    org: &OrgId,
+    now: DateTime<Utc>,
+    still: impl Fn(&OrgRecord) -> bool,
+) -> Result<Option<OrgRecord>, ActionError> {
+    let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else { return Ok(None) };
+    let under_way = record.pending.as_ref().is_some_and(|p| p.lease_until > now);
+    Ok((!under_way && still(&record)).then_some(record))
 }
 
 /// Applies `change` to a freshly read record with a conditional write,
@@ -937,6 +956,38 @@ mod tests {
         assert!(!w.keys.user_exists(&org.user_name()));
         assert!(!w.vault.exists(&org));
         assert!(w.audit.entries().iter().any(|e| e.action.starts_with("delete org")));
+    }
+
+    /// The sweep plans from a record read before a rotation claimed the org:
+    /// the rotation's new key looks unknown and the key looks too old. By the
+    /// time the plan is carried out, the record says a rotation is under way,
+    /// and neither key may be touched.
+    #[tokio::test]
+    async fn a_plan_made_before_a_rotation_claimed_the_org_does_not_touch_its_keys() {
+        let w = World::new();
+        let org = w.org("1", None).await;
+        let old = w.current_key(&org);
+        let at = t0() + TimeDelta::days(90);
+        // A rotation claims the org and creates its key after the sweep planned.
+        let new = w.keys.create_key(&org.user_name()).await.unwrap().access_key_id;
+        let mut record = w.record(&org);
+        record.pending = Some(crate::core::domain::PendingRotation {
+            rotation_id: "under-way".into(),
+            trigger: Trigger::Api,
+            started_at: at,
+            lease_until: at + TimeDelta::minutes(5),
+            new_access_key_id: None,
+        });
+        w.registry.put(record);
+        let mut outcome = OrgOutcome::default();
+        for action in
+            [Action::DeleteUnknownKey { access_key_id: new.clone() }, Action::Expire { access_key_id: old.clone() }]
+        {
+            execute(w.ports(), &w.settings, &org, at, &action, &mut outcome).await.unwrap();
+        }
+        assert!(w.works(&org, &new), "the rotation's new key survives");
+        assert!(w.works(&org, &old), "the current key is left to the rotation");
+        assert_eq!((outcome.deleted_keys, outcome.expired), (0, false));
     }
 
     #[test]
