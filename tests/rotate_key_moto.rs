@@ -7,7 +7,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::{event, later, parts, Stack, ORG_A, ORG_B};
 use s3_key_rotation::api::rotate_key::{handle, RotateKeySettings};
 use s3_key_rotation::core::domain::OrgId;
-use s3_key_rotation::core::enrollment::enroll;
 use s3_key_rotation::core::ports::Registry;
 use s3_key_rotation::core::rotation::retire_if_due;
 
@@ -17,12 +16,7 @@ fn settings(stack: &Stack) -> RotateKeySettings {
 
 async fn enrolled_stack() -> Stack {
     let stack = Stack::start().await;
-    let enroll_settings = stack.config.enroll_settings().unwrap();
-    for org in [ORG_A, ORG_B] {
-        let org = OrgId::parse(org).unwrap();
-        let a = &stack.adapters;
-        enroll(&a.registry, &a.keys, &a.audit, &enroll_settings, &org, Utc::now(), "test").await.unwrap();
-    }
+    stack.enroll(&[ORG_A, ORG_B], Utc::now()).await;
     stack
 }
 

@@ -7,7 +7,6 @@ use chrono::Utc;
 use common::{event, Stack, ORG_A, ORG_B};
 use s3_key_rotation::api::rotation_policy::{handle, PolicyPorts, PolicySettings};
 use s3_key_rotation::core::domain::{OrgId, Trigger};
-use s3_key_rotation::core::enrollment::enroll;
 use s3_key_rotation::core::ports::Registry;
 use s3_key_rotation::core::rotation::{rotate, RotationRequest};
 
@@ -20,13 +19,7 @@ async fn call(stack: &Stack, name: &str, patch: impl FnOnce(&mut serde_json::Val
 
 async fn stack_with_a_rotated_org() -> Stack {
     let stack = Stack::start().await;
-    let settings = stack.config.enroll_settings().unwrap();
-    for org in [ORG_A, ORG_B] {
-        let a = &stack.adapters;
-        enroll(&a.registry, &a.keys, &a.audit, &settings, &OrgId::parse(org).unwrap(), Utc::now(), "test")
-            .await
-            .unwrap();
-    }
+    stack.enroll(&[ORG_A, ORG_B], Utc::now()).await;
     let request = RotationRequest {
         org: OrgId::parse(ORG_A).unwrap(),
         now: chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z").unwrap().with_timezone(&Utc),

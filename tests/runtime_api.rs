@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::{project_root, venv_bin, Stack, ORG_A, ORG_B};
-use s3_key_rotation::core::domain::OrgId;
-use s3_key_rotation::core::enrollment::enroll;
 
 /// `cargo lambda watch` on a free loopback port, with the deployment's
 /// environment; its whole process group is stopped when dropped.
@@ -96,13 +94,7 @@ fn body(response: &serde_json::Value) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
     let stack = Stack::start().await;
-    let settings = stack.config.enroll_settings().unwrap();
-    for org in [ORG_A, ORG_B] {
-        let a = &stack.adapters;
-        enroll(&a.registry, &a.keys, &a.audit, &settings, &OrgId::parse(org).unwrap(), Utc::now(), "test")
-            .await
-            .unwrap();
-    }
+    stack.enroll(&[ORG_A, ORG_B], Utc::now()).await;
     stack.aws.enforce_auth();
     let dir = tempfile::tempdir().unwrap();
     let emulator = Emulator::start(&stack, dir.path().join("watch.log"));

@@ -8,7 +8,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::{Stack, ORG_A};
 use s3_key_rotation::aws::Clients;
 use s3_key_rotation::core::domain::{KeyState, OrgId, Trigger};
-use s3_key_rotation::core::enrollment::enroll;
 use s3_key_rotation::core::policy::{update_policy, PolicyChange};
 use s3_key_rotation::core::ports::Registry;
 use s3_key_rotation::core::rotation::{rotate, Rotated, RotationRequest};
@@ -26,10 +25,7 @@ fn org() -> OrgId {
 /// An enrolled org whose first key was issued at `t0`.
 async fn stack_with_a_key() -> (Stack, Rotated) {
     let stack = Stack::start().await;
-    let a = &stack.adapters;
-    enroll(&a.registry, &a.keys, &a.audit, &stack.config.enroll_settings().unwrap(), &org(), t0(), "test")
-        .await
-        .unwrap();
+    stack.enroll(&[ORG_A], t0()).await;
     let first = rotate_now(&stack, t0(), Trigger::Api).await;
     (stack, first)
 }

@@ -162,6 +162,18 @@ impl Stack {
         Self { aws, config, admin, adapters }
     }
 
+    /// Enrolls `orgs` through the core, as the operator's CLI does, at `at`.
+    pub async fn enroll(&self, orgs: &[&str], at: chrono::DateTime<chrono::Utc>) {
+        let settings = self.config.enroll_settings().expect("MANAGED_BUCKET is set");
+        let a = &self.adapters;
+        for org in orgs {
+            let org = s3_key_rotation::core::domain::OrgId::parse(org).expect("a valid org id");
+            s3_key_rotation::core::enrollment::enroll(&a.registry, &a.keys, &a.audit, &settings, &org, at, "test")
+                .await
+                .expect("enrolled");
+        }
+    }
+
     /// The environment a deployed function (or the operator's CLI) has on
     /// this stack: the functions' role's credentials and the settings.
     pub fn function_env(&self) -> Vec<(&'static str, String)> {
