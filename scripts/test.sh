@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, property tests, integration tests against a
 # local AWS endpoint (moto server, started by the tests themselves), the real
-# binaries under the Lambda Runtime API (cargo lambda), and cfn-lint.
+# binaries under the Lambda Runtime API (cargo lambda), cfn-lint, and the
+# Python suite in tests/sdk that drives the functions only through the
+# reference APIs' own SDKs (Cisco Secure Access, Alibaba Cloud KMS), behind the
+# API Gateway stand-in scripts/gateway.py.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/tools.sh
@@ -10,3 +13,4 @@ export PATH="$PWD/.venv/bin:$PATH"
 # dev-dependencies' features), built once here rather than inside a test.
 cargo build --locked --bins
 cargo test --locked "$@"
+.venv/bin/python -m pytest tests/sdk -q -p no:cacheprovider

@@ -71,7 +71,12 @@ fn routes_of(t: &Value, function: &str) -> Vec<String> {
             let p = &e["Properties"];
             assert_eq!(p["ApiId"], serde_json::json!({"Ref": "HttpApi"}), "{function}");
             assert_eq!(p["Auth"]["AuthorizationScopes"], serde_json::json!([{"Ref": "AdminScope"}]), "{function}");
-            format!("{} {}", p["Method"].as_str().unwrap(), p["Path"].as_str().unwrap())
+            format!(
+                "{} {} {}",
+                p["Method"].as_str().unwrap(),
+                p["Path"].as_str().unwrap(),
+                p["Auth"]["Authorizer"].as_str().unwrap()
+            )
         })
         .collect();
     routes.sort();
@@ -82,13 +87,22 @@ fn routes_of(t: &Value, function: &str) -> Vec<String> {
 fn every_route_is_behind_the_jwt_authorizer_with_the_admin_scope() {
     let t = template();
     let api = &t["Resources"]["HttpApi"]["Properties"];
-    let jwt = &api["Auth"]["Authorizers"]["JwtAuthorizer"]["JwtConfiguration"];
-    assert_eq!(jwt["issuer"], serde_json::json!({"Ref": "JwtIssuer"}));
-    assert_eq!(jwt["audience"], serde_json::json!([{"Ref": "JwtAudience"}]));
+    // Both authorizers accept the same identity provider's tokens; they differ in the header read.
+    for (authorizer, header) in
+        [("JwtAuthorizer", "Authorization"), ("AcsBearerAuthorizer", "x-acs-bearer-token")]
+    {
+        let config = &api["Auth"]["Authorizers"][authorizer];
+        assert_eq!(config["IdentitySource"], format!("$request.header.{header}"));
+        assert_eq!(config["JwtConfiguration"]["issuer"], serde_json::json!({"Ref": "JwtIssuer"}));
+        assert_eq!(config["JwtConfiguration"]["audience"], serde_json::json!([{"Ref": "JwtAudience"}]));
+    }
     assert_eq!(api["Auth"]["DefaultAuthorizer"], "JwtAuthorizer");
     assert!(api["DefaultRouteSettings"]["ThrottlingRateLimit"].is_object());
-    assert_eq!(routes_of(&t, "RotateKeyFunction"), ["POST /admin/v2/iam/rotateKey", "POST /iam/rotate-key"]);
-    assert_eq!(routes_of(&t, "RotationPolicyFunction"), ["GET /", "POST /"]);
+    assert_eq!(
+        routes_of(&t, "RotateKeyFunction"),
+        ["POST /admin/v2/iam/rotateKey JwtAuthorizer", "POST /iam/rotate-key JwtAuthorizer"]
+    );
+    assert_eq!(routes_of(&t, "RotationPolicyFunction"), ["GET / AcsBearerAuthorizer", "POST / AcsBearerAuthorizer"]);
 }
 
 #[test]

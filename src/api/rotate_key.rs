@@ -182,7 +182,7 @@ async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, 
             info!(
                 access_key_id = %rotated.access_key_id,
                 version = rotated.version,
-                previous = ?rotated.previous.as_ref().map(|p| &p.access_key_id),
+                previous = rotated.previous.as_ref().map_or("none", |p| p.access_key_id.as_str()),
                 "rotated"
             );
             success(&rotated)

@@ -1,0 +1,448 @@
+"""An API Gateway (HTTP API) stand-in that serves the functions of template.yaml.
+
+It reads the template the way a deployment would use it: the HttpApi routes of
+each function, their JWT authorizer and AuthorizationScopes, and the functions'
+environment, memory and timeout (Refs resolved against the parameters given,
+else the template's defaults). For every HTTP request it
+1. finds the route (404 `{"message":"Not Found"}` otherwise);
+2. authorizes the bearer token like the JWT authorizer: signature, issuer,
+   audience, expiry (401 `{"message":"Unauthorized"}`), then the route's scopes
+   (403 `{"message":"Forbidden"}`);
+3. builds the HTTP API payload-2.0 event with the token's claims and scopes;
+4. hands it to the function's binary through a Lambda Runtime API of its own
+   (one per function; the binary runs as Lambda runs a `bootstrap`, with
+   AWS_LAMBDA_RUNTIME_API pointing at it);
+5. turns the function's answer back into HTTP (a function error or timeout is
+   500 `{"message":"Internal Server Error"}`, as API Gateway answers).
+
+Tokens are HS256-signed with a secret shared with the test (API Gateway fetches
+the issuer's public keys instead; what it checks is the same). Function logs go
+to one file per function, so a test can search them.
+"""
+import base64
+import json
+import queue
+import re
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import jwt
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+ACCOUNT_ID = "123456789012"
+API_ID = "localapi01"
+
+
+class _Intrinsic(dict):
+    """A CloudFormation intrinsic function (`!Ref X` becomes {"Ref": "X"})."""
+
+
+def _template_loader():
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def construct(loader, suffix, node):
+        name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+        if isinstance(node, yaml.ScalarNode):
+            value = loader.construct_scalar(node)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_mapping(node, deep=True)
+        return _Intrinsic({name: value})
+
+    Loader.add_multi_constructor("!", construct)
+    return Loader
+
+
+def load_template(path=TEMPLATE):
+    with open(path) as f:
+        return yaml.load(f, Loader=_template_loader())
+
+
+@dataclass
+class Function:
+    name: str  # logical id
+    binary: str
+    environment: dict
+    memory: int
+    timeout: int
+    log_format: str
+    routes: list = field(default_factory=list)  # [(method, path, scopes)]
+
+
+class Deployment:
+    """The functions and routes of the template, with parameters resolved."""
+
+    def __init__(self, parameters, template=None):
+        self.template = template or load_template()
+        self.parameters = {k: v.get("Default") for k, v in self.template.get("Parameters", {}).items()}
+        self.parameters.update(parameters)
+        self.functions = {}
+        api = self._http_api()
+        self.authorizer = api["Properties"]["Auth"]["Authorizers"]
+        self.default_authorizer = api["Properties"]["Auth"].get("DefaultAuthorizer")
+        globals_ = self.template.get("Globals", {}).get("Function", {})
+        for name, resource in self.template["Resources"].items():
+            if resource["Type"] != "AWS::Serverless::Function":
+                continue
+            props = resource["Properties"]
+            env = dict(globals_.get("Environment", {}).get("Variables", {}))
+            env.update(props.get("Environment", {}).get("Variables", {}))
+            function = Function(
+                name=name,
+                binary=resource["Metadata"]["BuildProperties"]["Binary"],
+                environment={k: str(self.resolve(v)) for k, v in env.items()},
+                memory=int(props.get("MemorySize", globals_.get("MemorySize", 128))),
+                timeout=int(props.get("Timeout", globals_.get("Timeout", 3))),
+                log_format=props.get("LoggingConfig", globals_.get("LoggingConfig", {})).get("LogFormat", "Text"),
+            )
+            for event in props.get("Events", {}).values():
+                if event["Type"] != "HttpApi":
+                    continue
+                p = event["Properties"]
+                auth = p.get("Auth", {})
+                scopes = [self.resolve(s) for s in auth.get("AuthorizationScopes", [])]
+                authorizer = auth.get("Authorizer", self.default_authorizer)
+                function.routes.append((p["Method"].upper(), p["Path"], authorizer, scopes))
+            self.functions[name] = function
+
+    def _http_api(self):
+        for resource in self.template["Resources"].values():
+            if resource["Type"] == "AWS::Serverless::HttpApi":
+                return resource
+        raise ValueError("the template has no AWS::Serverless::HttpApi")
+
+    def resolve(self, value):
+        if isinstance(value, _Intrinsic) and "Ref" in value:
+            ref = value["Ref"]
+            if ref not in self.parameters:
+                raise KeyError(f"no value for {ref!r}: pass it as a parameter")
+            return self.parameters[ref]
+        if isinstance(value, _Intrinsic):
+            raise ValueError(f"unsupported intrinsic {value!r}")
+        return value
+
+    def route(self, method, path):
+        for function in self.functions.values():
+            for m, p, authorizer, scopes in function.routes:
+                if m == method and p == path:
+                    return function, f"{m} {p}", authorizer, scopes
+        return None
+
+
+class FunctionError(Exception):
+    pass
+
+
+class RuntimeApi:
+    """A Lambda Runtime API for one function, and the function's process under it."""
+
+    def __init__(self, function, environment, binary_dir, log_path):
+        self.function = function
+        self.environment = environment
+        self.binary = Path(binary_dir) / function.binary
+        self.log_path = Path(log_path)
+        self.events = queue.Queue()
+        self.pending = {}
+        self.lock = threading.Lock()
+        self.init_error = None
+        self.process = None
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self):
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        chunk = self.rfile.read(size)
+                        self.rfile.readline()
+                        if size == 0:
+                            return data
+                        data += chunk
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+            def _reply(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path != "/2018-06-01/runtime/invocation/next":
+                    return self._reply(404)
+                request_id, event, deadline_ms = api.events.get()
+                self._reply(200, event, [
+                    ("Content-Type", "application/json"),
+                    ("Lambda-Runtime-Aws-Request-Id", request_id),
+                    ("Lambda-Runtime-Deadline-Ms", str(deadline_ms)),
+                    ("Lambda-Runtime-Invoked-Function-Arn",
+                     f"arn:aws:lambda:us-east-1:{ACCOUNT_ID}:function:{api.function.binary}"),
+                    ("Lambda-Runtime-Trace-Id", f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}"),
+                ])
+
+            def do_POST(self):
+                body = self._body()
+                m = re.fullmatch(r"/2018-06-01/runtime/invocation/([^/]+)/(response|error)", self.path)
+                if m:
+                    with api.lock:
+                        waiter = api.pending.get(m.group(1))
+                    if waiter is not None:
+                        waiter.put((m.group(2), body))
+                    return self._reply(202, b'{"status":"OK"}')
+                if self.path == "/2018-06-01/runtime/init/error":
+                    api.init_error = body
+                    return self._reply(202, b'{"status":"OK"}')
+                self._reply(404)
+
+        return Handler
+
+    def _ensure_running(self):
+        if self.process is not None and self.process.poll() is None:
+            return
+        env = dict(self.environment)
+        env.update({
+            "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self.server.server_port}",
+            "AWS_LAMBDA_FUNCTION_NAME": self.function.binary,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.function.memory),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function.binary}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": f"local/{uuid.uuid4().hex}",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_LAMBDA_LOG_FORMAT": self.function.log_format.upper(),
+            "_HANDLER": "bootstrap",
+        })
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([str(self.binary)], env=env, stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def invoke(self, event):
+        """Runs one invocation; returns the function's JSON answer or raises FunctionError."""
+        self._ensure_running()
+        request_id = str(uuid.uuid4())
+        waiter = queue.Queue()
+        with self.lock:
+            self.pending[request_id] = waiter
+        deadline = time.time() + self.function.timeout
+        self.events.put((request_id, json.dumps(event).encode(), int(deadline * 1000)))
+        try:
+            while True:
+                try:
+                    kind, body = waiter.get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    if self.process.poll() is not None:
+                        raise FunctionError(f"{self.function.binary} exited with {self.process.returncode}")
+                    if time.time() > deadline:
+                        self.process.kill()
+                        raise FunctionError(f"{self.function.binary} timed out after {self.function.timeout} s")
+        finally:
+            with self.lock:
+                del self.pending[request_id]
+        if kind == "error":
+            raise FunctionError(body.decode(errors="replace"))
+        return json.loads(body)
+
+    def close(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _claim_value(value):
+    """HTTP API passes every claim to the function as a string."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "[" + " ".join(_claim_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+class Gateway:
+    """The HTTP side: `Gateway(deployment, environment, jwt_secret, log_dir)`, then `.url`."""
+
+    def __init__(self, deployment, environment, jwt_secret, log_dir, binary_dir=ROOT / "target" / "debug"):
+        self.deployment = deployment
+        self.jwt_secret = jwt_secret
+        self.log_dir = Path(log_dir)
+        self.runtimes = {}
+        for name, function in deployment.functions.items():
+            if not function.routes:
+                continue
+            env = dict(environment)
+            env.update(function.environment)
+            self.runtimes[name] = RuntimeApi(function, env, binary_dir, self.log_dir / f"{function.binary}.log")
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def logs(self):
+        """Everything the functions wrote to stdout and stderr so far."""
+        return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        for runtime in self.runtimes.values():
+            runtime.close()
+
+    def authorize(self, authorizer, headers):
+        """Claims and scopes of a valid bearer token, or None (401)."""
+        config = self.deployment.authorizer[authorizer]
+        source = config["IdentitySource"]
+        header = source.removeprefix("$request.header.").lower()
+        value = headers.get(header, "").strip()
+        if value[:7].lower() == "bearer ":  # the prefix is optional, as in API Gateway
+            value = value[7:].strip()
+        if not value:
+            return None
+        jwt_config = config["JwtConfiguration"]
+        try:
+            claims = jwt.decode(
+                value, self.jwt_secret, algorithms=["HS256"],
+                issuer=self.deployment.resolve(jwt_config["issuer"]),
+                audience=[self.deployment.resolve(a) for a in jwt_config["audience"]],
+                options={"require": ["exp", "iss"]},
+            )
+        except jwt.InvalidTokenError:
+            return None
+        scope = claims.get("scope", claims.get("scp", ""))
+        scopes = scope.split() if isinstance(scope, str) else list(scope)
+        return {k: _claim_value(v) for k, v in claims.items()}, scopes
+
+    def event(self, method, target, headers, body, route_key, claims, scopes):
+        url = urlsplit(target)
+        query = {}
+        for k, v in parse_qsl(url.query, keep_blank_values=True):
+            query[k] = f"{query[k]},{v}" if k in query else v
+        now = datetime.now(timezone.utc)
+        text = None
+        encoded = False
+        if body:
+            try:
+                text = body.decode()
+            except UnicodeDecodeError:
+                text, encoded = base64.b64encode(body).decode(), True
+        event = {
+            "version": "2.0",
+            "routeKey": route_key,
+            "rawPath": url.path,
+            "rawQueryString": url.query,
+            "headers": headers,
+            "requestContext": {
+                "accountId": ACCOUNT_ID,
+                "apiId": API_ID,
+                "authorizer": {"jwt": {"claims": claims, "scopes": scopes}},
+                "domainName": f"{API_ID}.execute-api.us-east-1.amazonaws.com",
+                "domainPrefix": API_ID,
+                "http": {"method": method, "path": url.path, "protocol": "HTTP/1.1",
+                         "sourceIp": "127.0.0.1", "userAgent": headers.get("user-agent", "")},
+                "requestId": base64.b32encode(uuid.uuid4().bytes).decode()[:16],
+                "routeKey": route_key,
+                "stage": "$default",
+                "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+                "timeEpoch": int(now.timestamp() * 1000),
+            },
+            "isBase64Encoded": encoded,
+        }
+        if query:
+            event["queryStringParameters"] = query
+        if text is not None:
+            event["body"] = text
+        return event
+
+    def _handler(self):
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status, body, headers=(("Content-Type", "application/json"),)):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("apigw-requestid", uuid.uuid4().hex[:16])
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _serve(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                headers = {}
+                for k, v in self.headers.items():
+                    k = k.lower()
+                    headers[k] = f"{headers[k]},{v}" if k in headers else v
+                path = urlsplit(self.path).path
+                found = gateway.deployment.route(self.command, path)
+                if found is None:
+                    return self._reply(404, b'{"message":"Not Found"}')
+                function, route_key, authorizer, scopes = found
+                claims, token_scopes = None, []
+                if authorizer and authorizer != "NONE":
+                    authorized = gateway.authorize(authorizer, headers)
+                    if authorized is None:
+                        return self._reply(401, b'{"message":"Unauthorized"}',
+                                           [("Content-Type", "application/json"), ("www-authenticate", "Bearer")])
+                    claims, token_scopes = authorized
+                    if scopes and not set(scopes) & set(token_scopes):
+                        return self._reply(403, b'{"message":"Forbidden"}')
+                event = gateway.event(self.command, self.path, headers, body, route_key, claims, token_scopes)
+                try:
+                    answer = gateway.runtimes[function.name].invoke(event)
+                except FunctionError:
+                    return self._reply(500, b'{"message":"Internal Server Error"}')
+                if not isinstance(answer, dict) or "statusCode" not in answer:
+                    return self._reply(200, json.dumps(answer).encode())
+                payload = answer.get("body") or ""
+                payload = base64.b64decode(payload) if answer.get("isBase64Encoded") else payload.encode()
+                out = list(answer.get("headers", {}).items())
+                for k, values in answer.get("multiValueHeaders", {}).items():
+                    out += [(k, v) for v in values]
+                out += [("Set-Cookie", c) for c in answer.get("cookies", [])]
+                self._reply(int(answer["statusCode"]), payload, out)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+        return Handler
+
+
+def token(secret, issuer, audience, org=None, scope="admin", org_claim="org_id", lifetime=3600, **extra):
+    """An HS256 bearer token as the identity provider would issue it."""
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": audience, "sub": "admin@example.com", "iat": now, "exp": now + lifetime,
+              "scope": scope, **extra}
+    if org is not None:
+        claims[org_claim] = org
+    return jwt.encode(claims, secret, algorithm="HS256")

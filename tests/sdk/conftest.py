@@ -1,0 +1,59 @@
+"""The stack the SDK tests drive: the local AWS endpoint, two enrolled orgs and
+the functions of template.yaml behind the API Gateway stand-in.
+
+Run by scripts/test.sh after `cargo build --bins` (the binaries under test are
+target/debug/rotate-key and target/debug/rotation-policy).
+"""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from gateway import Deployment, Gateway, token  # noqa: E402
+from local_aws import MANAGED_BUCKET, REGISTRY_BUCKET, LocalAws, cli  # noqa: E402
+
+ORG_A = "1234567"
+ORG_B = "7654321"
+NOT_ENROLLED = "2468135"
+ISSUER = "https://auth.example.test/"
+AUDIENCE = "s3-key-rotation"
+JWT_SECRET = "local-test-signing-secret-of-the-identity-provider"
+
+
+class Stack:
+    def __init__(self, aws, gateway, env):
+        self.aws = aws
+        self.gateway = gateway
+        self.env = env
+        self.url = gateway.url
+
+    def token(self, org, scope="admin"):
+        return token(JWT_SECRET, ISSUER, AUDIENCE, org=org, scope=scope)
+
+    def status(self, org):
+        import json
+        return json.loads(cli(self.env, "status", "--org", org, "--json", capture=True).stdout)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    aws = LocalAws.start()
+    gateway = None
+    try:
+        env = aws.provision([ORG_A, ORG_B, NOT_ENROLLED])
+        cli(env, "enroll", "--org", ORG_A, "--org", ORG_B, capture=True)
+        aws.enforce_credentials()
+        deployment = Deployment({
+            "RegistryBucket": REGISTRY_BUCKET,
+            "ManagedBucketName": MANAGED_BUCKET,
+            "JwtIssuer": ISSUER,
+            "JwtAudience": AUDIENCE,
+        })
+        gateway = Gateway(deployment, env, JWT_SECRET, tmp_path_factory.mktemp("function-logs"))
+        yield Stack(aws, gateway, env)
+    finally:
+        if gateway is not None:
+            gateway.close()
+        aws.stop()
