@@ -2,24 +2,9 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::Stack;
+use common::{cli, Stack};
 use s3_key_rotation::core::domain::{KeyState, OrgId};
 use s3_key_rotation::core::ports::Registry;
-
-fn cli(stack: &Stack, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
-        .args(args)
-        .envs(stack.function_env())
-        .output()
-        .expect("run the CLI");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into(),
-        String::from_utf8_lossy(&output.stderr).into(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn enrolling_creates_a_read_only_user_and_a_keyless_record_and_twice_changes_nothing() {
@@ -60,7 +45,7 @@ async fn the_cli_refuses_bad_input_and_missing_settings_clearly() {
     assert!(!ok);
     assert!(err.contains("invalid org id '../etc'"), "{err}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
         .args(["enroll", "--org", "1"])
         .env_remove("REGISTRY_BUCKET")
         .env("AWS_ENDPOINT_URL", stack.aws.endpoint())

@@ -88,9 +88,7 @@ fn every_route_is_behind_the_jwt_authorizer_with_the_admin_scope() {
     let t = template();
     let api = &t["Resources"]["HttpApi"]["Properties"];
     // Both authorizers accept the same identity provider's tokens; they differ in the header read.
-    for (authorizer, header) in
-        [("JwtAuthorizer", "Authorization"), ("AcsBearerAuthorizer", "x-acs-bearer-token")]
-    {
+    for (authorizer, header) in [("JwtAuthorizer", "Authorization"), ("AcsBearerAuthorizer", "x-acs-bearer-token")] {
         let config = &api["Auth"]["Authorizers"][authorizer];
         assert_eq!(config["IdentitySource"], format!("$request.header.{header}"));
         assert_eq!(config["JwtConfiguration"]["issuer"], serde_json::json!({"Ref": "JwtIssuer"}));

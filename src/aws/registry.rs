@@ -176,6 +176,35 @@ impl S3Audit {
     pub fn entry_key(entry: &AuditEntry) -> String {
         format!("audit/{}/{}-{}.json", entry.org_id, entry.at.format("%Y%m%dT%H%M%S%.3fZ"), uuid::Uuid::new_v4())
     }
+
+    /// The org's trail, newest first, at most `limit` entries (their keys sort by time).
+    pub async fn newest_first(&self, org: &OrgId, limit: usize) -> Result<Vec<AuditEntry>, PortError> {
+        let mut pages =
+            self.client.list_objects_v2().bucket(&self.bucket).prefix(format!("audit/{org}/")).into_paginator().send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("s3", "ListObjectsV2", &e))?;
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+        }
+        keys.sort();
+        let mut entries = Vec::new();
+        for key in keys.iter().rev().take(limit) {
+            let output = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| classify("s3", "GetObject", &e))?;
+            let unreadable = |detail: String| PortError::Unavailable { service: "s3", operation: "GetObject", detail };
+            let bytes = output.body.collect().await.map_err(|_| unreadable(format!("{key}: body not readable")))?;
+            let entry = serde_json::from_slice(&bytes.into_bytes())
+                .map_err(|e| unreadable(format!("{key}: not an audit entry: {e}")))?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
 }
 
 #[async_trait]

@@ -2,6 +2,7 @@
 //! nothing of HTTP, Lambda or the AWS SDK: it talks to the world through the
 //! ports.
 
+pub mod admin;
 pub mod domain;
 pub mod duration;
 pub mod enrollment;

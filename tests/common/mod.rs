@@ -195,6 +195,21 @@ impl Stack {
     }
 }
 
+/// Runs the operator CLI (the real binary) with the stack's environment:
+/// (success, stdout, stderr).
+pub fn cli(stack: &Stack, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
+        .args(args)
+        .envs(stack.function_env())
+        .output()
+        .expect("run the CLI");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into(),
+        String::from_utf8_lossy(&output.stderr).into(),
+    )
+}
+
 /// A real HTTP API v2 event from `events/`, changed by `patch` (to move its
 /// time, its org claim, …), as the Lambda runtime hands it to the handler.
 pub fn event(name: &str, patch: impl FnOnce(&mut serde_json::Value)) -> lambda_http::Request {
