@@ -257,12 +257,12 @@ mod tests {
         let off = disable(admin(&world), &org, later, "operator").await.unwrap();
         assert!(off.changed);
         assert_eq!(off.record.state, KeyState::Disabled);
-        assert_eq!(works(&world, &org, &key), false);
+        assert!(!works(&world, &org, &key));
         assert_eq!(state(&world, &org), KeyState::Disabled);
 
         let on = enable(admin(&world), &org, later, Duration::from_days(90), "operator").await.unwrap();
         assert_eq!(on.record.state, KeyState::Enabled);
-        assert_eq!(works(&world, &org, &key), true);
+        assert!(works(&world, &org, &key));
         let actions: Vec<String> = world.audit.entries().into_iter().map(|e| e.action).collect();
         assert!(actions.ends_with(&["disable".to_string(), "enable".to_string()]), "{actions:?}");
     }
@@ -274,7 +274,7 @@ mod tests {
         let much_later = t0() + chrono::Duration::days(91);
         let on = enable(admin(&world), &org, much_later, Duration::from_days(90), "operator").await.unwrap();
         assert_eq!(on.record.state, KeyState::Expired);
-        assert_eq!(works(&world, &org, &key), false);
+        assert!(!works(&world, &org, &key));
     }
 
     #[tokio::test]
@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(state(&world, &org), KeyState::Enabled);
         let scheduled = schedule_deletion(admin(&world), &org, t0(), 7, "operator").await.unwrap();
         assert_eq!(scheduled.record.deletion_at, Some(t0() + chrono::Duration::days(7)));
-        assert_eq!(works(&world, &org, &key), false);
+        assert!(!works(&world, &org, &key));
         assert!(matches!(
             enable(admin(&world), &org, t0(), Duration::from_days(90), "operator").await,
             Err(AdminError::InvalidState { state: KeyState::PendingDeletion, .. })
@@ -322,7 +322,7 @@ mod tests {
         let before = world.registry.get(&org);
         assert!(matches!(disable(admin(&world), &org, t0(), "operator").await, Err(AdminError::RotationInProgress(_))));
         assert_eq!(world.registry.get(&org), before);
-        assert_eq!(works(&world, &org, &key), true);
+        assert!(works(&world, &org, &key));
     }
 
     #[tokio::test]
@@ -332,10 +332,10 @@ mod tests {
         world.faults.inject(3, FaultMode::Fail);
         assert!(matches!(disable(admin(&world), &org, t0(), "operator").await, Err(AdminError::Port(_))));
         assert_eq!(state(&world, &org), KeyState::Disabled);
-        assert_eq!(works(&world, &org, &key), true);
+        assert!(works(&world, &org, &key));
 
         let again = disable(admin(&world), &org, t0(), "operator").await.unwrap();
         assert!(!again.changed);
-        assert_eq!(works(&world, &org, &key), false);
+        assert!(!works(&world, &org, &key));
     }
 }
