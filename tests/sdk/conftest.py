@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from gateway import Deployment, Gateway, token  # noqa: E402
-from local_aws import MANAGED_BUCKET, REGISTRY_BUCKET, LocalAws, cli  # noqa: E402
+from local_aws import MANAGED_BUCKET, REGISTRY_BUCKET, ROOT, LocalAws, cli  # noqa: E402,F401
 
 ORG_A = "1234567"
 ORG_B = "7654321"
