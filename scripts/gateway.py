@@ -157,6 +157,8 @@ class RuntimeApi:
         self.lock = threading.Lock()
         self.init_error = None
         self.process = None
+        self.polled = threading.Event()
+        self.first_poll = None
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -193,6 +195,9 @@ class RuntimeApi:
             def do_GET(self):
                 if self.path != "/2018-06-01/runtime/invocation/next":
                     return self._reply(404)
+                if not api.polled.is_set():
+                    api.first_poll = time.perf_counter()
+                    api.polled.set()
                 request_id, event, deadline_ms = api.events.get()
                 self._reply(200, event, [
                     ("Content-Type", "application/json"),
@@ -238,6 +243,12 @@ class RuntimeApi:
         self.process = subprocess.Popen([str(self.binary)], env=env, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT)
         log.close()
+
+    def first_poll_at(self, timeout=30):
+        """perf_counter() time of the function's first request for work (its init is done)."""
+        if not self.polled.wait(timeout):
+            raise FunctionError(f"{self.function.binary} did not ask for work within {timeout} s")
+        return self.first_poll
 
     def invoke(self, event):
         """Runs one invocation; returns the function's JSON answer or raises FunctionError."""

@@ -7,10 +7,15 @@ Differences from a plain `moto_server`:
   accepts inactive keys), so "the old key stops working" can be observed when
   credential enforcement is on (`POST /moto-api/reset-auth`, body `0`).
 It exits when its standard input closes, so it never outlives its parent.
+
+For the benchmarks it counts the AWS requests it serves and the time it spends
+serving them: `GET /moto-api/bench/stats` answers {"requests": n, "busySeconds": s}.
 """
 import argparse
+import json
 import sys
 import threading
+import time
 
 from moto.iam import access_control
 from moto.moto_server.werkzeug_app import (
@@ -34,6 +39,30 @@ def _active_keys_only(self, account_id, partition, access_key_id, headers):
 access_control.IAMUserAccessKey.__init__ = _active_keys_only
 
 
+class RequestStats:
+    """WSGI middleware: counts requests and their service time (not its own endpoint)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.busy = 0.0
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/moto-api/bench/stats":
+            with self.lock:
+                body = json.dumps({"requests": self.requests, "busySeconds": self.busy}).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        started = time.perf_counter()
+        try:
+            return list(self.app(environ, start_response))
+        finally:
+            with self.lock:
+                self.requests += 1
+                self.busy += time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -44,7 +73,7 @@ def main() -> None:
     server = make_server(
         args.host,
         args.port,
-        DomainDispatcherApplication(create_backend_app),
+        RequestStats(DomainDispatcherApplication(create_backend_app)),
         threaded=True,
         request_handler=MotoRequestHandler,
     )

@@ -13,4 +13,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 # dev-dependencies' features), built once here rather than inside a test.
 cargo build --locked --bins
 cargo test --locked "$@"
-.venv/bin/python -m pytest tests/sdk -q -p no:cacheprovider
+# SAM as a deployment builds it: the arm64 `bootstrap` of each function, by
+# cargo-lambda with zig (both from .venv); tests/package checks the artefacts.
+rustup target add aarch64-unknown-linux-gnu >&2
+SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 sam build --beta-features
+.venv/bin/python -m pytest tests/sdk tests/package -q -p no:cacheprovider

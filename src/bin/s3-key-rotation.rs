@@ -205,10 +205,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                 rotate(adapters.ports(), &config.rotation_settings(), &request).await.map_err(|e| e.to_string())?;
             println!(
                 "rotated org {}: v{} {} (expires {})",
-                rotated.org, rotated.version, rotated.access_key_id, rotated.expires_at
+                rotated.org,
+                rotated.version,
+                rotated.access_key_id,
+                at(rotated.expires_at)
             );
             if let Some(p) = &rotated.previous {
-                let state = if p.active { format!("active until {}", p.retire_at) } else { "inactive".into() };
+                let state = if p.active { format!("active until {}", at(p.retire_at)) } else { "inactive".into() };
                 println!("previous key {} is {state}", p.access_key_id);
             }
             if show_secret {
@@ -280,6 +283,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// A time as the CLI prints it: to the second, UTC.
+fn at(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
 fn not_found(org: &OrgId) -> String {
     format!("Not found IAM key info for orgId: {org}")
 }
@@ -306,8 +314,8 @@ fn report(result: Result<StateChange, admin::AdminError>, done: &str) -> Result<
     if !change.activated.is_empty() {
         println!("  active {}", change.activated.join(", "));
     }
-    if let Some(at) = change.record.deletion_at {
-        println!("  deleted after {at} (cancel-deletion stops it)");
+    if let Some(when) = change.record.deletion_at {
+        println!("  deleted after {} (cancel-deletion stops it)", at(when));
     }
     if change.record.state == KeyState::Expired {
         println!("  its key is past the maximum age: a rotation restores access");
@@ -443,7 +451,7 @@ fn policy_line(record: &OrgRecord) -> String {
         (Some(interval), true) => format!(
             "automatic rotation {} every {interval}, next {}",
             automatic_rotation(record),
-            record.policy.next_rotation_at.map_or("-".into(), |t| t.to_rfc3339())
+            record.policy.next_rotation_at.map_or("-".into(), at)
         ),
         _ => "automatic rotation Disabled".into(),
     }
@@ -461,9 +469,9 @@ fn print_status(record: &OrgRecord, config: &Config, now: DateTime<Utc>) {
                 "current  v{} {} created {} (age {}), expires {} (in {})",
                 c.version,
                 c.access_key_id,
-                c.created_at,
+                at(c.created_at),
                 days_hours(now - c.created_at),
-                expires,
+                at(expires),
                 days_hours(expires - now)
             );
         }
@@ -471,17 +479,17 @@ fn print_status(record: &OrgRecord, config: &Config, now: DateTime<Utc>) {
     }
     if let Some(p) = &record.previous {
         let status = match p.deactivated_at {
-            Some(at) => format!("inactive since {at}"),
-            None => format!("active until {}", p.retire_at),
+            Some(when) => format!("inactive since {}", at(when)),
+            None => format!("active until {}", at(p.retire_at)),
         };
         println!("previous v{} {} {status}", p.key.version, p.key.access_key_id);
     }
     println!("policy   {}", policy_line(record));
-    if let Some(at) = record.deletion_at {
-        println!("deletion after {at}");
+    if let Some(when) = record.deletion_at {
+        println!("deletion after {}", at(when));
     }
     if let Some(p) = &record.pending {
-        println!("pending  rotation {} since {} (lease until {})", p.rotation_id, p.started_at, p.lease_until);
+        println!("pending  rotation {} since {} (lease until {})", p.rotation_id, at(p.started_at), at(p.lease_until));
     }
 }
 

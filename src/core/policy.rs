@@ -81,7 +81,10 @@ pub async fn update_policy(
             Ok(_) => {
                 let detail = match change {
                     PolicyChange::Enable { interval } => {
-                        format!("automatic rotation every {interval}, next at {:?}", record.policy.next_rotation_at)
+                        format!(
+                            "automatic rotation every {interval}, next at {}",
+                            record.policy.next_rotation_at.map_or("-".into(), |t| t.to_rfc3339())
+                        )
                     }
                     PolicyChange::Disable => "automatic rotation disabled".to_owned(),
                 };
