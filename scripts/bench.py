@@ -37,7 +37,7 @@ from pathlib import Path
 from gateway import Deployment, Gateway, RuntimeApi, token
 from local_aws import MANAGED_BUCKET, REGISTRY_BUCKET, ROOT, LocalAws
 
-RELEASE = ROOT / "target" / "release"
+RELEASE = Path(os.environ.get("BENCH_BINARIES", ROOT / "target" / "release"))  # the script checks itself on debug builds
 SAM_BUILD = ROOT / ".aws-sam" / "build"
 FUNCTIONS = ["rotate-key", "rotation-policy", "scheduled-rotation"]
 CALLS_PER_ROTATION_MIN = 6  # claim write, CreateAccessKey, vault put, commit write, UpdateAccessKey, PutEvents

@@ -24,6 +24,7 @@ import json
 import queue
 import re
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -144,6 +145,17 @@ class FunctionError(Exception):
     pass
 
 
+class _Server(ThreadingHTTPServer):
+    """A threaded HTTP server that does not print a trace for a peer that went away
+    (a function process stopped in the middle of its long poll)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class RuntimeApi:
     """A Lambda Runtime API for one function, and the function's process under it."""
 
@@ -159,8 +171,7 @@ class RuntimeApi:
         self.process = None
         self.polled = threading.Event()
         self.first_poll = None
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def _handler(self):
@@ -311,8 +322,7 @@ class Gateway:
             env = dict(environment)
             env.update(function.environment)
             self.runtimes[name] = RuntimeApi(function, env, binary_dir, self.log_dir / f"{function.binary}.log")
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
