@@ -6,6 +6,7 @@ use std::hint::black_box;
 
 use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use s3_key_rotation::config::Config;
 use s3_key_rotation::core::domain::{KeyVersion, OrgId, RotationPolicy, Trigger};
 use s3_key_rotation::core::duration::Duration;
 use s3_key_rotation::core::memory::MemoryWorld;
@@ -13,14 +14,10 @@ use s3_key_rotation::core::ports::IamKey;
 use s3_key_rotation::core::rotation::{rotate, RotationRequest, RotationSettings};
 use s3_key_rotation::core::sweep::{plan, sweep, SweepRequest, SweepSettings};
 
+/// The sweep's settings as a deployment with the defaults has them.
 fn settings() -> SweepSettings {
-    SweepSettings {
-        rotation: RotationSettings::default(),
-        grace: Duration::from_hours(24),
-        retention: Duration::from_days(7),
-        warnings: vec![Duration::from_days(14), Duration::from_days(7), Duration::from_days(1)],
-        concurrency: 8,
-    }
+    let only_the_registry = |name: &str| (name == "REGISTRY_BUCKET").then(|| "registry".to_owned());
+    Config::from_lookup(only_the_registry).expect("the defaults are valid").sweep_settings()
 }
 
 fn t0() -> chrono::DateTime<Utc> {

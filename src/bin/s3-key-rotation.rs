@@ -251,8 +251,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Sweep { at, dry_run } => {
             let request =
                 SweepRequest { now: at.unwrap_or(now), dry_run, deadline: None, margin: std::time::Duration::ZERO };
-            let summary =
-                sweep(adapters.ports(), &config.sweep_settings(), &request).await.map_err(|e| e.to_string())?;
+            // The sweep reports at its end; on a terminal a spinner shows it is at work meanwhile.
+            let spinner =
+                ProgressBar::new_spinner().with_message(if dry_run { "evaluating (dry run)" } else { "sweeping" });
+            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+            let result = sweep(adapters.ports(), &config.sweep_settings(), &request).await;
+            spinner.finish_and_clear();
+            let summary = result.map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?);
             if !summary.failed.is_empty() {
                 return Err(format!("{} org(s) failed; see `failed` above", summary.failed.len()));

@@ -172,6 +172,9 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_after: Option<OrgId>,
     pub orgs_seen: usize,
+    /// Whether every org's IAM keys and vault were checked (the day's first
+    /// complete run); otherwise only orgs whose record shows work were.
+    pub full_check: bool,
     pub rotated: Vec<OrgId>,
     pub retired: usize,
     pub deleted_keys: usize,
@@ -204,6 +207,9 @@ pub struct SweepRequest {
 struct Cursor {
     evaluated_at: DateTime<Utc>,
     resume_after: Option<OrgId>,
+    /// The UTC day whose full check (every org's IAM keys and vault) completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fully_checked_on: Option<chrono::NaiveDate>,
 }
 
 const CURSOR: &str = "cursor.json";
@@ -233,12 +239,19 @@ pub async fn sweep(ports: Ports<'_>, settings: &SweepSettings, req: &SweepReques
         None => None,
     };
     // Resume after where an interrupted run stopped, then wrap around.
+    // Once a day (until a run completes it) every org's IAM keys and vault are
+    // checked against its record; the other runs look further only where the
+    // record itself shows work (a claim, something due): one read per idle org.
+    let today = req.now.date_naive();
+    let full_check = cursor.as_ref().and_then(|c| c.fully_checked_on) != Some(today);
+    let fully_checked_before = cursor.as_ref().and_then(|c| c.fully_checked_on);
     let resumed_after = cursor.and_then(|c| c.resume_after);
     if let Some(after) = &resumed_after {
         let split = orgs.partition_point(|o| o <= after);
         orgs.rotate_left(split);
     }
-    let mut summary = Summary { evaluated_at: req.now, dry_run: req.dry_run, resumed_after, ..Summary::default() };
+    let mut summary =
+        Summary { evaluated_at: req.now, dry_run: req.dry_run, resumed_after, full_check, ..Summary::default() };
     let deadline_reached =
         || req.deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < req.margin);
     let mut results = futures::stream::iter(orgs.iter())
@@ -246,7 +259,7 @@ pub async fn sweep(ports: Ports<'_>, settings: &SweepSettings, req: &SweepReques
             if deadline_reached() {
                 return (org, None);
             }
-            (org, Some(evaluate(ports, settings, org, req).await))
+            (org, Some(evaluate(ports, settings, org, req, full_check).await))
         })
         .buffered(settings.concurrency.max(1));
     summary.complete = true;
@@ -283,7 +296,8 @@ pub async fn sweep(ports: Ports<'_>, settings: &SweepSettings, req: &SweepReques
         summary.stopped_after = None;
     }
     if !req.dry_run {
-        let cursor = Cursor { evaluated_at: req.now, resume_after: summary.stopped_after.clone() };
+        let fully_checked_on = if full_check && summary.complete { Some(today) } else { fully_checked_before };
+        let cursor = Cursor { evaluated_at: req.now, resume_after: summary.stopped_after.clone(), fully_checked_on };
         let text = serde_json::to_string(&cursor).unwrap_or_default();
         if let Err(e) = ports.registry.put_state(CURSOR, &text).await {
             warn!(error = %e, "could not store where the sweep stopped; the next run starts over");
@@ -295,9 +309,15 @@ pub async fn sweep(ports: Ports<'_>, settings: &SweepSettings, req: &SweepReques
 
 /// Evaluates one org: plans, then (unless a dry run) carries out each action.
 #[tracing::instrument(skip_all, fields(org = %org))]
-async fn evaluate(ports: Ports<'_>, settings: &SweepSettings, org: &OrgId, req: &SweepRequest) -> OrgOutcome {
+async fn evaluate(
+    ports: Ports<'_>,
+    settings: &SweepSettings,
+    org: &OrgId,
+    req: &SweepRequest,
+    full_check: bool,
+) -> OrgOutcome {
     let mut outcome = OrgOutcome::default();
-    let actions = match plan_org(ports, settings, org, req.now).await {
+    let actions = match plan_org(ports, settings, org, req.now, full_check).await {
         Ok(Some(actions)) => actions,
         Ok(None) => return outcome, // deleted meanwhile
         Err(e) => {
@@ -324,10 +344,22 @@ async fn plan_org(
     settings: &SweepSettings,
     org: &OrgId,
     now: DateTime<Utc>,
+    full_check: bool,
 ) -> Result<Option<Vec<Action>>, PortError> {
     let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else {
         return Ok(None);
     };
+    if !full_check && record.pending.is_none() {
+        // What the record alone makes due, were IAM and the vault as it says.
+        let as_recorded: Vec<IamKey> = record
+            .known_key_ids()
+            .map(|id| IamKey { access_key_id: id.to_owned(), active: true, created_at: None })
+            .collect();
+        let vault = record.current.as_ref().and_then(|c| c.vault_version.as_deref());
+        if plan(&record, Some(&as_recorded), vault, now, settings).is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+    }
     let iam = match ports.keys.list_keys(&record.iam_user).await {
         Ok(keys) => Some(keys),
         Err(PortError::NoSuchUser) => None,
@@ -684,6 +716,43 @@ mod tests {
         fn kinds(&self) -> Vec<&'static str> {
             self.notifier.published().iter().map(|n| n.detail_type).collect()
         }
+    }
+
+    #[tokio::test]
+    async fn idle_orgs_cost_one_read_except_in_the_days_full_check_which_finds_keys_made_outside() {
+        let w = World::new();
+        let idle = w.org("1000001", None).await;
+        let due = w.org("1000002", Some(7)).await;
+        let first = w.run(t0() + TimeDelta::hours(1)).await;
+        assert!(first.full_check, "the day's first run checks everything");
+
+        // A key made outside the system, found only by a full check.
+        let stray = w.keys.create_key(&idle.user_name()).await.unwrap().access_key_id;
+        let calls_before = w.faults.call_count();
+        let second = w.run(t0() + TimeDelta::hours(2)).await;
+        assert!(!second.full_check);
+        assert_eq!(second.deleted_keys, 0);
+        // The listing, the cursor read and write, and one record read per org: nothing else.
+        let calls = &w.faults.calls()[calls_before..];
+        assert_eq!(calls.iter().filter(|c| c.starts_with("iam.")).count(), 0, "{calls:?}");
+        assert_eq!(calls.iter().filter(|c| **c == "registry.load").count(), 2, "{calls:?}");
+        assert!(w.works(&idle, &stray));
+
+        let next_day = w.run(t0() + TimeDelta::days(1) + TimeDelta::hours(1)).await;
+        assert!(next_day.full_check, "a new day: full check");
+        assert!(!w.works(&idle, &stray), "the key made outside is deleted by the full check");
+
+        // Work the record shows is done between full checks: the automatic rotation on day 7
+        // leaves the previous key active for 24 h; its retirement falls after day 8's full check.
+        let rotation_day = w.run(t0() + TimeDelta::days(7) + TimeDelta::hours(1)).await;
+        assert_eq!(rotation_day.rotated, vec![due.clone()]);
+        let previous = w.record(&due).previous.unwrap().key.access_key_id;
+        assert!(w.run(t0() + TimeDelta::days(8) + TimeDelta::minutes(30)).await.full_check);
+        assert!(w.works(&due, &previous), "within the grace period");
+        let retirement = w.run(t0() + TimeDelta::days(8) + TimeDelta::hours(2)).await;
+        assert!(!retirement.full_check);
+        assert_eq!(retirement.retired, 1);
+        assert!(!w.works(&due, &previous));
     }
 
     #[tokio::test]
