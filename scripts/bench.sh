@@ -11,4 +11,4 @@ echo "bench: building the release binaries" >&2
 cargo build --locked --release --bins
 .venv/bin/python scripts/bench.py "$@"
 echo "bench: criterion suite (benches/core.rs)" >&2
-cargo bench --locked --bench core -- --noplot 2>/dev/null | grep -B1 "time:" | grep -v "^--$"
+cargo bench --locked --bench core -- --noplot 2>/dev/null | grep -B1 "time:" | grep -v -e "^--$" -e "^Benchmarking"
