@@ -238,13 +238,13 @@ pub async fn sweep(ports: Ports<'_>, settings: &SweepSettings, req: &SweepReques
         Some(text) => serde_json::from_str(&text).ok(),
         None => None,
     };
-    // Resume after where an interrupted run stopped, then wrap around.
     // Once a day (until a run completes it) every org's IAM keys and vault are
     // checked against its record; the other runs look further only where the
     // record itself shows work (a claim, something due): one read per idle org.
     let today = req.now.date_naive();
-    let full_check = cursor.as_ref().and_then(|c| c.fully_checked_on) != Some(today);
     let fully_checked_before = cursor.as_ref().and_then(|c| c.fully_checked_on);
+    let full_check = fully_checked_before != Some(today);
+    // Resume after where an interrupted run stopped, then wrap around.
     let resumed_after = cursor.and_then(|c| c.resume_after);
     if let Some(after) = &resumed_after {
         let split = orgs.partition_point(|o| o <= after);
