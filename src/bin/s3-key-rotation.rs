@@ -20,7 +20,7 @@ use s3_key_rotation::core::enrollment::{enroll, grant_vault_reader};
 use s3_key_rotation::core::policy::{automatic_rotation, update_policy, PolicyChange};
 use s3_key_rotation::core::ports::Registry;
 use s3_key_rotation::core::rotation::{rotate, RotationRequest};
-use s3_key_rotation::core::sweep::{sweep, SweepRequest};
+use s3_key_rotation::core::sweep::{sweep_with_progress, SweepRequest};
 use secrecy::ExposeSecret;
 
 const ACTOR: &str = "operator";
@@ -251,12 +251,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Sweep { at, dry_run } => {
             let request =
                 SweepRequest { now: at.unwrap_or(now), dry_run, deadline: None, margin: std::time::Duration::ZERO };
-            // The sweep reports at its end; on a terminal a spinner shows it is at work meanwhile.
-            let spinner =
-                ProgressBar::new_spinner().with_message(if dry_run { "evaluating (dry run)" } else { "sweeping" });
-            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-            let result = sweep(adapters.ports(), &config.sweep_settings(), &request).await;
-            spinner.finish_and_clear();
+            // The summary comes at the end; on a terminal a bar shows the orgs evaluated meanwhile.
+            let bar = progress(0, if dry_run { "evaluating (dry run)" } else { "sweeping" });
+            let result = sweep_with_progress(adapters.ports(), &config.sweep_settings(), &request, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })
+            .await;
+            bar.finish_and_clear();
             let summary = result.map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?);
             if !summary.failed.is_empty() {

@@ -232,6 +232,17 @@ struct OrgOutcome {
 /// Runs the sweep over every enrolled org: one org's failure never stops the
 /// others; at most `concurrency` orgs at once; the deadline is watched.
 pub async fn sweep(ports: Ports<'_>, settings: &SweepSettings, req: &SweepRequest) -> Result<Summary, PortError> {
+    sweep_with_progress(ports, settings, req, |_, _| {}).await
+}
+
+/// [`sweep`], calling `progress(evaluated, total)` once the orgs are listed
+/// and after each org's evaluation (for a progress display).
+pub async fn sweep_with_progress(
+    ports: Ports<'_>,
+    settings: &SweepSettings,
+    req: &SweepRequest,
+    progress: impl Fn(usize, usize),
+) -> Result<Summary, PortError> {
     let started = std::time::Instant::now();
     let mut orgs = ports.registry.list_orgs().await?;
     let cursor: Option<Cursor> = match ports.registry.get_state(CURSOR).await? {
@@ -263,12 +274,14 @@ pub async fn sweep(ports: Ports<'_>, settings: &SweepSettings, req: &SweepReques
         })
         .buffered(settings.concurrency.max(1));
     summary.complete = true;
+    progress(0, orgs.len());
     while let Some((org, outcome)) = results.next().await {
         let Some(outcome) = outcome else {
             summary.complete = false;
             break;
         };
         summary.orgs_seen += 1;
+        progress(summary.orgs_seen, orgs.len());
         summary.stopped_after = Some(org.clone());
         if outcome.rotated {
             summary.rotated.push(org.clone());
@@ -930,7 +943,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_deadline_stops_the_run_midway_and_the_next_run_completes() {
+    async fn the_deadline_stops_the_run_midway_progress_shows_how_far_and_the_next_run_completes() {
         let mut w = World::new();
         w.settings.concurrency = 1;
         let mut orgs = Vec::new();
@@ -945,9 +958,17 @@ mod tests {
             deadline: Some(tokio::time::Instant::now() + StdDuration::from_secs(8)),
             margin: StdDuration::from_secs(2),
         };
-        let partial = sweep(w.ports(), &w.settings, &req).await.unwrap();
+        let reported = std::sync::Mutex::new(Vec::new());
+        let partial = sweep_with_progress(w.ports(), &w.settings, &req, |done, total| {
+            reported.lock().unwrap().push((done, total))
+        })
+        .await
+        .unwrap();
         assert!(!partial.complete);
         assert!(!partial.rotated.is_empty() && partial.rotated.len() < 10, "{partial:?}");
+        // Progress counts up from 0 of 10 to the orgs the run evaluated, one by one.
+        let expected: Vec<(usize, usize)> = (0..=partial.orgs_seen).map(|done| (done, 10)).collect();
+        assert_eq!(reported.into_inner().unwrap(), expected);
         let stopped = partial.stopped_after.clone().unwrap();
         assert_eq!(partial.rotated.last(), Some(&stopped));
         let json = serde_json::to_value(&partial).unwrap();
