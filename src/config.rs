@@ -223,7 +223,25 @@ impl Config {
             lease: self.rotation_lease,
             rotations_per_hour: self.rotations_per_hour,
             max_key_age: self.max_key_age,
+            automatic_lead: self.automatic_lead(),
             ..RotationSettings::default()
+        }
+    }
+
+    /// How long before a key's maximum age automatic rotation happens at the
+    /// latest: the grace period of automatic rotations (the old key must retire
+    /// before it expires) plus one day, so that a schedule of up to a day, or a
+    /// day of missed runs, still rotates in time.
+    pub fn automatic_lead(&self) -> Duration {
+        Duration::from_secs(self.rotation_grace_period.as_secs() + Duration::from_days(1).as_secs())
+    }
+
+    /// What the rotation-policy function needs besides the ports.
+    pub fn policy_settings(&self) -> crate::api::rotation_policy::PolicySettings {
+        crate::api::rotation_policy::PolicySettings {
+            caller: self.caller_rules(),
+            max_key_age: self.max_key_age,
+            automatic_lead: self.automatic_lead(),
         }
     }
 

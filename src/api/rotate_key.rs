@@ -7,6 +7,7 @@ use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use secrecy::ExposeSecret;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::caller::CallerRules;
@@ -14,7 +15,9 @@ use super::{is_json, json_response, request_id, request_time};
 use crate::core::domain::Trigger;
 use crate::core::duration::Duration;
 use crate::core::ports::PortError;
-use crate::core::rotation::{rotate, Ports, Rotated, RotationError, RotationRequest, RotationSettings};
+use crate::core::rotation::{
+    rotate_idempotent, Idempotency, Ports, Rotated, RotationError, RotationRequest, RotationSettings,
+};
 
 /// The path every error body names, as the reference does.
 pub const ERROR_PATH: &str = "/iam/rotate-key";
@@ -137,6 +140,30 @@ fn parse_body(req: &Request) -> Result<Option<Duration>, (StatusCode, String)> {
     Ok(grace)
 }
 
+/// The header a client sends to make a rotation safe to retry.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// The request's `Idempotency-Key` (1 to 64 of `A-Z a-z 0-9 _ -`), if it
+/// carries one, with the digest of its body that tells another request under
+/// the same key apart.
+fn idempotency(req: &Request) -> Result<Option<Idempotency>, String> {
+    let mut values = req.headers().get_all(IDEMPOTENCY_HEADER).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    let invalid = "Bad Request: the Idempotency-Key header must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'";
+    if values.next().is_some() {
+        return Err("Bad Request: send the Idempotency-Key header once".into());
+    }
+    let key = value.to_str().map_err(|_| invalid.to_owned())?;
+    let valid =
+        (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(invalid.into());
+    }
+    let digest = Sha256::digest(req.body().as_ref());
+    let fingerprint = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Some(Idempotency { key: key.to_owned(), fingerprint }))
+}
+
 /// Handles one request. Always answers: every refusal is a JSON error with its status.
 #[tracing::instrument(skip_all, fields(org = tracing::field::Empty, status = tracing::field::Empty))]
 pub async fn handle(req: Request, ports: Ports<'_>, settings: &RotateKeySettings) -> Response<Body> {
@@ -168,6 +195,10 @@ async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, 
         Ok(grace) => grace,
         Err((status, message)) => return error(status, &message, now),
     };
+    let idempotency = match idempotency(req) {
+        Ok(idempotency) => idempotency,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message, now),
+    };
     let request = RotationRequest {
         org: caller.org.clone(),
         now,
@@ -177,7 +208,7 @@ async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, 
         request_id: request_id(req),
         grace,
     };
-    match rotate(ports, &settings.rotation, &request).await {
+    match rotate_idempotent(ports, &settings.rotation, &request, idempotency.as_ref()).await {
         Ok(rotated) => {
             info!(
                 access_key_id = %rotated.access_key_id,
@@ -203,13 +234,19 @@ async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, 
     }
 }
 
+/// Seconds a caller is asked to wait while another rotation of its org runs.
+const IN_PROGRESS_RETRY_AFTER: u64 = 2;
+
 /// The one place where a rotation error becomes an HTTP status (and a Retry-After).
 fn status_of(e: &RotationError) -> (StatusCode, Option<u64>) {
     match e {
         RotationError::NotEnrolled(_) => (StatusCode::NOT_FOUND, None),
-        RotationError::NotEnabled { .. } | RotationError::InProgress { .. } | RotationError::Contended(_) => {
+        // A rotation takes about a second: worth asking again soon.
+        RotationError::InProgress { .. } => (StatusCode::CONFLICT, Some(IN_PROGRESS_RETRY_AFTER)),
+        RotationError::NotEnabled { .. } | RotationError::Contended(_) | RotationError::ReplayUnavailable { .. } => {
             (StatusCode::CONFLICT, None)
         }
+        RotationError::IdempotencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, None),
         RotationError::RateLimited { retry_after, .. } => (StatusCode::TOO_MANY_REQUESTS, Some(retry_after.as_secs())),
         RotationError::GraceTooLong { .. } => (StatusCode::BAD_REQUEST, None),
         RotationError::Aws(PortError::Throttled { .. }) => (StatusCode::SERVICE_UNAVAILABLE, Some(5)),

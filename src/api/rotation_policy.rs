@@ -19,8 +19,11 @@ use super::caller::CallerRules;
 use super::{json_response, request_id, request_time};
 use crate::core::domain::{OrgId, OrgRecord};
 use crate::core::duration::Duration;
-use crate::core::policy::{automatic_rotation, key_versions, update_policy, PolicyChange, PolicyError};
+use crate::core::policy::{
+    automatic_rotation, key_versions, next_automatic_rotation, update_policy, PolicyChange, PolicyError,
+};
 use crate::core::ports::{AuditLog, PortError, Registry};
+use crate::core::rotation::RotationSettings;
 
 /// What the handler needs besides the ports.
 #[derive(Debug, Clone)]
@@ -28,6 +31,9 @@ pub struct PolicySettings {
     pub caller: CallerRules,
     /// Shown by DescribeKey with the current key's expiry.
     pub max_key_age: Duration,
+    /// Automatic rotation happens at the latest this long before the maximum
+    /// age (DescribeKey's `NextRotationDate` shows that real date).
+    pub automatic_lead: Duration,
 }
 
 /// The services the policy API uses.
@@ -290,7 +296,7 @@ async fn respond(
         "DescribeKey" => {
             let record = load(ports.registry, &org).await?;
             let mut body = Map::new();
-            body.insert("KeyMetadata".into(), key_metadata(&record, settings.max_key_age));
+            body.insert("KeyMetadata".into(), key_metadata(&record, settings));
             body
         }
         _ => {
@@ -328,7 +334,10 @@ async fn load(registry: &dyn Registry, org: &OrgId) -> Result<OrgRecord, ApiErro
 }
 
 /// DescribeKey's `KeyMetadata`: the reference's fields and ours; never a secret.
-fn key_metadata(record: &OrgRecord, max_key_age: Duration) -> Value {
+fn key_metadata(record: &OrgRecord, settings: &PolicySettings) -> Value {
+    let max_key_age = settings.max_key_age;
+    let rotation =
+        RotationSettings { max_key_age, automatic_lead: settings.automatic_lead, ..RotationSettings::default() };
     let mut m = Map::new();
     let mut put = |name: &str, value: Value| {
         m.insert(name.to_owned(), value);
@@ -347,7 +356,7 @@ fn key_metadata(record: &OrgRecord, max_key_age: Duration) -> Value {
     if let Some(at) = record.policy.last_rotation_at {
         put("LastRotationDate", iso(at).into());
     }
-    if let Some(at) = record.policy.next_rotation_at.filter(|_| record.policy.automatic) {
+    if let Some(at) = next_automatic_rotation(record, &rotation) {
         put("NextRotationDate", iso(at).into());
     }
     put("MaxKeyAge", max_key_age.to_seconds_string().into());
@@ -449,6 +458,7 @@ mod tests {
                 settings: PolicySettings {
                     caller: CallerRules { org_claim: "org_id".into(), admin_scopes: vec!["admin".into()] },
                     max_key_age: Duration::from_days(90),
+                    automatic_lead: Duration::from_days(2),
                 },
             };
             let org = OrgId::parse("1234567").unwrap();

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::domain::{HistoryEntry, KeyState, OrgId, OrgRecord, Trigger};
 use super::duration::Duration;
+use super::policy::next_automatic_rotation;
 use super::ports::{AuditEntry, IamKey, Notification, PortError, Versioned};
 use super::rotation::{retire_previous, rotate, write_audit, Ports, RotationError, RotationRequest, RotationSettings};
 
@@ -111,7 +112,7 @@ pub fn plan(
         }
         return actions;
     }
-    let due = record.policy.automatic && record.policy.next_rotation_at.is_some_and(|at| at <= now);
+    let due = next_automatic_rotation(record, &settings.rotation).is_some_and(|at| at <= now);
     if record.state == KeyState::Enabled && due {
         actions.push(Action::Rotate);
         return actions;
@@ -120,7 +121,7 @@ pub fn plan(
         let id = previous.key.access_key_id.clone();
         match previous.deactivated_at {
             None if previous.retire_at <= now => actions.push(Action::DeactivatePrevious { access_key_id: id }),
-            Some(at) if at + settings.retention.to_chrono() <= now => {
+            Some(at) if !previous.deactivation_unconfirmed && at + settings.retention.to_chrono() <= now => {
                 actions.push(Action::DeletePrevious { access_key_id: id })
             }
             _ => {}
@@ -330,8 +331,8 @@ async fn evaluate(
     full_check: bool,
 ) -> OrgOutcome {
     let mut outcome = OrgOutcome::default();
-    let actions = match plan_org(ports, settings, org, req.now, full_check).await {
-        Ok(Some(actions)) => actions,
+    let (record, actions) = match plan_org(ports, settings, org, req.now, full_check).await {
+        Ok(Some(planned)) => planned,
         Ok(None) => return outcome, // deleted meanwhile
         Err(e) => {
             outcome.failure = Some(e.to_string());
@@ -342,8 +343,22 @@ async fn evaluate(
         outcome.planned = actions;
         return outcome;
     }
+    if let Err(e) = housekeep(ports, org, record).await {
+        warn!(error = %e, "could not finish what a rotation left for later");
+        outcome.failure = Some(format!("copy a rotation's audit entries and confirm its deactivation: {e}"));
+        return outcome;
+    }
     for action in actions {
-        if let Err(e) = execute(ports, settings, org, req.now, &action, &mut outcome).await {
+        let result = match execute(ports, settings, org, req.now, &action, &mut outcome).await {
+            // The sweep's own rotation is on nobody's path: finish it now.
+            Ok(()) if action == Action::Rotate => match ports.registry.load(org).await {
+                Ok(Some(fresh)) => housekeep(ports, org, fresh.value).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+            other => other,
+        };
+        if let Err(e) = result {
             warn!(error = %e, ?action, "failed");
             outcome.failure = Some(format!("{}: {e}", action_name(&action)));
             break;
@@ -352,13 +367,47 @@ async fn evaluate(
     outcome
 }
 
+/// Whether a rotation's commit left work for later (see [`housekeep`]).
+fn left_for_later(record: &OrgRecord) -> bool {
+    !record.audit_outbox.is_empty() || record.previous.as_ref().is_some_and(|p| p.deactivation_unconfirmed)
+}
+
+/// Finishes what a rotation's commit left for later, with one record write:
+/// copies its audit entries to the trail (appending an entry twice is one
+/// entry) and deactivates the previous key the commit retired (again: the
+/// rotation did it after its commit unless it crashed there), then says so.
+async fn housekeep(ports: Ports<'_>, org: &OrgId, record: OrgRecord) -> Result<(), ActionError> {
+    if !left_for_later(&record) {
+        return Ok(());
+    }
+    for entry in &record.audit_outbox {
+        ports.audit.append(entry).await?;
+    }
+    let unconfirmed =
+        record.previous.as_ref().filter(|p| p.deactivation_unconfirmed).map(|p| p.key.access_key_id.clone());
+    if let Some(id) = &unconfirmed {
+        ports.keys.set_active(&record.iam_user, id, false).await?;
+    }
+    let copied = record.audit_outbox;
+    modify(ports, org, |r| {
+        r.audit_outbox.retain(|e| !copied.contains(e));
+        if let Some(p) = r.previous.as_mut().filter(|p| Some(&p.key.access_key_id) == unconfirmed.as_ref()) {
+            p.deactivation_unconfirmed = false;
+        }
+        true
+    })
+    .await?;
+    Ok(())
+}
+
+/// The org's record and what is due for it (`None`: it was deleted meanwhile).
 async fn plan_org(
     ports: Ports<'_>,
     settings: &SweepSettings,
     org: &OrgId,
     now: DateTime<Utc>,
     full_check: bool,
-) -> Result<Option<Vec<Action>>, PortError> {
+) -> Result<Option<(OrgRecord, Vec<Action>)>, PortError> {
     let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else {
         return Ok(None);
     };
@@ -370,7 +419,7 @@ async fn plan_org(
             .collect();
         let vault = record.current.as_ref().and_then(|c| c.vault_version.as_deref());
         if plan(&record, Some(&as_recorded), vault, now, settings).is_empty() {
-            return Ok(Some(Vec::new()));
+            return Ok(Some((record, Vec::new())));
         }
     }
     let iam = match ports.keys.list_keys(&record.iam_user).await {
@@ -386,7 +435,7 @@ async fn plan_org(
     if iam.is_none() && record.state != KeyState::PendingDeletion {
         actions.insert(0, Action::ReportMissingUser { user: record.iam_user.clone() });
     }
-    Ok(Some(actions))
+    Ok(Some((record, actions)))
 }
 
 fn action_name(action: &Action) -> &'static str {
@@ -473,7 +522,7 @@ async fn execute(
         }
         Action::RepairVault { version } => {
             if let Some(vault) = ports.vault {
-                vault.promote(org, version).await?;
+                vault.promote(org, version, None).await?;
                 outcome.repaired += 1;
             }
         }
