@@ -501,4 +501,124 @@ mod tests {
         assert_eq!(status, 409, "{body}");
         assert!(body["error"].as_str().unwrap().contains("already in progress"));
     }
+
+    fn with_key(key: &str) -> impl FnOnce(&mut Value) + '_ {
+        move |e| e["headers"]["idempotency-key"] = key.into()
+    }
+
+    fn later(e: &mut Value, minutes: i64) {
+        let at = e["requestContext"]["timeEpoch"].as_i64().unwrap() + minutes * 60_000;
+        e["requestContext"]["timeEpoch"] = at.into();
+    }
+
+    #[tokio::test]
+    async fn a_repeated_idempotency_key_gets_the_same_answer_and_rotates_nothing() {
+        let f = Fixture::new().await;
+        // Given a rotation whose answer the client never saw,
+        let (status, first, _) = f.call(EVENT, with_key("retry-1")).await;
+        assert_eq!(status, 200, "{first}");
+        let after_first = f.record();
+        // when the client sends the same request again, an hour later,
+        let (status, again, headers) = f
+            .call(EVENT, |e| {
+                with_key("retry-1")(e);
+                later(e, 60);
+            })
+            .await;
+        // then it gets the same key and secret, and nothing rotated or counted.
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(headers["cache-control"], "no-store");
+        for field in ["accessKeyId", "secretAccessKey", "keyVersion", "currentKeyId", "oldKeyId", "keyCreationDate"] {
+            assert_eq!(again[field], first[field], "{field}");
+        }
+        assert_eq!(f.record(), after_first, "no new rotation, no rate-limit charge");
+        assert_eq!(f.keys.keys_of("org-1234567").len(), 1);
+        // A new key is a new request: it rotates.
+        let (status, next, _) = f
+            .call(EVENT, |e| {
+                with_key("retry-2")(e);
+                later(e, 61);
+            })
+            .await;
+        assert_eq!(status, 200, "{next}");
+        assert_eq!(next["keyVersion"], 2);
+        assert_eq!(next["oldKeyId"], first["accessKeyId"]);
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_is_remembered_for_a_day_and_per_org() {
+        let f = Fixture::new().await;
+        f.world.enroll(&OrgId::parse("7654321").unwrap(), Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()).await;
+        let (_, first, _) = f.call(EVENT, with_key("same")).await;
+        // The same key from another org is that org's own request.
+        let (status, other, _) = f
+            .call(EVENT, |e| {
+                with_key("same")(e);
+                claims(e)["org_id"] = "7654321".into();
+            })
+            .await;
+        assert_eq!(status, 200, "{other}");
+        assert_eq!(other["orgId"], "7654321");
+        assert_ne!(other["accessKeyId"], first["accessKeyId"]);
+        // After 24 hours the key is forgotten: the same request rotates again.
+        let (status, day_later, _) = f
+            .call(EVENT, |e| {
+                with_key("same")(e);
+                later(e, 24 * 60);
+            })
+            .await;
+        assert_eq!(status, 200, "{day_later}");
+        assert_eq!(day_later["keyVersion"], 2);
+    }
+
+    #[tokio::test]
+    async fn another_body_under_the_same_idempotency_key_is_unprocessable() {
+        let f = Fixture::new().await;
+        let (status, _, _) = f.call(EVENT, with_key("k1")).await;
+        assert_eq!(status, 200);
+        let before = f.record();
+        let (status, body, _) = f
+            .call(GRACE, |e| {
+                with_key("k1")(e);
+                later(e, 1);
+            })
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("Idempotency-Key 'k1' was used for a different request"));
+        assert_eq!(body["path"], "/iam/rotate-key");
+        assert_eq!(f.record(), before);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_idempotency_key_is_refused_with_the_header_named() {
+        let f = Fixture::new().await;
+        let long = "k".repeat(65);
+        for bad in ["", "has space", "ключ", "a/b", long.as_str()] {
+            let (status, body, _) = f.call(EVENT, with_key(bad)).await;
+            assert_eq!(status, 400, "{bad:?}: {body}");
+            assert!(body["error"].as_str().unwrap().contains("Idempotency-Key"), "{body}");
+        }
+        assert!(f.record().current.is_none(), "nothing rotated");
+        let (status, _, _) = f.call(EVENT, with_key(&"k".repeat(64))).await;
+        assert_eq!(status, 200, "64 characters are allowed");
+    }
+
+    #[tokio::test]
+    async fn a_repeat_while_the_first_request_runs_is_asked_to_retry_later() {
+        let f = Fixture::new().await;
+        // The first request with this key has claimed the org and not committed.
+        let mut record = f.record();
+        let now = Utc.timestamp_millis_opt(1795323071000).unwrap();
+        record.pending = Some(crate::core::domain::PendingRotation {
+            rotation_id: "first".into(),
+            trigger: Trigger::Api,
+            started_at: now,
+            lease_until: now + chrono::TimeDelta::minutes(5),
+            new_access_key_id: None,
+        });
+        f.registry.put(record);
+        let (status, body, headers) = f.call(EVENT, with_key("k1")).await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(headers["retry-after"], "2");
+    }
 }

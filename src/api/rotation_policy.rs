@@ -657,6 +657,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_interval_past_the_maximum_key_age_shows_the_real_next_rotation() {
+        // Given a key made on 1 November and a 90-day maximum age,
+        let f = Fixture::new();
+        // when automatic rotation is set to once a year (accepted, as by the reference),
+        let (status, body) = f.json(UPDATE, enable_every("365d")).await;
+        assert_eq!(status, 200, "{body}");
+        // then the next rotation is shown before the key expires, not a year later.
+        let (_, body) = f.json(DESCRIBE, |_| {}).await;
+        let m = &body["KeyMetadata"];
+        assert_eq!(m["RotationInterval"], "31536000s");
+        assert_eq!(m["KeyExpirationDate"], "2027-01-30T00:00:00Z");
+        assert_eq!(m["NextRotationDate"], "2027-01-28T00:00:00Z", "two days (the lead) before expiry");
+    }
+
+    #[tokio::test]
     async fn key_versions_are_listed_newest_first_and_paged() {
         let f = Fixture::new();
         let (status, body) = f.json(LIST, |_| {}).await;

@@ -37,7 +37,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::aws::{Adapters, Clients};
 use crate::config::Config;
 use crate::core::domain::{OrgId, OrgRecord};
-use crate::core::policy::automatic_rotation;
+use crate::core::policy::{automatic_rotation, next_automatic_rotation};
 
 /// Who the audit trail says made the CLI's changes.
 const ACTOR: &str = "operator";
@@ -157,13 +157,14 @@ fn not_found(org: &OrgId) -> String {
     format!("Not found IAM key info for orgId: {org}")
 }
 
-/// An org's rotation policy in one line: on and when next, or off.
-fn policy_line(record: &OrgRecord) -> String {
+/// An org's rotation policy in one line: on and when next (the real date:
+/// before the maximum key age, whatever the interval), or off.
+fn policy_line(record: &OrgRecord, config: &Config) -> String {
     match (&record.policy.interval, record.policy.automatic) {
         (Some(interval), true) => format!(
             "automatic rotation {} every {interval}, next {}",
             automatic_rotation(record),
-            record.policy.next_rotation_at.map_or("-".into(), at)
+            next_automatic_rotation(record, &config.rotation_settings()).map_or("-".into(), at)
         ),
         _ => "automatic rotation Disabled".into(),
     }

@@ -85,6 +85,6 @@ pub(super) async fn policy(ctx: &Context, Policy { org, enable, interval, .. }: 
         PolicyError::KeyNotFound => not_found(&org),
         e => e.to_string(),
     })?;
-    println!("org {org}: {}", policy_line(&record));
+    println!("org {org}: {}", policy_line(&record, &ctx.config));
     Ok(())
 }

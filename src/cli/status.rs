@@ -9,7 +9,7 @@ use super::{at, not_found, parse_org, policy_line, Context};
 use crate::aws::Adapters;
 use crate::config::Config;
 use crate::core::domain::{OrgId, OrgRecord};
-use crate::core::policy::automatic_rotation;
+use crate::core::policy::{automatic_rotation, next_automatic_rotation};
 use crate::core::ports::Registry;
 
 #[derive(Debug, Args)]
@@ -46,7 +46,14 @@ pub(super) async fn status(ctx: &Context, Status { org, json }: Status) -> Resul
 }
 
 pub(super) async fn audit(ctx: &Context, Audit { org, limit, json }: Audit) -> Result<(), String> {
-    let entries = ctx.adapters.audit.newest_first(&org, limit).await.map_err(|e| e.to_string())?;
+    let mut entries = ctx.adapters.audit.newest_first(&org, limit).await.map_err(|e| e.to_string())?;
+    // Entries a rotation committed with the record and the sweep has not yet
+    // copied to the trail belong in it already.
+    let record = Registry::load(&ctx.adapters.registry, &org).await.map_err(|e| e.to_string())?;
+    let queued = record.map(|v| v.value.audit_outbox).unwrap_or_default();
+    entries.extend(queued.into_iter().filter(|e| !entries.contains(e)).collect::<Vec<_>>());
+    entries.sort_by(|a, b| b.at.cmp(&a.at));
+    entries.truncate(limit);
     if entries.is_empty() {
         load(&ctx.adapters, &org).await?;
         println!("org {org}: no audit entries");
@@ -111,7 +118,7 @@ fn print_status(record: &OrgRecord, config: &Config, now: DateTime<Utc>) {
         };
         println!("previous v{} {} {status}", p.key.version, p.key.access_key_id);
     }
-    println!("policy   {}", policy_line(record));
+    println!("policy   {}", policy_line(record, config));
     if let Some(when) = record.deletion_at {
         println!("deletion after {}", at(when));
     }
@@ -156,7 +163,7 @@ async fn status_table(adapters: &Adapters, config: &Config, json: bool, now: Dat
             current.map_or("-", |c| c.access_key_id.as_str()),
             current.map_or("-".into(), |c| days_hours(now - c.created_at)),
             auto,
-            fmt(record.policy.next_rotation_at),
+            fmt(next_automatic_rotation(&record, &config.rotation_settings())),
             fmt(current.map(|c| c.created_at + config.max_key_age.to_chrono())),
         );
     }

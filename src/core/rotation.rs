@@ -899,6 +899,31 @@ mod tests {
         );
     }
 
+    /// The README's request table: what one rotation of an org with a current
+    /// and a previous key asks of the services, in order.
+    #[tokio::test]
+    async fn a_rotation_of_an_org_with_a_previous_key_makes_ten_requests() {
+        let w = World::enrolled().await;
+        w.rotate_at(w.start, "r1").await.unwrap();
+        w.rotate_at(w.start + minutes(1), "r2").await.unwrap();
+        let before = w.faults.call_count();
+        w.rotate_at(w.start + minutes(2), "r3").await.unwrap();
+        let calls = &w.faults.calls()[before..];
+        let expected = [
+            "registry.load",     // 1. read
+            "registry.update",   // 2. claim
+            "iam.delete_key",    // 3. make room: the previous key
+            "iam.create_key",    // 4. the new key ...
+            "vault.put_pending", //    ... recorded with its secret
+            "verify",            // 5. it reads the bucket
+            "registry.update",   // 6. commit, with its audit entries
+            "vault.promote",     // 7. the vault's current secret
+            "iam.set_active",    //    the old key deactivated
+            "events.publish",    //    Bucket Key Rotated
+        ];
+        assert_eq!(calls, expected);
+    }
+
     #[tokio::test]
     async fn a_grace_period_keeps_the_old_key_until_it_is_due() {
         let w = World::enrolled().await;

@@ -708,7 +708,7 @@ mod tests {
 
     use super::*;
     use crate::core::memory::{FaultMode, MemoryWorld};
-    use crate::core::policy::{apply_policy, PolicyChange};
+    use crate::core::policy::{apply_policy, next_automatic_rotation, PolicyChange};
     use crate::core::ports::AccessKeys;
 
     fn t0() -> DateTime<Utc> {
@@ -778,6 +778,46 @@ mod tests {
         fn kinds(&self) -> Vec<&'static str> {
             self.notifier.published().iter().map(|n| n.detail_type).collect()
         }
+    }
+
+    /// Simulated years of daily runs for an org that rotates automatically every
+    /// 365 days under a 90-day maximum key age, with runs missed now and then
+    /// (one day a week, and the day each rotation falls due).
+    #[tokio::test]
+    async fn automatic_rotation_with_an_interval_past_the_maximum_age_rotates_in_time() {
+        let w = World::new();
+        let org = w.org("3650001", Some(365)).await;
+        let max_age = TimeDelta::days(90);
+        let mut rotated_on = Vec::new();
+        let mut next_due = next_automatic_rotation(&w.record(&org), &w.settings.rotation).unwrap();
+        assert_eq!(next_due, t0() + max_age - TimeDelta::days(2), "the real date, not a year later");
+        for day in 1..=730 {
+            let at = t0() + TimeDelta::days(day) + TimeDelta::hours(6);
+            let missed = day % 7 == 3 || (at > next_due && at - next_due < TimeDelta::days(1));
+            if missed {
+                continue;
+            }
+            let summary = w.run(at).await;
+            assert!(summary.expired.is_empty() && summary.failed.is_empty(), "day {day}: {summary:?}");
+            if !summary.rotated.is_empty() {
+                rotated_on.push(day);
+            }
+            let record = w.record(&org);
+            assert_eq!(record.state, KeyState::Enabled, "day {day}");
+            let current = record.current.clone().unwrap();
+            assert!(at - current.created_at < max_age, "day {day}: the key is never older than the maximum");
+            assert!(w.works(&org, &current.access_key_id), "day {day}");
+            if let Some(previous) = &record.previous {
+                let retired_by = previous.key.created_at + max_age;
+                assert!(previous.retire_at <= retired_by, "day {day}: the old key retires before its maximum age");
+            }
+            next_due = next_automatic_rotation(&record, &w.settings.rotation).unwrap();
+            assert!(next_due < current.created_at + max_age, "day {day}");
+        }
+        assert!(w.kinds().iter().all(|k| *k != "Bucket Key Expired"));
+        // Every rotation came a day or two before the 90 days were up, never a year later.
+        let gaps: Vec<i64> = rotated_on.windows(2).map(|d| d[1] - d[0]).collect();
+        assert!(rotated_on.len() >= 8 && gaps.iter().all(|g| (87..=89).contains(g)), "{rotated_on:?}");
     }
 
     #[tokio::test]
