@@ -213,6 +213,11 @@ async fn claim(
         let Some(Versioned { value: mut record, etag }) = registry.load(&req.org).await? else {
             return Err(RotationError::NotEnrolled(req.org.clone()));
         };
+        if claimed_by(&record, &req.rotation_id) {
+            // Our claim was written and its answer lost (the SDK's retry then lost the race to it).
+            let took_over = false;
+            return Ok(Claim::Claimed { record: Versioned { value: record, etag }, took_over });
+        }
         let allowed = match record.state {
             KeyState::Enabled => true,
             KeyState::Expired => req.trigger != Trigger::Schedule,
@@ -392,7 +397,8 @@ impl Rotation<'_> {
                 remember(r, idem, version, now);
             }
         };
-        if let Err(e) = self.write_claimed_mut(record, etag, commit).await {
+        let committed = |r: &OrgRecord| r.current.as_ref().is_some_and(|c| c.access_key_id == new_id);
+        if let Err(e) = self.write_claimed_mut(record, etag, commit, committed).await {
             return Err((e, Some(new_id)));
         }
         let current = record.current.clone().expect("commit sets the current key");
@@ -522,14 +528,18 @@ impl Rotation<'_> {
         etag: &mut String,
         change: impl Fn(&mut OrgRecord),
     ) -> Result<(), RotationError> {
-        self.write_claimed_mut(record, etag, change).await
+        self.write_claimed_mut(record, etag, change, |_| false).await
     }
 
+    /// [`Self::write_claimed`] for a change that ends the claim (the commit):
+    /// `landed` tells from a re-read record that the change was written though
+    /// its answer was lost (the SDK's retry then lost the race to it).
     async fn write_claimed_mut(
         &self,
         record: &mut OrgRecord,
         etag: &mut String,
         mut change: impl FnMut(&mut OrgRecord),
+        landed: impl Fn(&OrgRecord) -> bool,
     ) -> Result<(), RotationError> {
         change(record);
         for _ in 0..self.settings.cas_attempts {
@@ -542,6 +552,11 @@ impl Rotation<'_> {
                     let Some(fresh) = self.ports.registry.load(&self.req.org).await? else {
                         return Err(RotationError::NotEnrolled(self.req.org.clone()));
                     };
+                    if landed(&fresh.value) {
+                        *record = fresh.value;
+                        *etag = fresh.etag;
+                        return Ok(());
+                    }
                     if !claimed_by(&fresh.value, &self.req.rotation_id) {
                         return Err(RotationError::Contended(self.req.org.clone()));
                     }
@@ -1120,6 +1135,66 @@ mod tests {
                 );
                 assert!(w.keys.max_keys_seen.load(Ordering::SeqCst) <= 2, "{context}");
             }
+        }
+    }
+
+    /// A registry whose `nth` update is written but answered as a conflict:
+    /// what the SDK reports when a write's answer is lost and its retry meets
+    /// the write itself (412).
+    struct LostAnswer<'a> {
+        inner: &'a crate::core::memory::MemoryRegistry,
+        countdown: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Registry for LostAnswer<'_> {
+        async fn load(&self, org: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError> {
+            self.inner.load(org).await
+        }
+        async fn create(&self, record: &OrgRecord) -> Result<String, PortError> {
+            self.inner.create(record).await
+        }
+        async fn update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
+            let written = self.inner.update(record, etag).await?;
+            match self.countdown.fetch_sub(1, Ordering::SeqCst) {
+                1 => Err(PortError::Conflict),
+                _ => Ok(written),
+            }
+        }
+        async fn delete(&self, org: &OrgId, etag: &str) -> Result<(), PortError> {
+            self.inner.delete(org, etag).await
+        }
+        async fn list_orgs(&self) -> Result<Vec<OrgId>, PortError> {
+            self.inner.list_orgs().await
+        }
+        async fn get_state(&self, name: &str) -> Result<Option<String>, PortError> {
+            self.inner.get_state(name).await
+        }
+        async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError> {
+            self.inner.put_state(name, value).await
+        }
+    }
+
+    /// The claim's or the commit's answer lost after the write: the rotation
+    /// recognises its own write, succeeds and hands out the key it committed
+    /// (before, the caller got 409 while the commit stood and the old key was
+    /// about to be retired: a lockout).
+    #[tokio::test]
+    async fn a_lost_answer_to_the_claim_or_the_commit_is_recognised() {
+        for (nth, which) in [(1, "claim"), (2, "commit")] {
+            let w = World::enrolled().await;
+            let first = w.rotate_at(w.start, "r1").await.unwrap();
+            let registry = LostAnswer { inner: &w.registry, countdown: nth.into() };
+            let ports = Ports { registry: &registry, ..w.ports() };
+            let rotated = rotate(ports, &w.settings, &w.request(w.start + minutes(1), "r2"))
+                .await
+                .unwrap_or_else(|e| panic!("lost answer to the {which}: {e}"));
+            let record = w.record();
+            assert_eq!(record.current.unwrap().access_key_id, rotated.access_key_id, "{which}");
+            assert!(record.pending.is_none(), "{which}");
+            assert!(w.keys.works(&w.user(), &rotated.access_key_id), "{which}");
+            assert!(!w.keys.works(&w.user(), &first.access_key_id), "{which}: the old key retired");
+            assert_eq!(w.vault.current_key(&w.org), Some(rotated.access_key_id.clone()), "{which}");
         }
     }
 
