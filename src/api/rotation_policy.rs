@@ -115,11 +115,12 @@ enum Format {
 /// The request's parameters by name.
 type Params = BTreeMap<String, String>;
 
+fn query_parameters(req: &Request) -> Params {
+    req.query_string_parameters().iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect()
+}
+
 fn parameters(req: &Request) -> Result<Params, ApiError> {
-    let mut params: Params = BTreeMap::new();
-    for (name, value) in req.query_string_parameters().iter() {
-        params.insert(name.to_owned(), value.to_owned());
-    }
+    let mut params = query_parameters(req);
     let body: &[u8] = req.body().as_ref();
     if !body.is_empty() {
         let content_type = media_type(req.headers());
@@ -219,7 +220,8 @@ pub async fn handle(req: Request, ports: PolicyPorts<'_>, settings: &PolicySetti
     let now = request_time(&req);
     let request_id = request_id(&req).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let params = parameters(&req);
-    let format = params.as_ref().ok().and_then(|p| format_of(p, req.headers()).ok()).unwrap_or(Format::Json);
+    // A body that cannot be read is refused in the format the query string or Accept asks for.
+    let format = format_of(params.as_ref().unwrap_or(&query_parameters(&req)), req.headers()).unwrap_or(Format::Json);
     let result = match params {
         Ok(params) => respond(&req, &params, ports, settings, now, &request_id).await,
         Err(e) => Err(e),

@@ -8,6 +8,17 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::Duration;
 
+/// 9000-01-01T00:00:00Z, in milliseconds since the epoch.
+const EVENT_TIME_END_MS: i64 = 221_845_392_000_000;
+
+/// Whether a time an event gives as "now" is one the functions work with: from
+/// 1970 until the year 9000. No AWS service sends another, and every date
+/// computed from it (a key's expiry, a retirement) keeps the four-digit year
+/// of the ISO 8601 dates the functions answer with.
+pub fn is_event_time(t: DateTime<Utc>) -> bool {
+    (0..EVENT_TIME_END_MS).contains(&t.timestamp_millis())
+}
+
 /// How many entries of history a record keeps (older ones stay in the audit trail).
 pub const HISTORY_LIMIT: usize = 20;
 
