@@ -141,8 +141,7 @@ fn rotate_key_settings() -> RotateKeySettings {
 }
 
 fn policy_settings() -> PolicySettings {
-    let config = config();
-    PolicySettings { caller: config.caller_rules(), max_key_age: config.max_key_age }
+    config().policy_settings()
 }
 
 fn sweep_settings() -> SweepSettings {
