@@ -309,16 +309,20 @@ def _claim_value(value):
 
 
 class Gateway:
-    """The HTTP side: `Gateway(deployment, environment, jwt_secret, log_dir)`, then `.url`."""
+    """The HTTP side: `Gateway(deployment, environment, jwt_secret, log_dir)`, then `.url`.
+    `clock` (default: the real time) gives the request time of each event."""
 
-    def __init__(self, deployment, environment, jwt_secret, log_dir, binary_dir=ROOT / "target" / "debug"):
+    def __init__(self, deployment, environment, jwt_secret, log_dir, binary_dir=ROOT / "target" / "debug",
+                 clock=None):
         self.deployment = deployment
         self.jwt_secret = jwt_secret
+        # The request time API Gateway stamps on each event (a test may move it).
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.log_dir = Path(log_dir)
         self.runtimes = {}
+        # A runtime per function (its process starts at its first event); the
+        # functions without routes (scheduled-rotation) are invoked directly.
         for name, function in deployment.functions.items():
-            if not function.routes:
-                continue
             env = dict(environment)
             env.update(function.environment)
             self.runtimes[name] = RuntimeApi(function, env, binary_dir, self.log_dir / f"{function.binary}.log")
@@ -365,7 +369,7 @@ class Gateway:
         query = {}
         for k, v in parse_qsl(url.query, keep_blank_values=True):
             query[k] = f"{query[k]},{v}" if k in query else v
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         text = None
         encoded = False
         if body:

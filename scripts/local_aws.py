@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +31,8 @@ class LocalAws:
         self.proc = proc
         self.port = port
         self.endpoint = f"http://127.0.0.1:{port}"
+        self._clients = {}
+        self._clients_lock = threading.Lock()  # boto3 builds clients one thread at a time
 
     @classmethod
     def start(cls):
@@ -52,11 +55,15 @@ class LocalAws:
                 self.proc.kill()
 
     def client(self, service, key=("test", "test")):
-        return boto3.client(
-            service, endpoint_url=self.endpoint, region_name=REGION,
-            aws_access_key_id=key[0], aws_secret_access_key=key[1],
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-        )
+        """A boto3 client signed with `key` (id, secret); one per service and key, reused."""
+        with self._clients_lock:
+            if (service, key) not in self._clients:
+                self._clients[(service, key)] = boto3.client(
+                    service, endpoint_url=self.endpoint, region_name=REGION,
+                    aws_access_key_id=key[0], aws_secret_access_key=key[1],
+                    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+                )
+            return self._clients[(service, key)]
 
     def provision(self, orgs):
         """Buckets, one log object per org and the functions' credentials; returns their environment."""

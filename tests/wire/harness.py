@@ -1,0 +1,228 @@
+"""The wire-fault harness: the real function binaries (target/debug, built by
+`cargo build --bins`) reach the local AWS endpoint through scripts/fault_proxy.py,
+while the checks of the tests go straight to the endpoint.
+
+- `Stack`: one local AWS endpoint (moto) with credential enforcement on, so a
+  check that a key "works" is a real signed GetObject of the org's log object.
+- `Worker`: a fault proxy, a registry bucket and the functions of template.yaml
+  behind an API Gateway stand-in of its own (scripts/gateway.py) whose clock the
+  worker moves: rotate-key through HTTP, scheduled-rotation through its Lambda
+  Runtime API. Workers run in parallel threads; each one's proxy sees only its
+  own functions' requests, so "the k-th request" is well defined per worker.
+- `Observer`: what AWS holds (registry record, IAM keys, key vault), read directly.
+
+The SDK timeouts are shortened for the test (SDK_ATTEMPT_TIMEOUT, SDK_OPERATION_TIMEOUT)
+and a stall lasts just longer than one attempt, so a stalled call costs seconds.
+"""
+import json
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import requests
+from botocore.exceptions import ClientError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from fault_proxy import FaultProxy  # noqa: E402
+from gateway import Deployment, FunctionError, Gateway, token  # noqa: E402
+from local_aws import LOG_KEY, MANAGED_BUCKET, ROOT, LocalAws, cli  # noqa: E402
+
+ISSUER = "https://auth.example.test/"
+AUDIENCE = "s3-key-rotation"
+JWT_SECRET = "local-test-signing-secret-of-the-identity-provider"
+ATTEMPT_TIMEOUT = 1  # seconds: SDK_ATTEMPT_TIMEOUT of the functions under test
+OPERATION_TIMEOUT = 3  # seconds: SDK_OPERATION_TIMEOUT
+STALL_SECONDS = ATTEMPT_TIMEOUT + 0.5
+KINDS = ("500", "503", "close", "lost", "stall")
+LEASE = timedelta(minutes=5)  # ROTATION_LEASE's default: a later call is past it
+VAULT_PREFIX = "s3-key-rotation/org-"
+SCHEDULED_EVENT = json.loads((ROOT / "events" / "scheduled-event.json").read_text())
+
+
+class Stack:
+    """The local AWS endpoint, provisioned, with credentials enforced."""
+
+    def __init__(self, log_dir):
+        self.aws = LocalAws.start()
+        self.log_dir = Path(log_dir)
+        try:
+            self.env = self.aws.provision([])
+            self.aws.enforce_credentials()
+        except Exception:
+            self.aws.stop()
+            raise
+        self.role = (self.env["AWS_ACCESS_KEY_ID"], self.env["AWS_SECRET_ACCESS_KEY"])
+        self.observer = Observer(self.aws, self.role)
+
+    def close(self):
+        self.aws.stop()
+
+
+class Observer:
+    """Reads AWS directly (not through any proxy), as the functions' role."""
+
+    def __init__(self, aws, role):
+        self.aws = aws
+        self.s3 = aws.client("s3", role)
+        self.iam = aws.client("iam", role)
+        self.secrets = aws.client("secretsmanager", role)
+
+    def record(self, bucket, org):
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=f"orgs/{org}.json")["Body"].read()
+        except ClientError as e:
+            if e.response["Error"]["Code"] == "NoSuchKey":
+                return None
+            raise
+        return json.loads(body)
+
+    def keys(self, org):
+        """{access key id: status} of the org's IAM user."""
+        listed = self.iam.list_access_keys(UserName=f"org-{org}")["AccessKeyMetadata"]
+        return {k["AccessKeyId"]: k["Status"] for k in listed}
+
+    def vault(self, org, stage="AWSCURRENT", version=None):
+        """The vault's (access key id, secret) at a stage or version, or None."""
+        args = {"VersionId": version} if version else {"VersionStage": stage}
+        try:
+            value = self.secrets.get_secret_value(SecretId=f"{VAULT_PREFIX}{org}", **args)
+        except ClientError as e:
+            if e.response["Error"]["Code"] in ("ResourceNotFoundException", "InvalidRequestException"):
+                return None
+            raise
+        secret = json.loads(value["SecretString"])
+        return secret["accessKeyId"], secret["secretAccessKey"]
+
+    def works(self, key, org):
+        return key is not None and self.aws.can_read(key, org)
+
+    def put_log(self, org):
+        self.s3.put_object(Bucket=MANAGED_BUCKET, Key=f"{org}/{LOG_KEY}", Body=f"log lines of org {org}\n".encode())
+
+
+def current_id(record):
+    return (record or {}).get("current", {}).get("accessKeyId")
+
+
+def known_ids(record):
+    ids = {current_id(record)}
+    if record and record.get("previous"):
+        ids.add(record["previous"]["accessKeyId"])
+    return ids - {None}
+
+
+class Worker:
+    """A fault proxy and the functions behind it, with a registry bucket of its own."""
+
+    def __init__(self, stack, name):
+        self.stack = stack
+        self.name = name
+        self.obs = stack.observer
+        self.proxy = FaultProxy(stack.aws.port, stall_seconds=STALL_SECONDS)
+        self.bucket = f"registry-{name}"
+        self.obs.s3.create_bucket(Bucket=self.bucket)
+        self.now = datetime.now(timezone.utc).replace(microsecond=0)
+        # Direct to the endpoint: the operator's CLI that enrolls the orgs.
+        self.cli_env = dict(stack.env, REGISTRY_BUCKET=self.bucket)
+        deployment = Deployment({
+            "RegistryBucket": self.bucket,
+            "ManagedBucketName": MANAGED_BUCKET,
+            "JwtIssuer": ISSUER,
+            "JwtAudience": AUDIENCE,
+            "SweepConcurrency": 1,  # one org at a time: the k-th request is the same request in every run
+        })
+        function_env = dict(stack.env, AWS_ENDPOINT_URL=self.proxy.endpoint,
+                            SDK_ATTEMPT_TIMEOUT=f"{ATTEMPT_TIMEOUT}s", SDK_OPERATION_TIMEOUT=f"{OPERATION_TIMEOUT}s")
+        log_dir = stack.log_dir / name
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.gateway = Gateway(deployment, function_env, JWT_SECRET, log_dir, clock=lambda: self.now)
+        self.session = requests.Session()
+        self.secrets = {}  # access key id -> secret, of every key handed out to a caller
+        self.orgs = 0
+
+    def close(self):
+        self.gateway.close()
+        self.proxy.close()
+
+    def new_org(self, tag):
+        self.orgs += 1
+        org = f"{self.name}-{tag}{self.orgs}"
+        self.obs.put_log(org)
+        cli(self.cli_env, "enroll", "--org", org, capture=True)
+        return org
+
+    def rotate(self, org, grace=None):
+        """rotate-key through HTTP at the worker's clock: (status, JSON body)."""
+        headers = {"Authorization": f"Bearer {token(JWT_SECRET, ISSUER, AUDIENCE, org=org)}"}
+        body = None
+        if grace:
+            headers["Content-Type"] = "application/json"
+            body = json.dumps({"previousKeyGracePeriod": grace})
+        response = self.session.post(f"{self.gateway.url}/iam/rotate-key", data=body, headers=headers, timeout=120)
+        answer = response.json()
+        if response.status_code == 200:
+            self.secrets[answer["accessKeyId"]] = answer["secretAccessKey"]
+        return response.status_code, answer
+
+    def sweep(self, at):
+        """One scheduled-rotation invocation at event time `at`: the summary, or the FunctionError."""
+        event = dict(SCHEDULED_EVENT, id=str(uuid.uuid4()), time=at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        try:
+            return self.gateway.runtimes["ScheduledRotationFunction"].invoke(event)
+        except FunctionError as e:
+            return e
+
+    def kill_scheduled(self):
+        self.gateway.runtimes["ScheduledRotationFunction"].process.kill()
+
+    def known_key(self, org, record):
+        """The current key of the record, with its secret if the org was handed it."""
+        key_id = current_id(record)
+        return (key_id, self.secrets[key_id]) if key_id in self.secrets else None
+
+
+def run_parallel(workers, scenarios, run):
+    """Runs `run(worker, scenario)` for every scenario, each worker taking the next
+    one as it is free (scenarios are given longest first); returns the results in order."""
+    results = [None] * len(scenarios)
+    lock = threading.Lock()
+    queue = list(enumerate(scenarios))
+    errors = []
+
+    def loop(worker):
+        while True:
+            with lock:
+                if not queue or errors:
+                    return
+                index, scenario = queue.pop(0)
+            try:
+                results[index] = run(worker, scenario)
+            except BaseException as e:  # reported once all threads stopped
+                with lock:
+                    errors.append((scenario, e))
+                return
+
+    threads = [threading.Thread(target=loop, args=(w,), daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        scenario, error = errors[0]
+        raise AssertionError(f"the harness failed at {scenario}: {error!r}") from error
+    return results
+
+
+def table(title, header, rows):
+    """A compact text table for the lead to quote."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def elapsed(started):
+    return f"{time.monotonic() - started:.0f} s"
