@@ -99,6 +99,20 @@ def error_answer(service, kind):
     return status, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)], body.encode()
 
 
+def unprovoked_retries(log):
+    """The entries of a log that retry an attempt the proxy did not fault: the client
+    gave up on an answer by itself (its attempt timeout, on a loaded machine)."""
+    last_fault = {}
+    unprovoked = []
+    for entry in log:
+        number = re.search(r"attempt=(\d+)", entry["attempt"] or "")
+        key = entry["invocation"]
+        if number and int(number.group(1)) > 1 and key and not last_fault.get(key):
+            unprovoked.append(entry)
+        last_fault[key] = entry["fault"]
+    return unprovoked
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -144,7 +158,8 @@ class FaultProxy:
             return self._count
 
     def log(self):
-        """One entry per request since the last arm()/reset(): n, kind, detail, attempt, fault (or None)."""
+        """One entry per request since the last arm()/reset(): n, kind, detail, attempt (the SDK's
+        `amz-sdk-request`), fault (or None), invocation (`amz-sdk-invocation-id`)."""
         with self.lock:
             return [dict(entry) for entry in self._log]
 
@@ -176,7 +191,8 @@ class FaultProxy:
                     self._invocation = (invocation or kind) if persist else None
                 elif self._invocation is not None and (invocation or kind) == self._invocation:
                     fault = fault_kind
-            self._log.append({"n": n, "kind": kind, "detail": detail, "attempt": attempt, "fault": fault})
+            self._log.append({"n": n, "kind": kind, "detail": detail, "attempt": attempt, "fault": fault,
+                              "invocation": invocation})
             return fault, hook
 
     def _control(self, handler, method, path, body):

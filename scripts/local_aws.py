@@ -54,16 +54,20 @@ class LocalAws:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def client(self, service, key=("test", "test")):
-        """A boto3 client signed with `key` (id, secret); one per service and key, reused."""
+    def client(self, service, key=("test", "test"), endpoint=None, attempts=2, timeout=60):
+        """A boto3 client signed with `key` (id, secret), of this endpoint (or another
+        one in front of it), making at most `attempts` attempts (standard retry mode)
+        that each wait `timeout` seconds for an answer; reused for the same arguments."""
+        args = (service, key, endpoint, attempts, timeout)
         with self._clients_lock:
-            if (service, key) not in self._clients:
-                self._clients[(service, key)] = boto3.client(
-                    service, endpoint_url=self.endpoint, region_name=REGION,
+            if args not in self._clients:
+                self._clients[args] = boto3.client(
+                    service, endpoint_url=endpoint or self.endpoint, region_name=REGION,
                     aws_access_key_id=key[0], aws_secret_access_key=key[1],
-                    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+                    config=Config(s3={"addressing_style": "path"}, read_timeout=timeout,
+                                  retries={"total_max_attempts": attempts, "mode": "standard"}),
                 )
-            return self._clients[(service, key)]
+            return self._clients[args]
 
     def provision(self, orgs):
         """Buckets, one log object per org and the functions' credentials; returns their environment."""

@@ -15,6 +15,7 @@ The SDK timeouts are shortened for the test (SDK_ATTEMPT_TIMEOUT, SDK_OPERATION_
 and a stall lasts just longer than one attempt, so a stalled call costs seconds.
 """
 import json
+import os
 import sys
 import threading
 import time
@@ -27,7 +28,8 @@ from botocore.exceptions import ClientError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from fault_proxy import FaultProxy  # noqa: E402
+from fault_proxy import KINDS as ALL_KINDS  # noqa: E402
+from fault_proxy import FaultProxy, unprovoked_retries  # noqa: E402
 from gateway import Deployment, FunctionError, Gateway, token  # noqa: E402
 from local_aws import LOG_KEY, MANAGED_BUCKET, ROOT, LocalAws, cli  # noqa: E402
 
@@ -35,9 +37,10 @@ ISSUER = "https://auth.example.test/"
 AUDIENCE = "s3-key-rotation"
 JWT_SECRET = "local-test-signing-secret-of-the-identity-provider"
 ATTEMPT_TIMEOUT = 1  # seconds: SDK_ATTEMPT_TIMEOUT of the functions under test
-OPERATION_TIMEOUT = 3  # seconds: SDK_OPERATION_TIMEOUT
+OPERATION_TIMEOUT = 2  # seconds: SDK_OPERATION_TIMEOUT
 STALL_SECONDS = ATTEMPT_TIMEOUT + 0.5
-KINDS = ("500", "503", "close", "lost", "stall")
+# WIRE_KINDS=stall,lost: only these fault kinds (a shorter run while working on one).
+KINDS = tuple(k for k in ALL_KINDS if k in os.environ.get("WIRE_KINDS", ",".join(ALL_KINDS)).split(","))
 LEASE = timedelta(minutes=5)  # ROTATION_LEASE's default: a later call is past it
 VAULT_PREFIX = "s3-key-rotation/org-"
 SCHEDULED_EVENT = json.loads((ROOT / "events" / "scheduled-event.json").read_text())
@@ -115,6 +118,19 @@ def known_ids(record):
     return ids - {None}
 
 
+def disagreements(keys, record):
+    """Where IAM's key states (`keys`: id -> status) and the record disagree."""
+    problems = []
+    current, previous = current_id(record), (record or {}).get("previous")
+    if keys.get(current) != "Active":
+        problems.append(f"the current key {current} is {keys.get(current, 'missing')} in IAM")
+    if previous and previous["accessKeyId"] in keys:
+        expected = "Inactive" if previous.get("deactivatedAt") else "Active"
+        if keys[previous["accessKeyId"]] != expected:
+            problems.append(f"the previous key is {keys[previous['accessKeyId']]} in IAM, the record says {expected}")
+    return problems
+
+
 class Worker:
     """A fault proxy and the functions behind it, with a registry bucket of its own."""
 
@@ -185,9 +201,16 @@ class Worker:
         return (key_id, self.secrets[key_id]) if key_id in self.secrets else None
 
 
+TRIES = 3  # runs of a scenario that the machine's load disturbed
+
+
 def run_parallel(workers, scenarios, run):
     """Runs `run(worker, scenario)` for every scenario, each worker taking the next
-    one as it is free (scenarios are given longest first); returns the results in order."""
+    one as it is free (scenarios are given longest first); returns the results in order.
+
+    A result whose runs saw a retry the proxy did not provoke (an SDK attempt timed
+    out on a loaded machine: a fault nobody injected) is `disturbed`: the scenario
+    runs again, up to TRIES times; `tries` says how often it ran."""
     results = [None] * len(scenarios)
     lock = threading.Lock()
     queue = list(enumerate(scenarios))
@@ -200,7 +223,15 @@ def run_parallel(workers, scenarios, run):
                     return
                 index, scenario = queue.pop(0)
             try:
-                results[index] = run(worker, scenario)
+                for tries in range(1, TRIES + 1):
+                    result = run(worker, scenario)
+                    result["tries"] = tries
+                    if not result["disturbed"]:
+                        break
+                else:
+                    result["problems"].append(f"disturbed by unprovoked SDK retries in {TRIES} tries: "
+                                              "the machine is too loaded for the test's SDK timeouts")
+                results[index] = result
             except BaseException as e:  # reported once all threads stopped
                 with lock:
                     errors.append((scenario, e))
@@ -217,6 +248,10 @@ def run_parallel(workers, scenarios, run):
     return results
 
 
+def disturbed(*logs):
+    return any(unprovoked_retries(log) for log in logs)
+
+
 def table(title, header, rows):
     """A compact text table for the lead to quote."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -226,3 +261,73 @@ def table(title, header, rows):
 
 def elapsed(started):
     return f"{time.monotonic() - started:.0f} s"
+
+
+def diverged(log, ops, k):
+    """A problem if the run's requests before the fault are not those of the clean run."""
+    before = [e["kind"] for e in log[:k - 1]]
+    if before != ops[:len(before)]:
+        return [f"the run's requests before k differ from the clean run's: {before} / {ops[:k - 1]}"]
+    return []
+
+
+# What this matrix found in code the suite does not own (src/core/rotation.rs): each
+# finding names the tests that show it, how to recognise its problems, and what is
+# observed. A problem matching one is reported, not failed; a finding no longer seen
+# fails its tests, so that its entry goes once it is fixed.
+KNOWN = {
+    "lost-claim": (
+        {"rotate-key"},
+        lambda r, p: r["kind"] == "lost" and p.endswith("the record changed: pending, recentRotations"),
+        "the answer to the claim (the first conditional PutObject of the record) is lost after S3 applied it: the "
+        "SDK's retry gets 412, claim() re-reads, finds its own claim and answers 409 'already in progress' (every "
+        "retry lost: 503 'nothing changed'); the claim stays and refuses every call for ROTATION_LEASE (5 min)",
+    ),
+    "lost-commit": (
+        {"rotate-key", "scheduled"},
+        lambda r, p: r["kind"] == "lost" and ("the record changed: current," in p or "never handed to the org" in p
+                                              or ("(automatic rotation:" in p and "key changed" in p)),
+        "the answer to the commit (the conditional PutObject that makes the new key current) is lost after S3 "
+        "applied it: the retry gets 412, write_claimed re-reads, the claim is gone, and rotate() fails with "
+        "Contended (API: 409 'kept changing'; every retry lost: Aws, 503 'nothing changed', although abort() saw "
+        "the commit). The rotation did commit: its secret is never handed out, the vault is not promoted, and the "
+        "old key, the caller's only one, is deactivated by the next sweep (retire_at = now)",
+    ),
+    "stale-previous": (
+        {"scheduled"},
+        lambda r, p: "which IAM does not have" in p and p.startswith("the next day's run reported"),
+        "a rotation that fails after making room (DeleteAccessKey of the previous key) leaves the record naming "
+        "the deleted previous key: the next full-check sweep reports the mismatch 'the record names <id>, which "
+        "IAM does not have' to the operators until a rotation commits",
+    ),
+    "lost-retire-write": (
+        {"scheduled"},
+        lambda r, p: r["kind"] == "lost" and "(deactivate the previous key:" in p and "previous key changed" in p,
+        "every answer to the record write of a retirement lost: the sweep reports the org failed with 'AWS failed "
+        "during the rotation; nothing changed', although the key was deactivated and the record says so (harmless)",
+    ),
+}
+
+
+def report(test, started, title, header, rows, results, notes, capsys):
+    """Prints the matrix and its outcomes; fails on a problem no known finding explains."""
+    unexpected, seen = [], {}
+    for r in results:
+        for p in r["problems"]:
+            name = next((n for n, (tests, matches, _) in KNOWN.items() if test in tests and matches(r, p)), None)
+            if name:
+                seen.setdefault(name, r["label"])
+            else:
+                unexpected.append(f"{r['label']}: {p}")
+    counts = {n: sum(1 for r in results if any(KNOWN[n][1](r, p) for p in r["problems"])) for n in seen}
+    rerun = sum(1 for r in results if r.get("tries", 1) > 1)
+    notes = [*notes, f"scenarios run again after an unprovoked SDK retry (machine load): {rerun}"]
+    lines = [table(f"{title}; {elapsed(started)}", header, rows), *notes]
+    lines += [f"known finding {n} ({counts[n]} runs, e.g. {seen[n]}): {KNOWN[n][2]}" for n in seen]
+    lines += [f"UNEXPECTED {u}" for u in unexpected]
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+    assert not unexpected, "\n".join(unexpected)
+    every_kind = set(KINDS) == set(ALL_KINDS)
+    gone = [n for n, (tests, _, _) in KNOWN.items() if test in tests and n not in seen and every_kind]
+    assert not gone, f"known findings no longer seen (remove them from harness.KNOWN): {gone}"
