@@ -39,8 +39,10 @@ import socket
 import sys
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
+
+from loopback_http import Handler as QuietHandler
+from loopback_http import Server
 
 KINDS = ("500", "503", "close", "lost", "stall")
 CONTROL = "/__fault_proxy__/"
@@ -113,14 +115,6 @@ def unprovoked_retries(log):
     return unprovoked
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionError, BrokenPipeError, socket.timeout)):
-            super().handle_error(request, client_address)
-
-
 class FaultProxy:
     """A reverse proxy on a free loopback port in front of `127.0.0.1:upstream_port`."""
 
@@ -130,7 +124,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.closing = threading.Event()
         self.reset()
-        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.server = Server(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.port = self.server.server_port
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -240,12 +234,7 @@ class FaultProxy:
     def _handler(self):
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def setup(self):
                 super().setup()
                 # An answer is written as headers, then body: without this, Nagle's
@@ -257,18 +246,6 @@ class FaultProxy:
                 super().finish()
                 if self.upstream[0] is not None:
                     self.upstream[0].close()
-
-            def _body(self):
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    data = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0], 16)
-                        chunk = self.rfile.read(size)
-                        self.rfile.readline()
-                        if size == 0:
-                            return data
-                        data += chunk
-                return self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
 
             def _hang_up(self):
                 """Closes the connection without a byte of answer."""
@@ -294,7 +271,7 @@ class FaultProxy:
                 self.wfile.write(body)
 
             def _serve(self):
-                body = self._body()
+                body = self.read_body()
                 if self.path.startswith(CONTROL):
                     status, answer = proxy._control(self, self.command, urlsplit(self.path).path, body)
                     return self._send(status, [("Content-Type", "application/json")], json.dumps(answer).encode())

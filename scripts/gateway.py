@@ -24,18 +24,19 @@ import json
 import queue
 import re
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import jwt
 import yaml
+
+from loopback_http import Handler as QuietHandler
+from loopback_http import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -145,17 +146,6 @@ class FunctionError(Exception):
     pass
 
 
-class _Server(ThreadingHTTPServer):
-    """A threaded HTTP server that does not print a trace for a peer that went away
-    (a function process stopped in the middle of its long poll)."""
-
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionError, BrokenPipeError)):
-            super().handle_error(request, client_address)
-
-
 class RuntimeApi:
     """A Lambda Runtime API for one function, and the function's process under it."""
 
@@ -171,30 +161,13 @@ class RuntimeApi:
         self.process = None
         self.polled = threading.Event()
         self.first_poll = None
-        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.server = Server(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def _handler(self):
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _body(self):
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    data = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0], 16)
-                        chunk = self.rfile.read(size)
-                        self.rfile.readline()
-                        if size == 0:
-                            return data
-                        data += chunk
-                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
-
+        class Handler(QuietHandler):
             def _reply(self, status, body=b"", headers=()):
                 self.send_response(status)
                 for k, v in headers:
@@ -220,7 +193,7 @@ class RuntimeApi:
                 ])
 
             def do_POST(self):
-                body = self._body()
+                body = self.read_body()
                 m = re.fullmatch(r"/2018-06-01/runtime/invocation/([^/]+)/(response|error)", self.path)
                 if m:
                     with api.lock:
@@ -326,7 +299,7 @@ class Gateway:
             env = dict(environment)
             env.update(function.environment)
             self.runtimes[name] = RuntimeApi(function, env, binary_dir, self.log_dir / f"{function.binary}.log")
-        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.server = Server(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
@@ -408,12 +381,7 @@ class Gateway:
     def _handler(self):
         gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def _reply(self, status, body, headers=(("Content-Type", "application/json"),)):
                 self.send_response(status)
                 for k, v in headers:
@@ -424,7 +392,7 @@ class Gateway:
                 self.wfile.write(body)
 
             def _serve(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                body = self.read_body()
                 headers = {}
                 for k, v in self.headers.items():
                     k = k.lower()

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -293,6 +294,14 @@ KNOWN = {
         "the commit). The rotation did commit: its secret is never handed out, the vault is not promoted, and the "
         "old key, the caller's only one, is deactivated by the next sweep (retire_at = now)",
     ),
+    "stale-vault": (
+        {"rotate-key"},
+        lambda r, p: r["op"].startswith("secretsmanager:") and "the vault's current key" in p,
+        "a 200 whose promotion in the vault failed (DescribeSecret / UpdateSecretVersionStage, every retry): "
+        "rotate() only logs it ('the next sweep does') and deactivates the old key at once, so the vault's "
+        "AWSCURRENT names a dead key; a sweep repairs the vault only in its daily full check or when the "
+        "record shows work, so the org's reader principal reads a dead key for up to a day",
+    ),
     "stale-previous": (
         {"scheduled"},
         lambda r, p: "which IAM does not have" in p and p.startswith("the next day's run reported"),
@@ -309,8 +318,19 @@ KNOWN = {
 }
 
 
-def report(test, started, title, header, rows, results, notes, capsys):
-    """Prints the matrix and its outcomes; fails on a problem no known finding explains."""
+def cell(result, short=str):
+    """A matrix cell: the outcome, '~' if the next call did not converge, '!' if an invariant broke."""
+    return f"{short(result['outcome'])}{'' if result['converged'] else '~'}{'!' if result['problems'] else ''}"
+
+
+def report(test, started, title, ops, columns, results, notes, capsys, short=str):
+    """Prints the matrix (a row per request k, a column per fault kind, '+': on every
+    retry) and its outcomes; fails on a problem no known finding explains."""
+    by_cell = {(r["k"], r["kind"], r["persist"]): r for r in results}
+    rows = [[k, op, *[cell(by_cell[(k, kind, persist)], short) for kind, persist in columns]]
+            for k, op in enumerate(ops, 1)]
+    header = ["k", "request", *[f"{kind}{'+' if persist else ''}" for kind, persist in columns]]
+    outcomes = Counter(short(r["outcome"]) for r in results)
     unexpected, seen = [], {}
     for r in results:
         for p in r["problems"]:
@@ -321,8 +341,12 @@ def report(test, started, title, header, rows, results, notes, capsys):
                 unexpected.append(f"{r['label']}: {p}")
     counts = {n: sum(1 for r in results if any(KNOWN[n][1](r, p) for p in r["problems"])) for n in seen}
     rerun = sum(1 for r in results if r.get("tries", 1) > 1)
-    notes = [*notes, f"scenarios run again after an unprovoked SDK retry (machine load): {rerun}"]
-    lines = [table(f"{title}; {elapsed(started)}", header, rows), *notes]
+    lines = [
+        table(f"{title}; {elapsed(started)}", header, rows), *notes,
+        "outcomes: " + ", ".join(f"{o}: {c}" for o, c in sorted(outcomes.items()))
+        + f"; converged: {sum(r['converged'] for r in results)}/{len(results)}; "
+        f"run again after an unprovoked SDK retry (machine load): {rerun}",
+    ]
     lines += [f"known finding {n} ({counts[n]} runs, e.g. {seen[n]}): {KNOWN[n][2]}" for n in seen]
     lines += [f"UNEXPECTED {u}" for u in unexpected]
     with capsys.disabled():

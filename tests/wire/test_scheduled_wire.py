@@ -18,12 +18,11 @@ WIRE_FULL=1 runs every kind as a single-attempt fault too.
 import os
 import random
 import time
-from collections import Counter
 from datetime import timedelta
 
 import pytest
-from harness import (KINDS, TRIES, FunctionError, Stack, Worker, cli, current_id, disagreements, disturbed, diverged,
-                     known_ids, report, run_parallel)
+from harness import (KINDS, TRIES, FunctionError, Stack, Worker, cell, cli, current_id, disagreements, disturbed,
+                     diverged, known_ids, report, run_parallel)
 
 WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))
 FULL = os.environ.get("WIRE_FULL") == "1"
@@ -213,22 +212,15 @@ def test_every_fault_at_every_request_of_a_scheduled_run_and_sigkill_at_random_p
         for w in workers:
             w.close()
 
-    faults = {(r["k"], r["kind"], r["persist"]): r for r in results if r["kind"] != "kill"}
-    short = {"ok": "ok", "failed": "fail", "nostart": "nost", "crash": "CRASH", "killed": "kill"}
-    mark = lambda r: f"{short[r['outcome']]}{'' if r['converged'] else '~'}{'!' if r['problems'] else ''}"  # noqa: E731
-    rows = [[k, ops[k - 1], *[mark(faults[(k, kind, persist)]) for kind, persist in columns]] for k in range(1, n + 1)]
+    short = {"ok": "ok", "failed": "fail", "nostart": "nost", "crash": "CRASH", "killed": "kill"}.get
     kills = [r for r in results if r["kind"] == "kill"]
-    outcomes = Counter(r["outcome"] for r in results)
-    report(
-        "scheduled", started,
-        f"scheduled-rotation under wire faults: {n} requests x {len(columns)} fault columns ('+' every retry) "
-        f"= {len(scenarios)} runs, and {KILL_POINTS} SIGKILLs (seed {SEED}), {WORKERS} workers",
-        ["k", "request", *[f"{kind}{'+' if persist else ''}" for kind, persist in columns]], rows, results,
-        ["cell: ok / fail (an org's evaluation failed, reported in the summary) / nost (the run could not start: "
-         "the invocation fails and Lambda retries it) / CRASH; '~' the next day's run did not converge; "
-         "'!' an invariant broke",
-         "SIGKILL (then Lambda's retry at the same time, then the next day's run): "
-         + ", ".join(f"k={r['k']} {r['op']} {r['when']}: {mark(r)}" for r in kills),
-         "outcomes: " + ", ".join(f"{o}: {c}" for o, c in sorted(outcomes.items()))
-         + f"; converged the next day: {sum(r['converged'] for r in results)}/{len(results)}"],
-        capsys)
+    report("scheduled", started,
+           f"scheduled-rotation under wire faults: {n} requests x {len(columns)} fault columns ('+' every retry) "
+           f"= {len(scenarios)} runs, and {KILL_POINTS} SIGKILLs (seed {SEED}), {WORKERS} workers",
+           ops, columns, results,
+           ["cell: ok / fail (an org's evaluation failed, reported in the summary) / nost (the run could not start: "
+            "the invocation fails and Lambda retries it) / CRASH; '~' the next day's run did not converge; "
+            "'!' an invariant broke",
+            "SIGKILL (then Lambda's retry at the same time, then the next day's run): "
+            + ", ".join(f"k={r['k']} {r['op']} {r['when']}: {cell(r, short)}" for r in kills)],
+           capsys, short)
