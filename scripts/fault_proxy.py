@@ -20,10 +20,10 @@ For one request of a run, the k-th counted since `arm()`, it injects a fault:
 | `stall`   | no answer for `stall_seconds` (not forwarded), then the connection closes      |
 
 With `persist=False` only that attempt fails (the SDK's retry then succeeds);
-with `persist=True` every retry of it fails too (same `amz-sdk-invocation-id`:
-an outage of that call, which reaches the error paths). A `hook` runs at the
-moment of the fault (after forwarding, for `lost`): a test uses it to kill the
-client process at that exact point.
+with `persist=True` every retry of it fails too (same `amz-sdk-invocation-id`;
+without one, every later request of the same kind): an outage of that call,
+which reaches the error paths. A `hook` runs at the moment of the fault (after
+forwarding, for `lost`): a test uses it to kill the client at that very point.
 
 In-process: `FaultProxy(upstream_port)`, `.endpoint`, `.arm(k, kind, persist)`,
 `.log()`, `.close()`. Standalone: `python scripts/fault_proxy.py --upstream PORT`
@@ -205,8 +205,9 @@ class FaultProxy:
         """Sends the request upstream on the client connection's own upstream
         connection (`upstream`: a one-element list, reconnected as needed);
         returns (status, reason, headers, body)."""
-        for attempt in (1, 2):
-            if upstream[0] is None:
+        for _ in (1, 2):
+            reused = upstream[0] is not None
+            if not reused:
                 upstream[0] = http.client.HTTPConnection(*self.upstream, timeout=60)
                 upstream[0].connect()
                 upstream[0].sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -223,9 +224,9 @@ class FaultProxy:
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 conn.close()
                 upstream[0] = None
-                if attempt == 2:
+                if not reused:
                     raise
-                continue  # the upstream closed an idle connection before reading the request
+                continue  # the upstream had closed the idle connection: once more on a new one
             if response.will_close:
                 conn.close()
                 upstream[0] = None

@@ -108,6 +108,33 @@ class Observer:
         self.s3.put_object(Bucket=MANAGED_BUCKET, Key=f"{org}/{LOG_KEY}", Body=f"log lines of org {org}\n".encode())
 
 
+class Snapshot:
+    """What AWS holds for one org, read once: its record, its IAM keys (id -> status),
+    the vault's current key; `works(key)` asks the bucket once per key."""
+
+    def __init__(self, worker, org):
+        self.obs, self.org = worker.obs, org
+        self.record = self.obs.record(worker.bucket, org)
+        self.keys = self.obs.keys(org)
+        self.vault = self.obs.vault(org)
+        self._works = {}
+
+    def works(self, key):
+        if key is None:
+            return False
+        if key not in self._works:
+            self._works[key] = self.obs.works(key, self.org)
+        return self._works[key]
+
+    def vault_of_current(self):
+        """The record's current key with its secret, from the vault version the record names."""
+        current = self.record.get("current") or {} if self.record else {}
+        if self.vault and self.vault[0] == current.get("accessKeyId"):
+            return self.vault
+        key = self.obs.vault(self.org, version=current["vaultVersion"]) if current.get("vaultVersion") else None
+        return key if key and key[0] == current.get("accessKeyId") else None
+
+
 def current_id(record):
     return (record or {}).get("current", {}).get("accessKeyId")
 
@@ -117,6 +144,20 @@ def known_ids(record):
     if record and record.get("previous"):
         ids.add(record["previous"]["accessKeyId"])
     return ids - {None}
+
+
+def converged(snap):
+    """Where an org's state is not the settled one: no claim, IAM holding exactly the
+    keys the record names in the states it says, the vault holding the current key."""
+    problems = []
+    if snap.record.get("pending"):
+        problems.append("a claim is left in the record")
+    if set(snap.keys) != known_ids(snap.record):
+        problems.append(f"IAM holds {sorted(snap.keys)}, the record names {sorted(known_ids(snap.record))}")
+    problems += disagreements(snap.keys, snap.record)
+    if (snap.vault or (None,))[0] != current_id(snap.record):
+        problems.append(f"the vault's current key is {(snap.vault or (None,))[0]}, not {current_id(snap.record)}")
+    return problems
 
 
 def disagreements(keys, record):
@@ -210,8 +251,9 @@ def run_parallel(workers, scenarios, run):
     one as it is free (scenarios are given longest first); returns the results in order.
 
     A result whose runs saw a retry the proxy did not provoke (an SDK attempt timed
-    out on a loaded machine: a fault nobody injected) is `disturbed`: the scenario
-    runs again, up to TRIES times; `tries` says how often it ran."""
+    out on a loaded machine: a fault nobody injected), or whose fault did not hit the
+    request it names, is `disturbed`: the scenario runs again, up to TRIES times;
+    `tries` says how often it ran."""
     results = [None] * len(scenarios)
     lock = threading.Lock()
     queue = list(enumerate(scenarios))
@@ -250,6 +292,7 @@ def run_parallel(workers, scenarios, run):
 
 
 def disturbed(*logs):
+    """Whether the logs show a retry the proxy did not provoke."""
     return any(unprovoked_retries(log) for log in logs)
 
 
@@ -265,11 +308,9 @@ def elapsed(started):
 
 
 def diverged(log, ops, k):
-    """A problem if the run's requests before the fault are not those of the clean run."""
-    before = [e["kind"] for e in log[:k - 1]]
-    if before != ops[:len(before)]:
-        return [f"the run's requests before k differ from the clean run's: {before} / {ops[:k - 1]}"]
-    return []
+    """Whether the run's requests up to the k-th are not the clean run's: the fault did
+    not hit the request it names (a retry the load caused shifted them)."""
+    return [e["kind"] for e in log[:k]] != ops[:min(k, len(log))]
 
 
 # What this matrix found in code the suite does not own (src/core/rotation.rs): each

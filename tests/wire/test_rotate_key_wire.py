@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from harness import (KINDS, TRIES, Stack, Worker, current_id, disagreements, disturbed, diverged, known_ids, report,
+from harness import (KINDS, TRIES, Snapshot, Stack, Worker, converged, current_id, disturbed, diverged, report,
                      run_parallel)
 
 STEP = timedelta(minutes=15)  # between calls: past the lease, within the hourly rate limit
@@ -46,69 +46,56 @@ def settle(worker):
 
 def rotate_with_fault(worker, spec):
     k, kind, persist = spec
-    obs, org = worker.obs, settle(worker)
-    before = obs.record(worker.bucket, org)
+    org = settle(worker)
+    before = worker.obs.record(worker.bucket, org)
     worker.now += STEP
     worker.proxy.arm(k, kind, persist)
     status, body = worker.rotate(org)
     log = worker.proxy.log()
     worker.proxy.reset()
-    after = obs.record(worker.bucket, org)
-    keys = obs.keys(org)
-    problems = diverged(log, worker.ops, k)
+    after = Snapshot(worker, org)
+    problems = []
     if status == 200:
-        if current_id(after) != body["accessKeyId"]:
-            problems.append(f"200 with key {body['accessKeyId']}, but the record's current key is {current_id(after)}")
-        if not obs.works((body["accessKeyId"], body["secretAccessKey"]), org):
+        if current_id(after.record) != body["accessKeyId"]:
+            problems.append(f"200 with key {body['accessKeyId']}, but the record's current key is "
+                            f"{current_id(after.record)}")
+        if not after.works((body["accessKeyId"], body["secretAccessKey"])):
             problems.append("200, but the key handed out does not work")
     elif status in (409, 503):
-        if after != before:
-            problems.append(f"{status}, but the record changed: {', '.join(changed_fields(before, after))}")
+        if after.record != before:
+            problems.append(f"{status}, but the record changed: {', '.join(changed_fields(before, after.record))}")
     else:
         problems.append(f"HTTP {status}: {body}")
-    if len(keys) > 2:
-        problems.append(f"IAM holds {len(keys)} keys")
-    known = worker.known_key(org, after)
+    if len(after.keys) > 2:
+        problems.append(f"IAM holds {len(after.keys)} keys")
+    known = worker.known_key(org, after.record)
     if known is None:
-        problems.append(f"the record's current key {current_id(after)} was never handed to the org")
-    elif not obs.works(known, org):
+        problems.append(f"the record's current key {current_id(after.record)} was never handed to the org")
+    elif not after.works(known):
         problems.append(f"the org's current key {known[0]} does not work")
-    vault = obs.vault(org)  # the org's reader principal takes its key from there
-    if not obs.works(vault, org):
-        problems.append(f"{status}, but the vault's current key {(vault or (None,))[0]} does not work")
+    if not after.works(after.vault):  # the org's reader principal takes its key from there
+        problems.append(f"{status}, but the vault's current key {(after.vault or (None,))[0]} does not work")
     # The next call, without faults, succeeds and converges.
     worker.now += STEP
     next_status, next_body = worker.rotate(org)
     next_log = worker.proxy.log()
     worker.proxy.reset()
-    final = obs.record(worker.bucket, org)
-    final_keys = obs.keys(org)
-    converged = next_status == 200
     if next_status != 200:
         problems.append(f"the next call got {next_status}: {next_body.get('error')}")
+        state = ["the next call failed"]
     else:
-        state = []
-        if final.get("pending"):
-            state.append("a claim is left in the record")
-        if not set(final_keys) <= known_ids(final):
-            state.append(f"IAM holds keys the record does not know: {sorted(set(final_keys) - known_ids(final))}")
-        if len(final_keys) > 2:
-            state.append(f"IAM holds {len(final_keys)} keys")
-        state += disagreements(final_keys, final)
-        if not obs.works((next_body["accessKeyId"], next_body["secretAccessKey"]), org):
+        final = Snapshot(worker, org)
+        state = converged(final)
+        if not final.works((next_body["accessKeyId"], next_body["secretAccessKey"])):
             state.append("the new key does not work")
-        vault = obs.vault(org)
-        if (vault or (None,))[0] != current_id(final):
-            state.append(f"the vault's current key is {(vault or (None,))[0]}, not {current_id(final)}")
-        converged = not state
         problems += [f"after the next call: {s}" for s in state]
-    load = disturbed(log, next_log)
+    load = disturbed(log, next_log) or diverged(log, worker.ops, k)
     if problems or load:
         worker.org = None  # the next scenario of this worker starts from a fresh org
     op = log[k - 1]["kind"] if len(log) >= k else "(not reached)"
     label = f"k={k} {op} {kind}{'+' if persist else ''}"
     return {"k": k, "kind": kind, "persist": persist, "op": op, "label": label,
-            "outcome": status, "converged": converged, "problems": problems, "disturbed": load}
+            "outcome": status, "converged": not state, "problems": problems, "disturbed": load}
 
 
 def test_every_fault_at_every_request_of_a_rotation(stack, capsys):

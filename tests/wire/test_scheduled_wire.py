@@ -21,8 +21,8 @@ import time
 from datetime import timedelta
 
 import pytest
-from harness import (KINDS, TRIES, FunctionError, Stack, Worker, cell, cli, current_id, disagreements, disturbed,
-                     diverged, known_ids, report, run_parallel)
+from harness import (KINDS, TRIES, FunctionError, Snapshot, Stack, Worker, cell, cli, converged, current_id, disturbed,
+                     diverged, report, run_parallel)
 
 WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))
 FULL = os.environ.get("WIRE_FULL") == "1"
@@ -71,43 +71,26 @@ def retire_world(worker):
     worker.world = None
 
 
-def holds(worker, org, record):
+def holds(snap):
     """What must hold for an org at any time: its problems."""
     problems = []
-    keys = worker.obs.keys(org)
-    if len(keys) > 2:
-        problems.append(f"IAM holds {len(keys)} keys")
-    vault = worker.obs.vault(org)
-    if not worker.obs.works(vault, org):
-        problems.append(f"the vault's current key {(vault or (None,))[0]} does not work")
-    version = ((record or {}).get("current") or {}).get("vaultVersion")
-    current = worker.obs.vault(org, version=version) if version else None
-    if current is None or current[0] != current_id(record):
-        problems.append(f"the record's current key {current_id(record)} has no secret in the vault")
-    elif not worker.obs.works(current, org):
+    if len(snap.keys) > 2:
+        problems.append(f"IAM holds {len(snap.keys)} keys")
+    if not snap.works(snap.vault):
+        problems.append(f"the vault's current key {(snap.vault or (None,))[0]} does not work")
+    current = snap.vault_of_current()
+    if current is None:
+        problems.append(f"the record's current key {current_id(snap.record)} has no secret in the vault")
+    elif not snap.works(current):
         problems.append(f"the record's current key {current[0]} does not work")
-    return problems
-
-
-def converged(worker, org, record):
-    problems = []
-    keys = worker.obs.keys(org)
-    if record.get("pending"):
-        problems.append("a claim is left in the record")
-    if set(keys) != known_ids(record):
-        problems.append(f"IAM holds {sorted(keys)}, the record names {sorted(known_ids(record))}")
-    problems += disagreements(keys, record)
-    vault = worker.obs.vault(org)
-    if (vault or (None,))[0] != current_id(record):
-        problems.append(f"the vault's current key is {(vault or (None,))[0]}, not {current_id(record)}")
     return problems
 
 
 def outcome_of(result, killed):
     if isinstance(result, FunctionError):
         text = str(result)
-        if "SweepFailed" in text:
-            return "nostart", []  # the run could not list the registry: the invocation fails, Lambda retries
+        if "SweepFailed" in text:  # the run could not list the registry: the invocation fails, Lambda retries
+            return "nostart", [] if killed or "ListObjectsV2" in text or "GetObject" in text else [text[:200]]
         return ("killed", []) if killed else ("crash", [f"the function failed: {text[:200]}"])
     return ("failed" if result["failed"] else "ok"), []
 
@@ -139,14 +122,13 @@ def cycle(worker, spec):
     log = worker.proxy.log()
     worker.proxy.reset()
     outcome, problems = outcome_of(result, killed)
-    problems += diverged(log, getattr(worker, "ops", []), k) if k else []
     failed = {f["orgId"]: f["reason"] for f in result["failed"]} if isinstance(result, dict) else {}
     for org in (a, b):
-        record = obs.record(worker.bucket, org)
-        problems += [f"{org} after the run: {p}" for p in holds(worker, org, record)]
+        snap = Snapshot(worker, org)
+        problems += [f"{org} after the run: {p}" for p in holds(snap)]
         if org in failed:
             for field in ("current", "previous"):
-                if (record or {}).get(field) != (before[org] or {}).get(field):
+                if (snap.record or {}).get(field) != (before[org] or {}).get(field):
                     problems.append(f"{org} failed ({failed[org]}), but its {field} key changed")
     if killed:
         # Lambda retries a failed asynchronous invocation with the same event: the same time.
@@ -154,7 +136,7 @@ def cycle(worker, spec):
         if not isinstance(retried, dict) or retried["failed"]:
             problems.append(f"the retry at the same time: {getattr(retried, 'get', lambda _: retried)('failed')}")
         for org in (a, b):
-            problems += [f"{org} after the retry: {p}" for p in holds(worker, org, obs.record(worker.bucket, org))]
+            problems += [f"{org} after the retry: {p}" for p in holds(Snapshot(worker, org))]
     # The next day's run, without faults, converges.
     rerun = worker.sweep(at + DAY)
     state = []
@@ -163,15 +145,16 @@ def cycle(worker, spec):
     elif rerun["mismatches"]:
         problems.append(f"the next day's run reported {[m['reason'] for m in rerun['mismatches']]}")
     for org in (a, b):
-        record = obs.record(worker.bucket, org)
-        state += [f"{org}: {p}" for p in converged(worker, org, record) + holds(worker, org, record)]
+        snap = Snapshot(worker, org)
+        record = snap.record
+        state += [f"{org}: {p}" for p in converged(snap) + holds(snap)]
         if org == a and record["policy"].get("lastRotationAt", "") < at.strftime("%Y-%m-%dT%H:%M:%S"):
             state.append(f"{org}: the due rotation did not happen")
         if org == b and not (record.get("previous") or {}).get("deactivatedAt"):
             state.append(f"{org}: the previous key was not retired")
     problems += [f"after the next day's run: {s}" for s in state]
     world["at"] = at + CYCLE
-    load = disturbed(setup_log, log, worker.proxy.log())
+    load = disturbed(setup_log, log, worker.proxy.log()) or (k > 0 and diverged(log, worker.ops, k))
     if problems or load:
         retire_world(worker)
     op = log[k - 1]["kind"] if 0 < k <= len(log) else "(not reached)"
