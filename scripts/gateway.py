@@ -25,18 +25,19 @@ import json
 import queue
 import re
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import jwt
 import yaml
+
+from loopback_http import Handler as QuietHandler
+from loopback_http import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -146,19 +147,6 @@ class FunctionError(Exception):
     pass
 
 
-class _Server(ThreadingHTTPServer):
-    """A threaded HTTP server that does not print a trace for a peer that went away
-    (a function process stopped in the middle of its long poll)."""
-
-    daemon_threads = True
-    # Many callers at once (a load test releases them together): room for them to queue.
-    request_queue_size = 256
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionError, BrokenPipeError)):
-            super().handle_error(request, client_address)
-
-
 class RuntimeApi:
     """A Lambda Runtime API for one function, and the function's processes under it.
 
@@ -187,6 +175,11 @@ class RuntimeApi:
         self.polled = threading.Event()
         self.first_poll = None
         self.sandboxes = [_Sandbox(self, i) for i in range(concurrency)]
+
+    @property
+    def process(self):
+        """The process of the first sandbox (the only one, by default)."""
+        return self.sandboxes[0].process
 
     def _take(self, sandbox):
         """The next invocation, for `sandbox` (blocks until there is one)."""
@@ -287,30 +280,14 @@ class _Sandbox:
         self.index = index
         self.process = None
         self.polled = threading.Event()
-        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.server = Server(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def _handler(self):
         sandbox = self
         api = self.api
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _body(self):
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    data = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0], 16)
-                        chunk = self.rfile.read(size)
-                        self.rfile.readline()
-                        if size == 0:
-                            return data
-                        data += chunk
-                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        class Handler(QuietHandler):
 
             def _reply(self, status, body=b"", headers=()):
                 self.send_response(status)
@@ -334,7 +311,7 @@ class _Sandbox:
                 ])
 
             def do_POST(self):
-                body = self._body()
+                body = self.read_body()
                 m = re.fullmatch(r"/2018-06-01/runtime/invocation/([^/]+)/(response|error)", self.path)
                 if m:
                     api._answer(m.group(1), m.group(2), body)
@@ -389,23 +366,26 @@ def _claim_value(value):
 
 
 class Gateway:
-    """The HTTP side: `Gateway(deployment, environment, jwt_secret, log_dir)`, then `.url`."""
+    """The HTTP side: `Gateway(deployment, environment, jwt_secret, log_dir)`, then `.url`.
+    `clock` (default: the real time) gives the request time of each event."""
 
     def __init__(self, deployment, environment, jwt_secret, log_dir, binary_dir=ROOT / "target" / "debug",
-                 concurrency=1):
+                 concurrency=1, clock=None):
         """`concurrency`: sandboxes per function (see RuntimeApi); 1 runs one invocation at a time."""
         self.deployment = deployment
         self.jwt_secret = jwt_secret
+        # The request time API Gateway stamps on each event (a test may move it).
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.log_dir = Path(log_dir)
         self.runtimes = {}
+        # A runtime per function (its processes start at its first event); the
+        # functions without routes (scheduled-rotation) are invoked directly.
         for name, function in deployment.functions.items():
-            if not function.routes:
-                continue
             env = dict(environment)
             env.update(function.environment)
             self.runtimes[name] = RuntimeApi(function, env, binary_dir, self.log_dir / f"{function.binary}.log",
                                              concurrency=concurrency)
-        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.server = Server(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
@@ -448,7 +428,7 @@ class Gateway:
         query = {}
         for k, v in parse_qsl(url.query, keep_blank_values=True):
             query[k] = f"{query[k]},{v}" if k in query else v
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         text = None
         encoded = False
         if body:
@@ -487,12 +467,7 @@ class Gateway:
     def _handler(self):
         gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def _reply(self, status, body, headers=(("Content-Type", "application/json"),)):
                 self.send_response(status)
                 for k, v in headers:
@@ -503,7 +478,7 @@ class Gateway:
                 self.wfile.write(body)
 
             def _serve(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                body = self.read_body()
                 headers = {}
                 for k, v in self.headers.items():
                     k = k.lower()
