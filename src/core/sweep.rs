@@ -374,8 +374,9 @@ fn left_for_later(record: &OrgRecord) -> bool {
 
 /// Finishes what a rotation's commit left for later, with one record write:
 /// copies its audit entries to the trail (appending an entry twice is one
-/// entry) and deactivates the previous key the commit retired (again: the
-/// rotation did it after its commit unless it crashed there), then says so.
+/// entry), deactivates the previous key the commit retired and makes the new
+/// secret current in the vault (again: the rotation did both after its commit
+/// unless it failed or crashed there), then says so.
 async fn housekeep(ports: Ports<'_>, org: &OrgId, record: OrgRecord) -> Result<(), ActionError> {
     if !left_for_later(&record) {
         return Ok(());
@@ -387,6 +388,12 @@ async fn housekeep(ports: Ports<'_>, org: &OrgId, record: OrgRecord) -> Result<(
         record.previous.as_ref().filter(|p| p.deactivation_unconfirmed).map(|p| p.key.access_key_id.clone());
     if let Some(id) = &unconfirmed {
         ports.keys.set_active(&record.iam_user, id, false).await?;
+    }
+    // The vault's current secret, in case the rotation could not move it
+    // (one request when it is right).
+    if let (Some(vault), Some(version)) = (ports.vault, record.current.as_ref().and_then(|c| c.vault_version.as_deref()))
+    {
+        vault.promote(org, version, None).await?;
     }
     let copied = record.audit_outbox;
     modify(ports, org, |r| {
