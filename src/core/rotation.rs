@@ -180,12 +180,20 @@ pub async fn rotate_idempotent(
         return Err(RotationError::GraceTooLong { requested: grace, max: settings.max_grace });
     }
     // 1-2. Read, decide, claim.
-    let (Versioned { value: mut record, mut etag }, took_over) =
-        match claim(ports.registry, settings, req, idempotency).await? {
-            Claim::Claimed { record, took_over } => (record, took_over),
-            Claim::Done { record, done } => return replay(ports, settings, &record, &done).await,
-        };
     let rotation = Rotation { ports, settings, req, idempotency };
+    let claimed = match claim(ports.registry, settings, req, idempotency).await {
+        Ok(claimed) => claimed,
+        Err(e @ RotationError::Aws(_)) => {
+            // The claim may have been written though no answer came: release it.
+            rotation.abort(None).await;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let (Versioned { value: mut record, mut etag }, took_over) = match claimed {
+        Claim::Claimed { record, took_over } => (record, took_over),
+        Claim::Done { record, done } => return replay(ports, settings, &record, &done).await,
+    };
     match rotation.run(&mut record, &mut etag, grace, took_over).await {
         Ok(done) => Ok(done),
         Err((err, new_key)) => {
@@ -399,7 +407,15 @@ impl Rotation<'_> {
         };
         let committed = |r: &OrgRecord| r.current.as_ref().is_some_and(|c| c.access_key_id == new_id);
         if let Err(e) = self.write_claimed_mut(record, etag, commit, committed).await {
-            return Err((e, Some(new_id)));
+            // The commit may have been written though no answer came (every retry lost): look.
+            match self.ports.registry.load(&self.req.org).await {
+                Ok(Some(fresh)) if committed(&fresh.value) => {
+                    warn!(error = %e, "the commit's answer was lost; it was written");
+                    *record = fresh.value;
+                    *etag = fresh.etag;
+                }
+                _ => return Err((e, Some(new_id))),
+            }
         }
         let current = record.current.clone().expect("commit sets the current key");
         info!(access_key_id = %new_id, version = current.version, "committed the rotation");

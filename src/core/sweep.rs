@@ -349,15 +349,18 @@ async fn evaluate(
         return outcome;
     }
     for action in actions {
-        let result = match execute(ports, settings, org, req.now, &action, &mut outcome).await {
-            // The sweep's own rotation is on nobody's path: finish it now.
-            Ok(()) if action == Action::Rotate => match ports.registry.load(org).await {
+        let result = execute(ports, settings, org, req.now, &action, &mut outcome).await;
+        if result.is_ok() && action == Action::Rotate {
+            // The sweep's own rotation is on nobody's path: finish it now, or in the next run.
+            let finished = match ports.registry.load(org).await {
                 Ok(Some(fresh)) => housekeep(ports, org, fresh.value).await,
                 Ok(None) => Ok(()),
                 Err(e) => Err(e.into()),
-            },
-            other => other,
-        };
+            };
+            if let Err(e) = finished {
+                warn!(error = %e, "rotated; what the rotation left for later waits for the next run");
+            }
+        }
         if let Err(e) = result {
             warn!(error = %e, ?action, "failed");
             outcome.failure = Some(format!("{}: {e}", action_name(&action)));
@@ -391,7 +394,8 @@ async fn housekeep(ports: Ports<'_>, org: &OrgId, record: OrgRecord) -> Result<(
     }
     // The vault's current secret, in case the rotation could not move it
     // (one request when it is right).
-    if let (Some(vault), Some(version)) = (ports.vault, record.current.as_ref().and_then(|c| c.vault_version.as_deref()))
+    if let (Some(vault), Some(version)) =
+        (ports.vault, record.current.as_ref().and_then(|c| c.vault_version.as_deref()))
     {
         vault.promote(org, version, None).await?;
     }
