@@ -1514,3 +1514,24 @@ fn regression_a_body_that_cannot_be_read_is_refused_in_the_xml_asked_for() {
         }
     });
 }
+
+/// Found by the long run of `rotate_key_answers_every_request_with_a_success_or_its_own_4xx`:
+/// a request whose time is before the org's recorded rotations (an event
+/// replayed, or API Gateway's times of concurrent calls out of order) found
+/// them all "in the last hour" and was told to retry after the time between
+/// them plus an hour: here 30 years. The limit's window is an hour, and so is
+/// the longest wait.
+#[test]
+fn regression_retry_after_is_at_most_the_rate_limits_hour() {
+    runtime().block_on(async {
+        let setup = OrgSetup { rotations: vec![50, 40, 30, 20, 10], ..org_setup_none() };
+        let world = World::new(&setup, &org_setup_none()).await;
+        for epoch in [T, T - 30 * 365 * DAY, T - 20 * MINUTE] {
+            let response = world.rotate_key(rotate_key_request(ORG_A, epoch)).await;
+            let (status, headers, text) = answer(&response).unwrap();
+            assert_eq!(status, 429, "{text}");
+            let seconds: u64 = header_str(&headers, "retry-after").parse().unwrap();
+            assert!((1..=3600).contains(&seconds), "Retry-After {seconds} at {epoch}");
+        }
+    });
+}

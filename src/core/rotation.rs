@@ -260,7 +260,9 @@ async fn claim(
                 record.recent_rotations.iter().copied().filter(|t| *t + hour > req.now).collect();
             if recent.len() >= settings.rotations_per_hour as usize {
                 let oldest = recent.iter().min().copied().unwrap_or(req.now);
-                let wait = (oldest + hour - req.now).num_seconds().max(1) as u64;
+                // At most the hour: a request timed before the rotations it counts
+                // (an event replayed, calls' times out of order) waits no longer.
+                let wait = (oldest + hour - req.now).num_seconds().clamp(1, hour.num_seconds()) as u64;
                 return Err(RotationError::RateLimited {
                     org: req.org.clone(),
                     limit: settings.rotations_per_hour,
