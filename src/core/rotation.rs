@@ -31,7 +31,8 @@ use super::domain::{
 };
 use super::duration::Duration;
 use super::ports::{
-    AccessKeys, AuditEntry, AuditLog, KeyVault, KeyVerifier, Notification, Notifier, PortError, Registry, Versioned,
+    AccessKeys, AuditEntry, AuditLog, KeyVault, KeyVerifier, NewKey, Notification, Notifier, PortError, Registry,
+    Versioned,
 };
 
 /// The services a rotation uses.
@@ -194,13 +195,28 @@ pub async fn rotate_idempotent(
         Claim::Claimed { record, took_over } => (record, took_over),
         Claim::Done { record, done } => return replay(ports, settings, &record, &done).await,
     };
-    match rotation.run(&mut record, &mut etag, grace, took_over).await {
-        Ok(done) => Ok(done),
-        Err((err, new_key)) => {
-            rotation.abort(new_key.as_deref()).await;
-            Err(err)
-        }
+    match rotation.commit(&mut record, &mut etag, grace, took_over).await {
+        Ok(committed) => Ok(rotation.finish(&mut record, committed).await),
+        Err((err, new_key)) => match rotation.abort(new_key.as_ref().map(|k| k.access_key_id.as_str())).await {
+            // The commit landed after all (its answer lost, or late): finish it and hand the key out.
+            Some(mut record) => {
+                let new_key = new_key.expect("only a new key can have been committed");
+                let replaced_vault_version = record.previous.as_ref().and_then(|p| p.key.vault_version.clone());
+                let committed = Committed { new_key, unqueued: Vec::new(), replaced_vault_version };
+                Ok(rotation.finish(&mut record, committed).await)
+            }
+            None => Err(err),
+        },
     }
+}
+
+/// A rotation's commit, and what the steps after it need.
+struct Committed {
+    new_key: NewKey,
+    /// Audit entries the record had no room for.
+    unqueued: Vec<AuditEntry>,
+    /// The vault version the new one replaces as current.
+    replaced_vault_version: Option<String>,
 }
 
 enum Claim {
@@ -329,18 +345,19 @@ struct Rotation<'a> {
     idempotency: Option<&'a Idempotency>,
 }
 
-type StepError = (RotationError, Option<String>);
+/// A failed step, with the new key if IAM made one that was not (known to be) committed.
+type StepError = (RotationError, Option<NewKey>);
 
 impl Rotation<'_> {
-    /// Steps 3 to 7 on a claimed record. On error, also returns the id of a new
-    /// key that exists in IAM and was not committed.
-    async fn run(
+    /// Steps 3 to 6 on a claimed record. On error, also returns the new key if
+    /// IAM made one and it was not (known to be) committed.
+    async fn commit(
         &self,
         record: &mut OrgRecord,
         etag: &mut String,
         grace: Duration,
         took_over: bool,
-    ) -> Result<Rotated, StepError> {
+    ) -> Result<Committed, StepError> {
         let user = record.iam_user.clone();
         // 3. Make room; a crashed rotation may have left a key behind.
         if took_over {
@@ -367,7 +384,7 @@ impl Rotation<'_> {
         let vault_version = match self.ports.vault {
             Some(vault) => match vault.put_pending(&self.req.org, &self.req.rotation_id, &new_key).await {
                 Ok(()) => Some(self.req.rotation_id.as_str()),
-                Err(e) => return Err((e.into(), Some(new_id))),
+                Err(e) => return Err((e.into(), Some(new_key.clone()))),
             },
             None => {
                 let with_id = |r: &mut OrgRecord| {
@@ -375,7 +392,7 @@ impl Rotation<'_> {
                         p.new_access_key_id = Some(new_id.clone());
                     }
                 };
-                self.write_claimed(record, etag, with_id).await.map_err(|e| (e, Some(new_id.clone())))?;
+                self.write_claimed(record, etag, with_id).await.map_err(|e| (e, Some(new_key.clone())))?;
                 None
             }
         };
@@ -384,7 +401,7 @@ impl Rotation<'_> {
         if let Some(verifier) = self.ports.verifier {
             if let Err(e) = verifier.verify(&new_key, &record.bucket, &record.prefix).await {
                 warn!(access_key_id = %new_id, error = %e, "the new key failed verification");
-                return Err((RotationError::VerificationFailed(self.req.org.clone()), Some(new_id)));
+                return Err((RotationError::VerificationFailed(self.req.org.clone()), Some(new_key.clone())));
             }
         }
 
@@ -416,14 +433,20 @@ impl Rotation<'_> {
                     *record = fresh.value;
                     *etag = fresh.etag;
                 }
-                _ => return Err((e, Some(new_id))),
+                _ => return Err((e, Some(new_key.clone()))),
             }
         }
-        let current = record.current.clone().expect("commit sets the current key");
-        info!(access_key_id = %new_id, version = current.version, "committed the rotation");
+        info!(access_key_id = %new_id, "committed the rotation");
+        Ok(Committed { new_key, unqueued, replaced_vault_version })
+    }
 
-        // 7. After the commit: the vault, the old key, the event (and the
-        // audit entries the record had no room for).
+    /// Step 7, after the commit: the vault, the old key, the event (and the
+    /// audit entries the record had no room for). Failures are left to the next sweep.
+    async fn finish(&self, record: &mut OrgRecord, committed: Committed) -> Rotated {
+        let Committed { new_key, unqueued, replaced_vault_version } = committed;
+        let (user, new_id, now) = (record.iam_user.clone(), new_key.access_key_id.clone(), self.req.now);
+        let current = record.current.clone().expect("commit sets the current key");
+
         if let Some(vault) = self.ports.vault {
             let replacing = replaced_vault_version.as_deref();
             if let Err(e) = vault.promote(&self.req.org, &self.req.rotation_id, replacing).await {
@@ -471,7 +494,7 @@ impl Rotation<'_> {
                 warn!(error = %e, "could not publish the rotation event");
             }
         }
-        Ok(Rotated {
+        Rotated {
             org: self.req.org.clone(),
             key_id: record.key_id.clone(),
             version: current.version,
@@ -480,7 +503,7 @@ impl Rotation<'_> {
             created_at: current.created_at,
             expires_at,
             previous,
-        })
+        }
     }
 
     /// The audit entries of a commit, queued in the record's outbox (the
@@ -588,48 +611,50 @@ impl Rotation<'_> {
         Err(RotationError::Contended(self.req.org.clone()))
     }
 
-    /// Undoes a failed rotation as far as it safely can: deletes the new key
-    /// unless the record shows it committed, and releases the claim. What it
-    /// cannot do now, the next attempt or sweep does: a new key it could not
-    /// delete stays named in an expired claim, which either repairs at once.
-    async fn abort(&self, new_key: Option<&str>) {
-        let loaded = match self.ports.registry.load(&self.req.org).await {
-            Ok(Some(v)) => v,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(error = %e, "could not re-read the record after a failed rotation; the next attempt repairs it");
-                return;
-            }
-        };
-        let Versioned { value: mut record, etag } = loaded;
-        let mut left_behind = None;
-        if let Some(id) = new_key {
-            if record.current.as_ref().is_some_and(|c| c.access_key_id == id) {
-                return; // committed after all: nothing to undo
-            }
-            if let Err(e) = self.ports.keys.delete_key(&record.iam_user, id).await {
-                warn!(access_key_id = %id, error = %e, "could not delete the uncommitted key; the next attempt does");
-                left_behind = Some(id.to_owned());
-            }
-        }
-        if claimed_by(&record, &self.req.rotation_id) {
-            record.pending = match left_behind {
-                // Expired at once: the next attempt or sweep takes it over and deletes the key.
-                Some(id) => record.pending.take().map(|p| PendingRotation {
-                    lease_until: self.req.now,
-                    new_access_key_id: Some(id),
-                    ..p
-                }),
-                None => None,
+    /// Undoes a failed rotation as far as it safely can, or finds that its
+    /// commit landed after all (returned: the record as committed). The claim is
+    /// released first, by a conditional write, so that a commit still in flight
+    /// can no longer land; only then is the new key deleted. What it cannot do
+    /// now, the next attempt or sweep does (a key the record does not know is
+    /// deleted; an unreleased claim expires with its lease).
+    async fn abort(&self, new_key: Option<&str>) -> Option<OrgRecord> {
+        let committed =
+            |r: &OrgRecord| new_key.is_some_and(|id| r.current.as_ref().is_some_and(|c| c.access_key_id == id));
+        for _ in 0..self.settings.cas_attempts {
+            let Versioned { value: mut record, etag } = match self.ports.registry.load(&self.req.org).await {
+                Ok(Some(v)) => v,
+                Ok(None) => return None,
+                Err(e) => {
+                    warn!(error = %e, "could not re-read the record after a failed rotation; the next attempt repairs it");
+                    return None;
+                }
             };
-            // A rotation that did not happen does not count against the limit.
-            if let Some(i) = record.recent_rotations.iter().position(|t| *t == self.req.now) {
-                record.recent_rotations.remove(i);
+            if committed(&record) {
+                return Some(record);
             }
-            if let Err(e) = self.ports.registry.update(&record, &etag).await {
-                warn!(error = %e, "could not release the claim; it expires with its lease");
+            if claimed_by(&record, &self.req.rotation_id) {
+                record.pending = None;
+                // A rotation that did not happen does not count against the limit.
+                if let Some(i) = record.recent_rotations.iter().position(|t| *t == self.req.now) {
+                    record.recent_rotations.remove(i);
+                }
+                match self.ports.registry.update(&record, &etag).await {
+                    Ok(_) => {}
+                    Err(PortError::Conflict) => continue, // look again: a late commit may have landed
+                    Err(e) => {
+                        warn!(error = %e, "could not release the claim; it expires with its lease");
+                        return None; // the new key stays until the claim is taken over
+                    }
+                }
             }
+            if let Some(id) = new_key {
+                if let Err(e) = self.ports.keys.delete_key(&record.iam_user, id).await {
+                    warn!(access_key_id = %id, error = %e, "could not delete the uncommitted key; the next attempt does");
+                }
+            }
+            return None;
         }
+        None
     }
 
     fn entry(&self, action: String, key_ids: Vec<String>) -> AuditEntry {
@@ -1162,6 +1187,9 @@ mod tests {
     struct LostAnswer<'a> {
         inner: &'a crate::core::memory::MemoryRegistry,
         countdown: std::sync::atomic::AtomicUsize,
+        /// What the caller is told: a conflict (the SDK's retry met the write)
+        /// or a failure (every retry's answer was lost too).
+        told: PortError,
     }
 
     #[async_trait::async_trait]
@@ -1175,7 +1203,7 @@ mod tests {
         async fn update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
             let written = self.inner.update(record, etag).await?;
             match self.countdown.fetch_sub(1, Ordering::SeqCst) {
-                1 => Err(PortError::Conflict),
+                1 => Err(self.told.clone()),
                 _ => Ok(written),
             }
         }
@@ -1199,10 +1227,15 @@ mod tests {
     /// about to be retired: a lockout).
     #[tokio::test]
     async fn a_lost_answer_to_the_claim_or_the_commit_is_recognised() {
-        for (nth, which) in [(1, "claim"), (2, "commit")] {
+        let failed = PortError::Unavailable { service: "s3", operation: "PutObject", detail: "timeout".into() };
+        for (nth, told, which) in [
+            (1, PortError::Conflict, "claim"),
+            (2, PortError::Conflict, "commit"),
+            (2, failed.clone(), "commit, every retry lost"),
+        ] {
             let w = World::enrolled().await;
             let first = w.rotate_at(w.start, "r1").await.unwrap();
-            let registry = LostAnswer { inner: &w.registry, countdown: nth.into() };
+            let registry = LostAnswer { inner: &w.registry, countdown: nth.into(), told };
             let ports = Ports { registry: &registry, ..w.ports() };
             let rotated = rotate(ports, &w.settings, &w.request(w.start + minutes(1), "r2"))
                 .await
