@@ -38,7 +38,8 @@ ISSUER = "https://auth.example.test/"
 AUDIENCE = "s3-key-rotation"
 JWT_SECRET = "local-test-signing-secret-of-the-identity-provider"
 ATTEMPT_TIMEOUT = 1  # seconds: SDK_ATTEMPT_TIMEOUT of the functions under test
-OPERATION_TIMEOUT = 2  # seconds: SDK_OPERATION_TIMEOUT
+OPERATION_TIMEOUT = 3  # seconds: SDK_OPERATION_TIMEOUT; room for a stalled attempt, the SDK's first backoff
+# (up to 1 s) and the retry, so a single stall is always retried in time
 STALL_SECONDS = ATTEMPT_TIMEOUT + 0.5
 # WIRE_KINDS=stall,lost: only these fault kinds (a shorter run while working on one).
 KINDS = tuple(k for k in ALL_KINDS if k in os.environ.get("WIRE_KINDS", ",".join(ALL_KINDS)).split(","))
@@ -314,10 +315,11 @@ def diverged(log, ops, k):
 
 
 # What this matrix found and is not fixed yet (fixed since: the lost answer to the claim
-# and to the commit, recognised as the rotation's own write): each
+# and to the commit, on one attempt or every retry, and a commit landing late). Each
 # finding names the tests that show it, how to recognise its problems, and what is
-# observed. A problem matching one is reported, not failed; a finding no longer seen
-# fails its tests, so that its entry goes once it is fixed.
+# observed. "Lost" is what the `lost` fault does; an operation timeout that ends a call
+# while a retry is in flight does the same. A problem matching one is reported, not
+# failed; a finding no longer seen fails its tests, so that its entry goes once it is fixed.
 KNOWN = {
     "stale-vault": (
         {"rotate-key"},
@@ -336,9 +338,10 @@ KNOWN = {
     ),
     "lost-retire-write": (
         {"scheduled"},
-        lambda r, p: r["kind"] == "lost" and "(deactivate the previous key:" in p and "previous key changed" in p,
-        "every answer to the record write of a retirement lost: the sweep reports the org failed with 'AWS failed "
-        "during the rotation; nothing changed', although the key was deactivated and the record says so (harmless)",
+        lambda r, p: "(deactivate the previous key:" in p and "previous key changed" in p,
+        "the answer to the record write of a retirement lost on every retry (or cut by the operation timeout): the "
+        "sweep reports the org failed with 'AWS failed during the rotation; nothing changed', although the key was "
+        "deactivated and the record says so (harmless; the message is wrong)",
     ),
 }
 
