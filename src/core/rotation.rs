@@ -447,13 +447,21 @@ impl Rotation<'_> {
         let (user, new_id, now) = (record.iam_user.clone(), new_key.access_key_id.clone(), self.req.now);
         let current = record.current.clone().expect("commit sets the current key");
 
+        let mut vault_current = true;
         if let Some(vault) = self.ports.vault {
             let replacing = replaced_vault_version.as_deref();
             if let Err(e) = vault.promote(&self.req.org, &self.req.rotation_id, replacing).await {
                 error!(error = %e, "could not make the new secret current in the vault; the next sweep does");
+                vault_current = false;
             }
         }
         let previous = match record.previous.clone() {
+            // While the vault still hands out the old key, it keeps working: the
+            // next sweep moves the vault first, then deactivates it.
+            Some(old) if old.deactivation_unconfirmed && !vault_current => {
+                warn!(access_key_id = %old.key.access_key_id, "the previous key stays active until the vault is right");
+                Some(PreviousOutcome { access_key_id: old.key.access_key_id, active: true, retire_at: old.retire_at })
+            }
             Some(old) if old.deactivation_unconfirmed => {
                 let deactivated = self.ports.keys.set_active(&user, &old.key.access_key_id, false).await;
                 if let Err(e) = &deactivated {

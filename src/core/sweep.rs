@@ -387,17 +387,17 @@ async fn housekeep(ports: Ports<'_>, org: &OrgId, record: OrgRecord) -> Result<(
     for entry in &record.audit_outbox {
         ports.audit.append(entry).await?;
     }
-    let unconfirmed =
-        record.previous.as_ref().filter(|p| p.deactivation_unconfirmed).map(|p| p.key.access_key_id.clone());
-    if let Some(id) = &unconfirmed {
-        ports.keys.set_active(&record.iam_user, id, false).await?;
-    }
-    // The vault's current secret, in case the rotation could not move it
-    // (one request when it is right).
+    // The vault's current secret first, in case the rotation could not move it
+    // (one request when it is right): the old key stays active until then.
     if let (Some(vault), Some(version)) =
         (ports.vault, record.current.as_ref().and_then(|c| c.vault_version.as_deref()))
     {
         vault.promote(org, version, None).await?;
+    }
+    let unconfirmed =
+        record.previous.as_ref().filter(|p| p.deactivation_unconfirmed).map(|p| p.key.access_key_id.clone());
+    if let Some(id) = &unconfirmed {
+        ports.keys.set_active(&record.iam_user, id, false).await?;
     }
     let copied = record.audit_outbox;
     modify(ports, org, |r| {

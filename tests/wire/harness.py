@@ -315,20 +315,13 @@ def diverged(log, ops, k):
 
 
 # What this matrix found and is not fixed yet (fixed since: the lost answer to the claim
-# and to the commit, on one attempt or every retry, and a commit landing late). Each
+# and to the commit, on one attempt or every retry, a commit landing late, and a vault left
+# naming a key the rotation deactivated). Each
 # finding names the tests that show it, how to recognise its problems, and what is
 # observed. "Lost" is what the `lost` fault does; an operation timeout that ends a call
 # while a retry is in flight does the same. A problem matching one is reported, not
 # failed; a finding no longer seen fails its tests, so that its entry goes once it is fixed.
 KNOWN = {
-    "stale-vault": (
-        {"rotate-key"},
-        lambda r, p: r["op"].startswith("secretsmanager:") and "the vault's current key" in p,
-        "a 200 whose promotion in the vault failed (DescribeSecret / UpdateSecretVersionStage, every retry): "
-        "rotate() only logs it ('the next sweep does') and deactivates the old key at once, so the vault's "
-        "AWSCURRENT names a dead key; a sweep repairs the vault only in its daily full check or when the "
-        "record shows work, so the org's reader principal reads a dead key for up to a day",
-    ),
     "stale-previous": (
         {"scheduled"},
         lambda r, p: "which IAM does not have" in p and p.startswith("the next day's run reported"),
