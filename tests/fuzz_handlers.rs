@@ -163,8 +163,10 @@ struct OrgSetup {
 fn org_setup() -> impl Strategy<Value = OrgSetup> {
     (
         prop_oneof![
-            1 => Just(vec![]),
-            3 => prop::collection::vec(prop_oneof![1i64..60, 61i64..200_000], 1..=5),
+            2 => Just(vec![]),
+            6 => prop::collection::vec(prop_oneof![1i64..60, 61i64..200_000], 1..=5),
+            // The hour's five rotations: the next one is refused (429).
+            1 => prop::collection::vec(1i64..60, 5),
         ],
         prop::option::weighted(0.2, (1usize..12, prop_oneof![1i64..5, 6i64..600])),
         prop::option::weighted(0.3, select(vec!["7d", "30d", "90d", "365d"])),
@@ -734,7 +736,8 @@ fn any_claims() -> impl Strategy<Value = Claims> {
 
 fn time_epoch() -> impl Strategy<Value = i64> {
     prop_oneof![
-        12 => (0i64..3 * 60 * MINUTE).prop_map(|d| T + d),
+        8 => (0i64..10 * MINUTE).prop_map(|d| T + d),
+        4 => (0i64..3 * 60 * MINUTE).prop_map(|d| T + d),
         1 => select(vec![
             0,
             -1,
