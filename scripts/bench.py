@@ -539,7 +539,9 @@ def main():
           f"{os.cpu_count()} CPUs, local AWS endpoint (moto)\n")
     for build in builds:
         print(f"- {build.name}: {build.description}")
-    print(f"- {FLOOR}: the least a rotation needs (the rotation floor and the sweep floor of the sections below)\n")
+    print(f"- {FLOOR}: the least the work needs on the same endpoint — rotate-key: a bare boto3 client's IAM-only "
+          "rotation (ListAccessKeys, DeleteAccessKey, CreateAccessKey, UpdateAccessKey), one at a time; "
+          "sweep: the endpoint serving the sweep's minimum requests to a bare HTTP client\n")
     print(report.summary_table())
     for section in report.sections:
         print(section)
