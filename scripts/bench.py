@@ -2,8 +2,9 @@
 
 Every measure runs for each build given (`--build NAME DIR`, e.g. the binaries
 of the revision before a change and those of the working tree; by default one
-build, BENCH_BINARIES or target/release), one build after the other, each on a
-fresh local endpoint.
+build, BENCH_BINARIES or target/release), each build on a local endpoint of its
+own, the builds in turn (a call, a sweep run, a start of each), so that a change
+of the machine's load falls on all of them alike.
 
 - AWS requests by kind: the requests of one steady-state rotate-key call (an
   org that already has a current and a previous key), by service, operation and
@@ -244,28 +245,33 @@ class Scale:
 def bench_scale(sizes, builds, report):
     rows = []
     for n in sizes:
-        floor = None
-        for build in builds:
-            log(f"sweep scale: {n} orgs, {build.name}")
-            scale = Scale(n, build)
-            scale.setup()
-            try:
-                # Every 8 days the same orgs are due again (a 7-day interval); the later runs also delete
-                # each previous key to make room (one more call per rotation than the baseline).
-                base = scale.sweep(scale.now, 1, full_check=True)
-                log(f"  baseline (sequential, full check): {base['seconds']:.2f} s")
+        scales = []
+        try:
+            for build in builds:
+                log(f"sweep scale: {n} orgs, {build.name}")
+                scales.append(Scale(n, build))
+                scales[-1].setup()
+            # Each run for every build in turn, so that a change of the machine's load falls on all builds.
+            # Every 8 days the same orgs are due again (a 7-day interval); the later runs also delete
+            # each previous key to make room (one more call per rotation than the baseline).
+            base, ours, full = {}, {}, {}
+            for scale in scales:
+                base[scale] = scale.sweep(scale.now, 1, full_check=True)
+                log(f"  {scale.build.name}, baseline (sequential, full check): {base[scale]['seconds']:.2f} s")
+            for scale in scales:
                 typical_at = scale.now + timedelta(days=8)
                 scale.mark_fully_checked(typical_at)
-                ours = scale.sweep(typical_at, 8, full_check=False)
-                log(f"  sweep (concurrency 8): {ours['seconds']:.2f} s")
-                full = scale.sweep(scale.now + timedelta(days=16), 8, full_check=True)
-                log(f"  sweep, the day's full check (concurrency 8): {full['seconds']:.2f} s")
-                if floor is None:  # the same for every build: measured once per size
-                    floor = scale.floor()
-                    log(f"  floor: {floor[0]} requests in {floor[1]:.2f} s")
-            finally:
+                ours[scale] = scale.sweep(typical_at, 8, full_check=False)
+                log(f"  {scale.build.name}, sweep (concurrency 8): {ours[scale]['seconds']:.2f} s")
+            for scale in scales:
+                full[scale] = scale.sweep(scale.now + timedelta(days=16), 8, full_check=True)
+                log(f"  {scale.build.name}, the day's full check (concurrency 8): {full[scale]['seconds']:.2f} s")
+            floor = scales[-1].floor()  # the same for every build: measured once per size
+            log(f"  floor: {floor[0]} requests in {floor[1]:.2f} s")
+        finally:
+            for scale in scales:
                 scale.close()
-            rows.append((n, build, len(scale.due), scale.enroll_seconds, ours, full, base, floor))
+        rows += [(n, sc.build, len(sc.due), sc.enroll_seconds, ours[sc], full[sc], base[sc], floor) for sc in scales]
     lines = ["### Sweep scale (10% of orgs due for rotation)\n",
              "| orgs | build | due | sweep | requests/org | peak RSS | floor (min. requests) | sweep/floor "
              "| day's full check | baseline: sequential, full check | baseline/sweep | enroll (CLI, 16 at once) |",
@@ -329,72 +335,65 @@ def steady_state_keys(aws, org):
     return sorted(k["Status"] for k in keys)
 
 
-def rotate_key_calls(build, calls):
-    """`calls` rotate-key calls of an org with a current and a previous key, through the stand-in."""
-    log(f"rotation latency, {build.name}: {calls} rotate-key calls through the Runtime API")
-    aws = LocalAws.start()
-    gateway = None
-    try:
-        env = aws.provision([ORG])
-        env["RUST_LOG"] = "warn"
-        subprocess.run([build.cli(), "enroll", "--org", ORG], env=env, check=True, stdout=subprocess.DEVNULL)
+class Rotations:
+    """An org on a local endpoint of its own, and `rotate()`, one rotation of it; in the steady state
+    (a current and a previous key) once `warm_up()` has run."""
+
+    def __init__(self, build):
+        self.aws = LocalAws.start()
+        self.gateway = None
+        self.env = self.aws.provision([ORG])
+        self.env["RUST_LOG"] = "warn"
+        subprocess.run([build.cli(), "enroll", "--org", ORG], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+    def warm_up(self):
+        self.rotate()  # the first key (and the first call's own costs: the function's cold start)
+        self.rotate()  # a second key: the first one is now the previous key
+        keys = steady_state_keys(self.aws, ORG)
+        assert keys == ["Active", "Inactive"], f"not the steady state (a current and a previous key): {keys}"
+
+    def close(self):
+        if self.gateway is not None:
+            self.gateway.close()
+        self.aws.stop()
+
+
+class RotateKey(Rotations):
+    """rotate-key through the API Gateway stand-in and a Lambda Runtime API."""
+
+    def __init__(self, build, calls):
+        super().__init__(build)
         deployment = Deployment({"RegistryBucket": REGISTRY_BUCKET, "ManagedBucketName": MANAGED_BUCKET,
                                  "JwtIssuer": ISSUER, "JwtAudience": AUDIENCE, "RotationsPerHour": calls + 10})
-        gateway = Gateway(deployment, env, SECRET, tempfile.mkdtemp(prefix="bench-logs-"), binary_dir=build.binaries)
-        bearer = token(SECRET, ISSUER, AUDIENCE, org=ORG)
+        self.gateway = Gateway(deployment, self.env, SECRET, tempfile.mkdtemp(prefix="bench-logs-"),
+                               binary_dir=build.binaries)
+        self.bearer = token(SECRET, ISSUER, AUDIENCE, org=ORG)
 
-        def rotate():
-            request = urllib.request.Request(f"{gateway.url}/iam/rotate-key", method="POST",
-                                             headers={"Authorization": f"Bearer {bearer}"})
-            with urllib.request.urlopen(request, timeout=30) as r:
-                assert r.status == 200
-                r.read()
-
-        rotate()  # the cold start, and the org's first key
-        rotate()  # a second key: the first one is now the previous key
-        keys = steady_state_keys(aws, ORG)
-        assert len(keys) == 2, f"not the steady state (a current and a previous key): {keys}"
-        measured = Calls(aws)
-        for _ in range(calls):
-            measured.measure(rotate)
-        return measured
-    finally:
-        if gateway is not None:
-            gateway.close()
-        aws.stop()
+    def rotate(self):
+        request = urllib.request.Request(f"{self.gateway.url}/iam/rotate-key", method="POST",
+                                         headers={"Authorization": f"Bearer {self.bearer}"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert r.status == 200
+            r.read()
 
 
-def floor_calls(build, calls):
-    """The simplest rotation that is still one (IAM only), by boto3 on the same endpoint, one at a time."""
-    log(f"rotation floor: {calls} IAM-only rotations by a bare boto3 client")
-    aws = LocalAws.start()
-    try:
-        env = aws.provision([ORG])
-        env["RUST_LOG"] = "warn"
-        subprocess.run([build.cli(), "enroll", "--org", ORG], env=env, check=True, stdout=subprocess.DEVNULL)
-        iam = aws.client("iam", (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))  # the functions' key
+class FloorRotation(Rotations):
+    """The simplest rotation that is still one (IAM only), by a bare boto3 client with the functions' key."""
+
+    def __init__(self, build):
+        super().__init__(build)
+        self.iam = self.aws.client("iam", (self.env["AWS_ACCESS_KEY_ID"], self.env["AWS_SECRET_ACCESS_KEY"]))
+
+    def rotate(self):
         user = f"org-{ORG}"
-
-        def rotate():
-            keys = iam.list_access_keys(UserName=user)["AccessKeyMetadata"]
-            for key in keys:
-                if key["Status"] == "Inactive":  # the previous key: room for the new one (2 keys per user)
-                    iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
-            iam.create_access_key(UserName=user)
-            for key in keys:
-                if key["Status"] == "Active":  # the current key becomes the previous one
-                    iam.update_access_key(UserName=user, AccessKeyId=key["AccessKeyId"], Status="Inactive")
-
-        rotate()  # the first key (and boto3's own first-call costs)
-        rotate()  # a second key: the first one is now the previous key
-        keys = steady_state_keys(aws, ORG)
-        assert keys == ["Active", "Inactive"], f"not the steady state (a current and a previous key): {keys}"
-        measured = Calls(aws)
-        for _ in range(calls):
-            measured.measure(rotate)
-        return measured
-    finally:
-        aws.stop()
+        keys = self.iam.list_access_keys(UserName=user)["AccessKeyMetadata"]
+        for key in keys:
+            if key["Status"] == "Inactive":  # the previous key: room for the new one (2 keys per user)
+                self.iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+        self.iam.create_access_key(UserName=user)
+        for key in keys:
+            if key["Status"] == "Active":  # the current key becomes the previous one
+                self.iam.update_access_key(UserName=user, AccessKeyId=key["AccessKeyId"], Status="Inactive")
 
 
 def merge_in_order(sequences):
@@ -412,9 +411,23 @@ def merge_in_order(sequences):
 
 
 def bench_latency(calls, builds, report):
-    measured = {b.name: rotate_key_calls(b, calls) for b in builds}
-    measured[FLOOR] = floor_calls(builds[-1], calls)
     columns = [b.name for b in builds] + [FLOOR]
+    log(f"rotation latency: {calls} rotate-key calls of each build through the Runtime API, "
+        f"and {calls} IAM-only rotations by a bare boto3 client (the floor), in turn")
+    clients = {}
+    try:
+        for build in builds:
+            clients[build.name] = RotateKey(build, calls)
+        clients[FLOOR] = FloorRotation(builds[-1])
+        for client in clients.values():
+            client.warm_up()
+        measured = {name: Calls(client.aws) for name, client in clients.items()}
+        for _ in range(calls):  # one call of each in turn: a change of the machine's load falls on all
+            for name, client in clients.items():
+                measured[name].measure(client.rotate)
+    finally:
+        for client in clients.values():
+            client.close()
 
     sequences = {name: m.sequence() for name, m in measured.items()}
     lines = [f"### AWS requests of one steady-state rotate-key call, by kind (in the order of first use)\n",
@@ -462,29 +475,26 @@ def bench_cold_start(runs, builds, report):
         "scheduled-rotation": None,
     }
     from gateway import Function
-    rows = []
-    for build in builds:
-        log(f"cold start, {build.name}: {runs} starts of each function")
-        for binary in FUNCTIONS:
-            init_ms, first_ms = [], []
-            for _ in range(runs):
-                function = Function(binary, binary, {}, 256, 30, "JSON")
-                api = RuntimeApi(function, env, build.binaries, os.devnull)
-                try:
-                    started = time.perf_counter()
-                    if events[binary] is not None:
-                        api.invoke(events[binary])
-                        first_ms.append((time.perf_counter() - started) * 1000)
-                    else:
-                        api._ensure_running()
-                    init_ms.append((api.first_poll_at() - started) * 1000)
-                finally:
-                    api.close()
-            rows.append((binary, build, init_ms, first_ms))
+    log(f"cold start: {runs} starts of each function of each build, in turn")
+    rows = [(binary, build, [], []) for binary in FUNCTIONS for build in builds]
+    for _ in range(runs):
+        for binary, build, init_ms, first_ms in rows:
+            function = Function(binary, binary, {}, 256, 30, "JSON")
+            api = RuntimeApi(function, env, build.binaries, os.devnull)
+            try:
+                started = time.perf_counter()
+                if events[binary] is not None:
+                    api.invoke(events[binary])
+                    first_ms.append((time.perf_counter() - started) * 1000)
+                else:
+                    api._ensure_running()
+                init_ms.append((api.first_poll_at() - started) * 1000)
+            finally:
+                api.close()
     lines = [f"### Cold start (x86_64 binaries, {runs} starts each, median)\n",
              "| function | build | process start → asks for its first event | → first event answered |",
              "| --- | --- | ---: | ---: |"]
-    for binary, build, init_ms, first_ms in sorted(rows, key=lambda r: FUNCTIONS.index(r[0])):
+    for binary, build, init_ms, first_ms in rows:
         first = ms(statistics.median(first_ms)) if first_ms else "(needs AWS: not measured)"
         lines.append(f"| {binary} | {build.name} | {ms(statistics.median(init_ms))} | {first} |")
     report.section("\n".join(lines) + "\n")
