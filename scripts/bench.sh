@@ -5,13 +5,14 @@
 # the crate recompiles); "after" is the working tree. scripts/bench.py measures
 # both on the local stack (AWS requests by kind, rotation latency and its floor,
 # sweep scale, cold start, sizes) and prints one summary table first
-# (measure | before | after | floor); then the criterion suite of the in-process
-# costs runs on the working tree.
+# (measure | before | after | floor); then, on the working tree only, the
+# criterion suite of the in-process costs and a long run of the handlers' fuzzing.
 # Arguments go to bench.py, e.g. `bash scripts/bench.sh --calls 50 --only latency`.
 #   BENCH_BEFORE      the "before" revision (default: before_default below)
 #   BENCH_SWEEP_ORGS  org counts of the sweep benchmark (default 1000,5000)
 #   BENCH_PROFILE     cargo profile of both builds (default release; dev: a quick check of the machinery)
-#   BENCH_CRITERION   0: skip the criterion suite
+#   BENCH_IN_PROCESS  0: skip the criterion suite and the fuzzing
+#   FUZZ_CASES        cases per fuzzed property (default 20000)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root="$PWD"
@@ -58,7 +59,11 @@ keep after "the working tree: \`$(git log -1 --format='%h')\` $(git log -1 --for
 
 .venv/bin/python scripts/bench.py --sizes "${BENCH_SWEEP_ORGS:-1000,5000}" \
   --build before "$bench/before" --build after "$bench/after" "$@"
-if [ "${BENCH_CRITERION:-1}" != 0 ]; then
+if [ "${BENCH_IN_PROCESS:-1}" != 0 ]; then
   echo "bench: criterion suite (benches/core.rs), the working tree" >&2
   cargo bench --locked --bench core -- --noplot 2>/dev/null | grep -B1 "time:" | grep -v -e "^--$" -e "^Benchmarking"
+  # The handlers' fuzzing (tests/fuzz_handlers.rs) at length: the test suite runs
+  # 256 cases per property; here FUZZ_CASES (default 20000) of each, counts printed.
+  echo "bench: fuzzing the handlers (tests/fuzz_handlers.rs), ${FUZZ_CASES:-20000} cases per property" >&2
+  FUZZ_CASES="${FUZZ_CASES:-20000}" cargo test --locked --release --test fuzz_handlers 2>&1 | grep -e "^fuzz " -e "^test result"
 fi

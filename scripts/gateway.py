@@ -10,8 +10,9 @@ else the template's defaults). For every HTTP request it
    (403 `{"message":"Forbidden"}`);
 3. builds the HTTP API payload-2.0 event with the token's claims and scopes;
 4. hands it to the function's binary through a Lambda Runtime API of its own
-   (one per function; the binary runs as Lambda runs a `bootstrap`, with
-   AWS_LAMBDA_RUNTIME_API pointing at it);
+   (the binary runs as Lambda runs a `bootstrap`, with AWS_LAMBDA_RUNTIME_API
+   pointing at it; `concurrency` such processes per function, 1 by default, so
+   that concurrent calls run at the same time as in Lambda's sandboxes);
 5. turns the function's answer back into HTTP (a function error or timeout is
    500 `{"message":"Internal Server Error"}`, as API Gateway answers).
 
@@ -24,18 +25,19 @@ import json
 import queue
 import re
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import jwt
 import yaml
+
+from loopback_http import Handler as QuietHandler
+from loopback_http import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -145,55 +147,147 @@ class FunctionError(Exception):
     pass
 
 
-class _Server(ThreadingHTTPServer):
-    """A threaded HTTP server that does not print a trace for a peer that went away
-    (a function process stopped in the middle of its long poll)."""
-
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionError, BrokenPipeError)):
-            super().handle_error(request, client_address)
-
-
 class RuntimeApi:
-    """A Lambda Runtime API for one function, and the function's process under it."""
+    """A Lambda Runtime API for one function, and the function's processes under it.
 
-    def __init__(self, function, environment, binary_dir, log_path):
+    Lambda runs concurrent invocations of a function in separate execution
+    environments ("sandboxes"), each a process of its own that asks its own
+    Runtime API for the next event. Here `concurrency` sandboxes (1 by default)
+    share one queue of invocations: with more than one, invocations really run
+    at the same time. An invocation that finds every sandbox busy waits for
+    one (Lambda would start another, up to the account's concurrency); its
+    timeout counts from the moment a sandbox takes it, as in Lambda.
+    """
+
+    def __init__(self, function, environment, binary_dir, log_path, concurrency=1, queue_timeout=120):
         self.function = function
         self.environment = environment
         self.binary = Path(binary_dir) / function.binary
         self.log_path = Path(log_path)
+        self.queue_timeout = queue_timeout
         self.events = queue.Queue()
-        self.pending = {}
+        self.pending = {}  # request id -> queue of the invoker waiting for the answer
+        self.taken = {}  # request id -> (sandbox, deadline) once a sandbox took it
+        self.running = 0  # invocations taken and not yet answered
+        self.most_running = 0  # the most there ever were at once
         self.lock = threading.Lock()
         self.init_error = None
-        self.process = None
         self.polled = threading.Event()
         self.first_poll = None
-        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.sandboxes = [_Sandbox(self, i) for i in range(concurrency)]
+
+    @property
+    def process(self):
+        """The process of the first sandbox (the only one, by default)."""
+        return self.sandboxes[0].process
+
+    def _take(self, sandbox):
+        """The next invocation, for `sandbox` (blocks until there is one)."""
+        with self.lock:
+            if not self.polled.is_set():
+                self.first_poll = time.perf_counter()
+                self.polled.set()
+        sandbox.polled.set()
+        request_id, event, timeout = self.events.get()
+        deadline = time.time() + timeout
+        with self.lock:
+            self.taken[request_id] = (sandbox, deadline)
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        return request_id, event, int(deadline * 1000)
+
+    def _answer(self, request_id, kind, body):
+        with self.lock:
+            waiter = self.pending.get(request_id)
+            self._done(request_id)
+        if waiter is not None:
+            waiter.put((kind, body))
+
+    def _done(self, request_id):
+        """The invocation no longer runs (answered, timed out, or its sandbox died); under the lock."""
+        if self.taken.pop(request_id, None) is not None:
+            self.running -= 1
+
+    def _ensure_running(self):
+        for sandbox in self.sandboxes:
+            sandbox.ensure_running()
+
+    @property
+    def process(self):
+        """The first sandbox's process (with one sandbox: the function's process)."""
+        return self.sandboxes[0].process
+
+    def first_poll_at(self, timeout=30):
+        """perf_counter() time of the function's first request for work (its init is done)."""
+        if not self.polled.wait(timeout):
+            raise FunctionError(f"{self.function.binary} did not ask for work within {timeout} s")
+        return self.first_poll
+
+    def warm(self, timeout=60):
+        """Starts every sandbox and waits until each asks for work (its init is done)."""
+        self._ensure_running()
+        until = time.time() + timeout
+        for sandbox in self.sandboxes:
+            if not sandbox.polled.wait(max(0.0, until - time.time())):
+                raise FunctionError(f"{self.function.binary} sandbox {sandbox.index} did not start within {timeout} s")
+
+    def invoke(self, event):
+        """Runs one invocation; returns the function's JSON answer or raises FunctionError."""
+        self._ensure_running()
+        request_id = str(uuid.uuid4())
+        waiter = queue.Queue()
+        with self.lock:
+            self.pending[request_id] = waiter
+        queued_until = time.time() + self.queue_timeout
+        self.events.put((request_id, json.dumps(event).encode(), self.function.timeout))
+        try:
+            while True:
+                try:
+                    kind, body = waiter.get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    with self.lock:
+                        sandbox, deadline = self.taken.get(request_id, (None, None))
+                    if sandbox is None:
+                        if all(s.process.poll() is not None for s in self.sandboxes):
+                            raise FunctionError(f"{self.function.binary} exited with {self.process.returncode}")
+                        if time.time() > queued_until:
+                            raise FunctionError(f"no sandbox of {self.function.binary} was free for {self.queue_timeout} s")
+                        continue
+                    if sandbox.process.poll() is not None:
+                        raise FunctionError(f"{self.function.binary} exited with {sandbox.process.returncode}")
+                    if time.time() > deadline:
+                        sandbox.process.kill()
+                        raise FunctionError(f"{self.function.binary} timed out after {self.function.timeout} s")
+        finally:
+            with self.lock:
+                del self.pending[request_id]
+                self._done(request_id)
+        if kind == "error":
+            raise FunctionError(body.decode(errors="replace"))
+        return json.loads(body)
+
+    def close(self):
+        for sandbox in self.sandboxes:
+            sandbox.close()
+
+
+class _Sandbox:
+    """One execution environment of a function: its process and the Runtime API it polls."""
+
+    def __init__(self, api, index):
+        self.api = api
+        self.index = index
+        self.process = None
+        self.polled = threading.Event()
+        self.server = Server(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def _handler(self):
-        api = self
+        sandbox = self
+        api = self.api
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _body(self):
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    data = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0], 16)
-                        chunk = self.rfile.read(size)
-                        self.rfile.readline()
-                        if size == 0:
-                            return data
-                        data += chunk
-                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        class Handler(QuietHandler):
 
             def _reply(self, status, body=b"", headers=()):
                 self.send_response(status)
@@ -206,10 +300,7 @@ class RuntimeApi:
             def do_GET(self):
                 if self.path != "/2018-06-01/runtime/invocation/next":
                     return self._reply(404)
-                if not api.polled.is_set():
-                    api.first_poll = time.perf_counter()
-                    api.polled.set()
-                request_id, event, deadline_ms = api.events.get()
+                request_id, event, deadline_ms = api._take(sandbox)
                 self._reply(200, event, [
                     ("Content-Type", "application/json"),
                     ("Lambda-Runtime-Aws-Request-Id", request_id),
@@ -220,13 +311,10 @@ class RuntimeApi:
                 ])
 
             def do_POST(self):
-                body = self._body()
+                body = self.read_body()
                 m = re.fullmatch(r"/2018-06-01/runtime/invocation/([^/]+)/(response|error)", self.path)
                 if m:
-                    with api.lock:
-                        waiter = api.pending.get(m.group(1))
-                    if waiter is not None:
-                        waiter.put((m.group(2), body))
+                    api._answer(m.group(1), m.group(2), body)
                     return self._reply(202, b'{"status":"OK"}')
                 if self.path == "/2018-06-01/runtime/init/error":
                     api.init_error = body
@@ -235,58 +323,27 @@ class RuntimeApi:
 
         return Handler
 
-    def _ensure_running(self):
+    def ensure_running(self):
         if self.process is not None and self.process.poll() is None:
             return
-        env = dict(self.environment)
+        api = self.api
+        env = dict(api.environment)
         env.update({
             "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self.server.server_port}",
-            "AWS_LAMBDA_FUNCTION_NAME": self.function.binary,
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.function.memory),
+            "AWS_LAMBDA_FUNCTION_NAME": api.function.binary,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(api.function.memory),
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function.binary}",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{api.function.binary}",
             "AWS_LAMBDA_LOG_STREAM_NAME": f"local/{uuid.uuid4().hex}",
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-            "AWS_LAMBDA_LOG_FORMAT": self.function.log_format.upper(),
+            "AWS_LAMBDA_LOG_FORMAT": api.function.log_format.upper(),
             "_HANDLER": "bootstrap",
         })
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([str(self.binary)], env=env, stdin=subprocess.DEVNULL,
+        self.polled.clear()
+        log = open(api.log_path, "ab")
+        self.process = subprocess.Popen([str(api.binary)], env=env, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT)
         log.close()
-
-    def first_poll_at(self, timeout=30):
-        """perf_counter() time of the function's first request for work (its init is done)."""
-        if not self.polled.wait(timeout):
-            raise FunctionError(f"{self.function.binary} did not ask for work within {timeout} s")
-        return self.first_poll
-
-    def invoke(self, event):
-        """Runs one invocation; returns the function's JSON answer or raises FunctionError."""
-        self._ensure_running()
-        request_id = str(uuid.uuid4())
-        waiter = queue.Queue()
-        with self.lock:
-            self.pending[request_id] = waiter
-        deadline = time.time() + self.function.timeout
-        self.events.put((request_id, json.dumps(event).encode(), int(deadline * 1000)))
-        try:
-            while True:
-                try:
-                    kind, body = waiter.get(timeout=0.1)
-                    break
-                except queue.Empty:
-                    if self.process.poll() is not None:
-                        raise FunctionError(f"{self.function.binary} exited with {self.process.returncode}")
-                    if time.time() > deadline:
-                        self.process.kill()
-                        raise FunctionError(f"{self.function.binary} timed out after {self.function.timeout} s")
-        finally:
-            with self.lock:
-                del self.pending[request_id]
-        if kind == "error":
-            raise FunctionError(body.decode(errors="replace"))
-        return json.loads(body)
 
     def close(self):
         if self.process is not None and self.process.poll() is None:
@@ -309,20 +366,26 @@ def _claim_value(value):
 
 
 class Gateway:
-    """The HTTP side: `Gateway(deployment, environment, jwt_secret, log_dir)`, then `.url`."""
+    """The HTTP side: `Gateway(deployment, environment, jwt_secret, log_dir)`, then `.url`.
+    `clock` (default: the real time) gives the request time of each event."""
 
-    def __init__(self, deployment, environment, jwt_secret, log_dir, binary_dir=ROOT / "target" / "debug"):
+    def __init__(self, deployment, environment, jwt_secret, log_dir, binary_dir=ROOT / "target" / "debug",
+                 concurrency=1, clock=None):
+        """`concurrency`: sandboxes per function (see RuntimeApi); 1 runs one invocation at a time."""
         self.deployment = deployment
         self.jwt_secret = jwt_secret
+        # The request time API Gateway stamps on each event (a test may move it).
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.log_dir = Path(log_dir)
         self.runtimes = {}
+        # A runtime per function (its processes start at its first event); the
+        # functions without routes (scheduled-rotation) are invoked directly.
         for name, function in deployment.functions.items():
-            if not function.routes:
-                continue
             env = dict(environment)
             env.update(function.environment)
-            self.runtimes[name] = RuntimeApi(function, env, binary_dir, self.log_dir / f"{function.binary}.log")
-        self.server = _Server(("127.0.0.1", 0), self._handler())
+            self.runtimes[name] = RuntimeApi(function, env, binary_dir, self.log_dir / f"{function.binary}.log",
+                                             concurrency=concurrency)
+        self.server = Server(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
@@ -365,7 +428,7 @@ class Gateway:
         query = {}
         for k, v in parse_qsl(url.query, keep_blank_values=True):
             query[k] = f"{query[k]},{v}" if k in query else v
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         text = None
         encoded = False
         if body:
@@ -404,12 +467,7 @@ class Gateway:
     def _handler(self):
         gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def _reply(self, status, body, headers=(("Content-Type", "application/json"),)):
                 self.send_response(status)
                 for k, v in headers:
@@ -420,7 +478,7 @@ class Gateway:
                 self.wfile.write(body)
 
             def _serve(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                body = self.read_body()
                 headers = {}
                 for k, v in self.headers.items():
                     k = k.lower()

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +31,8 @@ class LocalAws:
         self.proc = proc
         self.port = port
         self.endpoint = f"http://127.0.0.1:{port}"
+        self._clients = {}
+        self._clients_lock = threading.Lock()  # boto3 builds clients one thread at a time
 
     @classmethod
     def start(cls):
@@ -51,12 +54,20 @@ class LocalAws:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def client(self, service, key=("test", "test")):
-        return boto3.client(
-            service, endpoint_url=self.endpoint, region_name=REGION,
-            aws_access_key_id=key[0], aws_secret_access_key=key[1],
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-        )
+    def client(self, service, key=("test", "test"), endpoint=None, attempts=2, timeout=60):
+        """A boto3 client signed with `key` (id, secret), of this endpoint (or another
+        one in front of it), making at most `attempts` attempts (standard retry mode)
+        that each wait `timeout` seconds for an answer; reused for the same arguments."""
+        args = (service, key, endpoint, attempts, timeout)
+        with self._clients_lock:
+            if args not in self._clients:
+                self._clients[args] = boto3.client(
+                    service, endpoint_url=endpoint or self.endpoint, region_name=REGION,
+                    aws_access_key_id=key[0], aws_secret_access_key=key[1],
+                    config=Config(s3={"addressing_style": "path"}, read_timeout=timeout,
+                                  retries={"total_max_attempts": attempts, "mode": "standard"}),
+                )
+            return self._clients[args]
 
     def provision(self, orgs):
         """Buckets, one log object per org and the functions' credentials; returns their environment."""

@@ -17,4 +17,4 @@ cargo test --locked "$@"
 # cargo-lambda with zig (both from .venv); tests/package checks the artefacts.
 rustup target add aarch64-unknown-linux-gnu >&2
 SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 sam build --beta-features
-.venv/bin/python -m pytest tests/sdk tests/package -q -p no:cacheprovider
+.venv/bin/python -m pytest tests/sdk tests/package tests/wire -q -p no:cacheprovider

@@ -44,6 +44,11 @@ pub struct Config {
     pub sweep_concurrency: usize,
     /// `DEADLINE_MARGIN`: the scheduled run starts no org this close to its deadline.
     pub deadline_margin: Duration,
+    /// `SDK_ATTEMPT_TIMEOUT`: how long one attempt of an AWS call may take before
+    /// the SDK gives up on it (and retries).
+    pub sdk_attempt_timeout: Duration,
+    /// `SDK_OPERATION_TIMEOUT`: how long an AWS call may take, all its retries included.
+    pub sdk_operation_timeout: Duration,
     /// `AWS_ENDPOINT_URL`: a local endpoint (S3 then uses path-style addressing).
     pub endpoint_url: Option<String>,
 }
@@ -190,6 +195,15 @@ impl Config {
             })?,
         };
         let deadline_margin = duration("DEADLINE_MARGIN", Duration::from_secs(20))?;
+        let sdk_attempt_timeout = duration("SDK_ATTEMPT_TIMEOUT", Duration::from_secs(5))?;
+        let sdk_operation_timeout = duration("SDK_OPERATION_TIMEOUT", Duration::from_secs(15))?;
+        if sdk_attempt_timeout.as_secs() == 0 || sdk_attempt_timeout > sdk_operation_timeout {
+            return Err(ConfigError {
+                variable: "SDK_ATTEMPT_TIMEOUT",
+                problem: format!("is {sdk_attempt_timeout} with SDK_OPERATION_TIMEOUT {sdk_operation_timeout}"),
+                expected: "at least 1s and no longer than SDK_OPERATION_TIMEOUT",
+            });
+        }
         Ok(Self {
             registry_bucket,
             managed_bucket,
@@ -209,6 +223,8 @@ impl Config {
             expiry_warnings,
             sweep_concurrency,
             deadline_margin,
+            sdk_attempt_timeout,
+            sdk_operation_timeout,
             endpoint_url: get("AWS_ENDPOINT_URL"),
         })
     }
@@ -223,7 +239,25 @@ impl Config {
             lease: self.rotation_lease,
             rotations_per_hour: self.rotations_per_hour,
             max_key_age: self.max_key_age,
+            automatic_lead: self.automatic_lead(),
             ..RotationSettings::default()
+        }
+    }
+
+    /// How long before a key's maximum age automatic rotation happens at the
+    /// latest: the grace period of automatic rotations (the old key must retire
+    /// before it expires) plus one day, so that a schedule of up to a day, or a
+    /// day of missed runs, still rotates in time.
+    pub fn automatic_lead(&self) -> Duration {
+        Duration::from_secs(self.rotation_grace_period.as_secs() + Duration::from_days(1).as_secs())
+    }
+
+    /// What the rotation-policy function needs besides the ports.
+    pub fn policy_settings(&self) -> crate::api::rotation_policy::PolicySettings {
+        crate::api::rotation_policy::PolicySettings {
+            caller: self.caller_rules(),
+            max_key_age: self.max_key_age,
+            automatic_lead: self.automatic_lead(),
         }
     }
 
@@ -288,6 +322,7 @@ mod tests {
         assert_eq!(c.max_key_age, Duration::from_days(90));
         assert_eq!(c.rotations_per_hour, 5);
         assert!(c.verify_new_key);
+        assert_eq!((c.sdk_attempt_timeout.as_secs(), c.sdk_operation_timeout.as_secs()), (5, 15));
         assert_eq!(c.managed_bucket, None);
         assert!(c.enroll_settings().unwrap_err().to_string().contains("MANAGED_BUCKET is not set"));
     }
@@ -306,6 +341,11 @@ mod tests {
                 &[("REGISTRY_BUCKET", "r-b"), ("VERIFY_NEW_KEY", "yes")],
                 "VERIFY_NEW_KEY is 'yes'; expected true or false",
             ),
+            (
+                &[("REGISTRY_BUCKET", "r-b"), ("SDK_ATTEMPT_TIMEOUT", "20s")],
+                "SDK_ATTEMPT_TIMEOUT is 20s with SDK_OPERATION_TIMEOUT 15s",
+            ),
+            (&[("REGISTRY_BUCKET", "r-b"), ("SDK_OPERATION_TIMEOUT", "0s")], "SDK_ATTEMPT_TIMEOUT is 5s"),
         ];
         for (vars, expected) in cases {
             let err = config(vars).unwrap_err().to_string();

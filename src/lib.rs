@@ -5,10 +5,12 @@
 //! - [`aws`]: the ports implemented with the AWS SDK for Rust;
 //! - [`api`]: HTTP glue of the API Gateway functions;
 //! - [`scheduled`]: EventBridge glue of the scheduled evaluation;
+//! - [`cli`]: the operator CLI's commands, one file a group of them;
 //! - [`config`]: the environment, read once at start-up.
 
 pub mod api;
 pub mod aws;
+pub mod cli;
 pub mod config;
 pub mod core;
 pub mod scheduled;

@@ -8,8 +8,9 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use chrono::Utc;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::core::domain::is_event_time;
 use crate::core::rotation::Ports;
 use crate::core::sweep::{sweep, Summary, SweepRequest, SweepSettings};
 
@@ -31,7 +32,14 @@ pub async fn handle(
     margin: StdDuration,
 ) -> Result<Summary, Diagnostic> {
     let (event, context) = event.into_parts();
-    let now = event.time.unwrap_or_else(Utc::now);
+    let now = match event.time {
+        Some(time) if is_event_time(time) => time,
+        Some(time) => {
+            warn!(%time, "the event's time is none EventBridge sends; evaluating at the clock's");
+            Utc::now()
+        }
+        None => Utc::now(),
+    };
     let remaining = context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
     let deadline = (context.deadline > 0).then(|| tokio::time::Instant::now() + remaining);
     let margin = margin.min(remaining / 4);

@@ -187,3 +187,56 @@ async fn an_aws_failure_answers_503_and_leaves_the_record_as_it_was() {
     let after = stack.adapters.registry.load(&org).await.unwrap().unwrap().value;
     assert_eq!(after, before);
 }
+
+/// A client whose answer was lost retries with the same `Idempotency-Key`:
+/// the secret comes back from Secrets Manager, the key still works, nothing
+/// else rotated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_idempotency_key_returns_the_same_working_key_from_the_vault() {
+    let stack = enrolled_stack().await;
+    stack.aws.enforce_auth();
+    let (first, _) = rotate(&stack, "rotate-key.json", |_| {}).await;
+    let with_key = |seconds: i64| {
+        move |e: &mut serde_json::Value| {
+            later(seconds)(e);
+            e["headers"]["idempotency-key"] = "lost-answer-1".into();
+        }
+    };
+    let (second, body) = rotate(&stack, "rotate-key.json", with_key(60)).await;
+    let (again, body_again) = rotate(&stack, "rotate-key.json", with_key(120)).await;
+
+    assert_eq!(again, second, "the same key id and secret");
+    assert_eq!(body_again["keyVersion"], body["keyVersion"]);
+    assert_eq!(body_again["oldKeyId"], first.0.as_str());
+    assert!(stack.can_read((&again.0, &again.1), ORG_A).await, "the key handed out again works");
+    let record = stack.adapters.registry.load(&OrgId::parse(ORG_A).unwrap()).await.unwrap().unwrap().value;
+    assert_eq!(record.current.unwrap().access_key_id, second.0);
+    assert_eq!(record.recent_rotations.len(), 2, "the repeat was not charged to the rate limit");
+    let stored = serde_json::to_string(&record.idempotent_rotations).unwrap();
+    assert!(stored.contains("lost-answer-1") && !stored.contains(&second.1), "remembered, without the secret");
+}
+
+/// The vault's current version is not where the record says (a rotation
+/// crashed before moving it): the next rotation still makes its own current.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_vault_label_is_moved_from_wherever_it_is() {
+    let stack = enrolled_stack().await;
+    let (first, _) = rotate(&stack, "rotate-key.json", |_| {}).await;
+    let (second, _) = rotate(&stack, "rotate-key.json", later(60)).await;
+    let record = stack.adapters.registry.load(&OrgId::parse(ORG_A).unwrap()).await.unwrap().unwrap().value;
+    let (v1, v2) =
+        (record.previous.unwrap().key.vault_version.unwrap(), record.current.unwrap().vault_version.unwrap());
+    // Put AWSCURRENT back on the first version, as if the second rotation crashed after its commit.
+    let secrets = aws_sdk_secretsmanager::Client::new(&stack.aws.sdk(&stack.admin.0, &stack.admin.1));
+    let secret = stack.adapters.vault.secret_name(&OrgId::parse(ORG_A).unwrap());
+    let moved = secrets.update_secret_version_stage().secret_id(&secret).version_stage("AWSCURRENT");
+    moved.move_to_version_id(&v1).remove_from_version_id(&v2).send().await.unwrap();
+
+    let (third, _) = rotate(&stack, "rotate-key.json", later(120)).await;
+
+    let current = secrets.get_secret_value().secret_id(&secret).version_stage("AWSCURRENT").send().await.unwrap();
+    let value: serde_json::Value = serde_json::from_str(current.secret_string().unwrap()).unwrap();
+    assert_eq!(value["accessKeyId"], third.0.as_str());
+    assert_ne!(third.0, second.0);
+    assert_ne!(third.0, first.0);
+}

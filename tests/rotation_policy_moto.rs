@@ -5,13 +5,13 @@ mod common;
 
 use chrono::Utc;
 use common::{event, Stack, ORG_A, ORG_B};
-use s3_key_rotation::api::rotation_policy::{handle, PolicyPorts, PolicySettings};
+use s3_key_rotation::api::rotation_policy::{handle, PolicyPorts};
 use s3_key_rotation::core::domain::{OrgId, Trigger};
 use s3_key_rotation::core::ports::Registry;
 use s3_key_rotation::core::rotation::{rotate, RotationRequest};
 
 async fn call(stack: &Stack, name: &str, patch: impl FnOnce(&mut serde_json::Value)) -> (u16, String) {
-    let settings = PolicySettings { caller: stack.config.caller_rules(), max_key_age: stack.config.max_key_age };
+    let settings = stack.config.policy_settings();
     let ports = PolicyPorts { registry: &stack.adapters.registry, audit: &stack.adapters.audit };
     let response = handle(event(name, patch), ports, &settings).await;
     (response.status().as_u16(), String::from_utf8(response.body().as_ref().to_vec()).unwrap())

@@ -13,13 +13,17 @@ use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
 
+use crate::core::domain::is_event_time;
+
 /// The time of the request as API Gateway received it (`requestContext.timeEpoch`),
 /// so that a handler is deterministic and replayable; the clock only when the
-/// event has none.
+/// event has none (or one no API Gateway sends, see [`is_event_time`]).
 pub fn request_time(req: &Request) -> DateTime<Utc> {
     match req.request_context_ref() {
         Some(RequestContext::ApiGatewayV2(ctx)) if ctx.time_epoch > 0 => {
-            DateTime::<Utc>::from_timestamp_millis(ctx.time_epoch).unwrap_or_else(Utc::now)
+            DateTime::<Utc>::from_timestamp_millis(ctx.time_epoch)
+                .filter(|t| is_event_time(*t))
+                .unwrap_or_else(Utc::now)
         }
         _ => Utc::now(),
     }

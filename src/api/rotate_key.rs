@@ -7,6 +7,7 @@ use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use secrecy::ExposeSecret;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::caller::CallerRules;
@@ -14,7 +15,9 @@ use super::{is_json, json_response, request_id, request_time};
 use crate::core::domain::Trigger;
 use crate::core::duration::Duration;
 use crate::core::ports::PortError;
-use crate::core::rotation::{rotate, Ports, Rotated, RotationError, RotationRequest, RotationSettings};
+use crate::core::rotation::{
+    rotate_idempotent, Idempotency, Ports, Rotated, RotationError, RotationRequest, RotationSettings,
+};
 
 /// The path every error body names, as the reference does.
 pub const ERROR_PATH: &str = "/iam/rotate-key";
@@ -137,6 +140,30 @@ fn parse_body(req: &Request) -> Result<Option<Duration>, (StatusCode, String)> {
     Ok(grace)
 }
 
+/// The header a client sends to make a rotation safe to retry.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// The request's `Idempotency-Key` (1 to 64 of `A-Z a-z 0-9 _ -`), if it
+/// carries one, with the digest of its body that tells another request under
+/// the same key apart.
+fn idempotency(req: &Request) -> Result<Option<Idempotency>, String> {
+    let mut values = req.headers().get_all(IDEMPOTENCY_HEADER).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    let invalid = "Bad Request: the Idempotency-Key header must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'";
+    if values.next().is_some() {
+        return Err("Bad Request: send the Idempotency-Key header once".into());
+    }
+    let key = value.to_str().map_err(|_| invalid.to_owned())?;
+    let valid =
+        (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(invalid.into());
+    }
+    let digest = Sha256::digest(req.body().as_ref());
+    let fingerprint = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Some(Idempotency { key: key.to_owned(), fingerprint }))
+}
+
 /// Handles one request. Always answers: every refusal is a JSON error with its status.
 #[tracing::instrument(skip_all, fields(org = tracing::field::Empty, status = tracing::field::Empty))]
 pub async fn handle(req: Request, ports: Ports<'_>, settings: &RotateKeySettings) -> Response<Body> {
@@ -168,6 +195,10 @@ async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, 
         Ok(grace) => grace,
         Err((status, message)) => return error(status, &message, now),
     };
+    let idempotency = match idempotency(req) {
+        Ok(idempotency) => idempotency,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message, now),
+    };
     let request = RotationRequest {
         org: caller.org.clone(),
         now,
@@ -177,7 +208,7 @@ async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, 
         request_id: request_id(req),
         grace,
     };
-    match rotate(ports, &settings.rotation, &request).await {
+    match rotate_idempotent(ports, &settings.rotation, &request, idempotency.as_ref()).await {
         Ok(rotated) => {
             info!(
                 access_key_id = %rotated.access_key_id,
@@ -203,13 +234,19 @@ async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, 
     }
 }
 
+/// Seconds a caller is asked to wait while another rotation of its org runs.
+const IN_PROGRESS_RETRY_AFTER: u64 = 2;
+
 /// The one place where a rotation error becomes an HTTP status (and a Retry-After).
 fn status_of(e: &RotationError) -> (StatusCode, Option<u64>) {
     match e {
         RotationError::NotEnrolled(_) => (StatusCode::NOT_FOUND, None),
-        RotationError::NotEnabled { .. } | RotationError::InProgress { .. } | RotationError::Contended(_) => {
+        // A rotation takes about a second: worth asking again soon.
+        RotationError::InProgress { .. } => (StatusCode::CONFLICT, Some(IN_PROGRESS_RETRY_AFTER)),
+        RotationError::NotEnabled { .. } | RotationError::Contended(_) | RotationError::ReplayUnavailable { .. } => {
             (StatusCode::CONFLICT, None)
         }
+        RotationError::IdempotencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, None),
         RotationError::RateLimited { retry_after, .. } => (StatusCode::TOO_MANY_REQUESTS, Some(retry_after.as_secs())),
         RotationError::GraceTooLong { .. } => (StatusCode::BAD_REQUEST, None),
         RotationError::Aws(PortError::Throttled { .. }) => (StatusCode::SERVICE_UNAVAILABLE, Some(5)),
@@ -463,5 +500,125 @@ mod tests {
         let (status, body, _) = f.call(EVENT, |_| {}).await;
         assert_eq!(status, 409, "{body}");
         assert!(body["error"].as_str().unwrap().contains("already in progress"));
+    }
+
+    fn with_key(key: &str) -> impl FnOnce(&mut Value) + '_ {
+        move |e| e["headers"]["idempotency-key"] = key.into()
+    }
+
+    fn later(e: &mut Value, minutes: i64) {
+        let at = e["requestContext"]["timeEpoch"].as_i64().unwrap() + minutes * 60_000;
+        e["requestContext"]["timeEpoch"] = at.into();
+    }
+
+    #[tokio::test]
+    async fn a_repeated_idempotency_key_gets_the_same_answer_and_rotates_nothing() {
+        let f = Fixture::new().await;
+        // Given a rotation whose answer the client never saw,
+        let (status, first, _) = f.call(EVENT, with_key("retry-1")).await;
+        assert_eq!(status, 200, "{first}");
+        let after_first = f.record();
+        // when the client sends the same request again, an hour later,
+        let (status, again, headers) = f
+            .call(EVENT, |e| {
+                with_key("retry-1")(e);
+                later(e, 60);
+            })
+            .await;
+        // then it gets the same key and secret, and nothing rotated or counted.
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(headers["cache-control"], "no-store");
+        for field in ["accessKeyId", "secretAccessKey", "keyVersion", "currentKeyId", "oldKeyId", "keyCreationDate"] {
+            assert_eq!(again[field], first[field], "{field}");
+        }
+        assert_eq!(f.record(), after_first, "no new rotation, no rate-limit charge");
+        assert_eq!(f.keys.keys_of("org-1234567").len(), 1);
+        // A new key is a new request: it rotates.
+        let (status, next, _) = f
+            .call(EVENT, |e| {
+                with_key("retry-2")(e);
+                later(e, 61);
+            })
+            .await;
+        assert_eq!(status, 200, "{next}");
+        assert_eq!(next["keyVersion"], 2);
+        assert_eq!(next["oldKeyId"], first["accessKeyId"]);
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_is_remembered_for_a_day_and_per_org() {
+        let f = Fixture::new().await;
+        f.world.enroll(&OrgId::parse("7654321").unwrap(), Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()).await;
+        let (_, first, _) = f.call(EVENT, with_key("same")).await;
+        // The same key from another org is that org's own request.
+        let (status, other, _) = f
+            .call(EVENT, |e| {
+                with_key("same")(e);
+                claims(e)["org_id"] = "7654321".into();
+            })
+            .await;
+        assert_eq!(status, 200, "{other}");
+        assert_eq!(other["orgId"], "7654321");
+        assert_ne!(other["accessKeyId"], first["accessKeyId"]);
+        // After 24 hours the key is forgotten: the same request rotates again.
+        let (status, day_later, _) = f
+            .call(EVENT, |e| {
+                with_key("same")(e);
+                later(e, 24 * 60);
+            })
+            .await;
+        assert_eq!(status, 200, "{day_later}");
+        assert_eq!(day_later["keyVersion"], 2);
+    }
+
+    #[tokio::test]
+    async fn another_body_under_the_same_idempotency_key_is_unprocessable() {
+        let f = Fixture::new().await;
+        let (status, _, _) = f.call(EVENT, with_key("k1")).await;
+        assert_eq!(status, 200);
+        let before = f.record();
+        let (status, body, _) = f
+            .call(GRACE, |e| {
+                with_key("k1")(e);
+                later(e, 1);
+            })
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("Idempotency-Key 'k1' was used for a different request"));
+        assert_eq!(body["path"], "/iam/rotate-key");
+        assert_eq!(f.record(), before);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_idempotency_key_is_refused_with_the_header_named() {
+        let f = Fixture::new().await;
+        let long = "k".repeat(65);
+        for bad in ["", "has space", "ключ", "a/b", long.as_str()] {
+            let (status, body, _) = f.call(EVENT, with_key(bad)).await;
+            assert_eq!(status, 400, "{bad:?}: {body}");
+            assert!(body["error"].as_str().unwrap().contains("Idempotency-Key"), "{body}");
+        }
+        assert!(f.record().current.is_none(), "nothing rotated");
+        let (status, _, _) = f.call(EVENT, with_key(&"k".repeat(64))).await;
+        assert_eq!(status, 200, "64 characters are allowed");
+    }
+
+    #[tokio::test]
+    async fn a_repeat_while_the_first_request_runs_is_asked_to_retry_later() {
+        let f = Fixture::new().await;
+        // The first request with this key has claimed the org and not committed.
+        let mut record = f.record();
+        let now = Utc.timestamp_millis_opt(1795323071000).unwrap();
+        record.pending = Some(crate::core::domain::PendingRotation {
+            rotation_id: "first".into(),
+            trigger: Trigger::Api,
+            started_at: now,
+            lease_until: now + chrono::TimeDelta::minutes(5),
+            new_access_key_id: None,
+        });
+        f.registry.put(record);
+        let (status, body, headers) = f.call(EVENT, with_key("k1")).await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(headers["retry-after"], "2");
     }
 }

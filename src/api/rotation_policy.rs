@@ -19,8 +19,11 @@ use super::caller::CallerRules;
 use super::{json_response, request_id, request_time};
 use crate::core::domain::{OrgId, OrgRecord};
 use crate::core::duration::Duration;
-use crate::core::policy::{automatic_rotation, key_versions, update_policy, PolicyChange, PolicyError};
+use crate::core::policy::{
+    automatic_rotation, key_versions, next_automatic_rotation, update_policy, PolicyChange, PolicyError,
+};
 use crate::core::ports::{AuditLog, PortError, Registry};
+use crate::core::rotation::RotationSettings;
 
 /// What the handler needs besides the ports.
 #[derive(Debug, Clone)]
@@ -28,6 +31,9 @@ pub struct PolicySettings {
     pub caller: CallerRules,
     /// Shown by DescribeKey with the current key's expiry.
     pub max_key_age: Duration,
+    /// Automatic rotation happens at the latest this long before the maximum
+    /// age (DescribeKey's `NextRotationDate` shows that real date).
+    pub automatic_lead: Duration,
 }
 
 /// The services the policy API uses.
@@ -109,11 +115,12 @@ enum Format {
 /// The request's parameters by name.
 type Params = BTreeMap<String, String>;
 
+fn query_parameters(req: &Request) -> Params {
+    req.query_string_parameters().iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect()
+}
+
 fn parameters(req: &Request) -> Result<Params, ApiError> {
-    let mut params: Params = BTreeMap::new();
-    for (name, value) in req.query_string_parameters().iter() {
-        params.insert(name.to_owned(), value.to_owned());
-    }
+    let mut params = query_parameters(req);
     let body: &[u8] = req.body().as_ref();
     if !body.is_empty() {
         let content_type = media_type(req.headers());
@@ -213,7 +220,8 @@ pub async fn handle(req: Request, ports: PolicyPorts<'_>, settings: &PolicySetti
     let now = request_time(&req);
     let request_id = request_id(&req).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let params = parameters(&req);
-    let format = params.as_ref().ok().and_then(|p| format_of(p, req.headers()).ok()).unwrap_or(Format::Json);
+    // A body that cannot be read is refused in the format the query string or Accept asks for.
+    let format = format_of(params.as_ref().unwrap_or(&query_parameters(&req)), req.headers()).unwrap_or(Format::Json);
     let result = match params {
         Ok(params) => respond(&req, &params, ports, settings, now, &request_id).await,
         Err(e) => Err(e),
@@ -290,7 +298,7 @@ async fn respond(
         "DescribeKey" => {
             let record = load(ports.registry, &org).await?;
             let mut body = Map::new();
-            body.insert("KeyMetadata".into(), key_metadata(&record, settings.max_key_age));
+            body.insert("KeyMetadata".into(), key_metadata(&record, settings));
             body
         }
         _ => {
@@ -328,7 +336,10 @@ async fn load(registry: &dyn Registry, org: &OrgId) -> Result<OrgRecord, ApiErro
 }
 
 /// DescribeKey's `KeyMetadata`: the reference's fields and ours; never a secret.
-fn key_metadata(record: &OrgRecord, max_key_age: Duration) -> Value {
+fn key_metadata(record: &OrgRecord, settings: &PolicySettings) -> Value {
+    let max_key_age = settings.max_key_age;
+    let rotation =
+        RotationSettings { max_key_age, automatic_lead: settings.automatic_lead, ..RotationSettings::default() };
     let mut m = Map::new();
     let mut put = |name: &str, value: Value| {
         m.insert(name.to_owned(), value);
@@ -347,7 +358,7 @@ fn key_metadata(record: &OrgRecord, max_key_age: Duration) -> Value {
     if let Some(at) = record.policy.last_rotation_at {
         put("LastRotationDate", iso(at).into());
     }
-    if let Some(at) = record.policy.next_rotation_at.filter(|_| record.policy.automatic) {
+    if let Some(at) = next_automatic_rotation(record, &rotation) {
         put("NextRotationDate", iso(at).into());
     }
     put("MaxKeyAge", max_key_age.to_seconds_string().into());
@@ -449,6 +460,7 @@ mod tests {
                 settings: PolicySettings {
                     caller: CallerRules { org_claim: "org_id".into(), admin_scopes: vec!["admin".into()] },
                     max_key_age: Duration::from_days(90),
+                    automatic_lead: Duration::from_days(2),
                 },
             };
             let org = OrgId::parse("1234567").unwrap();
@@ -644,6 +656,21 @@ mod tests {
         let (_, body) = f.json(DESCRIBE, |_| {}).await;
         assert_eq!(body["KeyMetadata"]["AutomaticRotation"], "Disabled");
         assert!(body["KeyMetadata"].get("NextRotationDate").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_interval_past_the_maximum_key_age_shows_the_real_next_rotation() {
+        // Given a key made on 1 November and a 90-day maximum age,
+        let f = Fixture::new();
+        // when automatic rotation is set to once a year (accepted, as by the reference),
+        let (status, body) = f.json(UPDATE, enable_every("365d")).await;
+        assert_eq!(status, 200, "{body}");
+        // then the next rotation is shown before the key expires, not a year later.
+        let (_, body) = f.json(DESCRIBE, |_| {}).await;
+        let m = &body["KeyMetadata"];
+        assert_eq!(m["RotationInterval"], "31536000s");
+        assert_eq!(m["KeyExpirationDate"], "2027-01-30T00:00:00Z");
+        assert_eq!(m["NextRotationDate"], "2027-01-28T00:00:00Z", "two days (the lead) before expiry");
     }
 
     #[tokio::test]

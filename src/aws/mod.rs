@@ -7,7 +7,10 @@ pub mod registry;
 pub mod vault;
 pub mod verifier;
 
+use std::time::Duration as StdDuration;
+
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
@@ -31,9 +34,22 @@ impl Clients {
     /// Loads the SDK configuration from the environment (region, credentials,
     /// `AWS_ENDPOINT_URL`) with the standard retry mode: throttling and
     /// transient errors are retried with exponential backoff and jitter.
+    ///
+    /// Every call is bounded: the SDK has no read or operation timeout of its
+    /// own, so an endpoint that accepts a request and never answers would hold
+    /// the function until Lambda kills it (a 500 to the caller, a claimed
+    /// rotation left to its lease). An attempt that takes longer than
+    /// `SDK_ATTEMPT_TIMEOUT` is abandoned and retried; a call gives up after
+    /// `SDK_OPERATION_TIMEOUT`, which leaves the function time to roll back.
     pub async fn from_env(config: &Config) -> Self {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(StdDuration::from_secs(3))
+            .operation_attempt_timeout(StdDuration::from_secs(config.sdk_attempt_timeout.as_secs()))
+            .operation_timeout(StdDuration::from_secs(config.sdk_operation_timeout.as_secs()))
+            .build();
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::standard().with_max_attempts(6))
+            .timeout_config(timeouts)
             .load()
             .await;
         Self::from_sdk(sdk, config.endpoint_url.is_some())

@@ -1,11 +1,13 @@
 //! The registry and the audit trail in S3. Records are `orgs/{orgId}.json`;
 //! every write is conditional (`If-None-Match: *` to create, `If-Match` to
-//! update). The audit trail is `audit/{orgId}/{time}-{id}.json`, one object
+//! update). The audit trail is `audit/{orgId}/{time}-{digest}.json`, one object
 //! per entry, never overwritten.
 
 use async_trait::async_trait;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::ByteStream;
+
+use sha2::{Digest, Sha256};
 
 use super::classify;
 use crate::core::domain::{OrgId, OrgRecord};
@@ -173,8 +175,12 @@ impl S3Audit {
     }
 
     /// Entries sort by time within an org: `audit/{orgId}/{YYYYMMDDTHHMMSS.mmmZ}-{uuid}.json`.
-    pub fn entry_key(entry: &AuditEntry) -> String {
-        format!("audit/{}/{}-{}.json", entry.org_id, entry.at.format("%Y%m%dT%H%M%S%.3fZ"), uuid::Uuid::new_v4())
+    /// `audit/{org}/{time}-{digest}.json`: the time sorts the trail, the
+    /// digest of the entry makes appending the same entry twice a no-op.
+    pub fn entry_key(entry: &AuditEntry, body: &[u8]) -> String {
+        let digest = Sha256::digest(body);
+        let short: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("audit/{}/{}-{short}.json", entry.org_id, entry.at.format("%Y%m%dT%H%M%S%.3fZ"))
     }
 
     /// The org's trail, newest first, at most `limit` entries (their keys sort by time).
@@ -215,17 +221,21 @@ impl AuditLog for S3Audit {
             operation: "PutObject",
             detail: format!("audit entry not serializable: {e}"),
         })?;
-        self.client
+        let written = self
+            .client
             .put_object()
             .bucket(&self.bucket)
-            .key(Self::entry_key(entry))
+            .key(Self::entry_key(entry, &body))
             .if_none_match("*")
             .content_type("application/json")
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| classify("s3", "PutObject", &e))?;
-        Ok(())
+            .map_err(|e| classify("s3", "PutObject", &e));
+        match written {
+            Ok(_) | Err(PortError::Conflict) => Ok(()), // the same entry is there already
+            Err(e) => Err(e),
+        }
     }
 }
 

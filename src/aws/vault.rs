@@ -8,6 +8,9 @@ use async_trait::async_trait;
 use aws_sdk_secretsmanager::operation::create_secret::CreateSecretError;
 use aws_sdk_secretsmanager::operation::delete_secret::DeleteSecretError;
 use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretError;
+use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
+use aws_sdk_secretsmanager::operation::put_secret_value::PutSecretValueError;
+use aws_sdk_secretsmanager::operation::update_secret_version_stage::UpdateSecretVersionStageError;
 use aws_sdk_secretsmanager::types::Tag;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -76,49 +79,94 @@ fn secret_value(key: &NewKey) -> SecretString {
 
 #[async_trait]
 impl KeyVault for SecretsVault {
+    /// One request once the org's secret exists (the first rotation creates it).
     async fn put_pending(&self, org: &OrgId, version: &str, key: &NewKey) -> Result<(), PortError> {
-        self.ensure_secret(org).await?;
         let value = secret_value(key);
-        self.client
-            .put_secret_value()
-            .secret_id(self.secret_name(org))
-            .client_request_token(version)
-            .secret_string(value.expose_secret())
-            .version_stages("AWSPENDING")
-            .send()
-            .await
-            .map_err(|e| classify("secretsmanager", "PutSecretValue", &e))?;
-        Ok(())
+        let put = || {
+            self.client
+                .put_secret_value()
+                .secret_id(self.secret_name(org))
+                .client_request_token(version)
+                .secret_string(value.expose_secret())
+                .version_stages("AWSPENDING")
+                .send()
+        };
+        match put().await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.as_service_error(), Some(PutSecretValueError::ResourceNotFoundException(_))) => {
+                self.ensure_secret(org).await?;
+                put().await.map(|_| ()).map_err(|e| classify("secretsmanager", "PutSecretValue", &e))
+            }
+            Err(e) => Err(classify("secretsmanager", "PutSecretValue", &e)),
+        }
     }
 
-    async fn promote(&self, org: &OrgId, version: &str) -> Result<(), PortError> {
-        let versions = self.versions(org).await?.unwrap_or_default();
-        let current =
-            versions.iter().find(|(_, stages)| stages.iter().any(|s| s == "AWSCURRENT")).map(|(id, _)| id.clone());
-        if current.as_deref() != Some(version) {
+    /// One request when `replacing` is the current version (or there is none
+    /// yet); otherwise the secret is described and the label moved from
+    /// wherever it is. `AWSPENDING` stays on the promoted version until the
+    /// next rotation's pending version takes it, as in Secrets Manager's own
+    /// rotation: a version that is both current and pending is a finished rotation.
+    async fn promote(&self, org: &OrgId, version: &str, replacing: Option<&str>) -> Result<(), PortError> {
+        if replacing == Some(version) {
+            return Ok(());
+        }
+        let move_label = |from: Option<&str>| {
             let mut request = self
                 .client
                 .update_secret_version_stage()
                 .secret_id(self.secret_name(org))
                 .version_stage("AWSCURRENT")
                 .move_to_version_id(version);
-            if let Some(old) = &current {
+            if let Some(old) = from {
                 request = request.remove_from_version_id(old);
             }
-            request.send().await.map_err(|e| classify("secretsmanager", "UpdateSecretVersionStage", &e))?;
+            request.send()
+        };
+        if let Some(old) = replacing {
+            match move_label(Some(old)).await {
+                Ok(_) => return Ok(()),
+                // The label is not where the caller thought: ask the vault.
+                Err(e)
+                    if matches!(
+                        e.as_service_error(),
+                        Some(UpdateSecretVersionStageError::InvalidParameterException(_))
+                    ) => {}
+                Err(e) => return Err(classify("secretsmanager", "UpdateSecretVersionStage", &e)),
+            }
         }
-        let pending = versions.iter().any(|(id, stages)| id == version && stages.iter().any(|s| s == "AWSPENDING"));
-        if pending {
-            self.client
-                .update_secret_version_stage()
-                .secret_id(self.secret_name(org))
-                .version_stage("AWSPENDING")
-                .remove_from_version_id(version)
-                .send()
-                .await
-                .map_err(|e| classify("secretsmanager", "UpdateSecretVersionStage", &e))?;
+        let versions = self.versions(org).await?.unwrap_or_default();
+        let current =
+            versions.iter().find(|(_, stages)| stages.iter().any(|s| s == "AWSCURRENT")).map(|(id, _)| id.as_str());
+        if current == Some(version) {
+            return Ok(());
         }
+        move_label(current).await.map_err(|e| classify("secretsmanager", "UpdateSecretVersionStage", &e))?;
         Ok(())
+    }
+
+    async fn get(&self, org: &OrgId, version: &str) -> Result<Option<NewKey>, PortError> {
+        let out = match self.client.get_secret_value().secret_id(self.secret_name(org)).version_id(version).send().await
+        {
+            Ok(out) => out,
+            Err(e) if matches!(e.as_service_error(), Some(GetSecretValueError::ResourceNotFoundException(_))) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(classify("secretsmanager", "GetSecretValue", &e)),
+        };
+        let unreadable = || PortError::Unavailable {
+            service: "secretsmanager",
+            operation: "GetSecretValue",
+            detail: "the stored version is not an access key".into(),
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(out.secret_string().ok_or_else(unreadable)?).map_err(|_| unreadable())?;
+        match (value["accessKeyId"].as_str(), value["secretAccessKey"].as_str()) {
+            (Some(id), Some(secret)) => Ok(Some(NewKey {
+                access_key_id: id.to_owned(),
+                secret_access_key: SecretString::from(secret.to_owned()),
+            })),
+            _ => Err(unreadable()),
+        }
     }
 
     async fn current_version(&self, org: &OrgId) -> Result<Option<String>, PortError> {

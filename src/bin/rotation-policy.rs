@@ -2,7 +2,7 @@
 //! (`UpdateRotationPolicy`, `DescribeKey`, `ListKeyVersions`) behind the HTTP API.
 
 use lambda_http::{run, service_fn, Error, Request};
-use s3_key_rotation::api::rotation_policy::{handle, PolicyPorts, PolicySettings};
+use s3_key_rotation::api::rotation_policy::{handle, PolicyPorts};
 use s3_key_rotation::aws::{Adapters, Clients};
 use s3_key_rotation::config::Config;
 
@@ -12,7 +12,7 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_env()?;
     let clients = Clients::from_env(&config).await;
     let adapters = Adapters::new(&clients, &config);
-    let settings = PolicySettings { caller: config.caller_rules(), max_key_age: config.max_key_age };
+    let settings = config.policy_settings();
     let ports = PolicyPorts { registry: &adapters.registry, audit: &adapters.audit };
     let settings = &settings;
     run(service_fn(move |req: Request| async move { Ok::<_, Error>(handle(req, ports, settings).await) })).await

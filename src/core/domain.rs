@@ -8,6 +8,17 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::Duration;
 
+/// 9000-01-01T00:00:00Z, in milliseconds since the epoch.
+const EVENT_TIME_END_MS: i64 = 221_845_392_000_000;
+
+/// Whether a time an event gives as "now" is one the functions work with: from
+/// 1970 until the year 9000. No AWS service sends another, and every date
+/// computed from it (a key's expiry, a retirement) keeps the four-digit year
+/// of the ISO 8601 dates the functions answer with.
+pub fn is_event_time(t: DateTime<Utc>) -> bool {
+    (0..EVENT_TIME_END_MS).contains(&t.timestamp_millis())
+}
+
 /// How many entries of history a record keeps (older ones stay in the audit trail).
 pub const HISTORY_LIMIT: usize = 20;
 
@@ -117,9 +128,16 @@ pub struct PreviousKey {
     pub key: KeyVersion,
     /// When it stopped (or stops) being usable: deactivated at this time.
     pub retire_at: DateTime<Utc>,
-    /// Set once it has been deactivated in IAM.
+    /// Set once it has been deactivated in IAM (or, with
+    /// `deactivation_unconfirmed`, once a commit ordered it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deactivated_at: Option<DateTime<Utc>>,
+    /// The rotation's commit recorded the deactivation before making it (the
+    /// IAM call follows the commit, so that the record is written once): the
+    /// next sweep deactivates the key again (idempotent) and confirms it, so a
+    /// crash between the commit and the IAM call cannot leave the key active.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deactivation_unconfirmed: bool,
 }
 
 /// The automatic rotation policy of the org's key.
@@ -206,6 +224,58 @@ pub struct OrgRecord {
     /// When a `PendingDeletion` org is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_at: Option<DateTime<Utc>>,
+    /// Audit entries committed with the change they describe (one write for
+    /// both) and not yet copied to the audit trail: the sweep copies them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_outbox: Vec<AuditEntry>,
+    /// Rotations requested with an `Idempotency-Key` in the last
+    /// [`IDEMPOTENCY_WINDOW_HOURS`] hours: a repeat gets the same answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idempotent_rotations: Vec<IdempotentRotation>,
+}
+
+/// How long a rotation's `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_WINDOW_HOURS: i64 = 24;
+
+/// How many audit entries a record holds for the trail at most; beyond that a
+/// rotation writes its entries to the trail itself.
+pub const AUDIT_OUTBOX_LIMIT: usize = 20;
+
+/// A committed rotation that was requested with an `Idempotency-Key`: enough
+/// to give a repeat of the request the same answer (the secret comes from the
+/// key vault, version `vault_version`; the record never holds it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdempotentRotation {
+    pub key: String,
+    /// SHA-256 (hex) of the request body, so a different request under the
+    /// same key is told apart.
+    pub fingerprint: String,
+    pub at: DateTime<Utc>,
+    pub version: u32,
+    pub access_key_id: String,
+    pub vault_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_retire_at: Option<DateTime<Utc>>,
+}
+
+/// One entry of the append-only audit trail: who did what, when, to which key
+/// ids. Never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub org_id: OrgId,
+    pub action: String,
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl OrgRecord {
@@ -230,6 +300,8 @@ impl OrgRecord {
             history: vec![HistoryEntry { at: now, event: "enrolled".into(), version: None, access_key_id: None }],
             warnings_sent: Vec::new(),
             deletion_at: None,
+            audit_outbox: Vec::new(),
+            idempotent_rotations: Vec::new(),
         }
     }
 

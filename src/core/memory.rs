@@ -237,13 +237,14 @@ impl MemoryKeys {
 }
 
 /// A version of an org's secret: (version, access key id, stage).
-type VaultVersion = (String, String, &'static str);
+/// (version, the key, stage).
+type VaultVersion = (String, NewKey, &'static str);
 
 /// The key vault: per org, versions with their stage.
 #[derive(Debug, Default)]
 pub struct MemoryVault {
     faults: Arc<Faults>,
-    /// org → (version, access key id, stage) in order of creation.
+    /// org → (version, key, stage) in order of creation.
     secrets: Mutex<BTreeMap<OrgId, Vec<VaultVersion>>>,
     readers: Mutex<BTreeMap<OrgId, String>>,
 }
@@ -254,7 +255,11 @@ impl MemoryVault {
     }
     /// The access key id whose secret is `AWSCURRENT`.
     pub fn current_key(&self, org: &OrgId) -> Option<String> {
-        lock(&self.secrets).get(org)?.iter().find(|v| v.2 == "AWSCURRENT").map(|v| v.1.clone())
+        lock(&self.secrets).get(org)?.iter().find(|v| v.2 == "AWSCURRENT").map(|v| v.1.access_key_id.clone())
+    }
+    /// The access key id whose secret is `AWSPENDING`.
+    pub fn pending_key(&self, org: &OrgId) -> Option<String> {
+        lock(&self.secrets).get(org)?.iter().find(|v| v.2 == "AWSPENDING").map(|v| v.1.access_key_id.clone())
     }
     pub fn exists(&self, org: &OrgId) -> bool {
         lock(&self.secrets).contains_key(org) || lock(&self.readers).contains_key(org)
@@ -275,26 +280,35 @@ impl KeyVault for MemoryVault {
             for v in versions.iter_mut().filter(|v| v.2 == "AWSPENDING") {
                 v.2 = "";
             }
-            versions.push((version.to_owned(), key.access_key_id.clone(), "AWSPENDING"));
+            versions.push((version.to_owned(), key.clone(), "AWSPENDING"));
         }
         Ok(())
     }
-    async fn promote(&self, org: &OrgId, version: &str) -> Result<(), PortError> {
-        self.faults.step("vault.promote").await?;
-        let mut secrets = lock(&self.secrets);
-        let versions = secrets.get_mut(org).ok_or(PortError::Unavailable {
-            service: "memory",
-            operation: "promote",
-            detail: "no secret".into(),
-        })?;
-        if !versions.iter().any(|v| v.0 == version) {
-            return Err(PortError::Unavailable {
-                service: "memory",
-                operation: "promote",
-                detail: "no such version".into(),
-            });
+    /// As Secrets Manager: moving `AWSCURRENT` away from a version that does
+    /// not hold it is refused, and then the vault is asked (one more call).
+    async fn promote(&self, org: &OrgId, version: &str, replacing: Option<&str>) -> Result<(), PortError> {
+        if replacing == Some(version) {
+            return Ok(());
         }
-        if versions.iter().any(|v| v.0 == version && v.2 == "AWSCURRENT") {
+        self.faults.step("vault.promote").await?;
+        let holds_current =
+            |versions: &[VaultVersion], id: &str| versions.iter().any(|v| v.0 == id && v.2 == "AWSCURRENT");
+        let guessed_right = {
+            let secrets = lock(&self.secrets);
+            let versions = secrets.get(org).map(Vec::as_slice).unwrap_or_default();
+            replacing.is_some_and(|old| holds_current(versions, old)) || !versions.iter().any(|v| v.2 == "AWSCURRENT")
+        };
+        if !guessed_right {
+            self.faults.step("vault.current_version").await?;
+        }
+        let mut secrets = lock(&self.secrets);
+        let unavailable =
+            |detail: &str| PortError::Unavailable { service: "memory", operation: "promote", detail: detail.into() };
+        let versions = secrets.get_mut(org).ok_or_else(|| unavailable("no secret"))?;
+        if !versions.iter().any(|v| v.0 == version) {
+            return Err(unavailable("no such version"));
+        }
+        if holds_current(versions, version) {
             return Ok(());
         }
         for v in versions.iter_mut() {
@@ -306,6 +320,10 @@ impl KeyVault for MemoryVault {
             };
         }
         Ok(())
+    }
+    async fn get(&self, org: &OrgId, version: &str) -> Result<Option<NewKey>, PortError> {
+        self.faults.step("vault.get").await?;
+        Ok(lock(&self.secrets).get(org).and_then(|v| v.iter().find(|v| v.0 == version)).map(|v| v.1.clone()))
     }
     async fn current_version(&self, org: &OrgId) -> Result<Option<String>, PortError> {
         self.faults.step("vault.current_version").await?;
@@ -369,7 +387,10 @@ impl MemoryAudit {
 impl AuditLog for MemoryAudit {
     async fn append(&self, entry: &AuditEntry) -> Result<(), PortError> {
         self.faults.step("audit.append").await?;
-        lock(&self.entries).push(entry.clone());
+        let mut entries = lock(&self.entries);
+        if !entries.contains(entry) {
+            entries.push(entry.clone());
+        }
         Ok(())
     }
 }
@@ -429,6 +450,13 @@ impl MemoryWorld {
             vault: Some(&self.vault),
             notifier: Some(&self.notifier),
         }
+    }
+
+    /// The org's audit trail as the sweep will have copied it: the entries
+    /// written, then those its record still holds for the trail.
+    pub fn audit_trail(&self, org: &OrgId) -> Vec<AuditEntry> {
+        let queued = self.registry.get(org).map(|r| r.audit_outbox).unwrap_or_default();
+        self.audit.entries().into_iter().filter(|e| &e.org_id == org).chain(queued).collect()
     }
 
     /// Enrolls `org` (prefix `{org}/` of bucket `logs`) as of `at`, outside the

@@ -7,7 +7,7 @@ use tracing::info;
 use super::domain::{KeyState, OrgId, OrgRecord};
 use super::duration::Duration;
 use super::ports::{AuditEntry, AuditLog, PortError, Registry, Versioned};
-use super::rotation::write_audit;
+use super::rotation::{write_audit, RotationSettings};
 
 /// The shortest and longest automatic rotation intervals.
 pub const MIN_INTERVAL: Duration = Duration::from_days(7);
@@ -106,6 +106,24 @@ pub async fn update_policy(
         }
     }
     Err(PolicyError::Contended(org.clone()))
+}
+
+/// When automatic rotation will really rotate the key: the policy's date (the
+/// last rotation plus the interval), but never later than
+/// `settings.automatic_lead` before the current key reaches its maximum age.
+/// An interval longer than the maximum age (the reference accepts up to 365
+/// days against a 90-day maximum) thus never lets the 90-day rule cut an org
+/// with automatic rotation off. `None`: automatic rotation is off.
+pub fn next_automatic_rotation(record: &OrgRecord, settings: &RotationSettings) -> Option<DateTime<Utc>> {
+    if !record.policy.automatic {
+        return None;
+    }
+    let by_interval = record.policy.next_rotation_at?;
+    let by_age = record
+        .current
+        .as_ref()
+        .map(|c| c.created_at + settings.max_key_age.to_chrono() - settings.automatic_lead.to_chrono());
+    Some(by_age.map_or(by_interval, |cap| by_interval.min(cap)))
 }
 
 /// The state of automatic rotation as DescribeKey shows it.

@@ -5,8 +5,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use super::domain::AuditEntry;
 use super::domain::{OrgId, OrgRecord};
 
 /// A failure of an outside service, already classified for the core.
@@ -54,25 +55,10 @@ pub trait Registry: Send + Sync {
     async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError>;
 }
 
-/// One entry of the append-only audit trail: who did what, when, to which key
-/// ids. Never a secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditEntry {
-    pub at: DateTime<Utc>,
-    pub org_id: OrgId,
-    pub action: String,
-    pub actor: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub key_ids: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
 #[async_trait]
 pub trait AuditLog: Send + Sync {
+    /// Appends `entry`; appending the same entry again changes nothing (so
+    /// copying a record's audit outbox twice is harmless).
     async fn append(&self, entry: &AuditEntry) -> Result<(), PortError>;
 }
 
@@ -125,7 +111,11 @@ pub trait KeyVault: Send + Sync {
     /// Stores the new key as the pending version `version` (idempotent).
     async fn put_pending(&self, org: &OrgId, version: &str, key: &NewKey) -> Result<(), PortError>;
     /// Makes `version` current; the version that was current becomes previous.
-    async fn promote(&self, org: &OrgId, version: &str) -> Result<(), PortError>;
+    /// `replacing` is the version the caller believes current (one request
+    /// when it is right; the vault is asked when it is not or is `None`).
+    async fn promote(&self, org: &OrgId, version: &str, replacing: Option<&str>) -> Result<(), PortError>;
+    /// The key stored as `version`, if the vault still has it.
+    async fn get(&self, org: &OrgId, version: &str) -> Result<Option<NewKey>, PortError>;
     /// The version that is current now, if any.
     async fn current_version(&self, org: &OrgId) -> Result<Option<String>, PortError>;
     /// Deletes the org's secret; a secret that does not exist is not an error.

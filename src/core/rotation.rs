@@ -2,25 +2,37 @@
 //!
 //! 1. read the record and refuse what must be refused;
 //! 2. claim it with a lease (conditional write);
-//! 3. reconcile IAM with the record: delete keys it does not know, make room
-//!    under the 2-key quota by deleting the previous key, never the current;
-//! 4. create the new key and record its id at once;
+//! 3. make room under the 2-key quota by deleting the previous key, never the
+//!    current; when taking over a crashed rotation, or when IAM still refuses
+//!    a key, first reconcile IAM with the record (delete keys it does not know);
+//! 4. create the new key and record it at once: in the key vault, as the
+//!    pending version named by the claim (or, without a vault, in the record);
 //! 5. verify the new key against the bucket (bounded retries);
-//! 6. commit: the new key becomes current, the old one previous;
-//! 7. only then hand out the secret and retire the old key.
+//! 6. commit: the new key becomes current, the old one previous (retired now
+//!    or after the grace period), with its audit entries in the same write;
+//! 7. only then hand out the secret, make it current in the vault, deactivate
+//!    the old key and publish the event.
 //!
 //! A failure at any step leaves the old state (the new key is deleted now, or
 //! by the next attempt as a key the record does not know) or the new state
-//! (retirement is finished by the next sweep).
+//! (what step 7 did not finish, the next sweep does).
+//!
+//! The requests of one rotation of an org with a previous key (the README's
+//! request table): registry read and claim, IAM delete and create, vault put,
+//! verify, commit, vault stage move, IAM deactivate, event: ten.
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use tracing::{error, info, warn};
 
-use super::domain::{HistoryEntry, KeyState, KeyVersion, OrgId, OrgRecord, PendingRotation, PreviousKey, Trigger};
+use super::domain::{
+    HistoryEntry, IdempotentRotation, KeyState, KeyVersion, OrgId, OrgRecord, PendingRotation, PreviousKey, Trigger,
+    AUDIT_OUTBOX_LIMIT, IDEMPOTENCY_WINDOW_HOURS,
+};
 use super::duration::Duration;
 use super::ports::{
-    AccessKeys, AuditEntry, AuditLog, KeyVault, KeyVerifier, Notification, Notifier, PortError, Registry, Versioned,
+    AccessKeys, AuditEntry, AuditLog, KeyVault, KeyVerifier, NewKey, Notification, Notifier, PortError, Registry,
+    Versioned,
 };
 
 /// The services a rotation uses.
@@ -50,6 +62,9 @@ pub struct RotationSettings {
     pub max_grace: Duration,
     /// How many times a lost compare-and-swap is re-read and retried.
     pub cas_attempts: u32,
+    /// Automatic rotation happens at the latest this long before the key's
+    /// maximum age, whatever the interval (see [`super::policy::next_automatic_rotation`]).
+    pub automatic_lead: Duration,
 }
 
 impl Default for RotationSettings {
@@ -60,6 +75,7 @@ impl Default for RotationSettings {
             max_key_age: Duration::from_days(90),
             max_grace: Duration::from_days(7),
             cas_attempts: 5,
+            automatic_lead: Duration::from_days(2),
         }
     }
 }
@@ -82,6 +98,14 @@ pub struct RotationRequest {
     pub grace: Option<Duration>,
 }
 
+/// A caller's `Idempotency-Key` and the fingerprint of its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    /// Tells a different request under the same key apart (a digest of the body).
+    pub fingerprint: String,
+}
+
 /// What a rotation refused or failed with. Each maps to one HTTP status in the API layer.
 #[derive(Debug, thiserror::Error)]
 pub enum RotationError {
@@ -99,6 +123,12 @@ pub enum RotationError {
     Contended(OrgId),
     #[error("the new key of org {0} could not read its bucket prefix; the rotation was rolled back")]
     VerificationFailed(OrgId),
+    #[error("Idempotency-Key '{key}' was used for a different request; use a new key for a new request")]
+    IdempotencyMismatch { key: String },
+    #[error(
+        "the answer to Idempotency-Key '{key}' can no longer be given (its key is gone from the vault); use a new key"
+    )]
+    ReplayUnavailable { key: String },
     #[error("AWS failed during the rotation; nothing changed: {0}")]
     Aws(#[from] PortError),
 }
@@ -126,38 +156,92 @@ pub struct Rotated {
 }
 
 /// Runs the protocol for one org. See the module documentation.
-#[tracing::instrument(skip_all, fields(org = %req.org, trigger = ?req.trigger))]
 pub async fn rotate(
     ports: Ports<'_>,
     settings: &RotationSettings,
     req: &RotationRequest,
+) -> Result<Rotated, RotationError> {
+    rotate_idempotent(ports, settings, req, None).await
+}
+
+/// [`rotate`], for a request that carries an `Idempotency-Key`: a repeat of a
+/// rotation committed in the last 24 hours gets the same answer (its secret
+/// from the key vault) and rotates nothing; a repeat while it runs is
+/// [`RotationError::InProgress`]; another request under the same key is
+/// [`RotationError::IdempotencyMismatch`].
+#[tracing::instrument(skip_all, fields(org = %req.org, trigger = ?req.trigger))]
+pub async fn rotate_idempotent(
+    ports: Ports<'_>,
+    settings: &RotationSettings,
+    req: &RotationRequest,
+    idempotency: Option<&Idempotency>,
 ) -> Result<Rotated, RotationError> {
     let grace = req.grace.unwrap_or(Duration::from_secs(0));
     if grace > settings.max_grace {
         return Err(RotationError::GraceTooLong { requested: grace, max: settings.max_grace });
     }
     // 1-2. Read, decide, claim.
-    let Versioned { value: mut record, mut etag } = claim(ports.registry, settings, req).await?;
-    let rotation = Rotation { ports, settings, req };
-    match rotation.run(&mut record, &mut etag, grace).await {
-        Ok(done) => Ok(done),
-        Err((err, new_key)) => {
-            rotation.abort(new_key.as_deref()).await;
-            Err(err)
+    let rotation = Rotation { ports, settings, req, idempotency };
+    let claimed = match claim(ports.registry, settings, req, idempotency).await {
+        Ok(claimed) => claimed,
+        Err(e @ RotationError::Aws(_)) => {
+            // The claim may have been written though no answer came: release it.
+            rotation.abort(None).await;
+            return Err(e);
         }
+        Err(e) => return Err(e),
+    };
+    let (Versioned { value: mut record, mut etag }, took_over) = match claimed {
+        Claim::Claimed { record, took_over } => (record, took_over),
+        Claim::Done { record, done } => return replay(ports, settings, &record, &done).await,
+    };
+    match rotation.commit(&mut record, &mut etag, grace, took_over).await {
+        Ok(committed) => Ok(rotation.finish(&mut record, committed).await),
+        Err((err, new_key)) => match rotation.abort(new_key.as_ref().map(|k| k.access_key_id.as_str())).await {
+            // The commit landed after all (its answer lost, or late): finish it and hand the key out.
+            Some(mut record) => {
+                let new_key = new_key.expect("only a new key can have been committed");
+                let replaced_vault_version = record.previous.as_ref().and_then(|p| p.key.vault_version.clone());
+                let committed = Committed { new_key, unqueued: Vec::new(), replaced_vault_version };
+                Ok(rotation.finish(&mut record, committed).await)
+            }
+            None => Err(err),
+        },
     }
+}
+
+/// A rotation's commit, and what the steps after it need.
+struct Committed {
+    new_key: NewKey,
+    /// Audit entries the record had no room for.
+    unqueued: Vec<AuditEntry>,
+    /// The vault version the new one replaces as current.
+    replaced_vault_version: Option<String>,
+}
+
+enum Claim {
+    /// The record is ours; `took_over` a crashed rotation's expired claim.
+    Claimed { record: Versioned<OrgRecord>, took_over: bool },
+    /// The same request was committed before: answer it again.
+    Done { record: OrgRecord, done: IdempotentRotation },
 }
 
 async fn claim(
     registry: &dyn Registry,
     settings: &RotationSettings,
     req: &RotationRequest,
-) -> Result<Versioned<OrgRecord>, RotationError> {
+    idempotency: Option<&Idempotency>,
+) -> Result<Claim, RotationError> {
     let hour = chrono::TimeDelta::hours(1);
     for _ in 0..settings.cas_attempts {
         let Some(Versioned { value: mut record, etag }) = registry.load(&req.org).await? else {
             return Err(RotationError::NotEnrolled(req.org.clone()));
         };
+        if claimed_by(&record, &req.rotation_id) {
+            // Our claim was written and its answer lost (the SDK's retry then lost the race to it).
+            let took_over = false;
+            return Ok(Claim::Claimed { record: Versioned { value: record, etag }, took_over });
+        }
         let allowed = match record.state {
             KeyState::Enabled => true,
             KeyState::Expired => req.trigger != Trigger::Schedule,
@@ -166,11 +250,24 @@ async fn claim(
         if !allowed {
             return Err(RotationError::NotEnabled { org: req.org.clone(), state: record.state });
         }
+        if let Some(idem) = idempotency {
+            let window = chrono::TimeDelta::hours(IDEMPOTENCY_WINDOW_HOURS);
+            let done = record.idempotent_rotations.iter().find(|d| d.key == idem.key && d.at + window > req.now);
+            if let Some(done) = done {
+                if done.fingerprint != idem.fingerprint {
+                    return Err(RotationError::IdempotencyMismatch { key: idem.key.clone() });
+                }
+                let done = done.clone();
+                return Ok(Claim::Done { record, done });
+            }
+        }
+        let mut took_over = false;
         if let Some(pending) = &record.pending {
             if pending.lease_until > req.now {
                 return Err(RotationError::InProgress { org: req.org.clone(), lease_until: pending.lease_until });
             }
             warn!(stale_rotation = %pending.rotation_id, "taking over a rotation whose lease expired");
+            took_over = true;
         }
         if req.trigger == Trigger::Api {
             // Entries older than an hour are dropped by the commit, not here, so
@@ -179,7 +276,9 @@ async fn claim(
                 record.recent_rotations.iter().copied().filter(|t| *t + hour > req.now).collect();
             if recent.len() >= settings.rotations_per_hour as usize {
                 let oldest = recent.iter().min().copied().unwrap_or(req.now);
-                let wait = (oldest + hour - req.now).num_seconds().max(1) as u64;
+                // At most the hour: a request timed before the rotations it counts
+                // (an event replayed, calls' times out of order) waits no longer.
+                let wait = (oldest + hour - req.now).num_seconds().clamp(1, hour.num_seconds()) as u64;
                 return Err(RotationError::RateLimited {
                     org: req.org.clone(),
                     limit: settings.rotations_per_hour,
@@ -196,7 +295,7 @@ async fn claim(
             new_access_key_id: None,
         });
         match registry.update(&record, &etag).await {
-            Ok(etag) => return Ok(Versioned { value: record, etag }),
+            Ok(etag) => return Ok(Claim::Claimed { record: Versioned { value: record, etag }, took_over }),
             Err(PortError::Conflict) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -204,92 +303,165 @@ async fn claim(
     Err(RotationError::Contended(req.org.clone()))
 }
 
+/// The answer of a committed rotation, again: its key from the vault, its
+/// previous key as the record shows it now.
+async fn replay(
+    ports: Ports<'_>,
+    settings: &RotationSettings,
+    record: &OrgRecord,
+    done: &IdempotentRotation,
+) -> Result<Rotated, RotationError> {
+    let unavailable = || RotationError::ReplayUnavailable { key: done.key.clone() };
+    let vault = ports.vault.ok_or_else(unavailable)?;
+    let key = vault.get(&record.org_id, &done.vault_version).await?.ok_or_else(unavailable)?;
+    if key.access_key_id != done.access_key_id {
+        return Err(unavailable());
+    }
+    info!(access_key_id = %done.access_key_id, version = done.version, "answered a repeated request again");
+    let previous = done.previous_access_key_id.as_ref().map(|id| {
+        let as_recorded = record.previous.as_ref().filter(|p| &p.key.access_key_id == id);
+        PreviousOutcome {
+            access_key_id: id.clone(),
+            active: as_recorded.is_some_and(|p| p.deactivated_at.is_none()),
+            retire_at: done.previous_retire_at.unwrap_or(done.at),
+        }
+    });
+    Ok(Rotated {
+        org: record.org_id.clone(),
+        key_id: record.key_id.clone(),
+        version: done.version,
+        access_key_id: key.access_key_id,
+        secret_access_key: key.secret_access_key,
+        created_at: done.at,
+        expires_at: done.at + settings.max_key_age.to_chrono(),
+        previous,
+    })
+}
+
 struct Rotation<'a> {
     ports: Ports<'a>,
     settings: &'a RotationSettings,
     req: &'a RotationRequest,
+    idempotency: Option<&'a Idempotency>,
 }
 
-type StepError = (RotationError, Option<String>);
+/// A failed step, with the new key if IAM made one that was not (known to be) committed.
+type StepError = (RotationError, Option<NewKey>);
 
 impl Rotation<'_> {
-    /// Steps 3 to 7 on a claimed record. On error, also returns the id of a new
-    /// key that exists in IAM and was not committed.
-    async fn run(&self, record: &mut OrgRecord, etag: &mut String, grace: Duration) -> Result<Rotated, StepError> {
+    /// Steps 3 to 6 on a claimed record. On error, also returns the new key if
+    /// IAM made one and it was not (known to be) committed.
+    async fn commit(
+        &self,
+        record: &mut OrgRecord,
+        etag: &mut String,
+        grace: Duration,
+        took_over: bool,
+    ) -> Result<Committed, StepError> {
         let user = record.iam_user.clone();
-        // 3. Reconcile IAM with the record and make room.
-        self.reconcile(record).await.map_err(|e| (e, None))?;
+        // 3. Make room; a crashed rotation may have left a key behind.
+        if took_over {
+            self.reconcile(record).await.map_err(|e| (e, None))?;
+        } else {
+            self.make_room(record).await.map_err(|e| (e, None))?;
+        }
 
-        // 4. Create the new key and record its id at once.
-        let new_key = self.ports.keys.create_key(&user).await.map_err(|e| (e.into(), None))?;
+        // 4. Create the new key (IAM refusing it means keys the record does
+        // not know: reconcile and try once more).
+        let new_key = match self.ports.keys.create_key(&user).await {
+            Err(PortError::QuotaExceeded) if !took_over => {
+                self.reconcile(record).await.map_err(|e| (e, None))?;
+                self.ports.keys.create_key(&user).await
+            }
+            created => created,
+        }
+        .map_err(|e| (e.into(), None))?;
         let new_id = new_key.access_key_id.clone();
         info!(access_key_id = %new_id, "created the new key");
-        let with_id = |r: &mut OrgRecord| {
-            if let Some(p) = r.pending.as_mut() {
-                p.new_access_key_id = Some(new_id.clone());
+
+        // ... and record it at once: the vault keeps it (with its secret) as the
+        // version the claim names; without a vault, the record keeps its id.
+        let vault_version = match self.ports.vault {
+            Some(vault) => match vault.put_pending(&self.req.org, &self.req.rotation_id, &new_key).await {
+                Ok(()) => Some(self.req.rotation_id.as_str()),
+                Err(e) => return Err((e.into(), Some(new_key.clone()))),
+            },
+            None => {
+                let with_id = |r: &mut OrgRecord| {
+                    if let Some(p) = r.pending.as_mut() {
+                        p.new_access_key_id = Some(new_id.clone());
+                    }
+                };
+                self.write_claimed(record, etag, with_id).await.map_err(|e| (e, Some(new_key.clone())))?;
+                None
             }
         };
-        self.write_claimed(record, etag, with_id).await.map_err(|e| (e, Some(new_id.clone())))?;
 
         // 5. Verify the new key against the bucket.
         if let Some(verifier) = self.ports.verifier {
             if let Err(e) = verifier.verify(&new_key, &record.bucket, &record.prefix).await {
                 warn!(access_key_id = %new_id, error = %e, "the new key failed verification");
-                return Err((RotationError::VerificationFailed(self.req.org.clone()), Some(new_id)));
+                return Err((RotationError::VerificationFailed(self.req.org.clone()), Some(new_key.clone())));
             }
         }
 
-        // ... and store it in the vault as the pending version.
-        let vault_version = match self.ports.vault {
-            Some(vault) => match vault.put_pending(&self.req.org, &self.req.rotation_id, &new_key).await {
-                Ok(()) => Some(self.req.rotation_id.as_str()),
-                Err(e) => return Err((e.into(), Some(new_id))),
-            },
-            None => None,
-        };
-
-        // 6. Commit.
+        // 6. Commit, with the audit entries of the change. The old key retires
+        // no later than its maximum age, whatever grace was asked for.
         let now = self.req.now;
-        let commit = |r: &mut OrgRecord| commit_rotation(r, &new_id, now, grace, vault_version);
-        if let Err(e) = self.write_claimed(record, etag, commit).await {
-            return Err((e, Some(new_id)));
+        let grace = match &record.current {
+            Some(c) => {
+                let left = (c.created_at + self.settings.max_key_age.to_chrono() - now).num_seconds().max(0);
+                Duration::from_secs(grace.as_secs().min(left as u64))
+            }
+            None => grace,
+        };
+        let replaced_vault_version = record.current.as_ref().and_then(|c| c.vault_version.clone());
+        let mut unqueued = Vec::new();
+        let commit = |r: &mut OrgRecord| {
+            commit_rotation(r, &new_id, now, grace, vault_version);
+            unqueued = self.queue_audit(r);
+            if let (Some(idem), Some(version)) = (self.idempotency, vault_version) {
+                remember(r, idem, version, now);
+            }
+        };
+        let committed = |r: &OrgRecord| r.current.as_ref().is_some_and(|c| c.access_key_id == new_id);
+        if let Err(e) = self.write_claimed_mut(record, etag, commit, committed).await {
+            // The commit may have been written though no answer came (every retry lost): look.
+            match self.ports.registry.load(&self.req.org).await {
+                Ok(Some(fresh)) if committed(&fresh.value) => {
+                    warn!(error = %e, "the commit's answer was lost; it was written");
+                    *record = fresh.value;
+                    *etag = fresh.etag;
+                }
+                _ => return Err((e, Some(new_key.clone()))),
+            }
         }
-        let current = record.current.clone().expect("commit sets the current key");
-        info!(access_key_id = %new_id, version = current.version, "committed the rotation");
+        info!(access_key_id = %new_id, "committed the rotation");
+        Ok(Committed { new_key, unqueued, replaced_vault_version })
+    }
 
-        // 7. After the commit: the vault, the audit, the old key, the secret.
+    /// Step 7, after the commit: the vault, the old key, the event (and the
+    /// audit entries the record had no room for). Failures are left to the next sweep.
+    async fn finish(&self, record: &mut OrgRecord, committed: Committed) -> Rotated {
+        let Committed { new_key, unqueued, replaced_vault_version } = committed;
+        let (user, new_id, now) = (record.iam_user.clone(), new_key.access_key_id.clone(), self.req.now);
+        let current = record.current.clone().expect("commit sets the current key");
+
         if let Some(vault) = self.ports.vault {
-            if let Err(e) = vault.promote(&self.req.org, &self.req.rotation_id).await {
+            let replacing = replaced_vault_version.as_deref();
+            if let Err(e) = vault.promote(&self.req.org, &self.req.rotation_id, replacing).await {
                 error!(error = %e, "could not make the new secret current in the vault; the next sweep does");
             }
         }
-        let old = record.previous.clone();
-        let mut key_ids: Vec<String> = old.iter().map(|p| p.key.access_key_id.clone()).collect();
-        key_ids.push(new_id.clone());
-        self.audit(
-            format!(
-                "rotate ({:?}), previous key retires at {}",
-                self.req.trigger,
-                old.as_ref().map_or(now, |p| p.retire_at)
-            ),
-            key_ids,
-        )
-        .await;
-        let previous = match old {
-            Some(old) if old.retire_at <= now && old.deactivated_at.is_none() => {
-                let retired = retire_previous(
-                    self.ports,
-                    self.settings,
-                    &self.req.org,
-                    &old.key.access_key_id,
-                    now,
-                    &self.req.actor,
-                )
-                .await;
-                if let Err(e) = &retired {
+        let previous = match record.previous.clone() {
+            Some(old) if old.deactivation_unconfirmed => {
+                let deactivated = self.ports.keys.set_active(&user, &old.key.access_key_id, false).await;
+                if let Err(e) = &deactivated {
                     warn!(error = %e, "could not deactivate the previous key now; the next sweep does");
+                } else {
+                    info!(access_key_id = %old.key.access_key_id, "deactivated the previous key");
                 }
-                let active = retired.is_err();
+                let active = deactivated.is_err();
                 Some(PreviousOutcome { access_key_id: old.key.access_key_id, active, retire_at: old.retire_at })
             }
             Some(old) => Some(PreviousOutcome {
@@ -299,6 +471,9 @@ impl Rotation<'_> {
             }),
             None => None,
         };
+        for entry in &unqueued {
+            write_audit(self.ports.audit, entry).await;
+        }
         let expires_at = current.created_at + self.settings.max_key_age.to_chrono();
         if let Some(notifier) = self.ports.notifier {
             let event = Notification {
@@ -319,7 +494,7 @@ impl Rotation<'_> {
                 warn!(error = %e, "could not publish the rotation event");
             }
         }
-        Ok(Rotated {
+        Rotated {
             org: self.req.org.clone(),
             key_id: record.key_id.clone(),
             version: current.version,
@@ -328,11 +503,41 @@ impl Rotation<'_> {
             created_at: current.created_at,
             expires_at,
             previous,
-        })
+        }
     }
 
-    /// Step 3: deletes every key of the user the record does not know (never
-    /// delivered), then, if the user still has two keys, the previous key.
+    /// The audit entries of a commit, queued in the record's outbox (the
+    /// sweep copies them to the trail); those it has no room for are returned,
+    /// for the rotation to write itself.
+    fn queue_audit(&self, record: &mut OrgRecord) -> Vec<AuditEntry> {
+        let now = self.req.now;
+        let old = record.previous.as_ref();
+        let mut key_ids: Vec<String> = old.iter().map(|p| p.key.access_key_id.clone()).collect();
+        key_ids.extend(record.current.iter().map(|c| c.access_key_id.clone()));
+        let retires = old.map_or(now, |p| p.retire_at);
+        let mut entries =
+            vec![self.entry(format!("rotate ({:?}), previous key retires at {retires}", self.req.trigger), key_ids)];
+        if let Some(old) = old.filter(|p| p.deactivation_unconfirmed) {
+            entries.push(self.entry("deactivate previous key".into(), vec![old.key.access_key_id.clone()]));
+        }
+        let room = AUDIT_OUTBOX_LIMIT.saturating_sub(record.audit_outbox.len());
+        let unqueued = entries.split_off(room.min(entries.len()));
+        record.audit_outbox.extend(entries);
+        unqueued
+    }
+
+    /// Step 3 in the usual case: the previous key is deleted, so that the new
+    /// one fits under IAM's 2-key quota. The record says which it is.
+    async fn make_room(&self, record: &OrgRecord) -> Result<(), RotationError> {
+        if let Some(previous) = &record.previous {
+            info!(access_key_id = %previous.key.access_key_id, "deleting the previous key to make room");
+            self.ports.keys.delete_key(&record.iam_user, &previous.key.access_key_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Step 3 after a crash: deletes every key of the user the record does not
+    /// know (never delivered), then, if the user still has two keys, the previous key.
     async fn reconcile(&self, record: &mut OrgRecord) -> Result<(), RotationError> {
         let keys = self.ports.keys.list_keys(&record.iam_user).await?;
         let current = record.current.as_ref().map(|c| c.access_key_id.clone());
@@ -364,6 +569,19 @@ impl Rotation<'_> {
         etag: &mut String,
         change: impl Fn(&mut OrgRecord),
     ) -> Result<(), RotationError> {
+        self.write_claimed_mut(record, etag, change, |_| false).await
+    }
+
+    /// [`Self::write_claimed`] for a change that ends the claim (the commit):
+    /// `landed` tells from a re-read record that the change was written though
+    /// its answer was lost (the SDK's retry then lost the race to it).
+    async fn write_claimed_mut(
+        &self,
+        record: &mut OrgRecord,
+        etag: &mut String,
+        mut change: impl FnMut(&mut OrgRecord),
+        landed: impl Fn(&OrgRecord) -> bool,
+    ) -> Result<(), RotationError> {
         change(record);
         for _ in 0..self.settings.cas_attempts {
             match self.ports.registry.update(record, etag).await {
@@ -375,6 +593,11 @@ impl Rotation<'_> {
                     let Some(fresh) = self.ports.registry.load(&self.req.org).await? else {
                         return Err(RotationError::NotEnrolled(self.req.org.clone()));
                     };
+                    if landed(&fresh.value) {
+                        *record = fresh.value;
+                        *etag = fresh.etag;
+                        return Ok(());
+                    }
                     if !claimed_by(&fresh.value, &self.req.rotation_id) {
                         return Err(RotationError::Contended(self.req.org.clone()));
                     }
@@ -388,42 +611,54 @@ impl Rotation<'_> {
         Err(RotationError::Contended(self.req.org.clone()))
     }
 
-    /// Undoes a failed rotation as far as it safely can: deletes the new key
-    /// unless the record shows it committed, and releases the claim. What it
-    /// cannot do now, the next attempt or sweep does (the key is not in the
-    /// record, so it is deleted as unknown; the lease expires).
-    async fn abort(&self, new_key: Option<&str>) {
-        let loaded = match self.ports.registry.load(&self.req.org).await {
-            Ok(Some(v)) => v,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(error = %e, "could not re-read the record after a failed rotation; the next attempt repairs it");
-                return;
+    /// Undoes a failed rotation as far as it safely can, or finds that its
+    /// commit landed after all (returned: the record as committed). The claim is
+    /// released first, by a conditional write, so that a commit still in flight
+    /// can no longer land; only then is the new key deleted. What it cannot do
+    /// now, the next attempt or sweep does (a key the record does not know is
+    /// deleted; an unreleased claim expires with its lease).
+    async fn abort(&self, new_key: Option<&str>) -> Option<OrgRecord> {
+        let committed =
+            |r: &OrgRecord| new_key.is_some_and(|id| r.current.as_ref().is_some_and(|c| c.access_key_id == id));
+        for _ in 0..self.settings.cas_attempts {
+            let Versioned { value: mut record, etag } = match self.ports.registry.load(&self.req.org).await {
+                Ok(Some(v)) => v,
+                Ok(None) => return None,
+                Err(e) => {
+                    warn!(error = %e, "could not re-read the record after a failed rotation; the next attempt repairs it");
+                    return None;
+                }
+            };
+            if committed(&record) {
+                return Some(record);
             }
-        };
-        let Versioned { value: mut record, etag } = loaded;
-        if let Some(id) = new_key {
-            if record.current.as_ref().is_some_and(|c| c.access_key_id == id) {
-                return; // committed after all: nothing to undo
+            if claimed_by(&record, &self.req.rotation_id) {
+                record.pending = None;
+                // A rotation that did not happen does not count against the limit.
+                if let Some(i) = record.recent_rotations.iter().position(|t| *t == self.req.now) {
+                    record.recent_rotations.remove(i);
+                }
+                match self.ports.registry.update(&record, &etag).await {
+                    Ok(_) => {}
+                    Err(PortError::Conflict) => continue, // look again: a late commit may have landed
+                    Err(e) => {
+                        warn!(error = %e, "could not release the claim; it expires with its lease");
+                        return None; // the new key stays until the claim is taken over
+                    }
+                }
             }
-            if let Err(e) = self.ports.keys.delete_key(&record.iam_user, id).await {
-                warn!(access_key_id = %id, error = %e, "could not delete the uncommitted key; the next attempt does");
+            if let Some(id) = new_key {
+                if let Err(e) = self.ports.keys.delete_key(&record.iam_user, id).await {
+                    warn!(access_key_id = %id, error = %e, "could not delete the uncommitted key; the next attempt does");
+                }
             }
+            return None;
         }
-        if claimed_by(&record, &self.req.rotation_id) {
-            record.pending = None;
-            // A rotation that did not happen does not count against the limit.
-            if let Some(i) = record.recent_rotations.iter().position(|t| *t == self.req.now) {
-                record.recent_rotations.remove(i);
-            }
-            if let Err(e) = self.ports.registry.update(&record, &etag).await {
-                warn!(error = %e, "could not release the claim; it expires with its lease");
-            }
-        }
+        None
     }
 
-    async fn audit(&self, action: String, key_ids: Vec<String>) {
-        let entry = AuditEntry {
+    fn entry(&self, action: String, key_ids: Vec<String>) -> AuditEntry {
+        AuditEntry {
             at: self.req.now,
             org_id: self.req.org.clone(),
             action,
@@ -431,13 +666,34 @@ impl Rotation<'_> {
             request_id: self.req.request_id.clone(),
             key_ids,
             detail: None,
-        };
-        write_audit(self.ports.audit, &entry).await;
+        }
+    }
+
+    async fn audit(&self, action: String, key_ids: Vec<String>) {
+        write_audit(self.ports.audit, &self.entry(action, key_ids)).await;
     }
 }
 
 fn claimed_by(record: &OrgRecord, rotation_id: &str) -> bool {
     record.pending.as_ref().is_some_and(|p| p.rotation_id == rotation_id)
+}
+
+/// Remembers a committed rotation under its `Idempotency-Key` (and forgets
+/// those older than the window).
+fn remember(record: &mut OrgRecord, idem: &Idempotency, vault_version: &str, now: DateTime<Utc>) {
+    let window = chrono::TimeDelta::hours(IDEMPOTENCY_WINDOW_HOURS);
+    record.idempotent_rotations.retain(|d| d.at + window > now && d.key != idem.key);
+    let (Some(current), previous) = (&record.current, &record.previous) else { return };
+    record.idempotent_rotations.push(IdempotentRotation {
+        key: idem.key.clone(),
+        fingerprint: idem.fingerprint.clone(),
+        at: now,
+        version: current.version,
+        access_key_id: current.access_key_id.clone(),
+        vault_version: vault_version.to_owned(),
+        previous_access_key_id: previous.as_ref().map(|p| p.key.access_key_id.clone()),
+        previous_retire_at: previous.as_ref().map(|p| p.retire_at),
+    });
 }
 
 /// Appends to the audit trail; a failure is logged (with the key ids) and
@@ -449,7 +705,8 @@ pub(crate) async fn write_audit(audit: &dyn AuditLog, entry: &AuditEntry) {
 }
 
 /// Step 6 as a pure change of the record: the new key becomes current
-/// (version + 1), the old current becomes previous, retiring after `grace`.
+/// (version + 1), the old current becomes previous, retiring after `grace`
+/// (with no grace, the commit records its deactivation, which follows it).
 pub fn commit_rotation(
     record: &mut OrgRecord,
     new_access_key_id: &str,
@@ -468,11 +725,22 @@ pub fn commit_rotation(
     }
     // An expired current key is inactive already: it retires at once.
     let expired = record.state == KeyState::Expired;
+    let retire_now = grace.as_secs() == 0;
     record.previous = record.current.take().map(|key| PreviousKey {
         key,
         retire_at: if expired { now } else { now + grace.to_chrono() },
-        deactivated_at: if expired { Some(now) } else { None },
+        deactivated_at: (expired || retire_now).then_some(now),
+        deactivation_unconfirmed: !expired && retire_now,
     });
+    if let Some(previous) = record.previous.as_ref().filter(|p| p.deactivation_unconfirmed) {
+        let (version, id) = (previous.key.version, previous.key.access_key_id.clone());
+        record.record_history(HistoryEntry {
+            at: now,
+            event: "deactivated".into(),
+            version: Some(version),
+            access_key_id: Some(id),
+        });
+    }
     record.current = Some(KeyVersion {
         version,
         access_key_id: new_access_key_id.to_owned(),
@@ -681,11 +949,37 @@ mod tests {
         assert!(w.keys.works(&w.user(), &second.access_key_id));
         let record = w.record();
         assert_eq!(record.previous.unwrap().deactivated_at, Some(w.start + minutes(1)));
-        let actions: Vec<String> = w.audit.entries().into_iter().map(|e| e.action).collect();
+        // The audit entries were committed with the record; the sweep copies them to the trail.
+        let actions: Vec<String> = w.audit_trail(&w.org).into_iter().map(|e| e.action).collect();
         assert!(
             actions.iter().any(|a| a.starts_with("rotate")) && actions.iter().any(|a| a == "deactivate previous key"),
             "{actions:?}"
         );
+    }
+
+    /// The README's request table: what one rotation of an org with a current
+    /// and a previous key asks of the services, in order.
+    #[tokio::test]
+    async fn a_rotation_of_an_org_with_a_previous_key_makes_ten_requests() {
+        let w = World::enrolled().await;
+        w.rotate_at(w.start, "r1").await.unwrap();
+        w.rotate_at(w.start + minutes(1), "r2").await.unwrap();
+        let before = w.faults.call_count();
+        w.rotate_at(w.start + minutes(2), "r3").await.unwrap();
+        let calls = &w.faults.calls()[before..];
+        let expected = [
+            "registry.load",     // 1. read
+            "registry.update",   // 2. claim
+            "iam.delete_key",    // 3. make room: the previous key
+            "iam.create_key",    // 4. the new key ...
+            "vault.put_pending", //    ... recorded with its secret
+            "verify",            // 5. it reads the bucket
+            "registry.update",   // 6. commit, with its audit entries
+            "vault.promote",     // 7. the vault's current secret
+            "iam.set_active",    //    the old key deactivated
+            "events.publish",    //    Bucket Key Rotated
+        ];
+        assert_eq!(calls, expected);
     }
 
     #[tokio::test]
@@ -807,11 +1101,13 @@ mod tests {
         let w = World::enrolled().await;
         w.rotate_at(w.start, "r1").await.unwrap();
         // A rotation that crashed after creating its key.
-        w.faults.inject(6, FaultMode::Crash); // load, claim, list, create, record id, verify: crash at verify
+        w.faults.inject(5, FaultMode::Crash); // load, claim, create, vault put, verify: crash at verify
         assert!(w.rotate_at(w.start + minutes(1), "crashed").await.is_err());
         w.faults.clear();
         let pending = w.record().pending.expect("the crashed claim stays");
-        let orphan = pending.new_access_key_id.expect("its key id was recorded");
+        let current = w.record().current.unwrap().access_key_id;
+        let orphan = w.key_ids().into_iter().find(|k| *k != current).expect("the crashed rotation's key");
+        assert_eq!(w.vault.pending_key(&w.org), Some(orphan.clone()), "its key id was recorded in the vault");
         assert_eq!(w.key_ids().len(), 2);
         let err = w.rotate_at(w.start + minutes(2), "r2").await.unwrap_err();
         assert!(matches!(err, RotationError::InProgress { .. }), "{err}");
@@ -828,7 +1124,7 @@ mod tests {
         let w = World::enrolled().await;
         let first = w.rotate_at(w.start, "r1").await.unwrap();
         let before = w.record();
-        w.faults.inject(6, FaultMode::Fail); // the verify call
+        w.faults.inject(5, FaultMode::Fail); // the verify call
         let err = w.rotate_at(w.start + minutes(1), "r2").await.unwrap_err();
         assert!(matches!(err, RotationError::VerificationFailed(_)), "{err}");
         assert_eq!(w.key_ids(), vec![first.access_key_id.clone()]);
@@ -848,7 +1144,8 @@ mod tests {
             w.rotate_at(w.start + minutes(1), "r2").await.unwrap();
             w.faults.call_count() - before
         };
-        assert!(steps >= 10, "{steps}");
+        // load, claim, create, vault put, verify, commit, vault promote, deactivate, event
+        assert!(steps >= 9, "{steps}");
         for mode in [FaultMode::Fail, FaultMode::Crash] {
             for step in 1..=steps + 1 {
                 let w = World::enrolled().await;
@@ -881,6 +1178,74 @@ mod tests {
                 );
                 assert!(w.keys.max_keys_seen.load(Ordering::SeqCst) <= 2, "{context}");
             }
+        }
+    }
+
+    /// A registry whose `nth` update is written but answered as a conflict:
+    /// what the SDK reports when a write's answer is lost and its retry meets
+    /// the write itself (412).
+    struct LostAnswer<'a> {
+        inner: &'a crate::core::memory::MemoryRegistry,
+        countdown: std::sync::atomic::AtomicUsize,
+        /// What the caller is told: a conflict (the SDK's retry met the write)
+        /// or a failure (every retry's answer was lost too).
+        told: PortError,
+    }
+
+    #[async_trait::async_trait]
+    impl Registry for LostAnswer<'_> {
+        async fn load(&self, org: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError> {
+            self.inner.load(org).await
+        }
+        async fn create(&self, record: &OrgRecord) -> Result<String, PortError> {
+            self.inner.create(record).await
+        }
+        async fn update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
+            let written = self.inner.update(record, etag).await?;
+            match self.countdown.fetch_sub(1, Ordering::SeqCst) {
+                1 => Err(self.told.clone()),
+                _ => Ok(written),
+            }
+        }
+        async fn delete(&self, org: &OrgId, etag: &str) -> Result<(), PortError> {
+            self.inner.delete(org, etag).await
+        }
+        async fn list_orgs(&self) -> Result<Vec<OrgId>, PortError> {
+            self.inner.list_orgs().await
+        }
+        async fn get_state(&self, name: &str) -> Result<Option<String>, PortError> {
+            self.inner.get_state(name).await
+        }
+        async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError> {
+            self.inner.put_state(name, value).await
+        }
+    }
+
+    /// The claim's or the commit's answer lost after the write: the rotation
+    /// recognises its own write, succeeds and hands out the key it committed
+    /// (before, the caller got 409 while the commit stood and the old key was
+    /// about to be retired: a lockout).
+    #[tokio::test]
+    async fn a_lost_answer_to_the_claim_or_the_commit_is_recognised() {
+        let failed = PortError::Unavailable { service: "s3", operation: "PutObject", detail: "timeout".into() };
+        for (nth, told, which) in [
+            (1, PortError::Conflict, "claim"),
+            (2, PortError::Conflict, "commit"),
+            (2, failed.clone(), "commit, every retry lost"),
+        ] {
+            let w = World::enrolled().await;
+            let first = w.rotate_at(w.start, "r1").await.unwrap();
+            let registry = LostAnswer { inner: &w.registry, countdown: nth.into(), told };
+            let ports = Ports { registry: &registry, ..w.ports() };
+            let rotated = rotate(ports, &w.settings, &w.request(w.start + minutes(1), "r2"))
+                .await
+                .unwrap_or_else(|e| panic!("lost answer to the {which}: {e}"));
+            let record = w.record();
+            assert_eq!(record.current.unwrap().access_key_id, rotated.access_key_id, "{which}");
+            assert!(record.pending.is_none(), "{which}");
+            assert!(w.keys.works(&w.user(), &rotated.access_key_id), "{which}");
+            assert!(!w.keys.works(&w.user(), &first.access_key_id), "{which}: the old key retired");
+            assert_eq!(w.vault.current_key(&w.org), Some(rotated.access_key_id.clone()), "{which}");
         }
     }
 

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::domain::{HistoryEntry, KeyState, OrgId, OrgRecord, Trigger};
 use super::duration::Duration;
+use super::policy::next_automatic_rotation;
 use super::ports::{AuditEntry, IamKey, Notification, PortError, Versioned};
 use super::rotation::{retire_previous, rotate, write_audit, Ports, RotationError, RotationRequest, RotationSettings};
 
@@ -111,7 +112,7 @@ pub fn plan(
         }
         return actions;
     }
-    let due = record.policy.automatic && record.policy.next_rotation_at.is_some_and(|at| at <= now);
+    let due = next_automatic_rotation(record, &settings.rotation).is_some_and(|at| at <= now);
     if record.state == KeyState::Enabled && due {
         actions.push(Action::Rotate);
         return actions;
@@ -120,7 +121,7 @@ pub fn plan(
         let id = previous.key.access_key_id.clone();
         match previous.deactivated_at {
             None if previous.retire_at <= now => actions.push(Action::DeactivatePrevious { access_key_id: id }),
-            Some(at) if at + settings.retention.to_chrono() <= now => {
+            Some(at) if !previous.deactivation_unconfirmed && at + settings.retention.to_chrono() <= now => {
                 actions.push(Action::DeletePrevious { access_key_id: id })
             }
             _ => {}
@@ -330,8 +331,8 @@ async fn evaluate(
     full_check: bool,
 ) -> OrgOutcome {
     let mut outcome = OrgOutcome::default();
-    let actions = match plan_org(ports, settings, org, req.now, full_check).await {
-        Ok(Some(actions)) => actions,
+    let (record, actions) = match plan_org(ports, settings, org, req.now, full_check).await {
+        Ok(Some(planned)) => planned,
         Ok(None) => return outcome, // deleted meanwhile
         Err(e) => {
             outcome.failure = Some(e.to_string());
@@ -342,8 +343,25 @@ async fn evaluate(
         outcome.planned = actions;
         return outcome;
     }
+    if let Err(e) = housekeep(ports, org, record).await {
+        warn!(error = %e, "could not finish what a rotation left for later");
+        outcome.failure = Some(format!("copy a rotation's audit entries and confirm its deactivation: {e}"));
+        return outcome;
+    }
     for action in actions {
-        if let Err(e) = execute(ports, settings, org, req.now, &action, &mut outcome).await {
+        let result = execute(ports, settings, org, req.now, &action, &mut outcome).await;
+        if result.is_ok() && action == Action::Rotate {
+            // The sweep's own rotation is on nobody's path: finish it now, or in the next run.
+            let finished = match ports.registry.load(org).await {
+                Ok(Some(fresh)) => housekeep(ports, org, fresh.value).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = finished {
+                warn!(error = %e, "rotated; what the rotation left for later waits for the next run");
+            }
+        }
+        if let Err(e) = result {
             warn!(error = %e, ?action, "failed");
             outcome.failure = Some(format!("{}: {e}", action_name(&action)));
             break;
@@ -352,13 +370,55 @@ async fn evaluate(
     outcome
 }
 
+/// Whether a rotation's commit left work for later (see [`housekeep`]).
+fn left_for_later(record: &OrgRecord) -> bool {
+    !record.audit_outbox.is_empty() || record.previous.as_ref().is_some_and(|p| p.deactivation_unconfirmed)
+}
+
+/// Finishes what a rotation's commit left for later, with one record write:
+/// copies its audit entries to the trail (appending an entry twice is one
+/// entry), deactivates the previous key the commit retired and makes the new
+/// secret current in the vault (again: the rotation did both after its commit
+/// unless it failed or crashed there), then says so.
+async fn housekeep(ports: Ports<'_>, org: &OrgId, record: OrgRecord) -> Result<(), ActionError> {
+    if !left_for_later(&record) {
+        return Ok(());
+    }
+    for entry in &record.audit_outbox {
+        ports.audit.append(entry).await?;
+    }
+    let unconfirmed =
+        record.previous.as_ref().filter(|p| p.deactivation_unconfirmed).map(|p| p.key.access_key_id.clone());
+    if let Some(id) = &unconfirmed {
+        ports.keys.set_active(&record.iam_user, id, false).await?;
+    }
+    // The vault's current secret, in case the rotation could not move it
+    // (one request when it is right).
+    if let (Some(vault), Some(version)) =
+        (ports.vault, record.current.as_ref().and_then(|c| c.vault_version.as_deref()))
+    {
+        vault.promote(org, version, None).await?;
+    }
+    let copied = record.audit_outbox;
+    modify(ports, org, |r| {
+        r.audit_outbox.retain(|e| !copied.contains(e));
+        if let Some(p) = r.previous.as_mut().filter(|p| Some(&p.key.access_key_id) == unconfirmed.as_ref()) {
+            p.deactivation_unconfirmed = false;
+        }
+        true
+    })
+    .await?;
+    Ok(())
+}
+
+/// The org's record and what is due for it (`None`: it was deleted meanwhile).
 async fn plan_org(
     ports: Ports<'_>,
     settings: &SweepSettings,
     org: &OrgId,
     now: DateTime<Utc>,
     full_check: bool,
-) -> Result<Option<Vec<Action>>, PortError> {
+) -> Result<Option<(OrgRecord, Vec<Action>)>, PortError> {
     let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else {
         return Ok(None);
     };
@@ -370,7 +430,7 @@ async fn plan_org(
             .collect();
         let vault = record.current.as_ref().and_then(|c| c.vault_version.as_deref());
         if plan(&record, Some(&as_recorded), vault, now, settings).is_empty() {
-            return Ok(Some(Vec::new()));
+            return Ok(Some((record, Vec::new())));
         }
     }
     let iam = match ports.keys.list_keys(&record.iam_user).await {
@@ -386,7 +446,7 @@ async fn plan_org(
     if iam.is_none() && record.state != KeyState::PendingDeletion {
         actions.insert(0, Action::ReportMissingUser { user: record.iam_user.clone() });
     }
-    Ok(Some(actions))
+    Ok(Some((record, actions)))
 }
 
 fn action_name(action: &Action) -> &'static str {
@@ -473,7 +533,7 @@ async fn execute(
         }
         Action::RepairVault { version } => {
             if let Some(vault) = ports.vault {
-                vault.promote(org, version).await?;
+                vault.promote(org, version, None).await?;
                 outcome.repaired += 1;
             }
         }
@@ -659,7 +719,7 @@ mod tests {
 
     use super::*;
     use crate::core::memory::{FaultMode, MemoryWorld};
-    use crate::core::policy::{apply_policy, PolicyChange};
+    use crate::core::policy::{apply_policy, next_automatic_rotation, PolicyChange};
     use crate::core::ports::AccessKeys;
 
     fn t0() -> DateTime<Utc> {
@@ -729,6 +789,46 @@ mod tests {
         fn kinds(&self) -> Vec<&'static str> {
             self.notifier.published().iter().map(|n| n.detail_type).collect()
         }
+    }
+
+    /// Simulated years of daily runs for an org that rotates automatically every
+    /// 365 days under a 90-day maximum key age, with runs missed now and then
+    /// (one day a week, and the day each rotation falls due).
+    #[tokio::test]
+    async fn automatic_rotation_with_an_interval_past_the_maximum_age_rotates_in_time() {
+        let w = World::new();
+        let org = w.org("3650001", Some(365)).await;
+        let max_age = TimeDelta::days(90);
+        let mut rotated_on = Vec::new();
+        let mut next_due = next_automatic_rotation(&w.record(&org), &w.settings.rotation).unwrap();
+        assert_eq!(next_due, t0() + max_age - TimeDelta::days(2), "the real date, not a year later");
+        for day in 1..=730 {
+            let at = t0() + TimeDelta::days(day) + TimeDelta::hours(6);
+            let missed = day % 7 == 3 || (at > next_due && at - next_due < TimeDelta::days(1));
+            if missed {
+                continue;
+            }
+            let summary = w.run(at).await;
+            assert!(summary.expired.is_empty() && summary.failed.is_empty(), "day {day}: {summary:?}");
+            if !summary.rotated.is_empty() {
+                rotated_on.push(day);
+            }
+            let record = w.record(&org);
+            assert_eq!(record.state, KeyState::Enabled, "day {day}");
+            let current = record.current.clone().unwrap();
+            assert!(at - current.created_at < max_age, "day {day}: the key is never older than the maximum");
+            assert!(w.works(&org, &current.access_key_id), "day {day}");
+            if let Some(previous) = &record.previous {
+                let retired_by = previous.key.created_at + max_age;
+                assert!(previous.retire_at <= retired_by, "day {day}: the old key retires before its maximum age");
+            }
+            next_due = next_automatic_rotation(&record, &w.settings.rotation).unwrap();
+            assert!(next_due < current.created_at + max_age, "day {day}");
+        }
+        assert!(w.kinds().iter().all(|k| *k != "Bucket Key Expired"));
+        // Every rotation came a day or two before the 90 days were up, never a year later.
+        let gaps: Vec<i64> = rotated_on.windows(2).map(|d| d[1] - d[0]).collect();
+        assert!(rotated_on.len() >= 8 && gaps.iter().all(|g| (87..=89).contains(g)), "{rotated_on:?}");
     }
 
     #[tokio::test]

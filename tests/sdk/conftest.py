@@ -5,6 +5,7 @@ Run by scripts/test.sh after `cargo build --bins` (the binaries under test are
 target/debug/rotate-key and target/debug/rotation-policy).
 """
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,13 +38,15 @@ class Stack:
         return json.loads(cli(self.env, "status", "--org", org, "--json", capture=True).stdout)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+@contextmanager
+def running_stack(log_dir, orgs, enrolled, concurrency=1):
+    """The local AWS endpoint with `orgs` provisioned and `enrolled` enrolled, and
+    the functions behind the gateway (`concurrency` sandboxes per function)."""
     aws = LocalAws.start()
     gateway = None
     try:
-        env = aws.provision([ORG_A, ORG_B, NOT_ENROLLED])
-        cli(env, "enroll", "--org", ORG_A, "--org", ORG_B, capture=True)
+        env = aws.provision(orgs)
+        cli(env, "enroll", *[arg for org in enrolled for arg in ("--org", org)], capture=True)
         aws.enforce_credentials()
         deployment = Deployment({
             "RegistryBucket": REGISTRY_BUCKET,
@@ -51,9 +54,15 @@ def stack(tmp_path_factory):
             "JwtIssuer": ISSUER,
             "JwtAudience": AUDIENCE,
         })
-        gateway = Gateway(deployment, env, JWT_SECRET, tmp_path_factory.mktemp("function-logs"))
+        gateway = Gateway(deployment, env, JWT_SECRET, log_dir, concurrency=concurrency)
         yield Stack(aws, gateway, env)
     finally:
         if gateway is not None:
             gateway.close()
         aws.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("function-logs"), [ORG_A, ORG_B, NOT_ENROLLED], [ORG_A, ORG_B]) as s:
+        yield s

@@ -67,10 +67,16 @@ def test_rotate_key_answers_match_the_document(stack, spec, seen):
     check(spec, seen, post("/iam/rotate-key", headers=bearer(stack, scope="reports.read")), 403)
     check(spec, seen, post("/admin/v2/iam/rotateKey", headers=bearer(stack, NOT_ENROLLED)), 404)
     check(spec, seen, post("/iam/rotate-key", headers={**bearer(stack), "Content-Type": "text/plain"}, data="x"), 415)
-    for _ in range(2):  # ORG_A made 3 of its 5 rotations this hour above
-        check(spec, seen, post("/iam/rotate-key", headers=bearer(stack)), 200)
+    once = {**bearer(stack), "Idempotency-Key": "openapi-1"}
+    first = check(spec, seen, post("/iam/rotate-key", headers=once), 200).json()
+    check(spec, seen, post("/iam/rotate-key", headers=bearer(stack)), 200)  # ORG_A's 5th rotation this hour
     limited = check(spec, seen, post("/iam/rotate-key", headers=bearer(stack)), 429)
     assert int(limited.headers["Retry-After"]) > 0
+    # A retry under the same Idempotency-Key is answered again, rate limit or not.
+    again = check(spec, seen, post("/iam/rotate-key", headers=once), 200).json()
+    assert (again["accessKeyId"], again["secretAccessKey"]) == (first["accessKeyId"], first["secretAccessKey"])
+    check(spec, seen, post("/iam/rotate-key", headers=once, json={"previousKeyGracePeriod": "1h"}), 422)
+    check(spec, seen, post("/iam/rotate-key", headers={**bearer(stack), "Idempotency-Key": "not ok"}), 400)
 
     cli(stack.env, "disable", "--org", ORG_B, capture=True)
     check(spec, seen, post("/iam/rotate-key", headers=bearer(stack, ORG_B)), 409)

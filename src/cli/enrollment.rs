@@ -1,0 +1,146 @@
+//! `enroll`: orgs one by one (`--org`) or from a CSV file (`--csv`), a few at
+//! a time, with a progress bar on a terminal.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{ArgGroup, Args};
+use futures::StreamExt;
+
+use super::{parse_org, progress, Context, ACTOR};
+use crate::aws::Adapters;
+use crate::config::Config;
+use crate::core::domain::OrgId;
+use crate::core::enrollment::{enroll as enroll_org, grant_vault_reader};
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["orgs", "csv"])))]
+pub(super) struct Enroll {
+    /// The org id (repeat for several orgs).
+    #[arg(long = "org", value_parser = parse_org)]
+    orgs: Vec<OrgId>,
+    /// A CSV file of orgs: `orgId[,readerPrincipal]` per line, an optional header line.
+    #[arg(long, conflicts_with = "orgs")]
+    csv: Option<PathBuf>,
+    /// Let this AWS principal of the org (an IAM ARN) read the org's secret in the key vault.
+    #[arg(long)]
+    reader_principal: Option<String>,
+    /// Orgs enrolled at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+}
+
+pub(super) async fn enroll(ctx: &Context, args: Enroll) -> Result<(), String> {
+    let Enroll { orgs, csv, reader_principal, concurrency } = args;
+    let wanted = match csv {
+        Some(path) => read_csv(&path)?,
+        None => orgs.into_iter().map(|org| (org, reader_principal.clone())).collect(),
+    };
+    enroll_all(&ctx.config, &ctx.adapters, wanted, usize::from(concurrency), ctx.now).await
+}
+
+/// `orgId[,readerPrincipal]` per line; blank lines and a header line are skipped.
+fn read_csv(path: &PathBuf) -> Result<Vec<(OrgId, Option<String>)>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut orgs = Vec::new();
+    for (i, row) in reader.records().enumerate() {
+        let row = row.map_err(|e| format!("{}: {e}", path.display()))?;
+        let first = row.get(0).unwrap_or("");
+        if first.is_empty() || (i == 0 && first.eq_ignore_ascii_case("orgId")) {
+            continue;
+        }
+        let line = row.position().map_or(i as u64 + 1, |p| p.line());
+        let org = OrgId::parse(first).map_err(|e| format!("{} line {line}: {e}", path.display()))?;
+        if row.len() > 2 {
+            return Err(format!("{} line {line}: expected orgId[,readerPrincipal]", path.display()));
+        }
+        orgs.push((org, row.get(1).filter(|p| !p.is_empty()).map(str::to_owned)));
+    }
+    if orgs.is_empty() {
+        return Err(format!("{}: no orgs in it", path.display()));
+    }
+    Ok(orgs)
+}
+
+async fn enroll_all(
+    config: &Config,
+    adapters: &Adapters,
+    wanted: Vec<(OrgId, Option<String>)>,
+    concurrency: usize,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let settings = config.enroll_settings().map_err(|e| e.to_string())?;
+    let total = wanted.len();
+    let bar = progress(total, "enrolling");
+    let verbose = total <= 20;
+    let (mut created, mut existing, mut failed) = (0, 0, 0);
+    let mut outcomes = futures::stream::iter(wanted)
+        .map(|(org, principal)| {
+            let settings = &settings;
+            async move {
+                let done = enroll_org(&adapters.registry, &adapters.keys, &adapters.audit, settings, &org, now, ACTOR)
+                    .await
+                    .map_err(|e| e.to_string());
+                let granted = match (&done, &principal) {
+                    (Ok(_), Some(p)) => Some(
+                        grant_vault_reader(&adapters.vault, &adapters.audit, &org, p, now, ACTOR)
+                            .await
+                            .map(|()| p.clone())
+                            .map_err(|e| e.to_string()),
+                    ),
+                    _ => None,
+                };
+                (org, done, granted)
+            }
+        })
+        .buffer_unordered(concurrency);
+    while let Some((org, done, granted)) = outcomes.next().await {
+        bar.inc(1);
+        let mut line = None;
+        match done {
+            Ok(done) if done.created => {
+                created += 1;
+                line = verbose.then(|| {
+                    format!(
+                        "enrolled org {org}: IAM user {}{} reads s3://{}/{}",
+                        settings.iam_user_path, done.record.iam_user, done.record.bucket, done.record.prefix
+                    )
+                });
+            }
+            Ok(_) => {
+                existing += 1;
+                line = verbose.then(|| format!("org {org} is enrolled already; nothing changed"));
+            }
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("error: org {org}: {e}"));
+            }
+        }
+        if let Some(line) = line {
+            bar.suspend(|| println!("{line}"));
+        }
+        match granted {
+            Some(Ok(principal)) if verbose => bar.suspend(|| {
+                println!("  {principal} may read the secret {}", adapters.vault.secret_name(&org));
+            }),
+            Some(Err(e)) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("error: org {org}: vault reader: {e}"));
+            }
+            _ => {}
+        }
+    }
+    bar.finish_and_clear();
+    if !verbose {
+        println!("{total} orgs: {created} enrolled, {existing} enrolled already, {failed} failed");
+    }
+    if failed > 0 {
+        return Err(format!("{failed} of {total} orgs could not be enrolled (running the command again retries them)"));
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The operator CLI, `s3-key-rotation`. Configured by the same environment
+//! variables as the functions (REGISTRY_BUCKET, MANAGED_BUCKET, …, and the
+//! SDK's own, such as AWS_ENDPOINT_URL), so it acts on whatever AWS the
+//! environment selects — real AWS or the local stack — through the same core
+//! as the functions.
+//!
+//! It is glue: every change of state is the core's ([`crate::core`]); a
+//! command reads its flags, calls the core through the AWS adapters and prints
+//! what happened. Here: the command line ([`Cli`]), what every command works
+//! with (`Context`), the output helpers and the dispatch. One file a group of
+//! commands, with their flags (a clap `Args` struct each) and what they do:
+//! - `enrollment`: `enroll`;
+//! - `status`: `status`, `audit`;
+//! - `rotation`: `rotate`, `policy`;
+//! - `key_state`: `disable`, `enable`, `schedule-deletion`, `cancel-deletion`;
+//! - `sweep`: `sweep`.
+//!
+//! A new command: its flags and its function in one of those files (or a new
+//! one), a variant of `Command` (its doc comment is the command's help) and
+//! its line in the dispatch.
+//!
+//! Exit codes: 0 done, 1 refused or failed (the message, on stderr, says why),
+//! 2 bad usage (clap reports it and exits while parsing).
+
+mod enrollment;
+mod key_state;
+mod rotation;
+mod status;
+mod sweep;
+
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::aws::{Adapters, Clients};
+use crate::config::Config;
+use crate::core::domain::{OrgId, OrgRecord};
+use crate::core::policy::{automatic_rotation, next_automatic_rotation};
+
+/// Who the audit trail says made the CLI's changes.
+const ACTOR: &str = "operator";
+
+const EXAMPLES: &str = "\
+Examples (the local stack: AWS_ENDPOINT_URL=http://127.0.0.1:PORT, see README):
+  export REGISTRY_BUCKET=registry MANAGED_BUCKET=logs
+  s3-key-rotation enroll --org 1234567 --org 7654321
+  s3-key-rotation enroll --csv orgs.csv
+  s3-key-rotation status
+  s3-key-rotation status --org 1234567 --json
+  s3-key-rotation rotate --org 1234567 --show-secret
+  s3-key-rotation policy --org 1234567 --enable --interval 30d
+  s3-key-rotation disable --org 1234567
+  s3-key-rotation schedule-deletion --org 1234567 --days 7
+  s3-key-rotation sweep --at 2027-02-21T00:00:00Z --dry-run
+  s3-key-rotation audit --org 1234567
+
+Exit codes: 0 done, 1 refused or failed (the message says why), 2 bad usage.";
+
+/// The command line: `Cli::parse()` (clap's `Parser`), then [`Cli::run`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "s3-key-rotation",
+    version,
+    about = "Operate s3-key-rotation: enroll orgs, inspect, rotate, suspend and delete their bucket keys",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll orgs: IAM user, read-only policy on the org's prefix, registry record (idempotent).
+    Enroll(enrollment::Enroll),
+    /// Show one org's key (state, versions, ages, policy, next rotation, expiry) or a table of all orgs.
+    Status(status::Status),
+    /// Rotate an org's key now, as the operator.
+    Rotate(rotation::Rotate),
+    /// Enable automatic rotation with an interval (7d to 365d), or disable it.
+    Policy(rotation::Policy),
+    /// Suspend an org: its keys are deactivated (it loses access) and rotation stops.
+    Disable(key_state::Org),
+    /// Resume a disabled org: its current key is reactivated and rotation resumes.
+    Enable(key_state::Org),
+    /// Delete an org after 7 to 30 days: keys deactivated now; keys, user, secret and record deleted then.
+    ScheduleDeletion(key_state::ScheduleDeletion),
+    /// Cancel a scheduled deletion: the org comes back Disabled (then `enable` it).
+    CancelDeletion(key_state::Org),
+    /// Run the scheduled evaluation here, now or as of --at, and print its summary as JSON.
+    Sweep(sweep::Sweep),
+    /// An org's audit trail, newest first.
+    Audit(status::Audit),
+}
+
+impl Cli {
+    /// Runs the command: [`ExitCode::SUCCESS`] when done; otherwise the
+    /// message on stderr and [`ExitCode::FAILURE`].
+    pub async fn run(self) -> ExitCode {
+        match dispatch(self.command).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), String> {
+    let ctx = Context::from_env().await?;
+    match command {
+        Command::Enroll(args) => enrollment::enroll(&ctx, args).await,
+        Command::Status(args) => status::status(&ctx, args).await,
+        Command::Rotate(args) => rotation::rotate(&ctx, args).await,
+        Command::Policy(args) => rotation::policy(&ctx, args).await,
+        Command::Disable(args) => key_state::disable(&ctx, args).await,
+        Command::Enable(args) => key_state::enable(&ctx, args).await,
+        Command::ScheduleDeletion(args) => key_state::schedule_deletion(&ctx, args).await,
+        Command::CancelDeletion(args) => key_state::cancel_deletion(&ctx, args).await,
+        Command::Sweep(args) => sweep::sweep(&ctx, args).await,
+        Command::Audit(args) => status::audit(&ctx, args).await,
+    }
+}
+
+/// What every command works with: the environment's configuration, the AWS
+/// adapters, and the time the command started at.
+struct Context {
+    config: Config,
+    adapters: Adapters,
+    now: DateTime<Utc>,
+}
+
+impl Context {
+    async fn from_env() -> Result<Self, String> {
+        let config = Config::from_env().map_err(|e| e.to_string())?;
+        let clients = Clients::from_env(&config).await;
+        let adapters = Adapters::new(&clients, &config);
+        Ok(Self { config, adapters, now: Utc::now() })
+    }
+}
+
+/// The value parser of `--org`.
+fn parse_org(text: &str) -> Result<OrgId, String> {
+    OrgId::parse(text).map_err(|e| e.to_string())
+}
+
+/// A time as the CLI prints it: to the second, UTC.
+fn at(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// The error of an org that is not enrolled, in the functions' words.
+fn not_found(org: &OrgId) -> String {
+    format!("Not found IAM key info for orgId: {org}")
+}
+
+/// An org's rotation policy in one line: on and when next (the real date:
+/// before the maximum key age, whatever the interval), or off.
+fn policy_line(record: &OrgRecord, config: &Config) -> String {
+    match (&record.policy.interval, record.policy.automatic) {
+        (Some(interval), true) => format!(
+            "automatic rotation {} every {interval}, next {}",
+            automatic_rotation(record),
+            next_automatic_rotation(record, &config.rotation_settings()).map_or("-".into(), at)
+        ),
+        _ => "automatic rotation Disabled".into(),
+    }
+}
+
+/// A bar of orgs done out of `len` (drawn only on a terminal).
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} orgs, {{per_sec}}, eta {{eta}}"))
+            .expect("a valid template"),
+    );
+    bar
+}
