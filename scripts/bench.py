@@ -13,9 +13,11 @@ of the machine's load falls on all of them alike.
 - rotation latency: rotate-key invoked through the API Gateway stand-in and a
   Lambda Runtime API, 200 times after two warm-up calls (the first one starts
   the function and issues the org's first key, the second gives it a previous
-  key): p50/p99 of the whole call, of the time the local endpoint spent serving
-  its AWS requests, and of the rest (our code, the SDK, the runtime and the
-  stand-in); AWS requests per rotation.
+  key), with a sweep (`s3-key-rotation sweep`, the scheduled run's work) between
+  two calls, outside what is measured, as the hourly schedule runs between two
+  rotations of an org: p50/p99 of the whole call, of the time the local
+  endpoint spent serving its AWS requests, and of the rest (our code, the SDK,
+  the runtime and the stand-in); AWS requests per rotation.
 - the rotation floor: the simplest rotation that is still one, by a bare boto3
   client on the same endpoint, for an org of the same shape (enrolled by the
   CLI; a current and a previous, inactive, key), as many calls, one at a time:
@@ -329,6 +331,18 @@ class Calls:
         """The most common sequence of request kinds, and how many calls made it."""
         return collections.Counter(self.kinds).most_common(1)[0]
 
+    def variants(self):
+        """How the other calls' requests differ from the most common sequence: ["3 calls: 13 requests, +1 `kind`"]."""
+        common = collections.Counter(self.sequence()[0])
+        lines = []
+        for kinds, calls in collections.Counter(self.kinds).most_common()[1:]:
+            counts = collections.Counter(kinds)
+            changes = [f"{counts[k] - common[k]:+d} `{k}`" for k in merge_in_order([self.sequence()[0], kinds])
+                       if counts[k] != common[k]]
+            order = "" if changes else ", in another order"
+            lines.append(f"{calls} call{'s' if calls > 1 else ''}: {len(kinds)} requests{order}, " + ", ".join(changes))
+        return lines
+
 
 def steady_state_keys(aws, org):
     keys = aws.client("iam").list_access_keys(UserName=f"org-{org}")["AccessKeyMetadata"]
@@ -348,7 +362,14 @@ class Rotations:
 
     def warm_up(self):
         self.rotate()  # the first key (and the first call's own costs: the function's cold start)
+        self.between()
         self.rotate()  # a second key: the first one is now the previous key
+        self.between()
+
+    def between(self):
+        """What happens between two rotations of an org (outside the measured calls)."""
+
+    def check_steady_state(self):
         keys = steady_state_keys(self.aws, ORG)
         assert keys == ["Active", "Inactive"], f"not the steady state (a current and a previous key): {keys}"
 
@@ -368,6 +389,19 @@ class RotateKey(Rotations):
         self.gateway = Gateway(deployment, self.env, SECRET, tempfile.mkdtemp(prefix="bench-logs-"),
                                binary_dir=build.binaries)
         self.bearer = token(SECRET, ISSUER, AUDIENCE, org=ORG)
+        self.cli = build.cli()
+        self.sweep_env = dict(self.env)
+        self.sweep_env.update(next(f.environment for f in deployment.functions.values()
+                                   if f.binary == "scheduled-rotation"))
+
+    def between(self):
+        """The scheduled sweep, as it runs between two rotations of an org (rate limit: ROTATIONS_PER_HOUR,
+        default 5; schedule: hourly): it does what was left to it, e.g. copying the audit entries a
+        rotation queued in the org's record to the audit trail, which the next rotation would otherwise
+        write itself once the record's queue is full."""
+        done = subprocess.run([self.cli, "sweep"], env=self.sweep_env, check=True, capture_output=True, text=True)
+        summary = json.loads(done.stdout)
+        assert not summary["failed"] and not summary["rotated"], summary
 
     def rotate(self):
         request = urllib.request.Request(f"{self.gateway.url}/iam/rotate-key", method="POST",
@@ -424,7 +458,9 @@ def bench_latency(calls, builds, report):
         measured = {name: Calls(client.aws) for name, client in clients.items()}
         for _ in range(calls):  # one call of each in turn: a change of the machine's load falls on all
             for name, client in clients.items():
+                client.check_steady_state()
                 measured[name].measure(client.rotate)
+                client.between()
     finally:
         for client in clients.values():
             client.close()
@@ -437,7 +473,11 @@ def bench_latency(calls, builds, report):
     for kind in merge_in_order(seq for seq, _ in sequences.values()):
         lines.append(f"| `{kind}` | " + " | ".join(str(counts[c][kind] or "") for c in columns) + " |")
     lines.append("| **total** | " + " | ".join(f"**{len(sequences[c][0])}**" for c in columns) + " |")
-    lines.append("\nThe sequence of " + ", ".join(f"{c}: {sequences[c][1]} of {calls} calls" for c in columns) + ".\n")
+    lines.append("\nThe sequence of " + ", ".join(f"{c}: {sequences[c][1]} of {calls} calls" for c in columns) + ".")
+    for name in columns:
+        for variant in measured[name].variants():
+            lines.append(f"- {name}, {variant}".rstrip(", "))
+    lines.append("")
     report.section("\n".join(lines))
 
     lines = [f"### Rotation latency ({calls} steady-state rotate-key calls, one at a time; builds: HTTP → stand-in → "
