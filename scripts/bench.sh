@@ -45,11 +45,17 @@ keep() {
 }
 
 remove_worktree # a leftover of an interrupted run
-echo "bench: building before, $(git log -1 --format='%h %s' "$before") ($profile), in $src" >&2
-git worktree add --detach --quiet "$src" "$before"
-(cd "$src" && CARGO_TARGET_DIR="$root/target" cargo build --locked --profile "$profile" --bins)
-keep before "\`$(git log -1 --format='%h' "$before")\` $(git log -1 --format='%s' "$before") ($profile build)"
-remove_worktree
+# A commit's binaries do not change: those of the last run are reused when they are of the same commit and profile.
+if [ "$(cat "$bench/before/COMMIT" 2>/dev/null)" = "$before $profile" ]; then
+  echo "bench: before, $(git log -1 --format='%h %s' "$before") ($profile): the binaries of the last run" >&2
+else
+  echo "bench: building before, $(git log -1 --format='%h %s' "$before") ($profile), in $src" >&2
+  git worktree add --detach --quiet "$src" "$before"
+  (cd "$src" && CARGO_TARGET_DIR="$root/target" cargo build --locked --profile "$profile" --bins)
+  keep before "\`$(git log -1 --format='%h' "$before")\` $(git log -1 --format='%s' "$before") ($profile build)"
+  echo "$before $profile" >"$bench/before/COMMIT"
+  remove_worktree
+fi
 
 echo "bench: building after, the working tree ($profile)" >&2
 cargo build --locked --profile "$profile" --bins
