@@ -10,12 +10,21 @@ It exits when its standard input closes, so it never outlives its parent.
 
 For the benchmarks it counts the AWS requests it serves and the time it spends
 serving them: `GET /moto-api/bench/stats` answers {"requests": n, "busySeconds": s}.
+It also names each request by its kind, in the order served:
+`GET /moto-api/bench/requests?from=n` answers {"requests": [kind, ...]} from the
+n-th request on (n as counted by the stats), a kind being e.g.
+`IAM CreateAccessKey`, `S3 GetObject registry/orgs/…`,
+`S3 PutObject registry/orgs/… (If-Match)` or `SecretsManager PutSecretValue`,
+with ` → 412` appended when the answer was not a success.
 """
 import argparse
+import io
 import json
+import re
 import sys
 import threading
 import time
+from urllib.parse import parse_qs, parse_qsl, unquote
 
 from moto.iam import access_control
 from moto.moto_server.werkzeug_app import (
@@ -39,28 +48,100 @@ def _active_keys_only(self, account_id, partition, access_key_id, headers):
 access_control.IAMUserAccessKey.__init__ = _active_keys_only
 
 
+SERVICES = {"s3": "S3", "iam": "IAM", "secretsmanager": "SecretsManager", "events": "EventBridge",
+            "sts": "STS", "sqs": "SQS"}
+CREDENTIAL_SCOPE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request")
+
+
+def _s3_operation(method, path, query, environ):
+    """`GetObject registry/orgs/…`: the REST operation, the bucket and the key's prefix (an org id as {org})."""
+    bucket, _, key = unquote(path).lstrip("/").partition("/")
+    params = parse_qs(query, keep_blank_values=True)
+    if key:
+        noun = "Object"
+        first, slash, _ = key.partition("/")
+        where = f"{bucket}/{'{org}' if first.isdigit() else first}/…" if slash else f"{bucket}/{key}"
+    else:
+        noun = "Bucket"
+        prefix = params.get("prefix", [""])[0].split("/")[0]
+        where = f"{bucket}/{'{org}' if prefix.isdigit() else prefix}/…" if prefix else bucket
+    operation = {"GET": "Get", "PUT": "Put", "DELETE": "Delete", "HEAD": "Head", "POST": "Post"}.get(method, method)
+    subresources = [k for k, v in params.items() if v == [""]]
+    if method == "GET" and not key and not subresources:
+        operation, noun = ("ListObjectsV2", "") if "list-type" in params else ("ListObjects", "")
+    elif method == "PUT" and not key and not subresources:
+        operation, noun = "CreateBucket", ""
+    elif method == "PUT" and key and environ.get("HTTP_X_AMZ_COPY_SOURCE"):
+        operation, noun = "CopyObject", ""
+    elif method == "POST" and "delete" in params:
+        operation, noun = "DeleteObjects", ""
+    elif subresources:
+        noun += subresources[0][:1].upper() + subresources[0][1:]
+    conditions = [name for name, header in (("If-Match", "HTTP_IF_MATCH"), ("If-None-Match", "HTTP_IF_NONE_MATCH"))
+                  if environ.get(header)]
+    return f"{operation}{noun} {where}" + (f" ({', '.join(conditions)})" if conditions else "")
+
+
+def request_kind(environ):
+    """Service and operation of a request (read before moto handles it; a form body is read and put back)."""
+    match = CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    service = match.group(1) if match else ""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:  # JSON protocols: Secrets Manager, EventBridge, SQS
+        return f"{SERVICES.get(service, service or target.split('.')[0])} {target.rsplit('.', 1)[-1]}"
+    method, path, query = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
+    if service == "s3":
+        return f"S3 {_s3_operation(method, path, query, environ)}"
+    action = dict(parse_qsl(query)).get("Action")
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    if action is None and length and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+        body = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(body)
+        action = dict(parse_qsl(body.decode("utf-8", "replace"))).get("Action")
+    return f"{SERVICES.get(service, service or '?')} {action or f'{method} {path}'}"
+
+
 class RequestStats:
-    """WSGI middleware: counts requests and their service time (not its own endpoint)."""
+    """WSGI middleware: counts requests, their service time and their kinds (not its own endpoints)."""
 
     def __init__(self, app):
         self.app = app
         self.lock = threading.Lock()
         self.requests = 0
         self.busy = 0.0
+        self.kinds = []  # the kind of each request, in the order their answers were complete
+
+    @staticmethod
+    def _json(start_response, value):
+        body = json.dumps(value).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == "/moto-api/bench/stats":
             with self.lock:
-                body = json.dumps({"requests": self.requests, "busySeconds": self.busy}).encode()
-            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            return [body]
+                return self._json(start_response, {"requests": self.requests, "busySeconds": self.busy})
+        if environ.get("PATH_INFO") == "/moto-api/bench/requests":
+            start = int(dict(parse_qsl(environ.get("QUERY_STRING", ""))).get("from", 0))
+            with self.lock:
+                return self._json(start_response, {"requests": self.kinds[start:]})
+        kind = request_kind(environ)
+        status = []
         started = time.perf_counter()
+
+        def record_status(line, headers, exc_info=None):
+            status.append(line[:3])
+            return start_response(line, headers, exc_info)
+
         try:
-            return list(self.app(environ, start_response))
+            return list(self.app(environ, record_status))
         finally:
+            if not status or not status[-1].startswith("2"):
+                kind += f" → {status[-1] if status else 'no answer'}"
             with self.lock:
                 self.requests += 1
                 self.busy += time.perf_counter() - started
+                self.kinds.append(kind)
 
 
 def main() -> None:
