@@ -310,6 +310,19 @@ mod tests {
         fn record(&self) -> OrgRecord {
             self.registry.get(&OrgId::parse("1234567").unwrap()).unwrap()
         }
+        /// Another request's rotation has claimed the org at the event's time, its lease running.
+        fn claimed_by(&self, rotation_id: &str) {
+            let mut record = self.record();
+            let now = Utc.timestamp_millis_opt(1795323071000).unwrap();
+            record.pending = Some(crate::core::domain::PendingRotation {
+                rotation_id: rotation_id.into(),
+                trigger: Trigger::Api,
+                started_at: now,
+                lease_until: now + chrono::TimeDelta::minutes(5),
+                new_access_key_id: None,
+            });
+            self.registry.put(record);
+        }
     }
 
     fn claims(e: &mut Value) -> &mut Value {
@@ -487,16 +500,7 @@ mod tests {
     #[tokio::test]
     async fn a_rotation_in_progress_is_a_conflict() {
         let f = Fixture::new().await;
-        let mut record = f.record();
-        let now = Utc.timestamp_millis_opt(1795323071000).unwrap();
-        record.pending = Some(crate::core::domain::PendingRotation {
-            rotation_id: "other".into(),
-            trigger: Trigger::Api,
-            started_at: now,
-            lease_until: now + chrono::TimeDelta::minutes(5),
-            new_access_key_id: None,
-        });
-        f.registry.put(record);
+        f.claimed_by("other");
         let (status, body, _) = f.call(EVENT, |_| {}).await;
         assert_eq!(status, 409, "{body}");
         assert!(body["error"].as_str().unwrap().contains("already in progress"));
@@ -607,16 +611,7 @@ mod tests {
     async fn a_repeat_while_the_first_request_runs_is_asked_to_retry_later() {
         let f = Fixture::new().await;
         // The first request with this key has claimed the org and not committed.
-        let mut record = f.record();
-        let now = Utc.timestamp_millis_opt(1795323071000).unwrap();
-        record.pending = Some(crate::core::domain::PendingRotation {
-            rotation_id: "first".into(),
-            trigger: Trigger::Api,
-            started_at: now,
-            lease_until: now + chrono::TimeDelta::minutes(5),
-            new_access_key_id: None,
-        });
-        f.registry.put(record);
+        f.claimed_by("first");
         let (status, body, headers) = f.call(EVENT, with_key("k1")).await;
         assert_eq!(status, 409, "{body}");
         assert_eq!(headers["retry-after"], "2");

@@ -52,7 +52,7 @@ pub(super) async fn audit(ctx: &Context, Audit { org, limit, json }: Audit) -> R
     let record = Registry::load(&ctx.adapters.registry, &org).await.map_err(|e| e.to_string())?;
     let queued = record.map(|v| v.value.audit_outbox).unwrap_or_default();
     entries.extend(queued.into_iter().filter(|e| !entries.contains(e)).collect::<Vec<_>>());
-    entries.sort_by(|a, b| b.at.cmp(&a.at));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.at));
     entries.truncate(limit);
     if entries.is_empty() {
         load(&ctx.adapters, &org).await?;

@@ -392,7 +392,7 @@ impl Rotation<'_> {
                         p.new_access_key_id = Some(new_id.clone());
                     }
                 };
-                self.write_claimed(record, etag, with_id).await.map_err(|e| (e, Some(new_key.clone())))?;
+                self.write_claimed(record, etag, with_id, |_| false).await.map_err(|e| (e, Some(new_key.clone())))?;
                 None
             }
         };
@@ -425,7 +425,7 @@ impl Rotation<'_> {
             }
         };
         let committed = |r: &OrgRecord| r.current.as_ref().is_some_and(|c| c.access_key_id == new_id);
-        if let Err(e) = self.write_claimed_mut(record, etag, commit, committed).await {
+        if let Err(e) = self.write_claimed(record, etag, commit, committed).await {
             // The commit may have been written though no answer came (every retry lost): look.
             match self.ports.registry.load(&self.req.org).await {
                 Ok(Some(fresh)) if committed(&fresh.value) => {
@@ -570,20 +570,10 @@ impl Rotation<'_> {
 
     /// Writes a change to the record this rotation has claimed. A lost
     /// compare-and-swap re-reads the record and, while the claim is still
-    /// ours, applies the change again.
+    /// ours, applies the change again. For a change that ends the claim (the
+    /// commit), `landed` tells from the re-read record that the change was
+    /// written though its answer was lost (the SDK's retry then lost the race to it).
     async fn write_claimed(
-        &self,
-        record: &mut OrgRecord,
-        etag: &mut String,
-        change: impl Fn(&mut OrgRecord),
-    ) -> Result<(), RotationError> {
-        self.write_claimed_mut(record, etag, change, |_| false).await
-    }
-
-    /// [`Self::write_claimed`] for a change that ends the claim (the commit):
-    /// `landed` tells from a re-read record that the change was written though
-    /// its answer was lost (the SDK's retry then lost the race to it).
-    async fn write_claimed_mut(
         &self,
         record: &mut OrgRecord,
         etag: &mut String,
