@@ -1,6 +1,7 @@
 //! The configuration: environment variables, read once at start-up and
 //! validated there, with a message naming the variable and the expected form.
 
+use crate::core::accounts::MemberRole;
 use crate::core::duration::Duration;
 use crate::core::enrollment::EnrollSettings;
 use crate::core::rotation::RotationSettings;
@@ -51,6 +52,20 @@ pub struct Config {
     pub sdk_operation_timeout: Duration,
     /// `AWS_ENDPOINT_URL`: a local endpoint (S3 then uses path-style addressing).
     pub endpoint_url: Option<String>,
+    /// `MEMBER_ACCOUNT_ROLES`: the role to assume in each member account (a
+    /// comma-separated list of role ARNs); empty: every org user lives in the
+    /// home account.
+    pub member_roles: Vec<MemberRole>,
+    /// `MEMBER_ROLE_EXTERNAL_ID`: the external id the member roles require.
+    pub member_external_id: Option<String>,
+    /// `ORGS_PER_ACCOUNT`: the most orgs placed in one member account (IAM
+    /// allows 5,000 users an account).
+    pub orgs_per_account: usize,
+    /// `SWEEP_QUEUE_URL`: when set, the scheduled run dispatches slices of the
+    /// registry to this queue for `sweep-worker` instead of sweeping itself.
+    pub sweep_queue_url: Option<String>,
+    /// `SWEEP_SLICE_SIZE`: the most orgs in one slice.
+    pub sweep_slice_size: usize,
 }
 
 /// A setting that is missing or malformed.
@@ -186,14 +201,15 @@ impl Config {
                 expected: "durations shorter than the maximum key age",
             });
         }
-        let sweep_concurrency = match get("SWEEP_CONCURRENCY") {
-            None => 8,
-            Some(text) => text.trim().parse::<usize>().ok().filter(|n| (1..=64).contains(n)).ok_or(ConfigError {
-                variable: "SWEEP_CONCURRENCY",
+        let whole = |variable: &'static str, default: usize, max: usize, expected: &'static str| match get(variable) {
+            None => Ok(default),
+            Some(text) => text.trim().parse::<usize>().ok().filter(|n| (1..=max).contains(n)).ok_or(ConfigError {
+                variable,
                 problem: format!("is '{text}'"),
-                expected: "a whole number from 1 to 64",
-            })?,
+                expected,
+            }),
         };
+        let sweep_concurrency = whole("SWEEP_CONCURRENCY", 8, 64, "a whole number from 1 to 64")?;
         let deadline_margin = duration("DEADLINE_MARGIN", Duration::from_secs(20))?;
         let sdk_attempt_timeout = duration("SDK_ATTEMPT_TIMEOUT", Duration::from_secs(5))?;
         let sdk_operation_timeout = duration("SDK_OPERATION_TIMEOUT", Duration::from_secs(15))?;
@@ -204,6 +220,27 @@ impl Config {
                 expected: "at least 1s and no longer than SDK_OPERATION_TIMEOUT",
             });
         }
+        let mut member_roles: Vec<MemberRole> = Vec::new();
+        for arn in
+            get("MEMBER_ACCOUNT_ROLES").iter().flat_map(|v| v.split(',')).map(str::trim).filter(|a| !a.is_empty())
+        {
+            let role = MemberRole::parse(arn).ok_or(ConfigError {
+                variable: "MEMBER_ACCOUNT_ROLES",
+                problem: format!("has '{arn}'"),
+                expected: "comma-separated IAM role ARNs, e.g. arn:aws:iam::210987654321:role/s3-key-rotation-member",
+            })?;
+            if member_roles.iter().any(|m| m.account_id == role.account_id) {
+                return Err(ConfigError {
+                    variable: "MEMBER_ACCOUNT_ROLES",
+                    problem: format!("names account {} twice", role.account_id),
+                    expected: "one role per member account",
+                });
+            }
+            member_roles.push(role);
+        }
+        let orgs_per_account =
+            whole("ORGS_PER_ACCOUNT", 4500, 5000, "a whole number from 1 to 5000 (IAM's users per account)")?;
+        let sweep_slice_size = whole("SWEEP_SLICE_SIZE", 1000, 5000, "a whole number from 1 to 5000")?;
         Ok(Self {
             registry_bucket,
             managed_bucket,
@@ -226,6 +263,11 @@ impl Config {
             sdk_attempt_timeout,
             sdk_operation_timeout,
             endpoint_url: get("AWS_ENDPOINT_URL"),
+            member_roles,
+            member_external_id: get("MEMBER_ROLE_EXTERNAL_ID"),
+            orgs_per_account,
+            sweep_queue_url: get("SWEEP_QUEUE_URL"),
+            sweep_slice_size,
         })
     }
 
@@ -282,6 +324,8 @@ impl Config {
             iam_user_path: self.iam_user_path.clone(),
             managed_bucket,
             prefix_template: self.org_prefix_template.clone(),
+            members: self.member_roles.clone(),
+            orgs_per_account: self.orgs_per_account,
         })
     }
 }
@@ -324,6 +368,8 @@ mod tests {
         assert!(c.verify_new_key);
         assert_eq!((c.sdk_attempt_timeout.as_secs(), c.sdk_operation_timeout.as_secs()), (5, 15));
         assert_eq!(c.managed_bucket, None);
+        assert!(c.member_roles.is_empty(), "no member accounts: every user in the home account");
+        assert_eq!((c.orgs_per_account, c.sweep_slice_size, c.sweep_queue_url.as_deref()), (4500, 1000, None));
         assert!(c.enroll_settings().unwrap_err().to_string().contains("MANAGED_BUCKET is not set"));
     }
 
@@ -346,11 +392,37 @@ mod tests {
                 "SDK_ATTEMPT_TIMEOUT is 20s with SDK_OPERATION_TIMEOUT 15s",
             ),
             (&[("REGISTRY_BUCKET", "r-b"), ("SDK_OPERATION_TIMEOUT", "0s")], "SDK_ATTEMPT_TIMEOUT is 5s"),
+            (
+                &[("REGISTRY_BUCKET", "r-b"), ("MEMBER_ACCOUNT_ROLES", "arn:aws:iam::1234:role/x")],
+                "MEMBER_ACCOUNT_ROLES has 'arn:aws:iam::1234:role/x'",
+            ),
+            (
+                &[
+                    ("REGISTRY_BUCKET", "r-b"),
+                    ("MEMBER_ACCOUNT_ROLES", "arn:aws:iam::111111111111:role/a,arn:aws:iam::111111111111:role/b"),
+                ],
+                "MEMBER_ACCOUNT_ROLES names account 111111111111 twice",
+            ),
+            (&[("REGISTRY_BUCKET", "r-b"), ("ORGS_PER_ACCOUNT", "5001")], "ORGS_PER_ACCOUNT is '5001'"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("SWEEP_SLICE_SIZE", "0")], "SWEEP_SLICE_SIZE is '0'"),
         ];
         for (vars, expected) in cases {
             let err = config(vars).unwrap_err().to_string();
             assert!(err.contains(expected), "{vars:?}: {err}");
         }
+    }
+
+    #[test]
+    fn member_account_roles_are_a_comma_separated_list() {
+        let c = config(&[
+            ("REGISTRY_BUCKET", "r-b"),
+            ("MEMBER_ACCOUNT_ROLES", " arn:aws:iam::111111111111:role/m , arn:aws:iam::222222222222:role/m,"),
+            ("MEMBER_ROLE_EXTERNAL_ID", "shared-secret-id"),
+        ])
+        .unwrap();
+        let accounts: Vec<&str> = c.member_roles.iter().map(|m| m.account_id.as_str()).collect();
+        assert_eq!(accounts, ["111111111111", "222222222222"]);
+        assert_eq!(c.member_external_id.as_deref(), Some("shared-secret-id"));
     }
 
     #[test]

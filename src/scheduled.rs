@@ -1,16 +1,22 @@
-//! The EventBridge glue of `scheduled-rotation`: the Scheduled Event in, the
-//! sweep's summary out (returned, logged, and as CloudWatch embedded-metric
-//! lines).
+//! The Lambda glue of the sweep: `scheduled-rotation` (the Scheduled Event
+//! in; the sweep's summary out, or, fanned out, the run's manifest) and
+//! `sweep-worker` (a slice from the queue in, SQS's partial batch answer
+//! out). Summaries are returned, logged, and written as CloudWatch
+//! embedded-metric lines.
 
 use std::time::{Duration as StdDuration, SystemTime};
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::core::accounts::MemberRole;
 use crate::core::domain::is_event_time;
+use crate::core::fanout::{dispatch, sweep_slice, Manifest, Slice, SliceQueue};
+use crate::core::ports::Registry;
 use crate::core::rotation::Ports;
 use crate::core::sweep::{sweep, Summary, SweepRequest, SweepSettings};
 
@@ -32,17 +38,8 @@ pub async fn handle(
     margin: StdDuration,
 ) -> Result<Summary, Diagnostic> {
     let (event, context) = event.into_parts();
-    let now = match event.time {
-        Some(time) if is_event_time(time) => time,
-        Some(time) => {
-            warn!(%time, "the event's time is none EventBridge sends; evaluating at the clock's");
-            Utc::now()
-        }
-        None => Utc::now(),
-    };
-    let remaining = context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
-    let deadline = (context.deadline > 0).then(|| tokio::time::Instant::now() + remaining);
-    let margin = margin.min(remaining / 4);
+    let now = event_time(&event);
+    let (deadline, margin) = deadline_of(&context, margin);
     let request = SweepRequest { now, dry_run: event.detail.dry_run, deadline, margin };
     let summary = sweep(ports, settings, &request).await.map_err(|e| Diagnostic {
         error_type: "SweepFailed".into(),
@@ -62,12 +59,115 @@ pub async fn handle(
         summary = %serde_json::to_string(&summary).unwrap_or_default(),
         "sweep finished"
     );
-    println!("{}", metrics_line(&summary, Utc::now().timestamp_millis()));
+    println!("{}", metrics_line(&summary, Utc::now().timestamp_millis(), "scheduled-rotation", None));
     Ok(summary)
 }
 
-/// The summary's counts as one CloudWatch embedded-metric-format line.
-pub fn metrics_line(summary: &Summary, timestamp_ms: i64) -> String {
+/// "Now" of a scheduled event: its `time` (a retried event decides as the
+/// first delivery did), or the clock's when it has none EventBridge sends.
+fn event_time(event: &EventBridgeEvent<SweepDetail>) -> chrono::DateTime<Utc> {
+    match event.time {
+        Some(time) if is_event_time(time) => time,
+        Some(time) => {
+            warn!(%time, "the event's time is none EventBridge sends; evaluating at the clock's");
+            Utc::now()
+        }
+        None => Utc::now(),
+    }
+}
+
+/// When to start no more orgs: `margin` before the invocation's deadline, or
+/// a quarter of the time it has if that is less (a short timeout still works).
+fn deadline_of(context: &lambda_runtime::Context, margin: StdDuration) -> (Option<tokio::time::Instant>, StdDuration) {
+    let remaining = context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
+    let deadline = (context.deadline > 0).then(|| tokio::time::Instant::now() + remaining);
+    (deadline, margin.min(remaining / 4))
+}
+
+/// The fanned-out `scheduled-rotation`: slices the registry and queues them
+/// for `sweep-worker`; answers with the run's manifest.
+pub async fn handle_dispatch(
+    event: LambdaEvent<EventBridgeEvent<SweepDetail>>,
+    registry: &dyn Registry,
+    queue: &dyn SliceQueue,
+    members: &[MemberRole],
+    slice_size: usize,
+) -> Result<Manifest, Diagnostic> {
+    let now = event_time(&event.payload);
+    let manifest =
+        dispatch(registry, queue, members, slice_size, now, event.payload.detail.dry_run).await.map_err(|e| {
+            Diagnostic {
+                error_type: "DispatchFailed".into(),
+                error_message: format!("the run could not be dispatched: {e}"),
+            }
+        })?;
+    info!(
+        run = %manifest.run_id,
+        orgs = manifest.orgs,
+        slices = manifest.slices.len(),
+        full_check = manifest.full_check,
+        dispatch_ms = manifest.dispatch_ms,
+        "run dispatched"
+    );
+    Ok(manifest)
+}
+
+/// `sweep-worker`: sweeps each slice of the batch; a slice not finished (its
+/// account unreachable, the deadline first, a malformed message) is reported
+/// as a failure, so SQS delivers it again (and after the queue's receive
+/// limit moves it to the dead-letter queue). The others are deleted.
+pub async fn handle_slices(
+    event: LambdaEvent<SqsEvent>,
+    ports: Ports<'_>,
+    settings: &SweepSettings,
+    margin: StdDuration,
+) -> Result<SqsBatchResponse, Diagnostic> {
+    let (event, context) = event.into_parts();
+    let (deadline, margin) = deadline_of(&context, margin);
+    let mut response = SqsBatchResponse::default();
+    for message in event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let slice: Slice = match message.body.as_deref().map(serde_json::from_str) {
+            Some(Ok(slice)) => slice,
+            _ => {
+                error!(message_id = %id, "the message is not a slice of the sweep");
+                response.add_failure(id);
+                continue;
+            }
+        };
+        match sweep_slice(ports, settings, &slice, deadline, margin).await {
+            Ok(result) => {
+                let summary = &result.summary;
+                info!(
+                    run = %slice.run_id,
+                    slice = slice.index,
+                    account = slice.account.as_deref().unwrap_or("home"),
+                    complete = result.complete,
+                    deliveries = result.deliveries,
+                    error = result.error.as_deref().unwrap_or(""),
+                    orgs_seen = summary.orgs_seen,
+                    rotated = summary.rotated.len(),
+                    failed = summary.failed.len(),
+                    "slice swept"
+                );
+                let account = slice.account.as_deref().unwrap_or("home");
+                println!("{}", metrics_line(summary, Utc::now().timestamp_millis(), "sweep-worker", Some(account)));
+                if !result.complete {
+                    response.add_failure(id);
+                }
+            }
+            Err(e) => {
+                error!(run = %slice.run_id, slice = slice.index, error = %e, "the slice could not be swept");
+                response.add_failure(id);
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// The summary's counts as one CloudWatch embedded-metric-format line, by
+/// function (and, for a worker's slice, by account too).
+pub fn metrics_line(summary: &Summary, timestamp_ms: i64, function: &str, account: Option<&str>) -> String {
     let counts: [(&str, usize); 9] = [
         ("OrgsSeen", summary.orgs_seen),
         ("Rotated", summary.rotated.len()),
@@ -84,19 +184,22 @@ pub fn metrics_line(summary: &Summary, timestamp_ms: i64) -> String {
             "Timestamp": timestamp_ms,
             "CloudWatchMetrics": [{
                 "Namespace": "S3KeyRotation",
-                "Dimensions": [["Function"]],
+                "Dimensions": if account.is_some() { serde_json::json!([["Function"], ["Function", "Account"]]) } else { serde_json::json!([["Function"]]) },
                 "Metrics": counts.iter().map(|(name, _)| serde_json::json!({"Name": name, "Unit": "Count"}))
                     .chain(std::iter::once(serde_json::json!({"Name": "DurationMs", "Unit": "Milliseconds"})))
                     .collect::<Vec<_>>(),
             }],
         },
-        "Function": "scheduled-rotation",
+        "Function": function,
         "DurationMs": summary.duration_ms,
         "DryRun": summary.dry_run,
         "Complete": summary.complete,
     });
     for (name, count) in counts {
         line[name] = count.into();
+    }
+    if let Some(account) = account {
+        line["Account"] = account.into();
     }
     line.to_string()
 }
@@ -127,7 +230,8 @@ mod tests {
     #[test]
     fn the_metrics_line_declares_every_count() {
         let summary = Summary { orgs_seen: 3, warned: 2, ..Summary::default() };
-        let line: serde_json::Value = serde_json::from_str(&metrics_line(&summary, 1_795_323_071_000)).unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(&metrics_line(&summary, 1_795_323_071_000, "scheduled-rotation", None)).unwrap();
         let declared: Vec<&str> = line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
             .as_array()
             .unwrap()

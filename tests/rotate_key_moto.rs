@@ -102,7 +102,12 @@ async fn the_two_key_quota_is_never_exceeded_across_many_rotations() {
         let name = if i % 2 == 0 { "rotate-key-grace-period.json" } else { "rotate-key.json" };
         let (key, body) = rotate(&stack, name, later(i * 120)).await;
         assert_eq!(body["keyVersion"], i + 1);
-        let listed = s3_key_rotation::core::ports::AccessKeys::list_keys(&iam.keys, "org-1234567").await.unwrap();
+        let listed = s3_key_rotation::core::ports::AccessKeys::list_keys(
+            &iam.keys,
+            &s3_key_rotation::core::ports::IamUser::home("org-1234567"),
+        )
+        .await
+        .unwrap();
         assert!(listed.len() <= 2, "rotation {i}: {listed:?}");
         assert!(listed.iter().any(|k| k.access_key_id == key.0 && k.active));
         last = Some(key);

@@ -12,30 +12,49 @@ use aws_sdk_iam::types::{StatusType, Tag};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
+use std::sync::Arc;
+
+use super::accounts::MemberAccounts;
 use super::classify;
 use crate::core::enrollment::user_policy;
-use crate::core::ports::{AccessKeys, IamKey, NewKey, PortError, UserSpec};
+use crate::core::ports::{AccessKeys, IamKey, IamUser, NewKey, PortError, UserSpec};
 
 /// The name of the inline policy that lets an org's user read its prefix.
 pub const POLICY_NAME: &str = "s3-key-rotation-read-own-prefix";
 
-/// IAM, for the orgs' users.
+/// IAM, for the orgs' users: the home account's, and each member account's
+/// through its role.
 #[derive(Debug, Clone)]
 pub struct IamKeys {
     client: aws_sdk_iam::Client,
+    members: Arc<MemberAccounts>,
 }
 
 impl IamKeys {
+    /// The home account only.
     pub fn new(client: aws_sdk_iam::Client) -> Self {
-        Self { client }
+        let members = MemberAccounts::new(aws_config::SdkConfig::builder().build(), &[], None);
+        Self::with_members(client, Arc::new(members))
+    }
+
+    pub fn with_members(client: aws_sdk_iam::Client, members: Arc<MemberAccounts>) -> Self {
+        Self { client, members }
+    }
+
+    /// The client of the user's account.
+    async fn client(&self, account: Option<&str>) -> Result<&aws_sdk_iam::Client, PortError> {
+        match account {
+            None => Ok(&self.client),
+            Some(account) => self.members.iam(account).await,
+        }
     }
 }
 
 #[async_trait]
 impl AccessKeys for IamKeys {
     async fn ensure_user(&self, spec: &UserSpec) -> Result<(), PortError> {
-        let created = self
-            .client
+        let client = self.client(spec.account.as_deref()).await?;
+        let created = client
             .create_user()
             .user_name(&spec.user_name)
             .path(&spec.path)
@@ -49,7 +68,7 @@ impl AccessKeys for IamKeys {
             Err(e) if matches!(e.as_service_error(), Some(CreateUserError::EntityAlreadyExistsException(_))) => {}
             Err(e) => return Err(classify("iam", "CreateUser", &e)),
         }
-        self.client
+        client
             .put_user_policy()
             .user_name(&spec.user_name)
             .policy_name(POLICY_NAME)
@@ -60,8 +79,9 @@ impl AccessKeys for IamKeys {
         Ok(())
     }
 
-    async fn list_keys(&self, user: &str) -> Result<Vec<IamKey>, PortError> {
-        let mut pages = self.client.list_access_keys().user_name(user).into_paginator().items().send();
+    async fn list_keys(&self, user: &IamUser) -> Result<Vec<IamKey>, PortError> {
+        let client = self.client(user.account.as_deref()).await?;
+        let mut pages = client.list_access_keys().user_name(&user.name).into_paginator().items().send();
         let mut keys = Vec::new();
         while let Some(item) = pages.next().await {
             let meta = match item {
@@ -83,8 +103,9 @@ impl AccessKeys for IamKeys {
         Ok(keys)
     }
 
-    async fn create_key(&self, user: &str) -> Result<NewKey, PortError> {
-        let output = match self.client.create_access_key().user_name(user).send().await {
+    async fn create_key(&self, user: &IamUser) -> Result<NewKey, PortError> {
+        let client = self.client(user.account.as_deref()).await?;
+        let output = match client.create_access_key().user_name(&user.name).send().await {
             Ok(output) => output,
             Err(e) => {
                 return Err(match e.as_service_error() {
@@ -102,24 +123,28 @@ impl AccessKeys for IamKeys {
         Ok(NewKey { access_key_id: key.access_key_id, secret_access_key: SecretString::from(key.secret_access_key) })
     }
 
-    async fn set_active(&self, user: &str, access_key_id: &str, active: bool) -> Result<(), PortError> {
+    async fn set_active(&self, user: &IamUser, access_key_id: &str, active: bool) -> Result<(), PortError> {
+        let client = self.client(user.account.as_deref()).await?;
         let status = if active { StatusType::Active } else { StatusType::Inactive };
-        match self.client.update_access_key().user_name(user).access_key_id(access_key_id).status(status).send().await {
+        match client.update_access_key().user_name(&user.name).access_key_id(access_key_id).status(status).send().await
+        {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.as_service_error(), Some(UpdateAccessKeyError::NoSuchEntityException(_))) => Ok(()),
             Err(e) => Err(classify("iam", "UpdateAccessKey", &e)),
         }
     }
 
-    async fn delete_key(&self, user: &str, access_key_id: &str) -> Result<(), PortError> {
-        match self.client.delete_access_key().user_name(user).access_key_id(access_key_id).send().await {
+    async fn delete_key(&self, user: &IamUser, access_key_id: &str) -> Result<(), PortError> {
+        let client = self.client(user.account.as_deref()).await?;
+        match client.delete_access_key().user_name(&user.name).access_key_id(access_key_id).send().await {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.as_service_error(), Some(DeleteAccessKeyError::NoSuchEntityException(_))) => Ok(()),
             Err(e) => Err(classify("iam", "DeleteAccessKey", &e)),
         }
     }
 
-    async fn delete_user(&self, user: &str) -> Result<(), PortError> {
+    async fn delete_user(&self, user: &IamUser) -> Result<(), PortError> {
+        let client = self.client(user.account.as_deref()).await?;
         let keys = match self.list_keys(user).await {
             Ok(keys) => keys,
             Err(PortError::NoSuchUser) => return Ok(()),
@@ -128,15 +153,22 @@ impl AccessKeys for IamKeys {
         for key in keys {
             self.delete_key(user, &key.access_key_id).await?;
         }
-        match self.client.delete_user_policy().user_name(user).policy_name(POLICY_NAME).send().await {
+        match client.delete_user_policy().user_name(&user.name).policy_name(POLICY_NAME).send().await {
             Ok(_) => {}
             Err(e) if matches!(e.as_service_error(), Some(DeleteUserPolicyError::NoSuchEntityException(_))) => {}
             Err(e) => return Err(classify("iam", "DeleteUserPolicy", &e)),
         }
-        match self.client.delete_user().user_name(user).send().await {
+        match client.delete_user().user_name(&user.name).send().await {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.as_service_error(), Some(DeleteUserError::NoSuchEntityException(_))) => Ok(()),
             Err(e) => Err(classify("iam", "DeleteUser", &e)),
+        }
+    }
+
+    async fn check_account(&self, account: Option<&str>) -> Result<(), PortError> {
+        match account {
+            None => Ok(()),
+            Some(account) => self.members.check(account).await,
         }
     }
 }
@@ -192,13 +224,13 @@ mod tests {
     async fn the_key_quota_and_a_missing_user_are_told_apart() {
         let quota = mock!(Client::create_access_key)
             .then_error(|| CreateAccessKeyError::LimitExceededException(LimitExceededException::builder().build()));
-        assert_eq!(keys(&[&quota]).create_key("org-1").await.unwrap_err(), PortError::QuotaExceeded);
+        assert_eq!(keys(&[&quota]).create_key(&IamUser::home("org-1")).await.unwrap_err(), PortError::QuotaExceeded);
         let missing = mock!(Client::create_access_key)
             .then_error(|| CreateAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build()));
-        assert_eq!(keys(&[&missing]).create_key("org-1").await.unwrap_err(), PortError::NoSuchUser);
+        assert_eq!(keys(&[&missing]).create_key(&IamUser::home("org-1")).await.unwrap_err(), PortError::NoSuchUser);
         let listed = mock!(Client::list_access_keys)
             .then_error(|| ListAccessKeysError::NoSuchEntityException(NoSuchEntityException::builder().build()));
-        assert_eq!(keys(&[&listed]).list_keys("org-1").await.unwrap_err(), PortError::NoSuchUser);
+        assert_eq!(keys(&[&listed]).list_keys(&IamUser::home("org-1")).await.unwrap_err(), PortError::NoSuchUser);
     }
 
     #[tokio::test]
@@ -209,7 +241,7 @@ mod tests {
             .http_response(throttled)
             .output(new_key)
             .build();
-        let created = keys(&[&rule]).create_key("org-1").await.unwrap();
+        let created = keys(&[&rule]).create_key(&IamUser::home("org-1")).await.unwrap();
         assert_eq!(rule.num_calls(), 3);
         assert_eq!(created.access_key_id, "AKIANEW");
         assert_eq!(created.secret_access_key.expose_secret(), "very-secret");
@@ -219,7 +251,7 @@ mod tests {
     #[tokio::test]
     async fn throttling_that_outlasts_the_retries_is_reported_as_throttling() {
         let rule = mock!(Client::create_access_key).sequence().http_response(throttled).times(3).build();
-        let err = keys(&[&rule]).create_key("org-1").await.unwrap_err();
+        let err = keys(&[&rule]).create_key(&IamUser::home("org-1")).await.unwrap_err();
         assert_eq!(rule.num_calls(), 3);
         assert_eq!(err, PortError::Throttled { service: "iam", operation: "CreateAccessKey" });
     }
@@ -228,10 +260,10 @@ mod tests {
     async fn deleting_or_deactivating_a_key_that_is_gone_is_not_an_error() {
         let gone = mock!(Client::delete_access_key)
             .then_error(|| DeleteAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build()));
-        keys(&[&gone]).delete_key("org-1", "AKIAOLD").await.unwrap();
+        keys(&[&gone]).delete_key(&IamUser::home("org-1"), "AKIAOLD").await.unwrap();
         let gone = mock!(Client::update_access_key)
             .then_error(|| UpdateAccessKeyError::NoSuchEntityException(NoSuchEntityException::builder().build()));
-        keys(&[&gone]).set_active("org-1", "AKIAOLD", false).await.unwrap();
+        keys(&[&gone]).set_active(&IamUser::home("org-1"), "AKIAOLD", false).await.unwrap();
     }
 
     #[tokio::test]
@@ -249,6 +281,7 @@ mod tests {
             .then_output(|| PutUserPolicyOutput::builder().build());
         let spec = UserSpec {
             user_name: "org-42".into(),
+            account: None,
             path: "/managed-s3/".into(),
             org: OrgId::parse("42").unwrap(),
             bucket: "logs".into(),
@@ -272,7 +305,7 @@ mod tests {
                 .build()
                 .unwrap()
         });
-        let found = keys(&[&listed]).list_keys("org-1").await.unwrap();
+        let found = keys(&[&listed]).list_keys(&IamUser::home("org-1")).await.unwrap();
         assert_eq!(
             found.iter().map(|k| (k.access_key_id.as_str(), k.active)).collect::<Vec<_>>(),
             [("AKIA1", true), ("AKIA2", false)]

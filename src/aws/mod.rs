@@ -1,8 +1,10 @@
 //! The ports implemented with the AWS SDK for Rust. Clients are built once per
 //! cold start ([`Clients::from_env`]) and shared by every request.
 
+pub mod accounts;
 pub mod events;
 pub mod iam;
+pub mod queue;
 pub mod registry;
 pub mod vault;
 pub mod verifier;
@@ -26,6 +28,7 @@ pub struct Clients {
     pub iam: aws_sdk_iam::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub events: aws_sdk_eventbridge::Client,
+    pub sqs: aws_sdk_sqs::Client,
     /// S3 through a local endpoint needs path-style addressing.
     pub force_path_style: bool,
 }
@@ -62,7 +65,8 @@ impl Clients {
         let iam = aws_sdk_iam::Client::new(&sdk);
         let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
         let events = aws_sdk_eventbridge::Client::new(&sdk);
-        Self { sdk, s3, iam, secrets, events, force_path_style }
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        Self { sdk, s3, iam, secrets, events, sqs, force_path_style }
     }
 }
 
@@ -75,6 +79,8 @@ pub struct Adapters {
     pub verifier: Option<verifier::S3Verifier>,
     pub vault: vault::SecretsVault,
     pub events: events::EventBus,
+    /// The queue of the sweep's slices, when the sweep is fanned out.
+    pub slices: Option<queue::SqsSlices>,
 }
 
 impl Adapters {
@@ -82,12 +88,20 @@ impl Adapters {
         Self {
             registry: registry::S3Registry::new(clients.s3.clone(), &config.registry_bucket),
             audit: registry::S3Audit::new(clients.s3.clone(), &config.registry_bucket),
-            keys: iam::IamKeys::new(clients.iam.clone()),
+            keys: iam::IamKeys::with_members(
+                clients.iam.clone(),
+                std::sync::Arc::new(accounts::MemberAccounts::new(
+                    clients.sdk.clone(),
+                    &config.member_roles,
+                    config.member_external_id.clone(),
+                )),
+            ),
             verifier: config.verify_new_key.then(|| {
                 verifier::S3Verifier::new(clients.sdk.clone(), clients.force_path_style, config.verify_within)
             }),
             vault: vault::SecretsVault::new(clients.secrets.clone(), &config.vault_secret_prefix),
             events: events::EventBus::new(clients.events.clone(), &config.event_bus_name),
+            slices: config.sweep_queue_url.as_ref().map(|url| queue::SqsSlices::new(clients.sqs.clone(), url)),
         }
     }
 

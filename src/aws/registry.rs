@@ -29,35 +29,14 @@ impl S3Registry {
         format!("orgs/{org}.json")
     }
 
-    async fn put(&self, record: &OrgRecord, condition: Condition<'_>) -> Result<String, PortError> {
-        let body = serde_json::to_vec_pretty(record).map_err(|e| PortError::Unavailable {
+    async fn put(&self, record: &OrgRecord, etag: Option<&str>) -> Result<String, PortError> {
+        let body = serde_json::to_string_pretty(record).map_err(|e| PortError::Unavailable {
             service: "s3",
             operation: "PutObject",
             detail: format!("record not serializable: {e}"),
         })?;
-        let request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(Self::record_key(&record.org_id))
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        let request = match condition {
-            Condition::Absent => request.if_none_match("*"),
-            Condition::Etag(etag) => request.if_match(etag),
-        };
-        let output = request.send().await.map_err(|e| classify("s3", "PutObject", &e))?;
-        output.e_tag().map(str::to_owned).ok_or_else(|| PortError::Unavailable {
-            service: "s3",
-            operation: "PutObject",
-            detail: "no ETag in the answer".into(),
-        })
+        self.put_doc(&Self::record_key(&record.org_id), &body, etag).await
     }
-}
-
-enum Condition<'a> {
-    Absent,
-    Etag(&'a str),
 }
 
 #[async_trait]
@@ -95,11 +74,11 @@ impl Registry for S3Registry {
     }
 
     async fn create(&self, record: &OrgRecord) -> Result<String, PortError> {
-        self.put(record, Condition::Absent).await
+        self.put(record, None).await
     }
 
     async fn update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
-        self.put(record, Condition::Etag(etag)).await
+        self.put(record, Some(etag)).await
     }
 
     async fn delete(&self, org: &OrgId, etag: &str) -> Result<(), PortError> {
@@ -159,6 +138,68 @@ impl Registry for S3Registry {
             .await
             .map_err(|e| classify("s3", "PutObject", &e))?;
         Ok(())
+    }
+
+    async fn get_doc(&self, key: &str) -> Result<Option<Versioned<String>>, PortError> {
+        let result = self.client.get_object().bucket(&self.bucket).key(key).send().await;
+        let output = match result {
+            Ok(output) => output,
+            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => return Ok(None),
+            Err(e) => return Err(classify("s3", "GetObject", &e)),
+        };
+        let etag = output.e_tag().map(str::to_owned).ok_or_else(|| PortError::Unavailable {
+            service: "s3",
+            operation: "GetObject",
+            detail: "no ETag in the answer".into(),
+        })?;
+        let bytes = output.body.collect().await.map_err(|_| PortError::Unavailable {
+            service: "s3",
+            operation: "GetObject",
+            detail: "the body could not be read".into(),
+        })?;
+        Ok(Some(Versioned { value: String::from_utf8_lossy(&bytes.into_bytes()).into_owned(), etag }))
+    }
+
+    async fn put_doc(&self, key: &str, value: &str, etag: Option<&str>) -> Result<String, PortError> {
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(value.as_bytes().to_vec()));
+        let request = match etag {
+            None => request.if_none_match("*"),
+            Some(etag) => request.if_match(etag),
+        };
+        let output = request.send().await.map_err(|e| classify("s3", "PutObject", &e))?;
+        output.e_tag().map(str::to_owned).ok_or_else(|| PortError::Unavailable {
+            service: "s3",
+            operation: "PutObject",
+            detail: "no ETag in the answer".into(),
+        })
+    }
+
+    async fn delete_doc(&self, key: &str) -> Result<(), PortError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify("s3", "DeleteObject", &e))?;
+        Ok(())
+    }
+
+    async fn list_docs(&self, prefix: &str) -> Result<Vec<String>, PortError> {
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("s3", "ListObjectsV2", &e))?;
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+        }
+        keys.sort();
+        Ok(keys)
     }
 }
 

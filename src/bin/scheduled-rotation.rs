@@ -1,5 +1,7 @@
 //! Lambda function `scheduled-rotation`: on an EventBridge schedule, evaluates
-//! every enrolled org (see `s3_key_rotation::core::sweep`).
+//! every enrolled org (see `s3_key_rotation::core::sweep`); with
+//! `SWEEP_QUEUE_URL` set, dispatches the run in slices to `sweep-worker`
+//! instead (see `s3_key_rotation::core::fanout`).
 
 use std::time::Duration;
 
@@ -7,7 +9,7 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use s3_key_rotation::aws::{Adapters, Clients};
 use s3_key_rotation::config::Config;
-use s3_key_rotation::scheduled::{handle, SweepDetail};
+use s3_key_rotation::scheduled::{handle, handle_dispatch, SweepDetail};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -17,7 +19,13 @@ async fn main() -> Result<(), Error> {
     let adapters = Adapters::new(&clients, &config);
     let settings = config.sweep_settings();
     let margin = Duration::from_secs(config.deadline_margin.as_secs());
-    let (adapters, settings) = (&adapters, &settings);
+    let (adapters, settings, config) = (&adapters, &settings, &config);
+    if let Some(queue) = &adapters.slices {
+        return run(service_fn(move |event: LambdaEvent<EventBridgeEvent<SweepDetail>>| async move {
+            handle_dispatch(event, &adapters.registry, queue, &config.member_roles, config.sweep_slice_size).await
+        }))
+        .await;
+    }
     run(service_fn(move |event: LambdaEvent<EventBridgeEvent<SweepDetail>>| async move {
         handle(event, adapters.ports(), settings, margin).await
     }))

@@ -175,7 +175,7 @@ async fn change(
     let mut outcome = StateChange { record, changed, activated: Vec::new(), deactivated: Vec::new() };
     let record = &outcome.record;
     if let Some(current) = &record.current {
-        ports.keys.set_active(&record.iam_user, &current.access_key_id, active_wanted).await?;
+        ports.keys.set_active(&record.user(), &current.access_key_id, active_wanted).await?;
         if active_wanted {
             outcome.activated.push(current.access_key_id.clone());
         } else {
@@ -184,7 +184,7 @@ async fn change(
     }
     if !active_wanted {
         if let Some(previous) = &record.previous {
-            ports.keys.set_active(&record.iam_user, &previous.key.access_key_id, false).await?;
+            ports.keys.set_active(&record.user(), &previous.key.access_key_id, false).await?;
             outcome.deactivated.push(previous.key.access_key_id.clone());
         }
     }
@@ -227,7 +227,7 @@ mod tests {
         let world = MemoryWorld::new();
         let org = OrgId::parse("1234567").unwrap();
         let mut record = world.enroll(&org, t0()).await;
-        let key = world.keys.create_key(&record.iam_user).await.unwrap();
+        let key = world.keys.create_key(&record.user()).await.unwrap();
         record.current = Some(KeyVersion {
             version: 1,
             access_key_id: key.access_key_id.clone(),

@@ -202,6 +202,10 @@ pub struct OrgRecord {
     pub state: KeyState,
     pub created_at: DateTime<Utc>,
     pub iam_user: String,
+    /// The member account the org's IAM user lives in; absent: the home
+    /// account (every record written before member accounts existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
     /// The bucket and prefix the org's key reads.
     pub bucket: String,
     pub prefix: String,
@@ -232,6 +236,30 @@ pub struct OrgRecord {
     /// [`IDEMPOTENCY_WINDOW_HOURS`] hours: a repeat gets the same answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub idempotent_rotations: Vec<IdempotentRotation>,
+}
+
+/// An IAM user in its AWS account: a member account's id, or `None` for the
+/// home account (where the functions run).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IamUser {
+    pub account: Option<String>,
+    pub name: String,
+}
+
+impl IamUser {
+    /// A user of the home account.
+    pub fn home(name: impl Into<String>) -> Self {
+        Self { account: None, name: name.into() }
+    }
+}
+
+impl std::fmt::Display for IamUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.account {
+            Some(account) => write!(f, "{} (account {account})", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
 }
 
 /// How long a rotation's `Idempotency-Key` is remembered.
@@ -281,6 +309,11 @@ pub struct AuditEntry {
 impl OrgRecord {
     pub const SCHEMA: u32 = 1;
 
+    /// The org's IAM user, in its account.
+    pub fn user(&self) -> IamUser {
+        IamUser { account: self.account_id.clone(), name: self.iam_user.clone() }
+    }
+
     /// A newly enrolled org: `Enabled`, no key yet (its first manual rotation issues one).
     pub fn enrolled(org: &OrgId, bucket: &str, prefix: &str, now: DateTime<Utc>) -> Self {
         Self {
@@ -290,6 +323,7 @@ impl OrgRecord {
             state: KeyState::Enabled,
             created_at: now,
             iam_user: org.user_name(),
+            account_id: None,
             bucket: bucket.to_owned(),
             prefix: prefix.to_owned(),
             current: None,

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use tracing::info;
 
+use super::accounts::{place, release, MemberRole, PlacementError};
 use super::domain::{OrgId, OrgRecord};
 use super::ports::{AccessKeys, AuditEntry, AuditLog, PortError, Registry, UserSpec};
 use super::rotation::write_audit;
@@ -16,6 +17,10 @@ pub struct EnrollSettings {
     pub managed_bucket: String,
     /// Contains `{orgId}`, e.g. `{orgId}/` or `logs/{orgId}/`.
     pub prefix_template: String,
+    /// The member accounts a new org may be placed in (none: the home account).
+    pub members: Vec<MemberRole>,
+    /// The most orgs placed in one member account.
+    pub orgs_per_account: usize,
 }
 
 impl EnrollSettings {
@@ -40,6 +45,8 @@ pub enum EnrollError {
     BadPrincipal(String),
     #[error("AWS failed during enrollment: {0}")]
     Aws(#[from] PortError),
+    #[error("no member account can take the org: {0}")]
+    Placement(#[from] PlacementError),
 }
 
 /// Enrolls `org`. Idempotent: enrolling an enrolled org changes nothing.
@@ -56,23 +63,35 @@ pub async fn enroll(
     if let Some(existing) = registry.load(org).await? {
         return same_place(existing.value, settings, &prefix);
     }
+    // With member accounts, the org's user goes to the one with the most room.
+    let account = match settings.members.as_slice() {
+        [] => None,
+        members => Some(place(registry, members, settings.orgs_per_account, org).await?.account_id),
+    };
     let spec = UserSpec {
         user_name: org.user_name(),
+        account: account.clone(),
         path: settings.iam_user_path.clone(),
         org: org.clone(),
         bucket: settings.managed_bucket.clone(),
         prefix: prefix.clone(),
     };
     // The user first: a record never names a user that does not exist.
-    keys.ensure_user(&spec).await?;
-    let record = OrgRecord::enrolled(org, &settings.managed_bucket, &prefix, now);
+    if let Err(e) = keys.ensure_user(&spec).await {
+        give_back(registry, keys, &spec, None).await;
+        return Err(e.into());
+    }
+    let record = OrgRecord { account_id: account, ..OrgRecord::enrolled(org, &settings.managed_bucket, &prefix, now) };
     match registry.create(&record).await {
         Ok(_) => {}
         Err(PortError::Conflict) => {
             // Enrolled concurrently by someone else.
             let existing = registry.load(org).await?.ok_or(PortError::Conflict)?;
+            give_back(registry, keys, &spec, existing.value.account_id.as_deref()).await;
             return same_place(existing.value, settings, &prefix);
         }
+        // The write may have been made with its answer lost: the place stays
+        // taken (a count too high never overshoots a cap).
         Err(e) => return Err(e.into()),
     }
     info!(org = %org, user = %spec.user_name, "enrolled");
@@ -87,6 +106,22 @@ pub async fn enroll(
     };
     write_audit(audit, &entry).await;
     Ok(Enrolled { created: true, record })
+}
+
+/// Undoes the placement of an enrollment that did not create the record: the
+/// place in its member account and, unless the record that won names the same
+/// account, the user created there (best effort: the daily check reports
+/// what is left).
+async fn give_back(registry: &dyn Registry, keys: &dyn AccessKeys, spec: &UserSpec, winner: Option<&str>) {
+    let Some(account) = spec.account.as_deref() else { return };
+    if winner == Some(account) {
+        return;
+    }
+    release(registry, account, &spec.org).await;
+    let user = super::domain::IamUser { account: spec.account.clone(), name: spec.user_name.clone() };
+    if let Err(e) = keys.delete_user(&user).await {
+        tracing::warn!(error = %e, %user, "could not delete the user of an enrollment that lost");
+    }
 }
 
 fn same_place(record: OrgRecord, settings: &EnrollSettings, prefix: &str) -> Result<Enrolled, EnrollError> {
@@ -170,7 +205,44 @@ mod tests {
             iam_user_path: "/managed-s3/".into(),
             managed_bucket: "logs".into(),
             prefix_template: "{orgId}/".into(),
+            members: Vec::new(),
+            orgs_per_account: 4500,
         }
+    }
+
+    /// Three member accounts of two places: six orgs go round them by room,
+    /// each user in its account and each record naming it; the seventh is
+    /// refused with a message that says what to do.
+    #[tokio::test]
+    async fn orgs_are_placed_in_the_member_account_with_the_most_room() {
+        let faults = Arc::new(Faults::default());
+        let (registry, keys, audit) =
+            (MemoryRegistry::new(faults.clone()), MemoryKeys::new(faults.clone()), MemoryAudit::new(faults.clone()));
+        let members: Vec<MemberRole> = ["111111111111", "222222222222", "333333333333"]
+            .iter()
+            .map(|a| MemberRole::parse(&format!("arn:aws:iam::{a}:role/member")).unwrap())
+            .collect();
+        let settings = EnrollSettings { members: members.clone(), orgs_per_account: 2, ..settings() };
+        let now = Utc::now();
+        let mut placed = Vec::new();
+        for i in 1..=6 {
+            let org = OrgId::parse(&format!("org{i}")).unwrap();
+            let done = enroll(&registry, &keys, &audit, &settings, &org, now, "op").await.unwrap();
+            let account = done.record.account_id.clone().expect("placed in a member account");
+            assert_eq!(keys.account_of(&org.user_name()), Some(Some(account.clone())), "the user is in that account");
+            placed.push(account);
+        }
+        assert_eq!(
+            placed,
+            ["111111111111", "222222222222", "333333333333", "111111111111", "222222222222", "333333333333"]
+        );
+        let seventh = OrgId::parse("org7").unwrap();
+        let err = enroll(&registry, &keys, &audit, &settings, &seventh, now, "op").await.unwrap_err().to_string();
+        assert!(err.contains("every member account is full") && err.contains("MEMBER_ACCOUNT_ROLES"), "{err}");
+        assert!(registry.get(&seventh).is_none() && !keys.user_exists(&seventh.user_name()));
+        // Enrolling an enrolled org again takes no second place.
+        let again = enroll(&registry, &keys, &audit, &settings, &OrgId::parse("org1").unwrap(), now, "op").await;
+        assert!(!again.unwrap().created);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use secrecy::SecretString;
 
-use super::domain::{OrgId, OrgRecord};
+use super::domain::{IamUser, OrgId, OrgRecord};
 use super::ports::{
     AccessKeys, AuditEntry, AuditLog, IamKey, KeyVault, KeyVerifier, NewKey, Notification, Notifier, PortError,
     Registry, UserSpec, Versioned,
@@ -89,6 +89,7 @@ pub struct MemoryRegistry {
     faults: Arc<Faults>,
     records: Mutex<BTreeMap<OrgId, (OrgRecord, u64)>>,
     state: Mutex<BTreeMap<String, String>>,
+    docs: Mutex<BTreeMap<String, (String, u64)>>,
     version: AtomicUsize,
 }
 
@@ -158,16 +159,49 @@ impl Registry for MemoryRegistry {
         lock(&self.state).insert(name.to_owned(), value.to_owned());
         Ok(())
     }
+    async fn get_doc(&self, key: &str) -> Result<Option<Versioned<String>>, PortError> {
+        self.faults.step("registry.get_doc").await?;
+        Ok(lock(&self.docs).get(key).map(|(d, v)| Versioned { value: d.clone(), etag: format!("\"{v}\"") }))
+    }
+    async fn put_doc(&self, key: &str, value: &str, etag: Option<&str>) -> Result<String, PortError> {
+        self.faults.step("registry.put_doc").await?;
+        let mut docs = lock(&self.docs);
+        let current = docs.get(key).map(|(_, v)| format!("\"{v}\""));
+        if current.as_deref() != etag {
+            return Err(PortError::Conflict);
+        }
+        let v = self.version.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+        docs.insert(key.to_owned(), (value.to_owned(), v));
+        Ok(format!("\"{v}\""))
+    }
+    async fn delete_doc(&self, key: &str) -> Result<(), PortError> {
+        self.faults.step("registry.delete_doc").await?;
+        lock(&self.docs).remove(key);
+        Ok(())
+    }
+    async fn list_docs(&self, prefix: &str) -> Result<Vec<String>, PortError> {
+        self.faults.step("registry.list_docs").await?;
+        Ok(lock(&self.docs).keys().filter(|k| k.starts_with(prefix)).cloned().collect())
+    }
 }
 
-/// IAM users and their access keys, with IAM's limit of two keys per user.
+/// IAM users and their access keys, with IAM's limit of two keys per user,
+/// each user in an account: a call naming another account does not find it.
 #[derive(Debug, Default)]
 pub struct MemoryKeys {
     faults: Arc<Faults>,
-    users: Mutex<BTreeMap<String, Vec<IamKey>>>,
+    users: Mutex<BTreeMap<String, MemoryUser>>,
+    /// Member accounts whose role cannot be assumed.
+    unreachable: Mutex<std::collections::BTreeSet<String>>,
     next: AtomicUsize,
     /// The most keys any user ever had at once.
     pub max_keys_seen: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct MemoryUser {
+    account: Option<String>,
+    keys: Vec<IamKey>,
 }
 
 impl MemoryKeys {
@@ -175,64 +209,104 @@ impl MemoryKeys {
         Self { faults, ..Default::default() }
     }
     pub fn keys_of(&self, user: &str) -> Vec<IamKey> {
-        lock(&self.users).get(user).cloned().unwrap_or_default()
+        lock(&self.users).get(user).map(|u| u.keys.clone()).unwrap_or_default()
+    }
+    /// The account the user was created in, if it exists.
+    pub fn account_of(&self, user: &str) -> Option<Option<String>> {
+        lock(&self.users).get(user).map(|u| u.account.clone())
     }
     /// Whether `access_key_id` exists and is active (it would authenticate).
     pub fn works(&self, user: &str, access_key_id: &str) -> bool {
         self.keys_of(user).iter().any(|k| k.access_key_id == access_key_id && k.active)
+    }
+    /// From now on, the member account's role cannot be assumed (or, with
+    /// `false`, it can again).
+    pub fn set_unreachable(&self, account: &str, unreachable: bool) {
+        let mut accounts = lock(&self.unreachable);
+        if unreachable {
+            accounts.insert(account.to_owned());
+        } else {
+            accounts.remove(account);
+        }
+    }
+    pub fn user_exists(&self, user: &str) -> bool {
+        lock(&self.users).contains_key(user)
+    }
+
+    async fn step(&self, operation: &'static str, account: Option<&str>) -> Result<(), PortError> {
+        self.faults.step(operation).await?;
+        self.reach(account)
+    }
+
+    fn reach(&self, account: Option<&str>) -> Result<(), PortError> {
+        match account {
+            Some(account) if lock(&self.unreachable).contains(account) => Err(PortError::Unavailable {
+                service: "sts",
+                operation: "AssumeRole",
+                detail: format!("the role of account {account} could not be assumed (AccessDenied)"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The user's keys, if it exists in the account named.
+    fn with_user<T>(&self, user: &IamUser, f: impl FnOnce(&mut Vec<IamKey>) -> T) -> Result<T, PortError> {
+        let mut users = lock(&self.users);
+        match users.get_mut(&user.name) {
+            Some(found) if found.account == user.account => Ok(f(&mut found.keys)),
+            _ => Err(PortError::NoSuchUser),
+        }
     }
 }
 
 #[async_trait]
 impl AccessKeys for MemoryKeys {
     async fn ensure_user(&self, spec: &UserSpec) -> Result<(), PortError> {
-        self.faults.step("iam.ensure_user").await?;
-        lock(&self.users).entry(spec.user_name.clone()).or_default();
+        self.step("iam.ensure_user", spec.account.as_deref()).await?;
+        lock(&self.users)
+            .entry(spec.user_name.clone())
+            .or_insert_with(|| MemoryUser { account: spec.account.clone(), keys: Vec::new() });
         Ok(())
     }
-    async fn list_keys(&self, user: &str) -> Result<Vec<IamKey>, PortError> {
-        self.faults.step("iam.list_keys").await?;
-        lock(&self.users).get(user).cloned().ok_or(PortError::NoSuchUser)
+    async fn list_keys(&self, user: &IamUser) -> Result<Vec<IamKey>, PortError> {
+        self.step("iam.list_keys", user.account.as_deref()).await?;
+        self.with_user(user, |keys| keys.clone())
     }
-    async fn create_key(&self, user: &str) -> Result<NewKey, PortError> {
-        self.faults.step("iam.create_key").await?;
+    async fn create_key(&self, user: &IamUser) -> Result<NewKey, PortError> {
+        self.step("iam.create_key", user.account.as_deref()).await?;
+        self.with_user(user, |keys| {
+            if keys.len() >= 2 {
+                return Err(PortError::QuotaExceeded);
+            }
+            let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+            let access_key_id = format!("AKIAMEMORY{n:010}");
+            keys.push(IamKey { access_key_id: access_key_id.clone(), active: true, created_at: Some(Utc::now()) });
+            self.max_keys_seen.fetch_max(keys.len(), Ordering::SeqCst);
+            Ok(NewKey { access_key_id, secret_access_key: SecretString::from(format!("memory-secret-{n}")) })
+        })?
+    }
+    async fn set_active(&self, user: &IamUser, access_key_id: &str, active: bool) -> Result<(), PortError> {
+        self.step("iam.set_active", user.account.as_deref()).await?;
+        self.with_user(user, |keys| {
+            if let Some(k) = keys.iter_mut().find(|k| k.access_key_id == access_key_id) {
+                k.active = active;
+            }
+        })
+    }
+    async fn delete_key(&self, user: &IamUser, access_key_id: &str) -> Result<(), PortError> {
+        self.step("iam.delete_key", user.account.as_deref()).await?;
+        self.with_user(user, |keys| keys.retain(|k| k.access_key_id != access_key_id))
+    }
+    async fn delete_user(&self, user: &IamUser) -> Result<(), PortError> {
+        self.step("iam.delete_user", user.account.as_deref()).await?;
         let mut users = lock(&self.users);
-        let keys = users.get_mut(user).ok_or(PortError::NoSuchUser)?;
-        if keys.len() >= 2 {
-            return Err(PortError::QuotaExceeded);
+        if users.get(&user.name).is_some_and(|u| u.account == user.account) {
+            users.remove(&user.name);
         }
-        let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
-        let access_key_id = format!("AKIAMEMORY{n:010}");
-        keys.push(IamKey { access_key_id: access_key_id.clone(), active: true, created_at: Some(Utc::now()) });
-        self.max_keys_seen.fetch_max(keys.len(), Ordering::SeqCst);
-        Ok(NewKey { access_key_id, secret_access_key: SecretString::from(format!("memory-secret-{n}")) })
-    }
-    async fn set_active(&self, user: &str, access_key_id: &str, active: bool) -> Result<(), PortError> {
-        self.faults.step("iam.set_active").await?;
-        let mut users = lock(&self.users);
-        let keys = users.get_mut(user).ok_or(PortError::NoSuchUser)?;
-        if let Some(k) = keys.iter_mut().find(|k| k.access_key_id == access_key_id) {
-            k.active = active;
-        }
         Ok(())
     }
-    async fn delete_key(&self, user: &str, access_key_id: &str) -> Result<(), PortError> {
-        self.faults.step("iam.delete_key").await?;
-        let mut users = lock(&self.users);
-        let keys = users.get_mut(user).ok_or(PortError::NoSuchUser)?;
-        keys.retain(|k| k.access_key_id != access_key_id);
-        Ok(())
-    }
-    async fn delete_user(&self, user: &str) -> Result<(), PortError> {
-        self.faults.step("iam.delete_user").await?;
-        lock(&self.users).remove(user);
-        Ok(())
-    }
-}
-
-impl MemoryKeys {
-    pub fn user_exists(&self, user: &str) -> bool {
-        lock(&self.users).contains_key(user)
+    async fn check_account(&self, account: Option<&str>) -> Result<(), PortError> {
+        self.reach(account)
     }
 }
 
@@ -465,6 +539,7 @@ impl MemoryWorld {
         let record = OrgRecord::enrolled(org, "logs", &format!("{org}/"), at);
         let spec = UserSpec {
             user_name: record.iam_user.clone(),
+            account: None,
             path: "/managed-s3/".into(),
             org: org.clone(),
             bucket: "logs".into(),

@@ -2,10 +2,12 @@
 //! nothing of HTTP, Lambda or the AWS SDK: it talks to the world through the
 //! ports.
 
+pub mod accounts;
 pub mod admin;
 pub mod domain;
 pub mod duration;
 pub mod enrollment;
+pub mod fanout;
 pub mod memory;
 pub mod policy;
 pub mod ports;

@@ -8,6 +8,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 
 pub use super::domain::AuditEntry;
+pub use super::domain::IamUser;
 use super::domain::{OrgId, OrgRecord};
 
 /// A failure of an outside service, already classified for the core.
@@ -53,6 +54,16 @@ pub trait Registry: Send + Sync {
     /// A small object of the sweep's own (its resume cursor), by name.
     async fn get_state(&self, name: &str) -> Result<Option<String>, PortError>;
     async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError>;
+    /// A small document of the registry's own by its key (e.g. the placement
+    /// counts `placement.json`), with its version.
+    async fn get_doc(&self, key: &str) -> Result<Option<Versioned<String>>, PortError>;
+    /// Writes the document if it is still at `etag` (`None`: only if it does
+    /// not exist); [`PortError::Conflict`] when someone wrote first.
+    async fn put_doc(&self, key: &str, value: &str, etag: Option<&str>) -> Result<String, PortError>;
+    /// Deletes the document; a missing one is not an error.
+    async fn delete_doc(&self, key: &str) -> Result<(), PortError>;
+    /// The keys of the documents under `prefix`, in order.
+    async fn list_docs(&self, prefix: &str) -> Result<Vec<String>, PortError>;
 }
 
 #[async_trait]
@@ -82,26 +93,31 @@ pub struct NewKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserSpec {
     pub user_name: String,
+    /// The member account the user is created in (`None`: the home account).
+    pub account: Option<String>,
     pub path: String,
     pub org: OrgId,
     pub bucket: String,
     pub prefix: String,
 }
 
-/// The access keys of the orgs' IAM users.
+/// The access keys of the orgs' IAM users, each user in its own account.
 #[async_trait]
 pub trait AccessKeys: Send + Sync {
     /// Creates the user (if missing) and puts its read-only policy. Idempotent.
     async fn ensure_user(&self, spec: &UserSpec) -> Result<(), PortError>;
-    async fn list_keys(&self, user: &str) -> Result<Vec<IamKey>, PortError>;
+    async fn list_keys(&self, user: &IamUser) -> Result<Vec<IamKey>, PortError>;
     /// [`PortError::QuotaExceeded`] when the user has two keys already.
-    async fn create_key(&self, user: &str) -> Result<NewKey, PortError>;
+    async fn create_key(&self, user: &IamUser) -> Result<NewKey, PortError>;
     /// Activates or deactivates a key; a key that no longer exists is not an error.
-    async fn set_active(&self, user: &str, access_key_id: &str, active: bool) -> Result<(), PortError>;
+    async fn set_active(&self, user: &IamUser, access_key_id: &str, active: bool) -> Result<(), PortError>;
     /// Deletes a key; a key that no longer exists is not an error.
-    async fn delete_key(&self, user: &str, access_key_id: &str) -> Result<(), PortError>;
+    async fn delete_key(&self, user: &IamUser, access_key_id: &str) -> Result<(), PortError>;
     /// Deletes the user, its policy and its keys; a user that no longer exists is not an error.
-    async fn delete_user(&self, user: &str) -> Result<(), PortError>;
+    async fn delete_user(&self, user: &IamUser) -> Result<(), PortError>;
+    /// Whether the account can be reached (a member account: its role can be
+    /// assumed). The home account (`None`) always can.
+    async fn check_account(&self, account: Option<&str>) -> Result<(), PortError>;
 }
 
 /// The key vault: the one place a secret is stored (one secret per org, a

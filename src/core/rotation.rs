@@ -358,7 +358,7 @@ impl Rotation<'_> {
         grace: Duration,
         took_over: bool,
     ) -> Result<Committed, StepError> {
-        let user = record.iam_user.clone();
+        let user = record.user();
         // 3. Make room; a crashed rotation may have left a key behind.
         if took_over {
             self.reconcile(record).await.map_err(|e| (e, None))?;
@@ -444,7 +444,7 @@ impl Rotation<'_> {
     /// audit entries the record had no room for). Failures are left to the next sweep.
     async fn finish(&self, record: &mut OrgRecord, committed: Committed) -> Rotated {
         let Committed { new_key, unqueued, replaced_vault_version } = committed;
-        let (user, new_id, now) = (record.iam_user.clone(), new_key.access_key_id.clone(), self.req.now);
+        let (user, new_id, now) = (record.user(), new_key.access_key_id.clone(), self.req.now);
         let current = record.current.clone().expect("commit sets the current key");
 
         let mut vault_current = true;
@@ -539,7 +539,7 @@ impl Rotation<'_> {
     async fn make_room(&self, record: &OrgRecord) -> Result<(), RotationError> {
         if let Some(previous) = &record.previous {
             info!(access_key_id = %previous.key.access_key_id, "deleting the previous key to make room");
-            self.ports.keys.delete_key(&record.iam_user, &previous.key.access_key_id).await?;
+            self.ports.keys.delete_key(&record.user(), &previous.key.access_key_id).await?;
         }
         Ok(())
     }
@@ -547,7 +547,7 @@ impl Rotation<'_> {
     /// Step 3 after a crash: deletes every key of the user the record does not
     /// know (never delivered), then, if the user still has two keys, the previous key.
     async fn reconcile(&self, record: &mut OrgRecord) -> Result<(), RotationError> {
-        let keys = self.ports.keys.list_keys(&record.iam_user).await?;
+        let keys = self.ports.keys.list_keys(&record.user()).await?;
         let current = record.current.as_ref().map(|c| c.access_key_id.clone());
         let mut kept = Vec::new();
         for key in keys {
@@ -555,14 +555,14 @@ impl Rotation<'_> {
                 kept.push(key);
             } else {
                 warn!(access_key_id = %key.access_key_id, "deleting a key the registry does not know");
-                self.ports.keys.delete_key(&record.iam_user, &key.access_key_id).await?;
+                self.ports.keys.delete_key(&record.user(), &key.access_key_id).await?;
                 self.audit("delete unknown key (never delivered)".into(), vec![key.access_key_id]).await;
             }
         }
         if kept.len() >= 2 {
             for key in kept.iter().filter(|k| Some(&k.access_key_id) != current.as_ref()) {
                 info!(access_key_id = %key.access_key_id, "deleting the previous key to make room");
-                self.ports.keys.delete_key(&record.iam_user, &key.access_key_id).await?;
+                self.ports.keys.delete_key(&record.user(), &key.access_key_id).await?;
             }
         }
         Ok(())
@@ -646,7 +646,7 @@ impl Rotation<'_> {
                 }
             }
             if let Some(id) = new_key {
-                if let Err(e) = self.ports.keys.delete_key(&record.iam_user, id).await {
+                if let Err(e) = self.ports.keys.delete_key(&record.user(), id).await {
                     warn!(access_key_id = %id, error = %e, "could not delete the uncommitted key; the next attempt does");
                 }
             }
@@ -777,13 +777,14 @@ pub async fn retire_previous(
         let Some(Versioned { value: mut record, etag }) = ports.registry.load(org).await? else {
             return Err(RotationError::NotEnrolled(org.clone()));
         };
+        let user = record.user();
         let Some(previous) = record.previous.as_mut().filter(|p| p.key.access_key_id == access_key_id) else {
             return Ok(());
         };
         if previous.deactivated_at.is_some() {
             return Ok(());
         }
-        ports.keys.set_active(&record.iam_user, access_key_id, false).await?;
+        ports.keys.set_active(&user, access_key_id, false).await?;
         previous.deactivated_at = Some(now);
         let version = previous.key.version;
         record.record_history(HistoryEntry {
@@ -1058,7 +1059,7 @@ mod tests {
         let mut record = w.record();
         record.state = KeyState::Expired;
         w.registry.put(record);
-        w.keys.set_active(&w.user(), &first.access_key_id, false).await.unwrap();
+        w.keys.set_active(&crate::core::domain::IamUser::home(w.user()), &first.access_key_id, false).await.unwrap();
         let later = w.start + TimeDelta::days(91);
         let mut scheduled = w.request(later, "s1");
         scheduled.trigger = Trigger::Schedule;
@@ -1216,6 +1217,18 @@ mod tests {
         }
         async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError> {
             self.inner.put_state(name, value).await
+        }
+        async fn get_doc(&self, key: &str) -> Result<Option<Versioned<String>>, PortError> {
+            self.inner.get_doc(key).await
+        }
+        async fn put_doc(&self, key: &str, value: &str, etag: Option<&str>) -> Result<String, PortError> {
+            self.inner.put_doc(key, value, etag).await
+        }
+        async fn delete_doc(&self, key: &str) -> Result<(), PortError> {
+            self.inner.delete_doc(key).await
+        }
+        async fn list_docs(&self, prefix: &str) -> Result<Vec<String>, PortError> {
+            self.inner.list_docs(prefix).await
         }
     }
 

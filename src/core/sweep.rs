@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::domain::{HistoryEntry, KeyState, OrgId, OrgRecord, Trigger};
+use super::domain::{HistoryEntry, IamUser, KeyState, OrgId, OrgRecord, Trigger};
 use super::duration::Duration;
 use super::policy::next_automatic_rotation;
 use super::ports::{AuditEntry, IamKey, Notification, PortError, Versioned};
@@ -36,7 +36,7 @@ pub struct SweepSettings {
 }
 
 /// One thing due for an org.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "camelCase")]
 pub enum Action {
     /// A rotation whose lease expired: delete its uncommitted key, release the claim.
@@ -161,7 +161,7 @@ pub struct OrgFailure {
 }
 
 /// What a run of the sweep did (or, in a dry run, would do).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub evaluated_at: DateTime<Utc>,
@@ -189,6 +189,25 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub planned: Vec<(OrgId, Action)>,
     pub duration_ms: u64,
+}
+
+impl Summary {
+    /// Adds what `other` (a later part of the same run) did.
+    pub fn absorb(&mut self, other: Summary) {
+        self.orgs_seen += other.orgs_seen;
+        self.full_check |= other.full_check;
+        self.rotated.extend(other.rotated);
+        self.retired += other.retired;
+        self.deleted_keys += other.deleted_keys;
+        self.deleted_orgs.extend(other.deleted_orgs);
+        self.expired.extend(other.expired);
+        self.warned += other.warned;
+        self.repaired += other.repaired;
+        self.mismatches.extend(other.mismatches);
+        self.failed.extend(other.failed);
+        self.planned.extend(other.planned);
+        self.duration_ms += other.duration_ms;
+    }
 }
 
 /// One run's parameters.
@@ -262,8 +281,33 @@ pub async fn sweep_with_progress(
         let split = orgs.partition_point(|o| o <= after);
         orgs.rotate_left(split);
     }
-    let mut summary =
-        Summary { evaluated_at: req.now, dry_run: req.dry_run, resumed_after, full_check, ..Summary::default() };
+    let mut summary = sweep_orgs(ports, settings, req, &orgs, full_check, progress).await;
+    summary.resumed_after = resumed_after;
+    if !req.dry_run {
+        let fully_checked_on = if full_check && summary.complete { Some(today) } else { fully_checked_before };
+        let cursor = Cursor { evaluated_at: req.now, resume_after: summary.stopped_after.clone(), fully_checked_on };
+        let text = serde_json::to_string(&cursor).unwrap_or_default();
+        if let Err(e) = ports.registry.put_state(CURSOR, &text).await {
+            warn!(error = %e, "could not store where the sweep stopped; the next run starts over");
+        }
+    }
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(summary)
+}
+
+/// Evaluates `orgs` in order, at most `settings.concurrency` at once, until
+/// the deadline: the summary says how far it got (`stopped_after`, `None`
+/// once every org was evaluated).
+pub async fn sweep_orgs(
+    ports: Ports<'_>,
+    settings: &SweepSettings,
+    req: &SweepRequest,
+    orgs: &[OrgId],
+    full_check: bool,
+    progress: impl Fn(usize, usize),
+) -> Summary {
+    let started = std::time::Instant::now();
+    let mut summary = Summary { evaluated_at: req.now, dry_run: req.dry_run, full_check, ..Summary::default() };
     let deadline_reached =
         || req.deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < req.margin);
     let mut results = futures::stream::iter(orgs.iter())
@@ -309,16 +353,8 @@ pub async fn sweep_with_progress(
     if summary.complete {
         summary.stopped_after = None;
     }
-    if !req.dry_run {
-        let fully_checked_on = if full_check && summary.complete { Some(today) } else { fully_checked_before };
-        let cursor = Cursor { evaluated_at: req.now, resume_after: summary.stopped_after.clone(), fully_checked_on };
-        let text = serde_json::to_string(&cursor).unwrap_or_default();
-        if let Err(e) = ports.registry.put_state(CURSOR, &text).await {
-            warn!(error = %e, "could not store where the sweep stopped; the next run starts over");
-        }
-    }
     summary.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(summary)
+    summary
 }
 
 /// Evaluates one org: plans, then (unless a dry run) carries out each action.
@@ -343,13 +379,14 @@ async fn evaluate(
         outcome.planned = actions;
         return outcome;
     }
+    let user = record.user();
     if let Err(e) = housekeep(ports, org, record).await {
         warn!(error = %e, "could not finish what a rotation left for later");
         outcome.failure = Some(format!("copy a rotation's audit entries and confirm its deactivation: {e}"));
         return outcome;
     }
     for action in actions {
-        let result = execute(ports, settings, org, req.now, &action, &mut outcome).await;
+        let result = execute(ports, settings, org, &user, req.now, &action, &mut outcome).await;
         if result.is_ok() && action == Action::Rotate {
             // The sweep's own rotation is on nobody's path: finish it now, or in the next run.
             let finished = match ports.registry.load(org).await {
@@ -397,7 +434,7 @@ async fn housekeep(ports: Ports<'_>, org: &OrgId, record: OrgRecord) -> Result<(
     let unconfirmed =
         record.previous.as_ref().filter(|p| p.deactivation_unconfirmed).map(|p| p.key.access_key_id.clone());
     if let Some(id) = &unconfirmed {
-        ports.keys.set_active(&record.iam_user, id, false).await?;
+        ports.keys.set_active(&record.user(), id, false).await?;
     }
     let copied = record.audit_outbox;
     modify(ports, org, |r| {
@@ -433,7 +470,7 @@ async fn plan_org(
             return Ok(Some((record, Vec::new())));
         }
     }
-    let iam = match ports.keys.list_keys(&record.iam_user).await {
+    let iam = match ports.keys.list_keys(&record.user()).await {
         Ok(keys) => Some(keys),
         Err(PortError::NoSuchUser) => None,
         Err(e) => return Err(e),
@@ -480,6 +517,7 @@ async fn execute(
     ports: Ports<'_>,
     settings: &SweepSettings,
     org: &OrgId,
+    user: &IamUser,
     now: DateTime<Utc>,
     action: &Action,
     outcome: &mut OrgOutcome,
@@ -505,7 +543,7 @@ async fn execute(
             .await?;
             if let (Some(record), Some(id)) = (changed, new_access_key_id) {
                 if !record.known_key_ids().any(|k| k == id) {
-                    ports.keys.delete_key(&record.iam_user, id).await?;
+                    ports.keys.delete_key(&record.user(), id).await?;
                 }
             }
             write_audit(
@@ -518,7 +556,7 @@ async fn execute(
         Action::DeleteUnknownKey { access_key_id } => {
             let still_unknown = |r: &OrgRecord| !r.known_key_ids().any(|k| k == access_key_id);
             let Some(record) = recheck(ports, org, now, still_unknown).await? else { return Ok(()) };
-            ports.keys.delete_key(&record.iam_user, access_key_id).await?;
+            ports.keys.delete_key(&record.user(), access_key_id).await?;
             write_audit(ports.audit, &audit("delete unknown key (never delivered)", vec![access_key_id.clone()])).await;
             outcome.repaired += 1;
             outcome.deleted_keys += 1;
@@ -543,11 +581,14 @@ async fn execute(
                 return Ok(());
             }
             let key_ids: Vec<String> = record.known_key_ids().map(str::to_owned).collect();
-            ports.keys.delete_user(&record.iam_user).await?;
+            ports.keys.delete_user(&record.user()).await?;
             if let Some(vault) = ports.vault {
                 vault.delete(org).await?;
             }
             ports.registry.delete(org, &etag).await?;
+            if let Some(account) = &record.account_id {
+                super::accounts::release(ports.registry, account, org).await;
+            }
             write_audit(ports.audit, &audit("delete org (scheduled deletion)", key_ids)).await;
             info!("deleted the org");
             outcome.deleted_org = true;
@@ -571,8 +612,7 @@ async fn execute(
             outcome.retired += 1;
         }
         Action::DeletePrevious { access_key_id } => {
-            let user = org.user_name();
-            ports.keys.delete_key(&user, access_key_id).await?;
+            ports.keys.delete_key(user, access_key_id).await?;
             modify(ports, org, |r| {
                 let ours = r.previous.as_ref().is_some_and(|p| &p.key.access_key_id == access_key_id);
                 if ours {
@@ -597,7 +637,7 @@ async fn execute(
             let Some(record) = recheck(ports, org, now, still_current).await? else { return Ok(()) };
             // Access goes first, then the record says so; a failure in
             // between is finished by the next run (the key is still too old).
-            ports.keys.set_active(&record.iam_user, access_key_id, false).await?;
+            ports.keys.set_active(&record.user(), access_key_id, false).await?;
             let record = modify(ports, org, |r| {
                 let ours = r.state == KeyState::Enabled
                     && r.current.as_ref().is_some_and(|c| &c.access_key_id == access_key_id);
@@ -840,7 +880,7 @@ mod tests {
         assert!(first.full_check, "the day's first run checks everything");
 
         // A key made outside the system, found only by a full check.
-        let stray = w.keys.create_key(&idle.user_name()).await.unwrap().access_key_id;
+        let stray = w.keys.create_key(&IamUser::home(idle.user_name())).await.unwrap().access_key_id;
         let calls_before = w.faults.call_count();
         let second = w.run(t0() + TimeDelta::hours(2)).await;
         assert!(!second.full_check);
@@ -1115,7 +1155,7 @@ mod tests {
         let a = w.org("a", Some(7)).await;
         let b = w.org("b", Some(7)).await;
         // Org a's IAM user vanished: its rotation fails, b's goes on.
-        w.keys.delete_user(&a.user_name()).await.unwrap();
+        w.keys.delete_user(&IamUser::home(a.user_name())).await.unwrap();
         let summary = w.run(t0() + TimeDelta::days(7)).await;
         assert_eq!(summary.rotated, vec![b]);
         assert_eq!(summary.failed.len(), 1);
@@ -1130,7 +1170,7 @@ mod tests {
     async fn unknown_keys_are_deleted_and_orgs_past_their_deletion_date_are_deleted() {
         let w = World::new();
         let org = w.org("1", None).await;
-        let stray = w.keys.create_key(&org.user_name()).await.unwrap();
+        let stray = w.keys.create_key(&IamUser::home(org.user_name())).await.unwrap();
         let summary = w.run(t0() + TimeDelta::days(1)).await;
         assert_eq!(summary.repaired, 1);
         assert!(!w.keys.keys_of(&org.user_name()).iter().any(|k| k.access_key_id == stray.access_key_id));
@@ -1159,7 +1199,7 @@ mod tests {
         let old = w.current_key(&org);
         let at = t0() + TimeDelta::days(90);
         // A rotation claims the org and creates its key after the sweep planned.
-        let new = w.keys.create_key(&org.user_name()).await.unwrap().access_key_id;
+        let new = w.keys.create_key(&IamUser::home(org.user_name())).await.unwrap().access_key_id;
         let mut record = w.record(&org);
         record.pending = Some(crate::core::domain::PendingRotation {
             rotation_id: "under-way".into(),
@@ -1173,7 +1213,9 @@ mod tests {
         for action in
             [Action::DeleteUnknownKey { access_key_id: new.clone() }, Action::Expire { access_key_id: old.clone() }]
         {
-            execute(w.ports(), &w.settings, &org, at, &action, &mut outcome).await.unwrap();
+            execute(w.ports(), &w.settings, &org, &IamUser::home(org.user_name()), at, &action, &mut outcome)
+                .await
+                .unwrap();
         }
         assert!(w.works(&org, &new), "the rotation's new key survives");
         assert!(w.works(&org, &old), "the current key is left to the rotation");

@@ -1,0 +1,26 @@
+//! Lambda function `sweep-worker`: triggered by the sweep's queue, sweeps the
+//! slices `scheduled-rotation` dispatched (see `s3_key_rotation::core::fanout`)
+//! and answers with the slices to deliver again (partial batch response).
+
+use std::time::Duration;
+
+use aws_lambda_events::sqs::SqsEvent;
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use s3_key_rotation::aws::{Adapters, Clients};
+use s3_key_rotation::config::Config;
+use s3_key_rotation::scheduled::handle_slices;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = Config::from_env()?;
+    let clients = Clients::from_env(&config).await;
+    let adapters = Adapters::new(&clients, &config);
+    let settings = config.sweep_settings();
+    let margin = Duration::from_secs(config.deadline_margin.as_secs());
+    let (adapters, settings) = (&adapters, &settings);
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        handle_slices(event, adapters.ports(), settings, margin).await
+    }))
+    .await
+}
