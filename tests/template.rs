@@ -1,18 +1,24 @@
 //! `template.yaml`: cfn-lint clean, every function built by cargo-lambda for
-//! arm64 on provided.al2023, the registry bucket locked down, and every IAM
-//! statement naming its actions and resources.
+//! arm64 on provided.al2023, the registry bucket locked down, every IAM
+//! statement naming its actions and resources, the member accounts' roles
+//! assumable only when there are any, and the sweep fanned out over SweepQueue.
+//! `member-account.yaml`: cfn-lint clean, a role that trusts only the home
+//! account and may touch only the org users under the path.
 
 mod common;
 
 use std::process::Command;
 
 use common::{project_root, venv_bin};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-/// The template as cfn-lint reads it (intrinsics as `{"Ref": …}` objects).
-fn template() -> Value {
+/// A template of the project as cfn-lint reads it (intrinsics as `{"Ref": …}` objects).
+fn template(file: &str) -> Value {
+    let script = format!(
+        "import json; from cfnlint.decode import decode; t, m = decode({file:?}); assert not m, m; print(json.dumps(t, default=str))"
+    );
     let output = Command::new(venv_bin().join("python"))
-        .args(["-c", "import json; from cfnlint.decode import decode; t, m = decode('template.yaml'); assert not m, m; print(json.dumps(t, default=str))"])
+        .args(["-c", &script])
         .current_dir(project_root())
         .output()
         .expect("run python");
@@ -31,24 +37,59 @@ fn as_list(value: &Value) -> Vec<Value> {
     }
 }
 
-#[test]
-fn cfn_lint_passes() {
-    let output = Command::new(venv_bin().join("cfn-lint"))
-        .arg("template.yaml")
-        .current_dir(project_root())
-        .output()
-        .expect("run cfn-lint");
+/// A policy statement and, when it is wrapped in `Fn::If [condition, statement,
+/// AWS::NoValue]`, its condition. Any other `Fn::If` fails the test.
+fn unwrap_statement(statement: &Value) -> (&Value, Option<&str>) {
+    match statement.get("Fn::If") {
+        None => (statement, None),
+        Some(branches) => {
+            let branches = branches.as_array().unwrap();
+            assert_eq!(branches.len(), 3, "{statement}");
+            assert_eq!(branches[2], json!({"Ref": "AWS::NoValue"}), "a statement or none: {statement}");
+            (&branches[1], Some(branches[0].as_str().unwrap()))
+        }
+    }
+}
+
+/// Every statement of every policy of `function`, with its condition.
+fn statements_of<'a>(function: &'a Value) -> Vec<(&'a Value, Option<&'a str>)> {
+    let mut statements = Vec::new();
+    for policy in function["Properties"]["Policies"].as_array().unwrap() {
+        for statement in policy["Statement"].as_array().unwrap() {
+            statements.push(unwrap_statement(statement));
+        }
+    }
+    statements
+}
+
+fn actions_of(statement: &Value) -> Vec<String> {
+    as_list(&statement["Action"]).iter().map(|a| a.as_str().unwrap().to_string()).collect()
+}
+
+fn cfn_lint(file: &str) {
+    let output =
+        Command::new(venv_bin().join("cfn-lint")).arg(file).current_dir(project_root()).output().expect("run cfn-lint");
     assert!(
         output.status.success(),
-        "cfn-lint:\n{}{}",
+        "cfn-lint {file}:\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
 }
 
 #[test]
+fn cfn_lint_passes() {
+    cfn_lint("template.yaml");
+}
+
+#[test]
+fn cfn_lint_passes_on_the_member_account_template() {
+    cfn_lint("member-account.yaml");
+}
+
+#[test]
 fn every_function_is_a_cargo_lambda_binary_for_arm64_on_al2023() {
-    let t = template();
+    let t = template("template.yaml");
     let globals = &t["Globals"]["Function"];
     assert_eq!(globals["Runtime"], "provided.al2023");
     assert_eq!(globals["Architectures"], serde_json::json!(["arm64"]));
@@ -85,7 +126,7 @@ fn routes_of(t: &Value, function: &str) -> Vec<String> {
 
 #[test]
 fn every_route_is_behind_the_jwt_authorizer_with_the_admin_scope() {
-    let t = template();
+    let t = template("template.yaml");
     let api = &t["Resources"]["HttpApi"]["Properties"];
     // Both authorizers accept the same identity provider's tokens; they differ in the header read.
     for (authorizer, header) in [("JwtAuthorizer", "Authorization"), ("AcsBearerAuthorizer", "x-acs-bearer-token")] {
@@ -105,7 +146,7 @@ fn every_route_is_behind_the_jwt_authorizer_with_the_admin_scope() {
 
 #[test]
 fn the_registry_bucket_is_encrypted_private_and_versioned() {
-    let t = template();
+    let t = template("template.yaml");
     let bucket = &t["Resources"]["RegistryBucket"]["Properties"];
     assert!(bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
         ["SSEAlgorithm"]
@@ -118,24 +159,26 @@ fn the_registry_bucket_is_encrypted_private_and_versioned() {
 
 #[test]
 fn function_policies_name_their_actions_and_resources() {
-    let t = template();
+    let t = template("template.yaml");
     for (name, function) in resources_of_type(&t, "AWS::Serverless::Function") {
-        for policy in function["Properties"]["Policies"].as_array().unwrap() {
-            for statement in policy["Statement"].as_array().unwrap() {
-                assert_eq!(statement["Effect"], "Allow", "{name}");
-                for action in as_list(&statement["Action"]) {
-                    let action = action.as_str().unwrap();
-                    assert!(!action.contains('*'), "{name}: wildcard action {action}");
+        for (statement, _) in statements_of(function) {
+            assert_eq!(statement["Effect"], "Allow", "{name}");
+            let actions = actions_of(statement);
+            for action in &actions {
+                assert!(!action.contains('*'), "{name}: wildcard action {action}");
+            }
+            for resource in as_list(&statement["Resource"]) {
+                assert_ne!(resource, "*", "{name}: every resource");
+                if actions.iter().any(|a| a == "sts:AssumeRole") {
+                    assert_eq!(resource, json!({"Ref": "MemberAccountRoles"}), "{name}: only the member roles");
+                    continue;
                 }
-                for resource in as_list(&statement["Resource"]) {
-                    assert_ne!(resource, "*", "{name}: every resource");
-                    let text = resource.to_string();
-                    if text.contains(":iam::") {
-                        assert!(
-                            text.contains("${IamUserPath}org-*"),
-                            "{name}: IAM access limited to the org users' path: {text}"
-                        );
-                    }
+                let text = resource.to_string();
+                if text.contains(":iam::") {
+                    assert!(
+                        text.contains("${IamUserPath}org-*"),
+                        "{name}: IAM access limited to the org users' path: {text}"
+                    );
                 }
             }
         }
@@ -144,7 +187,7 @@ fn function_policies_name_their_actions_and_resources() {
 
 #[test]
 fn the_scheduled_function_runs_on_a_schedule_with_a_failure_destination() {
-    let t = template();
+    let t = template("template.yaml");
     let function = &t["Resources"]["ScheduledRotationFunction"]["Properties"];
     let schedule = &function["Events"]["Schedule"];
     assert_eq!(schedule["Type"], "ScheduleV2");
@@ -156,4 +199,193 @@ fn the_scheduled_function_runs_on_a_schedule_with_a_failure_destination() {
     let policy = &t["Resources"]["NotificationsQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
     assert_eq!(policy["Principal"]["Service"], "events.amazonaws.com");
     assert_eq!(policy["Action"], "sqs:SendMessage");
+}
+
+/// The IAM operations the code calls on the org users: every `"iam", "Operation"`
+/// that src/aws/iam.rs reports errors of, and `iam:TagUser`, which CreateUser
+/// with tags needs too.
+fn iam_actions_of_the_code() -> Vec<String> {
+    let source = std::fs::read_to_string(project_root().join("src/aws/iam.rs")).unwrap();
+    let source = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
+    let mut actions: Vec<String> =
+        source.split("\"iam\", \"").skip(1).map(|rest| format!("iam:{}", &rest[..rest.find('"').unwrap()])).collect();
+    assert!(actions.contains(&"iam:CreateUser".to_string()), "{actions:?}");
+    if source.contains(".tags(") {
+        actions.push("iam:TagUser".into());
+    }
+    actions.sort();
+    actions.dedup();
+    actions
+}
+
+#[test]
+fn the_member_role_trusts_only_the_home_account() {
+    let t = template("member-account.yaml");
+    let home = template("template.yaml");
+    let parameters = &t["Parameters"];
+    assert_eq!(parameters["HomeAccountId"]["AllowedPattern"], "^[0-9]{12}$");
+    assert_eq!(parameters["ExternalId"]["Default"], "");
+    for field in ["Default", "AllowedPattern"] {
+        assert_eq!(parameters["IamUserPath"][field], home["Parameters"]["IamUserPath"][field], "{field}");
+    }
+    assert_eq!(parameters["RoleName"]["Default"], "s3-key-rotation-member");
+    assert_eq!(t["Conditions"]["HasExternalId"], json!({"Fn::Not": [{"Fn::Equals": [{"Ref": "ExternalId"}, ""]}]}));
+
+    let roles = resources_of_type(&t, "AWS::IAM::Role");
+    assert_eq!(roles.len(), 1, "one role");
+    assert_eq!(t["Resources"].as_object().unwrap().len(), 1, "nothing but the role");
+    let (name, role) = roles[0];
+    let role = &role["Properties"];
+    assert_eq!(role["RoleName"], json!({"Ref": "RoleName"}));
+    let trust = role["AssumeRolePolicyDocument"]["Statement"].as_array().unwrap();
+    assert_eq!(trust.len(), 1, "{trust:?}");
+    assert_eq!(trust[0]["Effect"], "Allow");
+    assert_eq!(trust[0]["Action"], "sts:AssumeRole");
+    assert_eq!(trust[0]["Principal"], json!({"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${HomeAccountId}:root"}}));
+    assert_eq!(
+        trust[0]["Condition"],
+        json!({"Fn::If": ["HasExternalId", {"StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}}}, {"Ref": "AWS::NoValue"}]}),
+        "the external id, when there is one"
+    );
+    assert!(role.get("ManagedPolicyArns").is_none(), "no managed policies");
+
+    let mut actions = Vec::new();
+    for policy in role["Policies"].as_array().unwrap() {
+        for statement in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+            assert_eq!(statement["Effect"], "Allow");
+            assert!(statement.get("NotAction").is_none() && statement.get("NotResource").is_none());
+            assert_eq!(
+                statement["Resource"],
+                json!({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:user${IamUserPath}org-*"}),
+                "only the org users under the path"
+            );
+            for action in actions_of(statement) {
+                assert!(action.starts_with("iam:") && !action.contains('*'), "{action}");
+                actions.push(action);
+            }
+        }
+    }
+    actions.sort();
+    assert_eq!(actions, iam_actions_of_the_code(), "exactly the IAM calls of src/aws/iam.rs");
+    assert_eq!(t["Outputs"]["RoleArn"]["Value"], json!({"Fn::GetAtt": [name, "Arn"]}));
+}
+
+#[test]
+fn the_member_roles_are_assumable_only_when_there_are_any() {
+    let t = template("template.yaml");
+    let parameter = &t["Parameters"]["MemberAccountRoles"];
+    assert_eq!(parameter["Type"], "CommaDelimitedList");
+    assert_eq!(parameter["Default"], "");
+    assert_eq!(
+        t["Conditions"]["HasMemberAccounts"],
+        json!({"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "MemberAccountRoles"}]}, ""]}]})
+    );
+    let env = &t["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(env["MEMBER_ACCOUNT_ROLES"], json!({"Fn::Join": [",", {"Ref": "MemberAccountRoles"}]}));
+    for (variable, parameter) in [
+        ("MEMBER_ROLE_EXTERNAL_ID", "MemberRoleExternalId"),
+        ("ORGS_PER_ACCOUNT", "OrgsPerAccount"),
+        ("SWEEP_SLICE_SIZE", "SweepSliceSize"),
+    ] {
+        assert_eq!(env[variable], json!({"Ref": parameter}), "{variable}");
+    }
+    assert!(t["Parameters"]["OrgsPerAccount"]["MaxValue"].as_u64().unwrap() <= 5000, "IAM's users per account");
+
+    let mut assuming = Vec::new();
+    for (name, function) in resources_of_type(&t, "AWS::Serverless::Function") {
+        let statements = statements_of(function);
+        let touches_org_users = statements.iter().any(|(s, _)| actions_of(s).iter().any(|a| a.starts_with("iam:")));
+        let mut assumes = 0;
+        for (statement, condition) in statements {
+            let actions = actions_of(statement);
+            if !actions.iter().any(|a| a.starts_with("sts:")) {
+                assert_eq!(condition, None, "{name}: only AssumeRole is conditional");
+                continue;
+            }
+            assert_eq!(actions, ["sts:AssumeRole"], "{name}");
+            assert_eq!(statement["Resource"], json!({"Ref": "MemberAccountRoles"}), "{name}");
+            assert!(statement.get("Condition").is_none(), "{name}");
+            assert_eq!(condition, Some("HasMemberAccounts"), "{name}: only with member accounts");
+            assumes += 1;
+        }
+        assert_eq!(assumes, usize::from(touches_org_users), "{name}: AssumeRole iff it touches org users");
+        if touches_org_users {
+            assuming.push(name.as_str());
+        }
+    }
+    assuming.sort();
+    assert_eq!(assuming, ["RotateKeyFunction", "ScheduledRotationFunction", "SweepWorkerFunction"]);
+}
+
+#[test]
+fn the_sweep_worker_takes_one_slice_a_message_from_the_sweep_queue() {
+    let t = template("template.yaml");
+    let worker = &t["Resources"]["SweepWorkerFunction"];
+    assert_eq!(worker["Metadata"]["BuildProperties"]["Binary"], "sweep-worker");
+    let timeout = worker["Properties"]["Timeout"].as_u64().unwrap();
+    assert_eq!(timeout, 900);
+    let events = worker["Properties"]["Events"].as_object().unwrap();
+    assert_eq!(events.len(), 1, "only the queue triggers it");
+    let event = events.values().next().unwrap();
+    assert_eq!(event["Type"], "SQS");
+    let p = &event["Properties"];
+    assert_eq!(p["Queue"], json!({"Fn::GetAtt": ["SweepQueue", "Arn"]}));
+    assert_eq!(p["BatchSize"], 1);
+    assert_eq!(p["FunctionResponseTypes"], json!(["ReportBatchItemFailures"]));
+    assert_eq!(p["ScalingConfig"]["MaximumConcurrency"], json!({"Ref": "SweepWorkerConcurrency"}));
+    assert!(t["Parameters"]["SweepWorkerConcurrency"]["MinValue"].as_u64().unwrap() >= 2, "the SQS minimum");
+
+    let queue = &t["Resources"]["SweepQueue"]["Properties"];
+    let visibility = queue["VisibilityTimeout"].as_u64().unwrap();
+    assert!(visibility >= timeout, "a slice stays hidden while it is swept: {visibility} < {timeout}");
+    assert_eq!(queue["SqsManagedSseEnabled"], true);
+    let redrive = &queue["RedrivePolicy"];
+    assert_eq!(redrive["deadLetterTargetArn"], json!({"Fn::GetAtt": ["SweepDeadLetterQueue", "Arn"]}));
+    let receives = redrive["maxReceiveCount"].as_u64().unwrap();
+    assert!((2..=5).contains(&receives), "a failed slice is retried, then set aside: {receives}");
+    let retention = queue["MessageRetentionPeriod"].as_u64().unwrap();
+    assert!(retention > receives * visibility, "a slice never expires before its last receive");
+    let dead = &t["Resources"]["SweepDeadLetterQueue"]["Properties"];
+    assert_eq!(dead["MessageRetentionPeriod"], 1209600);
+    assert_eq!(dead["SqsManagedSseEnabled"], true);
+
+    // The worker does what the in-process sweep does, and gives a deleted org's place back.
+    let worker_actions: Vec<String> = statements_of(worker).iter().flat_map(|(s, _)| actions_of(s)).collect();
+    for (statement, _) in statements_of(&t["Resources"]["ScheduledRotationFunction"]) {
+        for action in actions_of(statement).into_iter().filter(|a| !a.starts_with("sqs:")) {
+            assert!(worker_actions.contains(&action), "the worker lacks {action}");
+        }
+    }
+    let placement = statements_of(worker)
+        .into_iter()
+        .find(|(s, _)| s["Resource"] == json!({"Fn::Sub": "${RegistryBucket.Arn}/placement.json"}))
+        .expect("placement.json");
+    assert_eq!(actions_of(placement.0), ["s3:GetObject", "s3:PutObject"]);
+
+    for (output, value) in [
+        ("SweepQueueUrl", json!({"Ref": "SweepQueue"})),
+        ("SweepDeadLetterQueueUrl", json!({"Ref": "SweepDeadLetterQueue"})),
+        ("SweepWorkerFunctionArn", json!({"Fn::GetAtt": ["SweepWorkerFunction", "Arn"]})),
+    ] {
+        assert_eq!(t["Outputs"][output]["Value"], value, "{output}");
+    }
+}
+
+#[test]
+fn only_the_dispatcher_sends_and_only_to_the_sweep_queue() {
+    let t = template("template.yaml");
+    let dispatcher = &t["Resources"]["ScheduledRotationFunction"]["Properties"];
+    assert_eq!(dispatcher["Environment"]["Variables"]["SWEEP_QUEUE_URL"], json!({"Ref": "SweepQueue"}));
+    let mut senders = Vec::new();
+    for (name, function) in resources_of_type(&t, "AWS::Serverless::Function") {
+        for (statement, _) in statements_of(function) {
+            let actions = actions_of(statement);
+            if actions.iter().any(|a| a.starts_with("sqs:")) {
+                assert_eq!(actions, ["sqs:SendMessage"], "{name}");
+                assert_eq!(statement["Resource"], json!({"Fn::GetAtt": ["SweepQueue", "Arn"]}), "{name}");
+                senders.push(name.as_str());
+            }
+        }
+    }
+    assert_eq!(senders, ["ScheduledRotationFunction"]);
 }
