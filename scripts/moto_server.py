@@ -6,6 +6,11 @@ Differences from a plain `moto_server`:
 - an IAM access key that is not `Active` no longer authenticates (moto 5.2.5
   accepts inactive keys), so "the old key stops working" can be observed when
   credential enforcement is on (`POST /moto-api/reset-auth`, body `0`).
+- STS `AssumeRole` is refused (AccessDenied) unless the role exists in its
+  account and its trust policy's `sts:ExternalId` condition, if any, is met
+  (moto 5.2.5 hands out credentials for any ARN). `OrganizationAccountAccessRole`
+  stands for the role AWS Organizations creates in every member account: the
+  tests assume it to deploy member-account.yaml's role into a member account.
 It exits when its standard input closes, so it never outlives its parent.
 
 For the benchmarks it counts the AWS requests it serves and the time it spends
@@ -24,9 +29,13 @@ import re
 import sys
 import threading
 import time
+import warnings
 from urllib.parse import parse_qs, parse_qsl, unquote
 
 from moto.iam import access_control
+from moto.iam.models import iam_backends
+from moto.sts.exceptions import STSClientError
+from moto.sts.models import STSBackend
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -46,6 +55,36 @@ def _active_keys_only(self, account_id, partition, access_key_id, headers):
 
 
 access_control.IAMUserAccessKey.__init__ = _active_keys_only
+
+
+warnings.filterwarnings("ignore", message=r"Exception\(_AccessDenied\)")
+
+
+class _AccessDenied(STSClientError):
+    code = "AccessDenied"
+
+
+_original_assume_role = STSBackend.assume_role
+ORGANIZATION_ROLE = "OrganizationAccountAccessRole"
+
+
+def _assumable_roles_only(self, region_name, role_session_name, role_arn, policy, duration, external_id):
+    account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
+    if not role_arn.endswith(f":role/{ORGANIZATION_ROLE}"):
+        try:
+            role = iam_backends[account]["aws"].get_role_by_arn(role_arn)
+        except Exception:
+            raise _AccessDenied(f"Not authorized to perform sts:AssumeRole on {role_arn}")
+        trust = json.loads(unquote(role.assume_role_policy_document or "{}"))
+        wanted = [s.get("Condition", {}).get("StringEquals", {}).get("sts:ExternalId")
+                  for s in trust.get("Statement", [])]
+        wanted = [w for w in wanted if w]
+        if wanted and external_id not in wanted:
+            raise _AccessDenied(f"Not authorized to perform sts:AssumeRole on {role_arn} (external id)")
+    return _original_assume_role(self, region_name, role_session_name, role_arn, policy, duration, external_id)
+
+
+STSBackend.assume_role = _assumable_roles_only
 
 
 SERVICES = {"s3": "S3", "iam": "IAM", "secretsmanager": "SecretsManager", "events": "EventBridge",
