@@ -11,6 +11,9 @@ Differences from a plain `moto_server`:
   (moto 5.2.5 hands out credentials for any ARN). `OrganizationAccountAccessRole`
   stands for the role AWS Organizations creates in every member account: the
   tests assume it to deploy member-account.yaml's role into a member account.
+- IAM calls on a user are authorized against the user's ARN (moto 5.2.5 uses
+  `*`), so the member role's policy, scoped to the org users under the path,
+  is evaluated as IAM does.
 It exits when its standard input closes, so it never outlives its parent.
 
 For the benchmarks it counts the AWS requests it serves and the time it spends
@@ -34,6 +37,7 @@ from urllib.parse import parse_qs, parse_qsl, unquote
 
 from moto.iam import access_control
 from moto.iam.models import iam_backends
+from moto.iam.responses import IamResponse
 from moto.sts.exceptions import STSClientError
 from moto.sts.models import STSBackend
 from moto.moto_server.werkzeug_app import (
@@ -85,6 +89,29 @@ def _assumable_roles_only(self, region_name, role_session_name, role_arn, policy
 
 
 STSBackend.assume_role = _assumable_roles_only
+
+
+_original_iam_resource = IamResponse._determine_resource
+
+
+def _user_resource(self):
+    """The user an IAM call on a user acts on, `arn:…:user{path}{name}`, as IAM
+    authorizes it. moto 5.2.5 authorizes those calls against `*`, which a
+    statement whose Resource names users (member-account.yaml's) never matches."""
+    names = self.data.get("UserName")
+    if not names:
+        return _original_iam_resource(self)
+    name = names[0]
+    path = (self.data.get("Path") or ["/"])[0]
+    if self._get_action() != "CreateUser":
+        try:
+            path = self.backend.get_user(name).path
+        except Exception:
+            path = "/"
+    return f"arn:{self.partition}:iam::{self.current_account}:user{path}{name}"
+
+
+IamResponse._determine_resource = _user_resource
 
 
 SERVICES = {"s3": "S3", "iam": "IAM", "secretsmanager": "SecretsManager", "events": "EventBridge",

@@ -63,6 +63,9 @@ impl LocalAws {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
             .endpoint_url(self.endpoint())
+            // The system clock, which the SDK's own loader would set and
+            // AssumeRoleProvider (member accounts) requires.
+            .time_source(aws_sdk_iam::Config::builder().build().time_source().expect("the system clock"))
             .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(Credentials::new(
                 access_key_id,
                 secret,
@@ -103,13 +106,192 @@ impl Drop for LocalAws {
 
 /// The configuration a deployment would have, for this stack.
 pub fn config(endpoint: &str) -> Config {
+    config_with(endpoint, &[])
+}
+
+/// [`config`] with more variables (they win over the defaults).
+pub fn config_with(endpoint: &str, extra: &[(String, String)]) -> Config {
     let vars = [
         ("REGISTRY_BUCKET", "registry"),
         ("MANAGED_BUCKET", "logs"),
         ("AWS_ENDPOINT_URL", endpoint),
         ("ROTATIONS_PER_HOUR", "100"),
     ];
-    Config::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())).expect("config")
+    Config::from_lookup(|name| {
+        extra
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+    })
+    .expect("config")
+}
+
+/// moto's default account: the home account of the stacks.
+pub const HOME_ACCOUNT: &str = "123456789012";
+/// The member role's name (member-account.yaml's `RoleName` default).
+pub const MEMBER_ROLE: &str = "s3-key-rotation-member";
+/// The external id the member roles require (`MEMBER_ROLE_EXTERNAL_ID`).
+pub const EXTERNAL_ID: &str = "s3kr-test-external-id";
+
+/// The ARN of the member role of `account`.
+pub fn member_role_arn(account: &str) -> String {
+    format!("arn:aws:iam::{account}:role/{MEMBER_ROLE}")
+}
+
+/// The role AWS Organizations makes in a member account (always assumable on moto).
+pub fn organization_role_arn(account: &str) -> String {
+    format!("arn:aws:iam::{account}:role/OrganizationAccountAccessRole")
+}
+
+/// A member account of a [`Stack::with_members`]: named in
+/// MEMBER_ACCOUNT_ROLES, with member-account.yaml deployed into it, or not
+/// (its role then cannot be assumed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Member {
+    Deployed(&'static str),
+    Undeployed(&'static str),
+}
+
+impl Member {
+    pub fn account(self) -> &'static str {
+        match self {
+            Member::Deployed(a) | Member::Undeployed(a) => a,
+        }
+    }
+}
+
+/// member-account.yaml as cfn-lint reads it (intrinsics as `{"Ref": …}`), read once.
+fn member_template() -> &'static serde_json::Value {
+    static TEMPLATE: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let script = "import json; from cfnlint.decode import decode; \
+                      t, m = decode('member-account.yaml'); assert not m, m; print(json.dumps(t, default=str))";
+        let output = Command::new(venv_bin().join("python"))
+            .args(["-c", script])
+            .current_dir(project_root())
+            .output()
+            .expect("run python");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("template JSON")
+    })
+}
+
+/// Resolves the intrinsics member-account.yaml uses (`Ref`, `Fn::Sub`,
+/// `Fn::If`, `Fn::Not`, `Fn::Equals`, `AWS::NoValue`) with `parameters`, as
+/// CloudFormation does when it creates the stack; `None` is `AWS::NoValue`.
+fn resolve(
+    value: &serde_json::Value,
+    parameters: &std::collections::BTreeMap<String, String>,
+    conditions: &serde_json::Value,
+) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let param = |name: &str| -> String {
+        parameters.get(name).cloned().unwrap_or_else(|| panic!("the template refers to {name}, which has no value"))
+    };
+    match value {
+        Value::Object(map) if map.len() == 1 && map.keys().next().is_some_and(|k| k == "Ref" || k.starts_with("Fn::")) => {
+            let (key, arg) = map.iter().next().unwrap();
+            match key.as_str() {
+                "Ref" if arg == "AWS::NoValue" => None,
+                "Ref" => Some(Value::String(param(arg.as_str().expect("Ref of a name")))),
+                "Fn::Sub" => {
+                    let mut text = arg.as_str().expect("Fn::Sub of a string").to_owned();
+                    while let Some(start) = text.find("${") {
+                        let end = start + text[start..].find('}').expect("a closed ${");
+                        let name = text[start + 2..end].to_owned();
+                        text.replace_range(start..=end, &param(&name));
+                    }
+                    Some(Value::String(text))
+                }
+                "Fn::If" => {
+                    let [name, yes, no] = arg.as_array().expect("Fn::If of a list").as_slice() else {
+                        panic!("Fn::If of three items")
+                    };
+                    let holds = resolve(&conditions[name.as_str().unwrap()], parameters, conditions);
+                    resolve(if holds == Some(Value::Bool(true)) { yes } else { no }, parameters, conditions)
+                }
+                "Fn::Not" => Some(Value::Bool(resolve(&arg[0], parameters, conditions) != Some(Value::Bool(true)))),
+                "Fn::Equals" => {
+                    Some(Value::Bool(resolve(&arg[0], parameters, conditions) == resolve(&arg[1], parameters, conditions)))
+                }
+                other => panic!("{other} is not resolved by the harness"),
+            }
+        }
+        Value::Object(map) => Some(Value::Object(
+            map.iter().filter_map(|(k, v)| resolve(v, parameters, conditions).map(|v| (k.clone(), v))).collect(),
+        )),
+        Value::Array(items) => Some(Value::Array(items.iter().filter_map(|v| resolve(v, parameters, conditions)).collect())),
+        other => Some(other.clone()),
+    }
+}
+
+/// An IAM client with the credentials of `role_arn`, assumed with `base`'s.
+async fn assumed_iam(base: &SdkConfig, role_arn: &str) -> aws_sdk_iam::Client {
+    use aws_credential_types::provider::ProvideCredentials;
+    let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn).session_name("harness").configure(base).build().await;
+    provider.provide_credentials().await.unwrap_or_else(|e| panic!("assume {role_arn}: {e:?}"));
+    aws_sdk_iam::Client::from_conf(aws_sdk_iam::config::Builder::from(base).credentials_provider(provider).build())
+}
+
+/// "Deploys" member-account.yaml into `account`, as an operator does through
+/// the AWS Organizations role: every resource of the template (a role), its
+/// trust policy and inline policies resolved with the stack's parameters
+/// (HomeAccountId: the home account, ExternalId: [`EXTERNAL_ID`], the others'
+/// defaults). The Organizations role itself gets the policy AWS gives it
+/// (`*`), so that the test can still look into the account once credentials
+/// are enforced.
+async fn deploy_member_account(bootstrap: &SdkConfig, account: &str) {
+    let template = member_template();
+    let iam = assumed_iam(bootstrap, &organization_role_arn(account)).await;
+    let mut parameters: std::collections::BTreeMap<String, String> = template["Parameters"]
+        .as_object()
+        .expect("Parameters")
+        .iter()
+        .filter_map(|(name, p)| p["Default"].as_str().map(|d| (name.clone(), d.to_owned())))
+        .collect();
+    parameters.insert("AWS::Partition".into(), "aws".into());
+    parameters.insert("AWS::AccountId".into(), account.into());
+    parameters.insert("HomeAccountId".into(), HOME_ACCOUNT.into());
+    parameters.insert("ExternalId".into(), EXTERNAL_ID.into());
+    let conditions = &template["Conditions"];
+    for resource in template["Resources"].as_object().expect("Resources").values() {
+        assert_eq!(resource["Type"], "AWS::IAM::Role", "the harness deploys roles only");
+        let properties = resolve(&resource["Properties"], &parameters, conditions).expect("properties");
+        let name = properties["RoleName"].as_str().expect("RoleName");
+        assert_eq!(name, MEMBER_ROLE);
+        iam.create_role()
+            .role_name(name)
+            .assume_role_policy_document(properties["AssumeRolePolicyDocument"].to_string())
+            .send()
+            .await
+            .expect("create the member role");
+        for policy in properties["Policies"].as_array().into_iter().flatten() {
+            iam.put_role_policy()
+                .role_name(name)
+                .policy_name(policy["PolicyName"].as_str().expect("PolicyName"))
+                .policy_document(policy["PolicyDocument"].to_string())
+                .send()
+                .await
+                .expect("the member role's policy");
+        }
+    }
+    let trust = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{HOME_ACCOUNT}:root"}},"Action":"sts:AssumeRole"}}]}}"#
+    );
+    iam.create_role()
+        .role_name("OrganizationAccountAccessRole")
+        .assume_role_policy_document(trust)
+        .send()
+        .await
+        .expect("the Organizations role");
+    iam.put_role_policy()
+        .role_name("OrganizationAccountAccessRole")
+        .policy_name("AdministratorAccess")
+        .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#)
+        .send()
+        .await
+        .expect("the Organizations role's policy");
 }
 
 /// A local AWS with the registry and managed buckets, a log object per org,
@@ -120,6 +302,11 @@ pub struct Stack {
     pub config: Config,
     pub admin: (String, String),
     pub adapters: Adapters,
+    /// Variables of this stack beyond the defaults (member accounts, …), in
+    /// its config and in [`Stack::function_env`].
+    pub env: Vec<(String, String)>,
+    /// The member accounts, as MEMBER_ACCOUNT_ROLES lists them.
+    pub members: Vec<Member>,
 }
 
 pub const ORG_A: &str = "1234567";
@@ -127,6 +314,30 @@ pub const ORG_B: &str = "7654321";
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::start_with(&[], Vec::new()).await
+    }
+
+    /// A stack whose org users live in member accounts: `members` in the
+    /// order of MEMBER_ACCOUNT_ROLES, each [`Member::Deployed`] one with the
+    /// role of member-account.yaml, ORGS_PER_ACCOUNT `orgs_per_account`,
+    /// MEMBER_ROLE_EXTERNAL_ID [`EXTERNAL_ID`], and `extra_env` besides.
+    pub async fn with_members(members: &[Member], orgs_per_account: usize, extra_env: &[(&str, &str)]) -> Self {
+        let roles: Vec<String> = members.iter().map(|m| member_role_arn(m.account())).collect();
+        let mut env = vec![
+            ("MEMBER_ACCOUNT_ROLES".to_owned(), roles.join(",")),
+            ("MEMBER_ROLE_EXTERNAL_ID".to_owned(), EXTERNAL_ID.to_owned()),
+            ("ORGS_PER_ACCOUNT".to_owned(), orgs_per_account.to_string()),
+        ];
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Self::start_with(members, env).await
+    }
+
+    /// A stack of the home account only, with `extra_env` on top of the defaults.
+    pub async fn start_with_env(extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with(&[], extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).await
+    }
+
+    async fn start_with(members: &[Member], env: Vec<(String, String)>) -> Self {
         let aws = LocalAws::start();
         let bootstrap = Clients::from_sdk(aws.sdk("test", "test"), true);
         for bucket in ["registry", "logs"] {
@@ -156,10 +367,35 @@ impl Stack {
         let key = bootstrap.iam.create_access_key().user_name("rotation-admin").send().await.expect("admin key");
         let key = key.access_key.expect("key");
         let admin = (key.access_key_id, key.secret_access_key);
-        let config = config(&aws.endpoint());
+        for member in members {
+            if let Member::Deployed(account) = member {
+                deploy_member_account(&aws.sdk("test", "test"), account).await;
+            }
+        }
+        let config = config_with(&aws.endpoint(), &env);
         let clients = Clients::from_sdk(aws.sdk(&admin.0, &admin.1), true);
         let adapters = Adapters::new(&clients, &config);
-        Self { aws, config, admin, adapters }
+        Self { aws, config, admin, adapters, env, members: members.to_vec() }
+    }
+
+    /// An IAM client of `account` (`None`: the home account) that may do
+    /// anything there, to look at what the functions did (a member account's
+    /// through its OrganizationAccountAccessRole); works with credential
+    /// enforcement on.
+    pub async fn iam_of(&self, account: Option<&str>) -> aws_sdk_iam::Client {
+        let sdk = self.aws.sdk(&self.admin.0, &self.admin.1);
+        match account {
+            None => aws_sdk_iam::Client::new(&sdk),
+            Some(account) => assumed_iam(&sdk, &organization_role_arn(account)).await,
+        }
+    }
+
+    /// The names of the IAM users of `account` (`None`: the home account), sorted.
+    pub async fn users_of(&self, account: Option<&str>) -> Vec<String> {
+        let listed = self.iam_of(account).await.list_users().send().await.expect("list users");
+        let mut names: Vec<String> = listed.users().iter().map(|u| u.user_name().to_owned()).collect();
+        names.sort();
+        names
     }
 
     /// Enrolls `orgs` through the core, as the operator's CLI does, at `at`.
@@ -176,8 +412,8 @@ impl Stack {
 
     /// The environment a deployed function (or the operator's CLI) has on
     /// this stack: the functions' role's credentials and the settings.
-    pub fn function_env(&self) -> Vec<(&'static str, String)> {
-        vec![
+    pub fn function_env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
             ("AWS_ENDPOINT_URL", self.aws.endpoint()),
             ("AWS_ACCESS_KEY_ID", self.admin.0.clone()),
             ("AWS_SECRET_ACCESS_KEY", self.admin.1.clone()),
@@ -185,6 +421,11 @@ impl Stack {
             ("REGISTRY_BUCKET", "registry".into()),
             ("MANAGED_BUCKET", "logs".into()),
         ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(self.env.iter().cloned());
+        env
     }
 
     /// Whether `key` can read the log object of `org` (a real signed GetObject).
