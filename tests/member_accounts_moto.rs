@@ -127,3 +127,193 @@ async fn orgs_are_placed_by_room_and_the_one_no_account_can_take_is_refused() {
     try_enroll(&stack, "1004").await.unwrap();
     assert_eq!(load_placement(&stack.adapters.registry).await.unwrap().0, before);
 }
+
+/// The vault's current secret of the org (the home account's), as a consumer reads it.
+async fn vault_current(stack: &Stack, id: &str) -> (String, String) {
+    let secrets = s3_key_rotation::aws::Clients::from_sdk(stack.aws.sdk(&stack.admin.0, &stack.admin.1), true).secrets;
+    let secret = secrets
+        .get_secret_value()
+        .secret_id(format!("s3-key-rotation/org-{id}"))
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .expect("the org's secret");
+    let value: serde_json::Value = serde_json::from_str(secret.secret_string().unwrap()).unwrap();
+    (value["accessKeyId"].as_str().unwrap().to_owned(), value["secretAccessKey"].as_str().unwrap().to_owned())
+}
+
+/// The access keys IAM has for the org's user in `account`: (id, active).
+async fn iam_keys(stack: &Stack, account: &str, id: &str) -> Vec<(String, bool)> {
+    let listed = stack.iam_of(Some(account)).await.list_access_keys().user_name(format!("org-{id}")).send().await;
+    let mut keys: Vec<(String, bool)> = listed
+        .expect("the user's keys")
+        .access_key_metadata()
+        .iter()
+        .map(|k| {
+            (k.access_key_id().unwrap().to_owned(), k.status() == Some(&aws_sdk_iam::types::StatusType::Active))
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_account_orgs_key_rotates_retires_and_expires_under_the_member_roles_policy() {
+    let stack =
+        Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2), Member::Deployed(A3)], 10, &[]).await;
+    stack.aws.enforce_auth();
+    let id = common::ORG_A;
+    stack.enroll(&[id], t0()).await;
+    assert_eq!(record(&stack, id).await.account_id.as_deref(), Some(A1));
+
+    // The first key, issued by a manual rotation, reads the org's prefix.
+    let first = rotate_at(&stack, id, t0()).await;
+    let first_key = key_of(&first);
+    assert!(stack.can_read((&first_key.0, &first_key.1), id).await, "the first key reads its prefix");
+    assert_eq!(iam_keys(&stack, A1, id).await, [(first_key.0.clone(), true)], "the key is in account {A1}");
+
+    // A second manual rotation: the old key stops working at once.
+    let t1 = t0() + TimeDelta::minutes(1);
+    let second = rotate_at(&stack, id, t1).await;
+    let second_key = key_of(&second);
+    assert_eq!(second.version, 2);
+    assert!(!stack.can_read((&first_key.0, &first_key.1), id).await, "the old key stops working");
+    assert!(stack.can_read((&second_key.0, &second_key.1), id).await, "the new key works");
+
+    // Automatic rotation by the sweep when due, with its 24 h grace period.
+    let a = &stack.adapters;
+    let change = PolicyChange::enable("30d".parse().unwrap()).unwrap();
+    update_policy(&a.registry, &a.audit, &org(id), change, t1, "admin", None).await.unwrap();
+    let due = t1 + TimeDelta::days(30);
+    assert!(run(&stack, due - TimeDelta::seconds(1)).await.rotated.is_empty(), "not a second early");
+    assert_eq!(run(&stack, due).await.rotated, [org(id)]);
+    let current = record(&stack, id).await.current.unwrap();
+    assert_eq!((current.version, current.created_at), (3, due));
+    let third_key = vault_current(&stack, id).await;
+    assert_eq!(third_key.0, current.access_key_id, "the vault holds the current key");
+    assert!(stack.can_read((&third_key.0, &third_key.1), id).await, "the automatic key works");
+    assert!(stack.can_read((&second_key.0, &second_key.1), id).await, "its predecessor during the grace period");
+    assert!(run(&stack, due + TimeDelta::hours(24) - TimeDelta::seconds(1)).await.retired == 0);
+    assert!(stack.can_read((&second_key.0, &second_key.1), id).await);
+    assert_eq!(run(&stack, due + TimeDelta::hours(24)).await.retired, 1);
+    assert!(!stack.can_read((&second_key.0, &second_key.1), id).await, "and not after");
+    assert!(stack.can_read((&third_key.0, &third_key.1), id).await);
+
+    // The 90-day rule: with automatic rotation off, the key expires at created + 90 d.
+    update_policy(&a.registry, &a.audit, &org(id), PolicyChange::Disable, due + TimeDelta::days(2), "admin", None)
+        .await
+        .unwrap();
+    let expiry = due + TimeDelta::days(90);
+    assert!(run(&stack, expiry - TimeDelta::seconds(1)).await.expired.is_empty());
+    assert!(stack.can_read((&third_key.0, &third_key.1), id).await);
+    assert_eq!(run(&stack, expiry).await.expired, [org(id)]);
+    assert!(!stack.can_read((&third_key.0, &third_key.1), id).await, "the expired key no longer reads");
+    assert_eq!(record(&stack, id).await.state, KeyState::Expired);
+    let keys = iam_keys(&stack, A1, id).await;
+    assert!(keys.iter().all(|(_, active)| !active), "no active key left in {A1}: {keys:?}");
+    assert!(stack.users_of(None).await == ["rotation-admin"], "nothing in the home account");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orgs_key_reads_no_other_orgs_prefix_in_its_account_another_one_or_the_home_account() {
+    let stack =
+        Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2), Member::Deployed(A3)], 10, &[]).await;
+    // An org enrolled before the member accounts were added: its user is in the home account.
+    let (home, home_config) = stack.home_only_adapters();
+    let settings = home_config.enroll_settings().unwrap();
+    enroll(&home.registry, &home.keys, &home.audit, &settings, &org("2000"), t0(), "test").await.unwrap();
+    stack.enroll(&["2001", "2002", "2003", "2004"], t0()).await;
+    put_logs(&stack, &["2000", "2001", "2002", "2003", "2004"]).await;
+    stack.aws.enforce_auth();
+    let placed = [("2000", None), ("2001", Some(A1)), ("2002", Some(A2)), ("2003", Some(A3)), ("2004", Some(A1))];
+    let mut keys = Vec::new();
+    for (id, account) in placed {
+        assert_eq!(record(&stack, id).await.account_id.as_deref(), account, "org {id}");
+        keys.push((id, key_of(&rotate_at(&stack, id, t0()).await)));
+    }
+    assert!(stack.users_of(None).await.contains(&"org-2000".to_string()));
+
+    for (id, key) in &keys {
+        for (other, _) in placed {
+            let reads = stack.can_read((&key.0, &key.1), other).await;
+            assert_eq!(reads, *id == other, "the key of org {id} reading org {other}'s prefix");
+        }
+    }
+    assert!(!stack.can_read(("AKIAUNKNOWN000000000", "nope"), "2001").await, "enforcement is on");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_whose_role_cannot_be_assumed_fails_its_enrollments_and_its_slices_and_nothing_else() {
+    use s3_key_rotation::core::fanout::{dispatch, run_status, sweep_slice, Slice, SliceQueue};
+    let stack =
+        Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2), Member::Undeployed(GONE)], 10, &[]).await;
+    stack.enroll(&["3001", "3002"], t0()).await; // A1, A2: the first listed among equals
+
+    // The third has the most room in GONE, whose role was never deployed.
+    let err = try_enroll(&stack, "3003").await.unwrap_err();
+    let role = format!("arn:aws:iam::{GONE}:role/{MEMBER_ROLE}");
+    assert!(err.contains(&format!("the role {role} of account {GONE} could not be assumed")), "{err}");
+    assert!(err.contains("AccessDenied") || err.contains("Not authorized"), "STS's reason: {err}");
+    assert!(stack.adapters.registry.load(&org("3003")).await.unwrap().is_none(), "no record");
+    let (placement, _) = load_placement(&stack.adapters.registry).await.unwrap();
+    assert_eq!(placement.count(GONE), 0, "no place taken: {placement:?}");
+    assert_eq!((placement.count(A1), placement.count(A2)), (1, 1));
+    assert!(placed_orgs(&stack.adapters.registry, GONE).await.unwrap().is_empty(), "no marker");
+
+    // An account that worked and no longer does (its role deleted): the
+    // sweep's slices of that account fail, naming the role; the others finish.
+    let stack =
+        Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2)], 10, &[("SWEEP_SLICE_SIZE", "2")]).await;
+    stack.enroll(&["3001", "3002", "3003", "3004", "3005"], t0()).await;
+    let a = &stack.adapters;
+    for id in ["3001", "3002", "3003", "3004", "3005"] {
+        rotate_at(&stack, id, t0()).await;
+        let change = PolicyChange::enable("30d".parse().unwrap()).unwrap();
+        update_policy(&a.registry, &a.audit, &org(id), change, t0(), "admin", None).await.unwrap();
+    }
+    stack.remove_member_role(A2).await;
+    stack.aws.enforce_auth();
+
+    #[derive(Default)]
+    struct Collected(std::sync::Mutex<Vec<String>>);
+    #[async_trait::async_trait]
+    impl SliceQueue for Collected {
+        async fn send(&self, bodies: &[String]) -> Result<(), s3_key_rotation::core::ports::PortError> {
+            self.0.lock().unwrap().extend(bodies.iter().cloned());
+            Ok(())
+        }
+    }
+    let queue = Collected::default();
+    let due = t0() + TimeDelta::days(30);
+    let manifest = dispatch(&a.registry, &queue, &stack.config.member_roles, 2, due, false).await.unwrap();
+    assert_eq!(manifest.orgs, 5);
+    let bodies = queue.0.lock().unwrap().clone();
+    assert_eq!(bodies.len(), manifest.slices.len());
+    for body in &bodies {
+        let slice: Slice = serde_json::from_str(body).unwrap();
+        let result =
+            sweep_slice(a.ports(), &stack.config.sweep_settings(), &slice, None, std::time::Duration::ZERO).await.unwrap();
+        if slice.account.as_deref() == Some(A2) {
+            assert!(!result.complete, "{result:?}");
+            let error = result.error.as_deref().unwrap_or_default();
+            assert!(error.contains(&format!("the role {} of account {A2} could not be assumed", common::member_role_arn(A2))), "{error}");
+            assert_eq!(result.summary.orgs_seen, 0, "nothing of the account was touched");
+        } else {
+            assert!(result.complete && result.error.is_none(), "{result:?}");
+        }
+    }
+    let status = run_status(&a.registry, None).await.unwrap().expect("the run");
+    let failing: Vec<(usize, Option<&str>)> = status.failing().map(|r| (r.index, r.account.as_deref())).collect();
+    let of_a2: Vec<(usize, Option<&str>)> =
+        manifest.slices.iter().filter(|s| s.account.as_deref() == Some(A2)).map(|s| (s.index, Some(A2))).collect();
+    assert!(!of_a2.is_empty());
+    assert_eq!(failing, of_a2, "exactly the slices of {A2} fail: {status:#?}");
+    assert!(!status.finished());
+    let mut rotated = status.total.rotated.clone();
+    rotated.sort();
+    assert_eq!(rotated, [org("3001"), org("3003"), org("3005")], "every org of {A1} rotated");
+    assert!(status.total.failed.is_empty(), "{:?}", status.total.failed);
+    for id in ["3002", "3004"] {
+        assert_eq!(record(&stack, id).await.current.unwrap().version, 1, "org {id} of {A2} untouched");
+    }
+}

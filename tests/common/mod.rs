@@ -390,6 +390,28 @@ impl Stack {
         }
     }
 
+    /// Deletes the member role of `account` (an operator deleting the
+    /// member-account.yaml stack): from then on it cannot be assumed.
+    pub async fn remove_member_role(&self, account: &str) {
+        let iam = self.iam_of(Some(account)).await;
+        let policies = iam.list_role_policies().role_name(MEMBER_ROLE).send().await.expect("the role's policies");
+        for name in policies.policy_names() {
+            iam.delete_role_policy().role_name(MEMBER_ROLE).policy_name(name).send().await.expect("delete policy");
+        }
+        iam.delete_role().role_name(MEMBER_ROLE).send().await.expect("delete the member role");
+    }
+
+    /// Adapters of the same stack configured without member accounts: how
+    /// the functions enrolled orgs before member accounts were added (their
+    /// users are in the home account).
+    pub fn home_only_adapters(&self) -> (Adapters, Config) {
+        let env: Vec<(String, String)> =
+            self.env.iter().filter(|(k, _)| !k.starts_with("MEMBER_") && k != "ORGS_PER_ACCOUNT").cloned().collect();
+        let config = config_with(&self.aws.endpoint(), &env);
+        let clients = Clients::from_sdk(self.aws.sdk(&self.admin.0, &self.admin.1), true);
+        (Adapters::new(&clients, &config), config)
+    }
+
     /// The names of the IAM users of `account` (`None`: the home account), sorted.
     pub async fn users_of(&self, account: Option<&str>) -> Vec<String> {
         let listed = self.iam_of(account).await.list_users().send().await.expect("list users");
