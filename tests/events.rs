@@ -1,11 +1,13 @@
-//! Every file in `events/` is an event Lambda would deliver: it parses as its
-//! type, serializes, and parses again to the same event (so `cargo lambda
-//! invoke` and `sam local invoke -e` take it as the tests do).
+//! Every file in `events/` is an event Lambda would deliver (API Gateway,
+//! EventBridge, SQS): it parses as its type, serializes, and parses again to
+//! the same event (so `cargo lambda invoke` and `sam local invoke -e` take it
+//! as the tests do).
 
 mod common;
 
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use aws_lambda_events::sqs::SqsEvent;
 use common::project_root;
 use serde_json::Value;
 
@@ -30,6 +32,16 @@ fn every_event_file_parses_serializes_and_parses_again() {
             assert_eq!(event["version"], "2.0", "{name}: an HTTP API payload v2");
             assert!(event["requestContext"]["timeEpoch"].as_i64().unwrap() > 0, "{name}: has a time");
             assert!(lambda_http::request::from_str(&text).is_ok(), "{name}: lambda_http takes it");
+        } else if raw.get("Records").is_some() {
+            // The sweep's queue to sweep-worker: each body one slice of a run.
+            let event = round_trip::<SqsEvent>(&name, &text);
+            for record in event["Records"].as_array().unwrap() {
+                assert_eq!(record["eventSource"], "aws:sqs", "{name}");
+                let body = record["body"].as_str().unwrap();
+                let slice: s3_key_rotation::core::fanout::Slice =
+                    serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: the body is not a slice: {e}"));
+                assert!(!slice.orgs.is_empty(), "{name}");
+            }
         } else {
             let event = round_trip::<EventBridgeEvent<Value>>(&name, &text);
             assert_eq!(event["detail-type"], "Scheduled Event", "{name}");

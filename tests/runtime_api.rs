@@ -177,3 +177,47 @@ async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
         assert!(!log.contains(secret), "a secret reached the log");
     }
 }
+
+/// The fanned-out sweep through the real binaries: `scheduled-rotation` with
+/// SWEEP_QUEUE_URL dispatches the Scheduled Event's run to the queue (the
+/// body it queues is the one of events/sweep-slice-sqs.json), and
+/// `sweep-worker`, invoked with that SQS event, sweeps the slice.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dispatcher_queues_the_slice_the_worker_sweeps_from_the_sqs_event_file() {
+    use s3_key_rotation::core::fanout::run_status;
+    let mut stack = Stack::start().await;
+    let evaluated_at = chrono::DateTime::parse_from_rfc3339("2026-11-22T05:00:00Z").unwrap().with_timezone(&Utc);
+    stack.enroll(&[ORG_A, ORG_B], evaluated_at - chrono::TimeDelta::hours(1)).await;
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws.sdk(&stack.admin.0, &stack.admin.1));
+    let queue = sqs.create_queue().queue_name("sweep").send().await.unwrap().queue_url.unwrap();
+    stack.env.push(("SWEEP_QUEUE_URL".into(), queue.clone()));
+    stack.aws.enforce_auth();
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::start(&stack, dir.path().join("watch.log"));
+
+    let manifest = emulator.invoke("scheduled-rotation", "scheduled-event.json");
+    assert_eq!(manifest["runId"], "20261122T050000Z", "{manifest}");
+    assert_eq!(manifest["orgs"], 2);
+    assert_eq!(manifest["fullCheck"], true);
+    assert_eq!(manifest["slices"], serde_json::json!([{"index": 0, "orgs": 2}]));
+    let received = sqs.receive_message().queue_url(&queue).max_number_of_messages(10).send().await.unwrap();
+    let messages = received.messages.unwrap_or_default();
+    assert_eq!(messages.len(), 1, "one message for the one slice");
+    let queued: serde_json::Value = serde_json::from_str(messages[0].body().unwrap()).unwrap();
+    let file = std::fs::read_to_string(project_root().join("events/sweep-slice-sqs.json")).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&file).unwrap();
+    let in_file: serde_json::Value = serde_json::from_str(file["Records"][0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(queued, in_file, "the event file carries what the dispatcher queues");
+    let registry = &stack.adapters.registry;
+    assert_eq!(run_status(registry, Some("20261122T050000Z")).await.unwrap().expect("the run").waiting, [0]);
+
+    let answer = emulator.invoke("sweep-worker", "sweep-slice-sqs.json");
+    assert_eq!(answer, serde_json::json!({"batchItemFailures": []}));
+    let status = run_status(registry, Some("20261122T050000Z")).await.unwrap().expect("the run");
+    assert!(status.finished(), "{status:?}");
+    assert_eq!((status.results.len(), status.results[0].deliveries), (1, 1));
+    assert_eq!(status.total.orgs_seen, 2);
+    assert!(status.total.failed.is_empty() && status.total.mismatches.is_empty(), "{:?}", status.total);
+    let log = emulator.log_text();
+    assert!(log.contains("run dispatched") && log.contains("slice swept"), "{log}");
+}
