@@ -105,7 +105,10 @@ impl Queues {
             .attributes
             .unwrap();
         let n = |name: &QueueAttributeName| attributes[name].parse::<u64>().unwrap();
-        (n(&QueueAttributeName::ApproximateNumberOfMessages), n(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+        (
+            n(&QueueAttributeName::ApproximateNumberOfMessages),
+            n(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
     }
 
     /// The bodies of the dead-letter queue's messages (left in it).
@@ -179,9 +182,16 @@ impl Queues {
     /// What the event source mapping does with the function's answer: deletes
     /// every message of the batch it does not list as failed.
     async fn settle(&self, message: &aws_sdk_sqs::types::Message, answer: &SqsBatchResponse) -> bool {
-        let failed = answer.batch_item_failures.iter().any(|f| Some(f.item_identifier.as_str()) == message.message_id());
+        let failed =
+            answer.batch_item_failures.iter().any(|f| Some(f.item_identifier.as_str()) == message.message_id());
         if !failed {
-            self.sqs.delete_message().queue_url(&self.url).receipt_handle(message.receipt_handle().unwrap()).send().await.unwrap();
+            self.sqs
+                .delete_message()
+                .queue_url(&self.url)
+                .receipt_handle(message.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
         }
         !failed
     }
@@ -332,7 +342,14 @@ async fn every_org_is_swept_exactly_once_per_run_across_the_slices_and_a_repeate
     };
     let before = status_of(&stack, &manifest).await;
     assert_eq!(before.results.iter().find(|r| r.index == 3).unwrap().orgs, 2, "the slice as dispatched");
-    queues.sqs.send_message().queue_url(&queues.url).message_body(serde_json::to_string(&slice).unwrap()).send().await.unwrap();
+    queues
+        .sqs
+        .send_message()
+        .queue_url(&queues.url)
+        .message_body(serde_json::to_string(&slice).unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(queues.drain(&stack, stack.adapters.ports()).await, (1, 0), "answered as a success");
     let again = records(&stack, &all).await;
     for (b, a) in after.iter().zip(&again) {
@@ -481,7 +498,9 @@ async fn a_worker_that_dies_between_two_orgs_leaves_the_rest_of_the_slice_to_the
 /// and finishes the slice; the next run rolls the claim back and rotates.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_that_dies_mid_rotation_leaves_a_claim_the_next_run_rolls_back_and_rotates() {
-    let stack = Stack::with_members(&[Member::Deployed(A1)], 10, &[("SWEEP_SLICE_SIZE", "3"), ("SWEEP_CONCURRENCY", "1")]).await;
+    let stack =
+        Stack::with_members(&[Member::Deployed(A1)], 10, &[("SWEEP_SLICE_SIZE", "3"), ("SWEEP_CONCURRENCY", "1")])
+            .await;
     let all = ids("c", 3);
     prepare(&stack, &all, false).await;
     let queues = Queues::create(&stack, 3).await;

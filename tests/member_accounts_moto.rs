@@ -8,7 +8,7 @@
 mod common;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{Member, Stack, HOME_ACCOUNT, MEMBER_ROLE};
+use common::{Member, Stack, MEMBER_ROLE};
 use s3_key_rotation::core::accounts::{load_placement, placed_orgs};
 use s3_key_rotation::core::domain::{KeyState, OrgId, Trigger};
 use s3_key_rotation::core::enrollment::enroll;
@@ -49,7 +49,10 @@ async fn put_logs(stack: &Stack, orgs: &[&str]) {
 async fn try_enroll(stack: &Stack, id: &str) -> Result<(), String> {
     let settings = stack.config.enroll_settings().unwrap();
     let a = &stack.adapters;
-    enroll(&a.registry, &a.keys, &a.audit, &settings, &org(id), t0(), "test").await.map(|_| ()).map_err(|e| e.to_string())
+    enroll(&a.registry, &a.keys, &a.audit, &settings, &org(id), t0(), "test")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn rotate_at(stack: &Stack, id: &str, at: DateTime<Utc>) -> Rotated {
@@ -82,8 +85,7 @@ async fn record(stack: &Stack, id: &str) -> s3_key_rotation::core::domain::OrgRe
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orgs_are_placed_by_room_and_the_one_no_account_can_take_is_refused() {
-    let stack =
-        Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2), Member::Deployed(A3)], 2, &[]).await;
+    let stack = Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2), Member::Deployed(A3)], 2, &[]).await;
     // Enforced from the start: the member role's policy must allow every call.
     stack.aws.enforce_auth();
     let ids = ["1001", "1002", "1003", "1004", "1005", "1006"];
@@ -149,9 +151,7 @@ async fn iam_keys(stack: &Stack, account: &str, id: &str) -> Vec<(String, bool)>
         .expect("the user's keys")
         .access_key_metadata()
         .iter()
-        .map(|k| {
-            (k.access_key_id().unwrap().to_owned(), k.status() == Some(&aws_sdk_iam::types::StatusType::Active))
-        })
+        .map(|k| (k.access_key_id().unwrap().to_owned(), k.status() == Some(&aws_sdk_iam::types::StatusType::Active)))
         .collect();
     keys.sort();
     keys
@@ -159,8 +159,7 @@ async fn iam_keys(stack: &Stack, account: &str, id: &str) -> Vec<(String, bool)>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_account_orgs_key_rotates_retires_and_expires_under_the_member_roles_policy() {
-    let stack =
-        Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2), Member::Deployed(A3)], 10, &[]).await;
+    let stack = Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2), Member::Deployed(A3)], 10, &[]).await;
     stack.aws.enforce_auth();
     let id = common::ORG_A;
     stack.enroll(&[id], t0()).await;
@@ -216,8 +215,7 @@ async fn a_member_account_orgs_key_rotates_retires_and_expires_under_the_member_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_orgs_key_reads_no_other_orgs_prefix_in_its_account_another_one_or_the_home_account() {
-    let stack =
-        Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2), Member::Deployed(A3)], 10, &[]).await;
+    let stack = Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2), Member::Deployed(A3)], 10, &[]).await;
     // An org enrolled before the member accounts were added: its user is in the home account.
     let (home, home_config) = stack.home_only_adapters();
     let settings = home_config.enroll_settings().unwrap();
@@ -291,12 +289,19 @@ async fn an_account_whose_role_cannot_be_assumed_fails_its_enrollments_and_its_s
     assert_eq!(bodies.len(), manifest.slices.len());
     for body in &bodies {
         let slice: Slice = serde_json::from_str(body).unwrap();
-        let result =
-            sweep_slice(a.ports(), &stack.config.sweep_settings(), &slice, None, std::time::Duration::ZERO).await.unwrap();
+        let result = sweep_slice(a.ports(), &stack.config.sweep_settings(), &slice, None, std::time::Duration::ZERO)
+            .await
+            .unwrap();
         if slice.account.as_deref() == Some(A2) {
             assert!(!result.complete, "{result:?}");
             let error = result.error.as_deref().unwrap_or_default();
-            assert!(error.contains(&format!("the role {} of account {A2} could not be assumed", common::member_role_arn(A2))), "{error}");
+            assert!(
+                error.contains(&format!(
+                    "the role {} of account {A2} could not be assumed",
+                    common::member_role_arn(A2)
+                )),
+                "{error}"
+            );
             assert_eq!(result.summary.orgs_seen, 0, "nothing of the account was touched");
         } else {
             assert!(result.complete && result.error.is_none(), "{result:?}");

@@ -190,7 +190,9 @@ fn resolve(
         parameters.get(name).cloned().unwrap_or_else(|| panic!("the template refers to {name}, which has no value"))
     };
     match value {
-        Value::Object(map) if map.len() == 1 && map.keys().next().is_some_and(|k| k == "Ref" || k.starts_with("Fn::")) => {
+        Value::Object(map)
+            if map.len() == 1 && map.keys().next().is_some_and(|k| k == "Ref" || k.starts_with("Fn::")) =>
+        {
             let (key, arg) = map.iter().next().unwrap();
             match key.as_str() {
                 "Ref" if arg == "AWS::NoValue" => None,
@@ -212,16 +214,18 @@ fn resolve(
                     resolve(if holds == Some(Value::Bool(true)) { yes } else { no }, parameters, conditions)
                 }
                 "Fn::Not" => Some(Value::Bool(resolve(&arg[0], parameters, conditions) != Some(Value::Bool(true)))),
-                "Fn::Equals" => {
-                    Some(Value::Bool(resolve(&arg[0], parameters, conditions) == resolve(&arg[1], parameters, conditions)))
-                }
+                "Fn::Equals" => Some(Value::Bool(
+                    resolve(&arg[0], parameters, conditions) == resolve(&arg[1], parameters, conditions),
+                )),
                 other => panic!("{other} is not resolved by the harness"),
             }
         }
         Value::Object(map) => Some(Value::Object(
             map.iter().filter_map(|(k, v)| resolve(v, parameters, conditions).map(|v| (k.clone(), v))).collect(),
         )),
-        Value::Array(items) => Some(Value::Array(items.iter().filter_map(|v| resolve(v, parameters, conditions)).collect())),
+        Value::Array(items) => {
+            Some(Value::Array(items.iter().filter_map(|v| resolve(v, parameters, conditions)).collect()))
+        }
         other => Some(other.clone()),
     }
 }
@@ -229,7 +233,8 @@ fn resolve(
 /// An IAM client with the credentials of `role_arn`, assumed with `base`'s.
 async fn assumed_iam(base: &SdkConfig, role_arn: &str) -> aws_sdk_iam::Client {
     use aws_credential_types::provider::ProvideCredentials;
-    let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn).session_name("harness").configure(base).build().await;
+    let provider =
+        aws_config::sts::AssumeRoleProvider::builder(role_arn).session_name("harness").configure(base).build().await;
     provider.provide_credentials().await.unwrap_or_else(|e| panic!("assume {role_arn}: {e:?}"));
     aws_sdk_iam::Client::from_conf(aws_sdk_iam::config::Builder::from(base).credentials_provider(provider).build())
 }
