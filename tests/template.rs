@@ -389,3 +389,20 @@ fn only_the_dispatcher_sends_and_only_to_the_sweep_queue() {
     }
     assert_eq!(senders, ["ScheduledRotationFunction"]);
 }
+
+#[test]
+fn the_dispatcher_lists_the_placement_markers_and_a_deletion_removes_one() {
+    let t = template("template.yaml");
+    for name in ["ScheduledRotationFunction", "SweepWorkerFunction"] {
+        let statements = statements_of(&t["Resources"][name]);
+        let markers = statements
+            .iter()
+            .find(|(s, _)| s["Resource"] == json!({"Fn::Sub": "${RegistryBucket.Arn}/placement/*"}))
+            .unwrap_or_else(|| panic!("{name}: the placement markers"));
+        assert_eq!(actions_of(markers.0), ["s3:DeleteObject"], "{name}");
+    }
+    let statements = statements_of(&t["Resources"]["ScheduledRotationFunction"]);
+    let listing = statements.iter().find(|(s, _)| actions_of(s) == ["s3:ListBucket"]).expect("a listing");
+    let prefixes = listing.0["Condition"]["StringLike"]["s3:prefix"].as_array().unwrap();
+    assert!(prefixes.contains(&json!("placement/*")), "the dispatcher lists each account's markers: {prefixes:?}");
+}
