@@ -107,8 +107,7 @@ async fn enroll_all(
             Ok(done) if done.created => {
                 created += 1;
                 let account = done.record.account_id.clone().unwrap_or_else(|| "home".into());
-                let placed_in =
-                    done.record.account_id.as_ref().map(|a| format!(" in account {a}")).unwrap_or_default();
+                let placed_in = done.record.account_id.as_ref().map(|a| format!(" in account {a}")).unwrap_or_default();
                 line = verbose.then(|| {
                     format!(
                         "enrolled org {org}{placed_in}: IAM user {}{} reads s3://{}/{}",
