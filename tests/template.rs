@@ -52,7 +52,7 @@ fn unwrap_statement(statement: &Value) -> (&Value, Option<&str>) {
 }
 
 /// Every statement of every policy of `function`, with its condition.
-fn statements_of<'a>(function: &'a Value) -> Vec<(&'a Value, Option<&'a str>)> {
+fn statements_of(function: &Value) -> Vec<(&Value, Option<&str>)> {
     let mut statements = Vec::new();
     for policy in function["Properties"]["Policies"].as_array().unwrap() {
         for statement in policy["Statement"].as_array().unwrap() {
