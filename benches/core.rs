@@ -35,8 +35,7 @@ fn world(rt: &tokio::runtime::Runtime, n: usize) -> MemoryWorld {
         for i in 0..n {
             let org = OrgId::parse(&(1_000_000 + i).to_string()).unwrap();
             let mut record = world.enroll(&org, t0()).await;
-            let key =
-                s3_key_rotation::core::ports::AccessKeys::create_key(&world.keys, &record.iam_user).await.unwrap();
+            let key = s3_key_rotation::core::ports::AccessKeys::create_key(&world.keys, &record.user()).await.unwrap();
             record.current = Some(KeyVersion {
                 version: 1,
                 access_key_id: key.access_key_id,

@@ -52,7 +52,7 @@ fn unwrap_statement(statement: &Value) -> (&Value, Option<&str>) {
 }
 
 /// Every statement of every policy of `function`, with its condition.
-fn statements_of<'a>(function: &'a Value) -> Vec<(&'a Value, Option<&'a str>)> {
+fn statements_of(function: &Value) -> Vec<(&Value, Option<&str>)> {
     let mut statements = Vec::new();
     for policy in function["Properties"]["Policies"].as_array().unwrap() {
         for statement in policy["Statement"].as_array().unwrap() {
@@ -388,4 +388,21 @@ fn only_the_dispatcher_sends_and_only_to_the_sweep_queue() {
         }
     }
     assert_eq!(senders, ["ScheduledRotationFunction"]);
+}
+
+#[test]
+fn the_dispatcher_lists_the_placement_markers_and_a_deletion_removes_one() {
+    let t = template("template.yaml");
+    for name in ["ScheduledRotationFunction", "SweepWorkerFunction"] {
+        let statements = statements_of(&t["Resources"][name]);
+        let markers = statements
+            .iter()
+            .find(|(s, _)| s["Resource"] == json!({"Fn::Sub": "${RegistryBucket.Arn}/placement/*"}))
+            .unwrap_or_else(|| panic!("{name}: the placement markers"));
+        assert_eq!(actions_of(markers.0), ["s3:DeleteObject"], "{name}");
+    }
+    let statements = statements_of(&t["Resources"]["ScheduledRotationFunction"]);
+    let listing = statements.iter().find(|(s, _)| actions_of(s) == ["s3:ListBucket"]).expect("a listing");
+    let prefixes = listing.0["Condition"]["StringLike"]["s3:prefix"].as_array().unwrap();
+    assert!(prefixes.contains(&json!("placement/*")), "the dispatcher lists each account's markers: {prefixes:?}");
 }

@@ -33,6 +33,7 @@ pub struct MemberAccounts {
 
 impl MemberAccounts {
     pub fn new(sdk: SdkConfig, roles: &[MemberRole], external_id: Option<String>) -> Self {
+        let sdk = with_clock_and_sleep(sdk);
         let members = roles
             .iter()
             .map(|role| (role.account_id.clone(), Member { role: role.clone(), iam: OnceCell::new() }))
@@ -85,6 +86,20 @@ impl MemberAccounts {
         let member = self.member(account)?;
         self.assume(&member.role).await.map(|_| ())
     }
+}
+
+/// `sdk` with a clock and a sleep, which the role's STS client needs (a
+/// configuration loaded from the environment has both; one built by hand, as
+/// in the tests, may not).
+fn with_clock_and_sleep(sdk: SdkConfig) -> SdkConfig {
+    let mut builder = sdk.to_builder();
+    if sdk.time_source().is_none() {
+        builder = builder.time_source(aws_smithy_async::time::SystemTimeSource::new());
+    }
+    if sdk.sleep_impl().is_none() {
+        builder.set_sleep_impl(aws_smithy_async::rt::sleep::default_async_sleep());
+    }
+    builder.build()
 }
 
 /// A refused or failed `AssumeRole`, without the credentials' details.

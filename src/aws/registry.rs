@@ -42,23 +42,10 @@ impl S3Registry {
 #[async_trait]
 impl Registry for S3Registry {
     async fn load(&self, org: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError> {
-        let result = self.client.get_object().bucket(&self.bucket).key(Self::record_key(org)).send().await;
-        let output = match result {
-            Ok(output) => output,
-            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => return Ok(None),
-            Err(e) => return Err(classify("s3", "GetObject", &e)),
+        let Some(Versioned { value: text, etag }) = self.get_doc(&Self::record_key(org)).await? else {
+            return Ok(None);
         };
-        let etag = output.e_tag().map(str::to_owned).ok_or_else(|| PortError::Unavailable {
-            service: "s3",
-            operation: "GetObject",
-            detail: "no ETag in the answer".into(),
-        })?;
-        let bytes = output.body.collect().await.map_err(|_| PortError::Unavailable {
-            service: "s3",
-            operation: "GetObject",
-            detail: "the body could not be read".into(),
-        })?;
-        let value: OrgRecord = serde_json::from_slice(&bytes.into_bytes()).map_err(|e| PortError::Unavailable {
+        let value: OrgRecord = serde_json::from_str(&text).map_err(|e| PortError::Unavailable {
             service: "s3",
             operation: "GetObject",
             detail: format!("the record of org {org} is not valid: {e}"),
@@ -113,18 +100,7 @@ impl Registry for S3Registry {
     }
 
     async fn get_state(&self, name: &str) -> Result<Option<String>, PortError> {
-        let result = self.client.get_object().bucket(&self.bucket).key(format!("sweep/{name}")).send().await;
-        let output = match result {
-            Ok(output) => output,
-            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => return Ok(None),
-            Err(e) => return Err(classify("s3", "GetObject", &e)),
-        };
-        let bytes = output.body.collect().await.map_err(|_| PortError::Unavailable {
-            service: "s3",
-            operation: "GetObject",
-            detail: "the body could not be read".into(),
-        })?;
-        Ok(Some(String::from_utf8_lossy(&bytes.into_bytes()).into_owned()))
+        Ok(self.get_doc(&format!("sweep/{name}")).await?.map(|doc| doc.value))
     }
 
     async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError> {

@@ -79,6 +79,7 @@ async fn enroll_all(
     let bar = progress(total, "enrolling");
     let verbose = total <= 20;
     let (mut created, mut existing, mut failed) = (0, 0, 0);
+    let mut placed = std::collections::BTreeMap::new();
     let mut outcomes = futures::stream::iter(wanted)
         .map(|(org, principal)| {
             let settings = &settings;
@@ -105,12 +106,15 @@ async fn enroll_all(
         match done {
             Ok(done) if done.created => {
                 created += 1;
+                let account = done.record.account_id.clone().unwrap_or_else(|| "home".into());
+                let placed_in = done.record.account_id.as_ref().map(|a| format!(" in account {a}")).unwrap_or_default();
                 line = verbose.then(|| {
                     format!(
-                        "enrolled org {org}: IAM user {}{} reads s3://{}/{}",
+                        "enrolled org {org}{placed_in}: IAM user {}{} reads s3://{}/{}",
                         settings.iam_user_path, done.record.iam_user, done.record.bucket, done.record.prefix
                     )
                 });
+                *placed.entry(account).or_insert(0usize) += 1;
             }
             Ok(_) => {
                 existing += 1;
@@ -138,6 +142,10 @@ async fn enroll_all(
     bar.finish_and_clear();
     if !verbose {
         println!("{total} orgs: {created} enrolled, {existing} enrolled already, {failed} failed");
+        if !settings.members.is_empty() {
+            let by_account: Vec<String> = placed.iter().map(|(a, n)| format!("{n} in {a}")).collect();
+            println!("placed: {}", by_account.join(", "));
+        }
     }
     if failed > 0 {
         return Err(format!("{failed} of {total} orgs could not be enrolled (running the command again retries them)"));

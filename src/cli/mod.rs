@@ -13,7 +13,8 @@
 //! - `status`: `status`, `audit`;
 //! - `rotation`: `rotate`, `policy`;
 //! - `key_state`: `disable`, `enable`, `schedule-deletion`, `cancel-deletion`;
-//! - `sweep`: `sweep`.
+//! - `sweep`: `sweep` (and `sweep --status`, a fanned-out run's progress);
+//! - `accounts`: `accounts` (member accounts, placement, the bucket policy).
 //!
 //! A new command: its flags and its function in one of those files (or a new
 //! one), a variant of `Command` (its doc comment is the command's help) and
@@ -22,6 +23,7 @@
 //! Exit codes: 0 done, 1 refused or failed (the message, on stderr, says why),
 //! 2 bad usage (clap reports it and exits while parsing).
 
+mod accounts;
 mod enrollment;
 mod key_state;
 mod rotation;
@@ -55,6 +57,9 @@ Examples (the local stack: AWS_ENDPOINT_URL=http://127.0.0.1:PORT, see README):
   s3-key-rotation schedule-deletion --org 1234567 --days 7
   s3-key-rotation sweep --at 2027-02-21T00:00:00Z --dry-run
   s3-key-rotation audit --org 1234567
+  s3-key-rotation accounts
+  s3-key-rotation accounts --apply-bucket-policy
+  s3-key-rotation sweep --status
 
 Exit codes: 0 done, 1 refused or failed (the message says why), 2 bad usage.";
 
@@ -89,10 +94,12 @@ enum Command {
     ScheduleDeletion(key_state::ScheduleDeletion),
     /// Cancel a scheduled deletion: the org comes back Disabled (then `enable` it).
     CancelDeletion(key_state::Org),
-    /// Run the scheduled evaluation here, now or as of --at, and print its summary as JSON.
+    /// Run the scheduled evaluation here, now or as of --at, and print its summary as JSON; or (--status) show a fanned-out run.
     Sweep(sweep::Sweep),
     /// An org's audit trail, newest first.
     Audit(status::Audit),
+    /// The member accounts: orgs placed, room left, role assumable; and the managed bucket's policy for them.
+    Accounts(accounts::Accounts),
 }
 
 impl Cli {
@@ -122,6 +129,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::CancelDeletion(args) => key_state::cancel_deletion(&ctx, args).await,
         Command::Sweep(args) => sweep::sweep(&ctx, args).await,
         Command::Audit(args) => status::audit(&ctx, args).await,
+        Command::Accounts(args) => accounts::accounts(&ctx, args).await,
     }
 }
 
@@ -129,6 +137,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
 /// adapters, and the time the command started at.
 struct Context {
     config: Config,
+    clients: Clients,
     adapters: Adapters,
     now: DateTime<Utc>,
 }
@@ -138,7 +147,7 @@ impl Context {
         let config = Config::from_env().map_err(|e| e.to_string())?;
         let clients = Clients::from_env(&config).await;
         let adapters = Adapters::new(&clients, &config);
-        Ok(Self { config, adapters, now: Utc::now() })
+        Ok(Self { config, clients, adapters, now: Utc::now() })
     }
 }
 

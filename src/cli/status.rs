@@ -94,7 +94,11 @@ fn days_hours(d: chrono::TimeDelta) -> String {
 fn print_status(record: &OrgRecord, config: &Config, now: DateTime<Utc>) {
     println!(
         "org {}  state {}  user {}  reads s3://{}/{}",
-        record.org_id, record.state, record.iam_user, record.bucket, record.prefix
+        record.org_id,
+        record.state,
+        record.user(),
+        record.bucket,
+        record.prefix
     );
     match &record.current {
         Some(c) => {
@@ -132,8 +136,8 @@ async fn status_table(adapters: &Adapters, config: &Config, json: bool, now: Dat
     let orgs = adapters.registry.list_orgs().await.map_err(|e| e.to_string())?;
     if !json {
         println!(
-            "{:<12} {:<16} {:>4} {:<22} {:>8} {:<20} {:<20} {:<20}",
-            "ORG", "STATE", "VER", "ACCESS KEY", "AGE", "AUTO ROTATION", "NEXT ROTATION", "EXPIRES"
+            "{:<12} {:<16} {:>4} {:<22} {:>8} {:<20} {:<20} {:<20} {:<12}",
+            "ORG", "STATE", "VER", "ACCESS KEY", "AGE", "AUTO ROTATION", "NEXT ROTATION", "EXPIRES", "ACCOUNT"
         );
     }
     let mut records = futures::stream::iter(orgs)
@@ -156,7 +160,7 @@ async fn status_table(adapters: &Adapters, config: &Config, json: bool, now: Dat
             _ => "Disabled".into(),
         };
         println!(
-            "{:<12} {:<16} {:>4} {:<22} {:>8} {:<20} {:<20} {:<20}",
+            "{:<12} {:<16} {:>4} {:<22} {:>8} {:<20} {:<20} {:<20} {:<12}",
             record.org_id.as_str(),
             record.state.as_str(),
             current.map_or("-".into(), |c| format!("v{}", c.version)),
@@ -165,6 +169,7 @@ async fn status_table(adapters: &Adapters, config: &Config, json: bool, now: Dat
             auto,
             fmt(next_automatic_rotation(&record, &config.rotation_settings())),
             fmt(current.map(|c| c.created_at + config.max_key_age.to_chrono())),
+            record.account_id.as_deref().unwrap_or("home"),
         );
     }
     if !json {

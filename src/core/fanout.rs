@@ -349,7 +349,231 @@ pub async fn run_status(registry: &dyn Registry, run: Option<&str>) -> Result<Op
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use chrono::{TimeDelta, TimeZone};
+
     use super::*;
+    use crate::core::domain::Trigger;
+    use crate::core::duration::Duration;
+    use crate::core::enrollment::{enroll, EnrollSettings};
+    use crate::core::memory::{FaultMode, MemoryWorld};
+    use crate::core::policy::{apply_policy, PolicyChange};
+    use crate::core::rotation::{rotate, RotationRequest, RotationSettings};
+
+    const ACCOUNTS: [&str; 3] = ["111111111111", "222222222222", "333333333333"];
+
+    /// The queue: the bodies sent, in order.
+    #[derive(Default)]
+    struct Queue(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl SliceQueue for Queue {
+        async fn send(&self, bodies: &[String]) -> Result<(), PortError> {
+            self.0.lock().unwrap().extend(bodies.iter().cloned());
+            Ok(())
+        }
+    }
+
+    impl Queue {
+        fn take(&self) -> Vec<Slice> {
+            self.0.lock().unwrap().drain(..).map(|b| serde_json::from_str(&b).unwrap()).collect()
+        }
+    }
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    fn members() -> Vec<MemberRole> {
+        ACCOUNTS.iter().map(|a| MemberRole::parse(&format!("arn:aws:iam::{a}:role/member")).unwrap()).collect()
+    }
+
+    fn settings() -> SweepSettings {
+        SweepSettings {
+            rotation: RotationSettings::default(),
+            grace: Duration::from_hours(24),
+            retention: Duration::from_days(7),
+            warnings: Vec::new(),
+            concurrency: 2,
+        }
+    }
+
+    /// `n` orgs: two of every three in the member accounts (two places each
+    /// would overflow, so four each), the rest enrolled before there were
+    /// member accounts; each with a first key at `t0` and automatic rotation
+    /// every 7 days.
+    async fn world(n: usize) -> (MemoryWorld, Vec<OrgId>) {
+        let w = MemoryWorld::new();
+        let mut orgs = Vec::new();
+        for i in 0..n {
+            let org = OrgId::parse(&format!("org{i:03}")).unwrap();
+            let settings = EnrollSettings {
+                iam_user_path: "/managed-s3/".into(),
+                managed_bucket: "logs".into(),
+                prefix_template: "{orgId}/".into(),
+                members: if i % 3 == 2 { Vec::new() } else { members() },
+                orgs_per_account: 100,
+            };
+            enroll(&w.registry, &w.keys, &w.audit, &settings, &org, t0(), "test").await.unwrap();
+            let mut record = w.registry.get(&org).unwrap();
+            apply_policy(&mut record, PolicyChange::enable(Duration::from_days(7)).unwrap(), t0());
+            w.registry.put(record);
+            let req = RotationRequest {
+                org: org.clone(),
+                now: t0(),
+                trigger: Trigger::Operator,
+                actor: "test".into(),
+                rotation_id: format!("first-{i}"),
+                request_id: None,
+                grace: None,
+            };
+            rotate(w.ports(), &RotationSettings::default(), &req).await.unwrap();
+            orgs.push(org);
+        }
+        (w, orgs)
+    }
+
+    fn versions(w: &MemoryWorld, orgs: &[OrgId]) -> Vec<u32> {
+        orgs.iter().map(|o| w.registry.get(o).unwrap().current.unwrap().version).collect()
+    }
+
+    async fn work(w: &MemoryWorld, slices: &[Slice]) -> Vec<Result<SliceResult, PortError>> {
+        let mut results = Vec::new();
+        for slice in slices {
+            results.push(sweep_slice(w.ports(), &settings(), slice, None, StdDuration::ZERO).await);
+        }
+        results
+    }
+
+    /// A run over 3 member accounts and the home account: every org is in
+    /// one slice of its own account and rotates exactly once; the whole run
+    /// adds up; every slice delivered again changes nothing.
+    #[tokio::test]
+    async fn every_org_is_swept_once_and_a_slice_delivered_twice_changes_nothing() {
+        let (w, orgs) = world(20).await;
+        let queue = Queue::default();
+        let due = t0() + TimeDelta::days(7);
+        let manifest = dispatch(&w.registry, &queue, &members(), 3, due, false).await.unwrap();
+        let slices = queue.take();
+        assert_eq!(manifest.orgs, 20);
+        assert_eq!(slices.len(), manifest.slices.len());
+        for slice in &slices {
+            for org in &slice.orgs {
+                assert_eq!(w.registry.get(org).unwrap().account_id, slice.account, "{org} in its account's slice");
+            }
+        }
+        assert!(work(&w, &slices).await.iter().all(|r| r.as_ref().unwrap().complete));
+        assert_eq!(versions(&w, &orgs), vec![2; 20], "every org rotated once");
+        let status = run_status(&w.registry, None).await.unwrap().unwrap();
+        assert!(
+            status.finished(),
+            "{:?} {:?}",
+            status.waiting,
+            status.results.iter().map(|r| (r.index, r.complete)).collect::<Vec<_>>()
+        );
+        assert_eq!((status.total.orgs_seen, status.total.rotated.len()), (20, 20));
+
+        let again = work(&w, &slices).await;
+        assert_eq!(versions(&w, &orgs), vec![2; 20], "no second rotation");
+        assert!(again.iter().all(|r| r.as_ref().unwrap().deliveries == 1), "a finished slice is not swept again");
+        // Even a slice whose result was lost is harmless: nothing is due any more.
+        for slice in &slices {
+            w.registry.put_state(&slice_name(&slice.run_id, slice.index), "{}").await.unwrap();
+        }
+        let swept = work(&w, &slices).await;
+        assert_eq!(versions(&w, &orgs), vec![2; 20]);
+        assert!(swept.iter().all(|r| r.as_ref().unwrap().summary.rotated.is_empty()));
+    }
+
+    /// A worker that dies mid-slice (every call from the k-th on fails, as if
+    /// the process were gone) leaves a state the redelivery finishes; the org
+    /// whose rotation it cut is finished by the next run, once the claim's
+    /// lease has run out (the protocol's takeover), with no key left over.
+    #[tokio::test]
+    async fn a_worker_crash_mid_slice_is_finished_by_the_redelivery_and_the_next_run() {
+        for k in [3, 9, 17, 30] {
+            let (w, orgs) = world(6).await;
+            let queue = Queue::default();
+            let due = t0() + TimeDelta::days(7);
+            dispatch(&w.registry, &queue, &[], 10, due, false).await.unwrap();
+            let slices = queue.take();
+            assert_eq!(slices.len(), 1);
+            w.faults.inject(k, FaultMode::Crash);
+            let crashed = work(&w, &slices).await;
+            assert!(crashed[0].as_ref().map_or(true, |r| !r.complete || !r.summary.failed.is_empty()), "k={k}");
+            w.faults.clear();
+            let redelivered = work(&w, &slices).await;
+            assert!(redelivered[0].as_ref().unwrap().complete, "k={k}");
+            dispatch(&w.registry, &queue, &[], 10, due + TimeDelta::minutes(10), false).await.unwrap();
+            work(&w, &queue.take()).await;
+            assert_eq!(versions(&w, &orgs), vec![2; 6], "k={k}: every org rotated exactly once");
+            for org in &orgs {
+                let record = w.registry.get(org).unwrap();
+                assert!(record.pending.is_none(), "k={k}: {org} has no claim left");
+                let keys = w.keys.keys_of(&org.user_name());
+                assert!(keys.len() <= 2, "k={k}: {org} has {keys:?}");
+                let current = record.current.unwrap().access_key_id;
+                assert!(w.keys.works(&org.user_name(), &current), "k={k}: {org}'s current key works");
+            }
+        }
+    }
+
+    /// One member account's role refused: its slices fail, visibly, and are
+    /// left for another delivery; every other slice finishes.
+    #[tokio::test]
+    async fn an_account_that_cannot_be_reached_fails_its_slices_only() {
+        let (w, orgs) = world(12).await;
+        w.keys.set_unreachable(ACCOUNTS[1], true);
+        let queue = Queue::default();
+        let due = t0() + TimeDelta::days(7);
+        dispatch(&w.registry, &queue, &members(), 2, due, false).await.unwrap();
+        let slices = queue.take();
+        let results = work(&w, &slices).await;
+        for (slice, result) in slices.iter().zip(&results) {
+            let result = result.as_ref().unwrap();
+            if slice.account.as_deref() == Some(ACCOUNTS[1]) {
+                assert!(!result.complete);
+                assert!(result.error.as_deref().unwrap().contains("222222222222"), "{result:?}");
+            } else {
+                assert!(result.complete && result.error.is_none(), "{result:?}");
+            }
+        }
+        let status = run_status(&w.registry, None).await.unwrap().unwrap();
+        assert!(!status.finished());
+        let failing: Vec<Option<&str>> = status.failing().map(|r| r.account.as_deref()).collect();
+        assert!(!failing.is_empty() && failing.iter().all(|a| *a == Some(ACCOUNTS[1])), "{failing:?}");
+        let rotated = orgs.iter().filter(|o| w.registry.get(o).unwrap().current.unwrap().version == 2).count();
+        let unreachable = orgs.iter().filter(|o| w.registry.get(o).unwrap().account_id.as_deref() == Some(ACCOUNTS[1]));
+        assert_eq!(rotated, orgs.len() - unreachable.count());
+        // Once the role can be assumed again, the next delivery finishes them.
+        w.keys.set_unreachable(ACCOUNTS[1], false);
+        work(&w, &slices).await;
+        assert_eq!(versions(&w, &orgs), vec![2; 12]);
+        assert!(run_status(&w.registry, None).await.unwrap().unwrap().finished());
+    }
+
+    /// The day's first run checks every org in full; once a run that did
+    /// has finished every slice, the day's later runs do not.
+    #[tokio::test]
+    async fn the_full_check_runs_until_a_run_of_the_day_finished_it() {
+        let (w, _) = world(4).await;
+        let queue = Queue::default();
+        let at = t0() + TimeDelta::hours(1);
+        assert!(dispatch(&w.registry, &queue, &members(), 2, at, false).await.unwrap().full_check);
+        let first = queue.take();
+        // Not finished yet: the next run checks in full again.
+        assert!(
+            dispatch(&w.registry, &queue, &members(), 2, at + TimeDelta::hours(1), false).await.unwrap().full_check
+        );
+        work(&w, &queue.take()).await;
+        work(&w, &first).await;
+        let later = dispatch(&w.registry, &queue, &members(), 2, at + TimeDelta::hours(2), false).await.unwrap();
+        assert!(!later.full_check, "the day's full check is done");
+        work(&w, &queue.take()).await;
+        let tomorrow = dispatch(&w.registry, &queue, &members(), 2, at + TimeDelta::days(1), false).await.unwrap();
+        assert!(tomorrow.full_check);
+    }
 
     fn org(i: usize) -> OrgId {
         OrgId::parse(&format!("org{i:05}")).unwrap()

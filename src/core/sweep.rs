@@ -162,7 +162,7 @@ pub struct OrgFailure {
 
 /// What a run of the sweep did (or, in a dry run, would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct Summary {
     pub evaluated_at: DateTime<Utc>,
     pub dry_run: bool,

@@ -1,0 +1,141 @@
+//! The operator CLI's member-account commands (the real binary) against the
+//! local AWS endpoint: `enroll` says where it placed an org, `accounts` shows
+//! each account's orgs and room and whether its role can be assumed, the
+//! managed bucket's policy lets the member accounts in, and `sweep --status`
+//! explains that no run was fanned out yet.
+
+mod common;
+
+use std::process::Command;
+
+use aws_config::sts::AssumeRoleProvider;
+use common::Stack;
+
+const DEPLOYED: &str = "111111111111";
+const NOT_DEPLOYED: &str = "222222222222";
+const ROLE: &str = "s3-key-rotation-member";
+
+fn role_arn(account: &str) -> String {
+    format!("arn:aws:iam::{account}:role/{ROLE}")
+}
+
+/// The member role of member-account.yaml in `account`, created as the
+/// account's administrator (AWS Organizations' role, which the local endpoint
+/// lets anyone assume).
+async fn deploy_member_role(stack: &Stack, account: &str) {
+    let sdk = stack
+        .aws
+        .sdk("test", "test")
+        .into_builder()
+        .time_source(aws_smithy_async::time::SystemTimeSource::new())
+        .build();
+    let admin = AssumeRoleProvider::builder(format!("arn:aws:iam::{account}:role/OrganizationAccountAccessRole"))
+        .session_name("stackset")
+        .configure(&sdk)
+        .build()
+        .await;
+    let iam =
+        aws_sdk_iam::Client::from_conf(aws_sdk_iam::config::Builder::from(&sdk).credentials_provider(admin).build());
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":"sts:AssumeRole"}]}"#;
+    iam.create_role().role_name(ROLE).assume_role_policy_document(trust).send().await.expect("the member role");
+}
+
+/// The CLI with the stack's environment, two member accounts (one whose role
+/// was never deployed) and room for `cap` orgs in each.
+fn cli(stack: &Stack, cap: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
+        .args(args)
+        .envs(stack.function_env())
+        .env("MEMBER_ACCOUNT_ROLES", format!("{},{}", role_arn(NOT_DEPLOYED), role_arn(DEPLOYED)))
+        .env("ORGS_PER_ACCOUNT", cap)
+        .output()
+        .expect("run the CLI");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into(),
+        String::from_utf8_lossy(&output.stderr).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_show_placement_room_and_which_roles_can_be_assumed() {
+    let stack = Stack::start().await;
+    deploy_member_role(&stack, DEPLOYED).await;
+
+    // Both have the same room, so the first listed takes the org: the one whose
+    // role cannot be assumed. The enrollment is refused, clearly, and takes no
+    // place there.
+    let (ok, out, err) = cli(&stack, "5", &["enroll", "--org", "1000001"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("could not be assumed") && err.contains(NOT_DEPLOYED), "{err}");
+
+    let (ok, out, err) = cli(&stack, "5", &["accounts"]);
+    assert!(!ok, "a role that cannot be assumed is an error: {out}");
+    assert!(err.contains("the role of 1 member account(s) cannot be assumed"), "{err}");
+    let row =
+        |account: &str| out.lines().find(|l| l.starts_with(account)).unwrap_or_else(|| panic!("{out}")).to_owned();
+    let words = |line: String| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(words(row(DEPLOYED))[1..4], ["0", "5", "yes"], "{out}");
+    assert_eq!(words(row(NOT_DEPLOYED))[1..4], ["0", "5", "NO"], "{out}");
+
+    // Once both are assumable, enrollments go round them by room, and each
+    // line says where the org went.
+    deploy_member_role(&stack, NOT_DEPLOYED).await;
+    let (ok, out, err) = cli(&stack, "1", &["enroll", "--org", "1000001", "--org", "1000002", "--org", "1000003"]);
+    assert!(!ok, "the third org finds no room: {out}");
+    assert_eq!(out.matches(" in account ").count(), 2, "{out}");
+    assert!(out.contains(DEPLOYED) && out.contains(NOT_DEPLOYED), "{out}");
+    assert!(err.contains("every member account is full"), "{err}");
+    let (ok, out, _) = cli(&stack, "1", &["accounts", "--json"]);
+    assert!(ok, "{out}");
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for row in &rows[1..] {
+        assert_eq!(
+            (row["orgs"].as_u64(), row["room"].as_u64(), row["assumable"].as_bool()),
+            (Some(1), Some(0), Some(true))
+        );
+    }
+    let (ok, out, _) = cli(&stack, "1", &["status"]);
+    assert!(ok);
+    let placed: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().last()).filter(|a| a.len() == 12).collect();
+    assert_eq!(placed.len(), 2, "the status table names each org's account: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bucket_policy_names_the_member_accounts_and_keeps_the_other_statements() {
+    let stack = Stack::start().await;
+    let s3 = stack.aws.s3("test", "test");
+    let other = r#"{"Version":"2012-10-17","Statement":[{"Sid":"ProviderWrites","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":"s3:PutObject","Resource":"arn:aws:s3:::logs/*"}]}"#;
+    s3.put_bucket_policy().bucket("logs").policy(other).send().await.unwrap();
+
+    let (ok, printed, err) = cli(&stack, "10", &["accounts", "--bucket-policy"]);
+    assert!(ok, "{err}");
+    let statement: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let principals = statement["Principal"]["AWS"].to_string();
+    assert!(principals.contains(DEPLOYED) && principals.contains(NOT_DEPLOYED), "{principals}");
+    let current = s3.get_bucket_policy().bucket("logs").send().await.unwrap().policy.unwrap();
+    assert!(!current.contains("S3KeyRotationMemberAccounts"), "printing changes nothing");
+
+    for _ in 0..2 {
+        let (ok, out, err) = cli(&stack, "10", &["accounts", "--apply-bucket-policy"]);
+        assert!(ok, "{err}");
+        assert!(out.contains("bucket logs"), "{out}");
+    }
+    let policy: serde_json::Value =
+        serde_json::from_str(&s3.get_bucket_policy().bucket("logs").send().await.unwrap().policy.unwrap()).unwrap();
+    let sids: Vec<&str> = policy["Statement"].as_array().unwrap().iter().filter_map(|s| s["Sid"].as_str()).collect();
+    assert_eq!(sids, ["ProviderWrites", "S3KeyRotationMemberAccounts"], "applied twice: one statement");
+    let users = policy["Statement"][1]["Condition"]["ArnLike"]["aws:PrincipalArn"].to_string();
+    assert!(users.contains(&format!("arn:aws:iam::{DEPLOYED}:user/managed-s3/org-*")), "{users}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sweep_status_before_any_fanned_out_run_says_so() {
+    let stack = Stack::start().await;
+    let (ok, _, err) = cli(&stack, "10", &["sweep", "--status"]);
+    assert!(!ok);
+    assert!(err.contains("no fanned-out run yet") && err.contains("SWEEP_QUEUE_URL"), "{err}");
+    let (ok, _, err) = cli(&stack, "10", &["sweep", "--status", "--run", "20261124T230000Z"]);
+    assert!(!ok);
+    assert!(err.contains("no run 20261124T230000Z"), "{err}");
+}
