@@ -241,22 +241,30 @@ async fn an_orgs_key_reads_no_other_orgs_prefix_in_its_account_another_one_or_th
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_account_whose_role_cannot_be_assumed_fails_its_enrollments_and_its_slices_and_nothing_else() {
+async fn an_account_whose_role_cannot_be_assumed_is_passed_over_by_enrollments_and_fails_its_slices_only() {
     use s3_key_rotation::core::fanout::{dispatch, run_status, sweep_slice, Slice, SliceQueue};
     let stack =
         Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2), Member::Undeployed(GONE)], 10, &[]).await;
     stack.enroll(&["3001", "3002"], t0()).await; // A1, A2: the first listed among equals
 
-    // The third has the most room in GONE, whose role was never deployed.
-    let err = try_enroll(&stack, "3003").await.unwrap_err();
+    // The third would have the most room in GONE, whose role was never
+    // deployed: that account is passed over (else, keeping the most room, it
+    // would take and fail every enrollment) and the org goes to A1.
+    try_enroll(&stack, "3003").await.expect("placed elsewhere");
+    assert_eq!(record(&stack, "3003").await.account_id.as_deref(), Some(A1));
+    let (placement, _) = load_placement(&stack.adapters.registry).await.unwrap();
+    assert_eq!(placement.count(GONE), 0, "no place taken: {placement:?}");
+    assert_eq!((placement.count(A1), placement.count(A2)), (2, 1));
+    assert!(placed_orgs(&stack.adapters.registry, GONE).await.unwrap().is_empty(), "no marker");
+
+    // When no other account can take the org, the refusal is the answer, named.
+    let alone = Stack::with_members(&[Member::Undeployed(GONE)], 10, &[]).await;
+    let err = try_enroll(&alone, "3004").await.unwrap_err();
     let role = format!("arn:aws:iam::{GONE}:role/{MEMBER_ROLE}");
     assert!(err.contains(&format!("the role {role} of account {GONE} could not be assumed")), "{err}");
     assert!(err.contains("AccessDenied") || err.contains("Not authorized"), "STS's reason: {err}");
-    assert!(stack.adapters.registry.load(&org("3003")).await.unwrap().is_none(), "no record");
-    let (placement, _) = load_placement(&stack.adapters.registry).await.unwrap();
-    assert_eq!(placement.count(GONE), 0, "no place taken: {placement:?}");
-    assert_eq!((placement.count(A1), placement.count(A2)), (1, 1));
-    assert!(placed_orgs(&stack.adapters.registry, GONE).await.unwrap().is_empty(), "no marker");
+    assert!(alone.adapters.registry.load(&org("3004")).await.unwrap().is_none(), "no record");
+    assert_eq!(load_placement(&alone.adapters.registry).await.unwrap().0.count(GONE), 0);
 
     // An account that worked and no longer does (its role deleted): the
     // sweep's slices of that account fail, naming the role; the others finish.

@@ -63,24 +63,47 @@ pub async fn enroll(
     if let Some(existing) = registry.load(org).await? {
         return same_place(existing.value, settings, &prefix);
     }
-    // With member accounts, the org's user goes to the one with the most room.
-    let account = match settings.members.as_slice() {
-        [] => None,
-        members => Some(place(registry, members, settings.orgs_per_account, org).await?.account_id),
-    };
-    let spec = UserSpec {
+    let mut spec = UserSpec {
         user_name: org.user_name(),
-        account: account.clone(),
+        account: None,
         path: settings.iam_user_path.clone(),
         org: org.clone(),
         bucket: settings.managed_bucket.clone(),
         prefix: prefix.clone(),
     };
-    // The user first: a record never names a user that does not exist.
-    if let Err(e) = keys.ensure_user(&spec).await {
-        give_back(registry, keys, &spec, None).await;
-        return Err(e.into());
+    // The user first: a record never names a user that does not exist. With
+    // member accounts, it goes to the one with the most room; an account whose
+    // role is refused is passed over (it would otherwise, having the most room,
+    // take every enrollment), and named when no other account can take the org.
+    let mut candidates = settings.members.clone();
+    let mut refused: Option<PortError> = None;
+    loop {
+        if !settings.members.is_empty() {
+            spec.account = match place(registry, &candidates, settings.orgs_per_account, org).await {
+                Ok(placed) => Some(placed.account_id),
+                Err(PlacementError::Full { .. }) if refused.is_some() => {
+                    return Err(refused.expect("checked").into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+        }
+        match keys.ensure_user(&spec).await {
+            Ok(()) => break,
+            Err(e) => {
+                give_back(registry, keys, &spec, None).await;
+                let Some(account) = spec.account.as_deref().filter(|_| is_refused_role(&e)) else {
+                    return Err(e.into());
+                };
+                tracing::warn!(error = %e, %account, "passing over a member account whose role is refused");
+                candidates.retain(|m| m.account_id != account);
+                refused = Some(e);
+                if candidates.is_empty() {
+                    return Err(refused.expect("just set").into());
+                }
+            }
+        }
     }
+    let account = spec.account.clone();
     let record = OrgRecord { account_id: account, ..OrgRecord::enrolled(org, &settings.managed_bucket, &prefix, now) };
     match registry.create(&record).await {
         Ok(_) => {}
@@ -106,6 +129,11 @@ pub async fn enroll(
     };
     write_audit(audit, &entry).await;
     Ok(Enrolled { created: true, record })
+}
+
+/// Whether `e` says a member account's role could not be assumed.
+fn is_refused_role(e: &PortError) -> bool {
+    matches!(e, PortError::Unavailable { service: "sts", .. })
 }
 
 /// Undoes the placement of an enrollment that did not create the record: the
