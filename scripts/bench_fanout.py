@@ -146,8 +146,9 @@ def latency_of(mix):
 
 
 def per_slice_kind(kind):
-    """The worker's requests that are per slice (or per process), not per org: the slice's state, the role."""
-    return "registry/sweep/" in kind or kind.startswith("STS ")
+    """The worker's requests that are per slice, not per org: the slice's state. (STS is counted with the
+    orgs: once per delivery and worker process, plus what the rotations cause, see the report.)"""
+    return "registry/sweep/" in kind
 
 
 def buffered_seconds(durations, width):
@@ -192,8 +193,10 @@ class Stack:
         self.accounts = member_accounts(accounts)
         self.slice_size = slice_size
         self.orgs = [str(1000000 + i) for i in range(n)]
+        # Every step-th org of each account is due (org i is placed in account i % accounts), so that every
+        # slice has its share of due orgs, evenly spaced.
         step = max(1, round(1 / due_fraction)) if due_fraction > 0 else 0
-        self.due = set(self.orgs[::step]) if step else set()
+        self.due = {org for i, org in enumerate(self.orgs) if step and (i // accounts) % step == 0}
         self.log_dir = Path(log_dir)
 
     def setup(self):
@@ -620,7 +623,8 @@ def report(stack, runs, args, started_at, total_seconds):
     row("workers' wall time, all slices", lambda r: fmt_s(r.sweep_wall))
     row("worker-seconds (sum of slice times)", lambda r: fmt_s(sum(s[3] for s in r.slices)))
     row("AWS requests per org (workers)", lambda r: f"{r.requests / stack.n:.3f}")
-    row("… of which per slice (state, STS), per slice", lambda r: f"{sum(r.per_slice_kinds().values()) / len(r.slices):.1f}")
+    row("… of which the slice's state, per slice", lambda r: f"{sum(r.per_slice_kinds().values()) / len(r.slices):.1f}")
+    row("STS AssumeRole calls (workers)", lambda r: str(r.kinds.get("STS AssumeRole", 0)))
     row("peak memory per worker process (VmHWM)",
         lambda r: " / ".join(f"{m:.1f}" for m in r.memory_mib) + " MiB")
     row("orgs seen / rotated / failed", lambda r: f"{sum(x['summary']['orgsSeen'] for x in r.results)} / "
@@ -650,6 +654,20 @@ def report(stack, runs, args, started_at, total_seconds):
             text += (" To measure an hourly run, the benchmark wrote `sweep/fanout.json`'s fullyCheckedOn as a "
                      "working dispatcher would.")
         problems.append(text)
+    sts = [r.kinds.get("STS AssumeRole", 0) for r in runs]
+    if stack.due and sts[0] - sts[2] > 0.05 * len(stack.due):
+        problems.append(
+            f"**The member roles are assumed again and again while rotating.** Run 1 made {sts[0]} STS AssumeRole "
+            f"calls, run 3 (the same slices, worker processes and accounts, no rotation) {sts[2]}: "
+            f"≈ {(sts[0] - sts[2]) / len(stack.due):.2f} more per rotation. The cause, from the code and the SDK's "
+            "source: each verification (src/aws/verifier.rs) builds an S3 client from the shared `SdkConfig` with "
+            "the new key as its credentials provider, i.e. a new partition of the `SdkConfig`'s identity cache "
+            "(aws-smithy-runtime 1.16.2 `LazyCache`: at most 64 partitions, `DEFAULT_MAX_PARTITIONS`, an arbitrary "
+            "one evicted when full); past 64 verifications in a process, the member accounts' IAM clients "
+            "(src/aws/accounts.rs) lose their cached AssumeRole credentials and assume the role again. At AWS each "
+            "costs an STS round trip in the rotation (counted in the projection below) and STS quota; an "
+            "identity cache of their own for the member clients (or none for the verifier's one-off client) "
+            "would avoid it.")
     if redelivery and redelivery["deliveries"][1] == redelivery["deliveries"][0]:
         problems.append(
             f"**A finished slice delivered again is swept again.** Slice {redelivery['index']} of run 1, delivered "
@@ -745,8 +763,9 @@ def report(stack, runs, args, started_at, total_seconds):
     p(f"Assumed latency per request: {lat}. Each org's requests one after another, {SWEEP_CONCURRENCY} orgs at "
       f"once in a worker (SWEEP_CONCURRENCY) through an ordered buffer (`buffered` in `sweep_orgs`, "
       f"src/core/sweep.rs: a finished org frees its place only once every earlier one has finished; simulated, "
-      f"every {due_every}th org due as here); per slice {overhead_s * 1000:.0f} ms of state and STS (AssumeRole: "
-      f"once per delivery to check the account, once per worker process and account). {slices} slices of "
+      f"every {due_every}th org due as here); per slice {overhead_s * 1000:.0f} ms of state; STS AssumeRole as "
+      f"measured (once per delivery to check the account, per worker process and account, and as the "
+      f"rotations cause it), spread over the orgs. {slices} slices of "
       f"{PROJECTED_SLICE} ({per_account:,} orgs an account); the request mix measured above. Lambda's limit is "
       f"{LAMBDA_LIMIT_S} s, of which the worker uses up to {LAMBDA_LIMIT_S - DEADLINE_MARGIN_S} s (DEADLINE_MARGIN); "
       f"runs every {SCHEDULE_PERIOD_S // 60} min (ScheduleRate); SweepWorkerConcurrency defaults to "
