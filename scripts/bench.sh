@@ -12,6 +12,8 @@
 #   BENCH_SWEEP_ORGS  org counts of the sweep benchmark (default 1000,5000)
 #   BENCH_PROFILE     cargo profile of both builds (default release; dev: a quick check of the machinery)
 #   BENCH_IN_PROCESS  0: skip the criterion suite and the fuzzing
+#   BENCH_FANOUT      1: also the fan-out benchmark (scripts/bench_fanout.py) on the working tree's binaries
+#   BENCH_FANOUT_ARGS its arguments (default: none, i.e. 20000 orgs over 5 member accounts), e.g. "--orgs 5000"
 #   FUZZ_CASES        cases per fuzzed property (default 20000)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -65,6 +67,12 @@ keep after "the working tree: \`$(git log -1 --format='%h')\` $(git log -1 --for
 
 .venv/bin/python scripts/bench.py --sizes "${BENCH_SWEEP_ORGS:-1000,5000}" \
   --build before "$bench/before" --build after "$bench/after" "$@"
+if [ "${BENCH_FANOUT:-0}" = 1 ]; then
+  echo "bench: the fan-out (scripts/bench_fanout.py), the working tree" >&2
+  # $out: the working tree's build, just made (its sweep-worker too, which the "before" revision lacks).
+  # shellcheck disable=SC2086 # BENCH_FANOUT_ARGS is a list of arguments
+  .venv/bin/python scripts/bench_fanout.py --binaries "$out" ${BENCH_FANOUT_ARGS:-}
+fi
 if [ "${BENCH_IN_PROCESS:-1}" != 0 ]; then
   echo "bench: criterion suite (benches/core.rs), the working tree" >&2
   cargo bench --locked --bench core -- --noplot 2>/dev/null | grep -B1 "time:" | grep -v -e "^--$" -e "^Benchmarking"

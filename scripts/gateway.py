@@ -230,6 +230,10 @@ class RuntimeApi:
         """The first sandbox's process (with one sandbox: the function's process)."""
         return self.sandboxes[0].process
 
+    def processes(self):
+        """The processes of the sandboxes started so far (the latest of each), e.g. to read their memory."""
+        return [s.process for s in self.sandboxes if s.process is not None]
+
     def first_poll_at(self, timeout=30):
         """perf_counter() time of the function's first request for work (its init is done)."""
         if not self.polled.wait(timeout):
