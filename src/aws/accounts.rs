@@ -75,7 +75,12 @@ impl MemberAccounts {
             .iam
             .get_or_try_init(|| async {
                 let provider = self.assume(&member.role).await?;
-                let conf = aws_sdk_iam::config::Builder::from(&self.sdk).credentials_provider(provider).build();
+                // A cache of the account's own: the assumed credentials are kept
+                // until shortly before they expire, whatever else the process caches.
+                let conf = aws_sdk_iam::config::Builder::from(&self.sdk)
+                    .credentials_provider(provider)
+                    .identity_cache(aws_sdk_iam::config::IdentityCache::lazy().build())
+                    .build();
                 Ok(aws_sdk_iam::Client::from_conf(conf))
             })
             .await

@@ -7,8 +7,27 @@ use super::classify;
 use crate::core::fanout::SliceQueue;
 use crate::core::ports::PortError;
 
-/// SQS takes at most ten messages in one request.
+/// SQS takes at most ten messages in one request…
 const BATCH: usize = 10;
+/// …of at most 256 KiB together.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// `bodies` in batches SQS takes: at most ten, and at most 256 KiB together.
+fn batches(bodies: &[String]) -> Vec<&[String]> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, body) in bodies.iter().enumerate() {
+        if i > start && (i - start == BATCH || bytes + body.len() > BATCH_BYTES) {
+            batches.push(&bodies[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += body.len();
+    }
+    if start < bodies.len() {
+        batches.push(&bodies[start..]);
+    }
+    batches
+}
 
 #[derive(Debug, Clone)]
 pub struct SqsSlices {
@@ -25,7 +44,7 @@ impl SqsSlices {
 #[async_trait]
 impl SliceQueue for SqsSlices {
     async fn send(&self, bodies: &[String]) -> Result<(), PortError> {
-        for batch in bodies.chunks(BATCH) {
+        for batch in batches(bodies) {
             let mut pending: Vec<(String, &String)> =
                 batch.iter().enumerate().map(|(i, body)| (i.to_string(), body)).collect();
             // Entries SQS refused on its side (throttled, say) are sent again.
@@ -65,5 +84,23 @@ impl SliceQueue for SqsSlices {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_to_ten_messages_and_256_kib() {
+        let small: Vec<String> = (0..25).map(|i| format!("slice {i}")).collect();
+        assert_eq!(batches(&small).iter().map(|b| b.len()).collect::<Vec<_>>(), [10, 10, 5]);
+        // Slices of 1,000 orgs with the longest ids are about 51 KiB each.
+        let large: Vec<String> = (0..12).map(|_| "x".repeat(51 * 1024)).collect();
+        let sizes: Vec<usize> = batches(&large).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [5, 5, 2]);
+        assert!(batches(&large).iter().all(|b| b.iter().map(String::len).sum::<usize>() <= BATCH_BYTES));
+        assert_eq!(batches(&large).concat(), large, "every body once, in order");
+        assert!(batches(&[]).is_empty());
     }
 }

@@ -44,6 +44,9 @@ impl KeyVerifier for S3Verifier {
         let client = aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(&self.sdk)
                 .credentials_provider(credentials)
+                // Static credentials need no cache; a place in the shared one
+                // would push out another client's (the cache keeps 64).
+                .identity_cache(aws_sdk_s3::config::IdentityCache::no_cache())
                 .force_path_style(self.force_path_style)
                 .build(),
         );

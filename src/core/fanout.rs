@@ -127,8 +127,9 @@ pub fn run_id(evaluated_at: DateTime<Utc>, dry_run: bool) -> String {
 
 /// Splits the enrolled `orgs` by account (`placed`: each member account's
 /// orgs, from the placement markers; the rest are the home account's) and
-/// each account's orgs into slices of at most `size`, in id order. Every
-/// enrolled org is in exactly one slice; a marker without a record is in none.
+/// each account's orgs into slices of at most `size`, in id order, the
+/// accounts taking turns. Every enrolled org is in exactly one slice; a marker
+/// without a record is in none.
 pub fn plan_slices(
     orgs: &[OrgId],
     placed: &BTreeMap<String, Vec<OrgId>>,
@@ -143,12 +144,16 @@ pub fn plan_slices(
     }
     let home: Vec<OrgId> = orgs.iter().filter(|o| !seen.contains(o)).cloned().collect();
     groups.insert(0, (None, home));
-    let mut slices = Vec::new();
+    let mut per_account: Vec<std::collections::VecDeque<(Option<String>, Vec<OrgId>)>> = Vec::new();
     for (account, mut members) in groups {
         members.sort();
-        for chunk in members.chunks(size.max(1)) {
-            slices.push((account.clone(), chunk.to_vec()));
-        }
+        per_account.push(members.chunks(size.max(1)).map(|chunk| (account.clone(), chunk.to_vec())).collect());
+    }
+    // The accounts in turn (IAM throttles each account on its own): the
+    // workers that start together sweep different accounts.
+    let mut slices = Vec::new();
+    while per_account.iter().any(|q| !q.is_empty()) {
+        slices.extend(per_account.iter_mut().filter_map(|q| q.pop_front()));
     }
     slices
 }
@@ -595,6 +600,9 @@ mod tests {
             }
         }
         placed.entry("333333333333".into()).or_default().push(org(99_999));
+        let slices = plan_slices(&orgs, &placed, 100);
+        let first: BTreeSet<&Option<String>> = slices[..4].iter().map(|(a, _)| a).collect();
+        assert_eq!(first.len(), 4, "the accounts take turns: the first four slices are of four accounts");
         for size in [1, 7, 100, 1000, 5000] {
             let slices = plan_slices(&orgs, &placed, size);
             let mut all: Vec<&OrgId> = slices.iter().flat_map(|(_, o)| o).collect();

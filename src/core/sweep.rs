@@ -310,24 +310,29 @@ pub async fn sweep_orgs(
     let mut summary = Summary { evaluated_at: req.now, dry_run: req.dry_run, full_check, ..Summary::default() };
     let deadline_reached =
         || req.deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < req.margin);
-    let mut results = futures::stream::iter(orgs.iter())
-        .map(|org| async move {
+    // Every free place takes the next org at once (an org waiting for its new
+    // key to work holds up no other). Orgs start in list order and, once the
+    // deadline is near, none starts any more: the orgs evaluated are always
+    // the first ones of the list, and the next run resumes after the last.
+    let mut results = futures::stream::iter(orgs.iter().enumerate())
+        .map(|(position, org)| async move {
             if deadline_reached() {
-                return (org, None);
+                return (position, org, None);
             }
-            (org, Some(evaluate(ports, settings, org, req, full_check).await))
+            (position, org, Some(evaluate(ports, settings, org, req, full_check).await))
         })
-        .buffered(settings.concurrency.max(1));
+        .buffer_unordered(settings.concurrency.max(1));
     summary.complete = true;
     progress(0, orgs.len());
-    while let Some((org, outcome)) = results.next().await {
+    let mut last: Option<usize> = None;
+    while let Some((position, org, outcome)) = results.next().await {
         let Some(outcome) = outcome else {
             summary.complete = false;
-            break;
+            continue;
         };
         summary.orgs_seen += 1;
         progress(summary.orgs_seen, orgs.len());
-        summary.stopped_after = Some(org.clone());
+        last = last.max(Some(position));
         if outcome.rotated {
             summary.rotated.push(org.clone());
         }
@@ -349,6 +354,15 @@ pub async fn sweep_orgs(
             summary.failed.push(OrgFailure { org_id: org.clone(), reason });
         }
     }
+    summary.stopped_after = last.map(|i| orgs[i].clone());
+    // In list order, whatever order the orgs finished in.
+    let rank: std::collections::HashMap<&OrgId, usize> = orgs.iter().enumerate().map(|(i, o)| (o, i)).collect();
+    for list in [&mut summary.rotated, &mut summary.deleted_orgs, &mut summary.expired] {
+        list.sort_by_key(|o| rank.get(o).copied());
+    }
+    summary.mismatches.sort_by_key(|f| rank.get(&f.org_id).copied());
+    summary.failed.sort_by_key(|f| rank.get(&f.org_id).copied());
+    summary.planned.sort_by_key(|(o, _)| rank.get(o).copied());
     drop(results);
     if summary.complete {
         summary.stopped_after = None;
