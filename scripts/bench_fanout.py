@@ -37,7 +37,7 @@ Then it projects a deployment of 100,000 orgs over 20 member accounts at real
 AWS latency (per-request latencies assumed per service, printed with the
 results) from the measured request mix per idle, full-checked and rotated org:
 time of a 1,000-org slice (the worker's SWEEP_CONCURRENCY of 8 orgs at once,
-with the head-of-line behaviour of its ordered buffer) against Lambda's 15
+a free place taking the next org at once) against Lambda's 15
 minutes, worker-seconds per run and the worker concurrency that finishes a run
 within one schedule period; and the dispatcher's time for 100,000 orgs.
 
@@ -49,6 +49,7 @@ import argparse
 import collections
 import concurrent.futures
 import hashlib
+import heapq
 import json
 import math
 import os
@@ -151,16 +152,16 @@ def per_slice_kind(kind):
     return "registry/sweep/" in kind
 
 
-def buffered_seconds(durations, width):
-    """Time for a `futures::stream::iter(..).buffered(width)` over tasks of these durations (s): at most
-    `width` tasks in its ordered queue, a finished task leaving it only once every earlier one has."""
-    t, queue, i = 0.0, collections.deque(), 0
-    while i < len(durations) or queue:
-        while i < len(durations) and len(queue) < width:
-            queue.append(t + durations[i])
-            i += 1
-        t = max(t, queue.popleft())
-    return t
+def unordered_seconds(durations, width):
+    """Time for a `futures::stream::iter(..).buffer_unordered(width)` over tasks of these durations (s):
+    at most `width` tasks at once, a free place taking the next task at once."""
+    running = []
+    t = 0.0
+    for d in durations:
+        if len(running) == width:
+            t = heapq.heappop(running)
+        heapq.heappush(running, t + d)
+    return max(running, default=t)
 
 
 def verify_wait_s(propagation_s, attempt_s):
@@ -732,7 +733,7 @@ def report(stack, runs, args, started_at, total_seconds):
     def slice_time(org_s, rotated_s=None):
         durations = [rotated_s if rotated_s is not None and i % due_every == 0 else org_s
                      for i in range(PROJECTED_SLICE)]
-        return overhead_s + buffered_seconds(durations, SWEEP_CONCURRENCY)
+        return overhead_s + unordered_seconds(durations, SWEEP_CONCURRENCY)
 
     cases = [
         ("hourly run, nothing due", slice_time(idle_s), idle_s, None),
@@ -761,9 +762,8 @@ def report(stack, runs, args, started_at, total_seconds):
     lat = ", ".join(f"{k} {v} ms" for k, v in LATENCY_MS.items())
     p(f"### Projection: {PROJECTED_ORGS:,} orgs over {PROJECTED_ACCOUNTS} member accounts at AWS latency\n")
     p(f"Assumed latency per request: {lat}. Each org's requests one after another, {SWEEP_CONCURRENCY} orgs at "
-      f"once in a worker (SWEEP_CONCURRENCY) through an ordered buffer (`buffered` in `sweep_orgs`, "
-      f"src/core/sweep.rs: a finished org frees its place only once every earlier one has finished; simulated, "
-      f"every {due_every}th org due as here); per slice {overhead_s * 1000:.0f} ms of state; STS AssumeRole as "
+      f"once in a worker (SWEEP_CONCURRENCY), a free place taking the next org at once (`buffer_unordered` in "
+      f"`sweep_orgs`, src/core/sweep.rs; simulated, every {due_every}th org due as here); per slice {overhead_s * 1000:.0f} ms of state; STS AssumeRole as "
       f"measured (once per delivery to check the account, per worker process and account, and as the "
       f"rotations cause it), spread over the orgs. {slices} slices of "
       f"{PROJECTED_SLICE} ({per_account:,} orgs an account); the request mix measured above. Lambda's limit is "
@@ -802,8 +802,6 @@ def report(stack, runs, args, started_at, total_seconds):
     fastest_rotating = cases[2][1]
     same_account = math.ceil(per_account / PROJECTED_SLICE)
     slowest = cases[-1]
-    unordered = overhead_s + (PROJECTED_SLICE * slowest[2] + (PROJECTED_SLICE // due_every) * (slowest[3] - slowest[2])
-                              ) / SWEEP_CONCURRENCY
     resumes = ("resumes after the last org it finished" if all(r.status_finished for r in runs)
                else "should resume where it stopped — but with the results unreadable (above) it starts over, "
                     "so such a slice would never finish and ends in the dead-letter queue after 3 receives")
@@ -811,15 +809,13 @@ def report(stack, runs, args, started_at, total_seconds):
     p(f"- IAM throttles per account (AWS's defaults are of the order of {IAM_MUTATING_TPS} requests/s for mutating "
       f"calls; reads are throttled too). One slice's full check lists keys at ≈ {iam_reads_tps:.0f}/s; its "
       f"rotations make at most ≈ {mutating * PROJECTED_SLICE / due_every / fastest_rotating:.1f} mutating IAM "
-      f"calls/s. The dispatcher queues the slices account by account (`plan_slices`), so the first "
-      f"{DEFAULT_WORKERS} workers take {same_account} slices of the same account at once: "
-      f"≈ {iam_reads_tps * same_account:.0f} ListAccessKeys/s against one account in a full check, which "
-      "IAM may well throttle (retried by the SDK, then failed orgs); interleaving the accounts in the queue "
-      f"would spread it (≈ {iam_reads_tps * math.ceil(DEFAULT_WORKERS / PROJECTED_ACCOUNTS):.0f}/s per account).")
-    p(f"- Rotations dominate a slice with many orgs due: with the ordered buffer, an org waiting for its new key "
-      f"holds the 7 after it, so rotations every {due_every} orgs run one at a time "
-      f"({fmt_s(slowest[1])} in the last row, ≈ {fmt_s(unordered)} if every free place were reused "
-      f"(`buffer_unordered`)). A slice stopped by the deadline is delivered again 90 min later and {resumes}.")
+      f"calls/s. The dispatcher queues the slices with the accounts taking turns (`plan_slices`), so "
+      f"{DEFAULT_WORKERS} workers at once tend to sweep {DEFAULT_WORKERS} different accounts: "
+      f"≈ {iam_reads_tps * math.ceil(DEFAULT_WORKERS / PROJECTED_ACCOUNTS):.0f} ListAccessKeys/s per account in a "
+      f"full check (queued account by account, {same_account} slices of one account at once would make "
+      f"≈ {iam_reads_tps * same_account:.0f}/s).")
+    p(f"- Rotations dominate a slice with many orgs due ({fmt_s(slowest[1])} in the last row). A slice stopped by "
+      f"the deadline is delivered again 90 min later and {resumes}.")
     p(f"- Memory: at most {max(m for r in runs for m in r.memory_mib):.0f} MiB per worker process here "
       f"(debug build, {stack.slice_size}-org slices), against the {WORKER_MEMORY} MiB configured.")
     p(f"- SQS: a {PROJECTED_SLICE:,}-org slice's message is ≈ {body_of(id_len) / 1024:.0f} KiB with "
