@@ -669,7 +669,8 @@ def report(stack, runs, args, started_at, total_seconds):
             "costs an STS round trip in the rotation (counted in the projection below) and STS quota; an "
             "identity cache of their own for the member clients (or none for the verifier's one-off client) "
             "would avoid it.")
-    if redelivery and redelivery["deliveries"][1] == redelivery["deliveries"][0]:
+    # Reading the finished result is all a second delivery should cost (a request or two).
+    if redelivery and redelivery["requests"] > 2:
         problems.append(
             f"**A finished slice delivered again is swept again.** Slice {redelivery['index']} of run 1, delivered "
             f"once more (SQS delivers at least once): {redelivery['requests']} AWS requests for "
@@ -820,9 +821,9 @@ def report(stack, runs, args, started_at, total_seconds):
       f"(debug build, {stack.slice_size}-org slices), against the {WORKER_MEMORY} MiB configured.")
     p(f"- SQS: a {PROJECTED_SLICE:,}-org slice's message is ≈ {body_of(id_len) / 1024:.0f} KiB with "
       f"{id_len}-character org ids (here: {body_bytes / 1024:.1f} KiB for {orgs_in}); with 48-character ids "
-      f"(the most `OrgId` allows) ≈ {body_of(48) / 1024:.0f} KiB, and a SendMessageBatch of 10 "
-      f"≈ {10 * body_of(48) / 1024:.0f} KiB, over the 256 KiB per batch SQS long documented (1 MiB where the "
-      "newer limit applies): `SqsSlices::send` batches by count only.")
+      f"(the most `OrgId` allows) ≈ {body_of(48) / 1024:.0f} KiB: ten of those would be "
+      f"≈ {10 * body_of(48) / 1024:.0f} KiB, so `SqsSlices::send` closes a SendMessageBatch at ten messages or "
+      "256 KiB, whichever comes first.")
     p(f"- {PROJECTED_ORGS:,} orgs over {PROJECTED_ACCOUNTS} accounts is {per_account:,} an account, above "
       f"ORGS_PER_ACCOUNT's default 4,500 (at the default: {math.ceil(PROJECTED_ORGS / 4500)} accounts, "
       f"{math.ceil(PROJECTED_ORGS / 4500) * math.ceil(4500 / PROJECTED_SLICE)} slices, some of 500). The mix "
