@@ -20,6 +20,7 @@ use s3_key_rotation::aws::queue::SqsSlices;
 use s3_key_rotation::core::domain::{OrgId, OrgRecord, Trigger};
 use s3_key_rotation::core::enrollment::enroll;
 use s3_key_rotation::core::fanout::{run_status, Manifest, RunStatus, Slice};
+use s3_key_rotation::core::memory::Passthrough;
 use s3_key_rotation::core::policy::{update_policy, PolicyChange};
 use s3_key_rotation::core::ports::{PortError, Registry, Versioned};
 use s3_key_rotation::core::rotation::{rotate, Ports, RotationRequest};
@@ -383,47 +384,22 @@ impl<'a> Freezing<'a> {
 }
 
 #[async_trait::async_trait]
-impl Registry for Freezing<'_> {
-    async fn load(&self, o: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError> {
+impl Passthrough for Freezing<'_> {
+    fn inner(&self) -> &dyn Registry {
+        self.inner
+    }
+    async fn before_load(&self, o: &OrgId) {
         if self.frozen.contains(o) {
             self.stand_still().await;
         }
-        self.inner.load(o).await
     }
-    async fn create(&self, record: &OrgRecord) -> Result<String, PortError> {
-        self.inner.create(record).await
-    }
-    async fn update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
+    async fn on_update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
         // The commit of a rotation: the claim released with a new current key.
         let commit = record.pending.is_none() && record.current.as_ref().is_some_and(|c| c.version == 2);
         if self.freeze_commit_of.as_ref() == Some(&record.org_id) && commit {
             self.stand_still().await;
         }
         self.inner.update(record, etag).await
-    }
-    async fn delete(&self, o: &OrgId, etag: &str) -> Result<(), PortError> {
-        self.inner.delete(o, etag).await
-    }
-    async fn list_orgs(&self) -> Result<Vec<OrgId>, PortError> {
-        self.inner.list_orgs().await
-    }
-    async fn get_state(&self, name: &str) -> Result<Option<String>, PortError> {
-        self.inner.get_state(name).await
-    }
-    async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError> {
-        self.inner.put_state(name, value).await
-    }
-    async fn get_doc(&self, key: &str) -> Result<Option<Versioned<String>>, PortError> {
-        self.inner.get_doc(key).await
-    }
-    async fn put_doc(&self, key: &str, value: &str, etag: Option<&str>) -> Result<String, PortError> {
-        self.inner.put_doc(key, value, etag).await
-    }
-    async fn delete_doc(&self, key: &str) -> Result<(), PortError> {
-        self.inner.delete_doc(key).await
-    }
-    async fn list_docs(&self, prefix: &str) -> Result<Vec<String>, PortError> {
-        self.inner.list_docs(prefix).await
     }
 }
 

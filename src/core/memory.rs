@@ -185,6 +185,58 @@ impl Registry for MemoryRegistry {
     }
 }
 
+/// A registry that hands every call to another one, for a test that changes
+/// what one kind of call does (stands it still, loses its answer): name the
+/// inner registry and override a hook; every other call passes through.
+#[async_trait]
+pub trait Passthrough: Send + Sync {
+    fn inner(&self) -> &dyn Registry;
+    /// Runs before a record is read.
+    async fn before_load(&self, _org: &OrgId) {}
+    /// A record's replacement; by default the inner registry's.
+    async fn on_update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
+        self.inner().update(record, etag).await
+    }
+}
+
+#[async_trait]
+impl<T: Passthrough> Registry for T {
+    async fn load(&self, org: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError> {
+        self.before_load(org).await;
+        self.inner().load(org).await
+    }
+    async fn create(&self, record: &OrgRecord) -> Result<String, PortError> {
+        self.inner().create(record).await
+    }
+    async fn update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
+        self.on_update(record, etag).await
+    }
+    async fn delete(&self, org: &OrgId, etag: &str) -> Result<(), PortError> {
+        self.inner().delete(org, etag).await
+    }
+    async fn list_orgs(&self) -> Result<Vec<OrgId>, PortError> {
+        self.inner().list_orgs().await
+    }
+    async fn get_state(&self, name: &str) -> Result<Option<String>, PortError> {
+        self.inner().get_state(name).await
+    }
+    async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError> {
+        self.inner().put_state(name, value).await
+    }
+    async fn get_doc(&self, key: &str) -> Result<Option<Versioned<String>>, PortError> {
+        self.inner().get_doc(key).await
+    }
+    async fn put_doc(&self, key: &str, value: &str, etag: Option<&str>) -> Result<String, PortError> {
+        self.inner().put_doc(key, value, etag).await
+    }
+    async fn delete_doc(&self, key: &str) -> Result<(), PortError> {
+        self.inner().delete_doc(key).await
+    }
+    async fn list_docs(&self, prefix: &str) -> Result<Vec<String>, PortError> {
+        self.inner().list_docs(prefix).await
+    }
+}
+
 /// IAM users and their access keys, with IAM's limit of two keys per user,
 /// each user in an account: a call naming another account does not find it.
 #[derive(Debug, Default)]

@@ -1192,43 +1192,16 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl Registry for LostAnswer<'_> {
-        async fn load(&self, org: &OrgId) -> Result<Option<Versioned<OrgRecord>>, PortError> {
-            self.inner.load(org).await
+    impl crate::core::memory::Passthrough for LostAnswer<'_> {
+        fn inner(&self) -> &dyn Registry {
+            self.inner
         }
-        async fn create(&self, record: &OrgRecord) -> Result<String, PortError> {
-            self.inner.create(record).await
-        }
-        async fn update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
+        async fn on_update(&self, record: &OrgRecord, etag: &str) -> Result<String, PortError> {
             let written = self.inner.update(record, etag).await?;
             match self.countdown.fetch_sub(1, Ordering::SeqCst) {
                 1 => Err(self.told.clone()),
                 _ => Ok(written),
             }
-        }
-        async fn delete(&self, org: &OrgId, etag: &str) -> Result<(), PortError> {
-            self.inner.delete(org, etag).await
-        }
-        async fn list_orgs(&self) -> Result<Vec<OrgId>, PortError> {
-            self.inner.list_orgs().await
-        }
-        async fn get_state(&self, name: &str) -> Result<Option<String>, PortError> {
-            self.inner.get_state(name).await
-        }
-        async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError> {
-            self.inner.put_state(name, value).await
-        }
-        async fn get_doc(&self, key: &str) -> Result<Option<Versioned<String>>, PortError> {
-            self.inner.get_doc(key).await
-        }
-        async fn put_doc(&self, key: &str, value: &str, etag: Option<&str>) -> Result<String, PortError> {
-            self.inner.put_doc(key, value, etag).await
-        }
-        async fn delete_doc(&self, key: &str) -> Result<(), PortError> {
-            self.inner.delete_doc(key).await
-        }
-        async fn list_docs(&self, prefix: &str) -> Result<Vec<String>, PortError> {
-            self.inner.list_docs(prefix).await
         }
     }
 
