@@ -138,10 +138,11 @@ pub async fn handle_slices(
         match sweep_slice(ports, settings, &slice, deadline, margin).await {
             Ok(result) => {
                 let summary = &result.summary;
+                let account = slice.account.as_deref().unwrap_or("home");
                 info!(
                     run = %slice.run_id,
                     slice = slice.index,
-                    account = slice.account.as_deref().unwrap_or("home"),
+                    account,
                     complete = result.complete,
                     deliveries = result.deliveries,
                     error = result.error.as_deref().unwrap_or(""),
@@ -150,7 +151,6 @@ pub async fn handle_slices(
                     failed = summary.failed.len(),
                     "slice swept"
                 );
-                let account = slice.account.as_deref().unwrap_or("home");
                 println!("{}", metrics_line(summary, Utc::now().timestamp_millis(), "sweep-worker", Some(account)));
                 if !result.complete {
                     response.add_failure(id);

@@ -242,7 +242,7 @@ async fn an_orgs_key_reads_no_other_orgs_prefix_in_its_account_another_one_or_th
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_account_whose_role_cannot_be_assumed_is_passed_over_by_enrollments_and_fails_its_slices_only() {
-    use s3_key_rotation::core::fanout::{dispatch, run_status, sweep_slice, Slice, SliceQueue};
+    use s3_key_rotation::core::fanout::{dispatch, run_status, sweep_slice};
     let stack =
         Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2), Member::Undeployed(GONE)], 10, &[]).await;
     stack.enroll(&["3001", "3002"], t0()).await; // A1, A2: the first listed among equals
@@ -280,24 +280,14 @@ async fn an_account_whose_role_cannot_be_assumed_is_passed_over_by_enrollments_a
     stack.remove_member_role(A2).await;
     stack.aws.enforce_auth();
 
-    #[derive(Default)]
-    struct Collected(std::sync::Mutex<Vec<String>>);
-    #[async_trait::async_trait]
-    impl SliceQueue for Collected {
-        async fn send(&self, bodies: &[String]) -> Result<(), s3_key_rotation::core::ports::PortError> {
-            self.0.lock().unwrap().extend(bodies.iter().cloned());
-            Ok(())
-        }
-    }
-    let queue = Collected::default();
+    let queue = s3_key_rotation::core::memory::MemoryQueue::default();
     let due = t0() + TimeDelta::days(30);
     let manifest = dispatch(&a.registry, &queue, &stack.config.member_roles, 2, due, false).await.unwrap();
     assert_eq!(manifest.orgs, 5);
-    let bodies = queue.0.lock().unwrap().clone();
-    assert_eq!(bodies.len(), manifest.slices.len());
-    for body in &bodies {
-        let slice: Slice = serde_json::from_str(body).unwrap();
-        let result = sweep_slice(a.ports(), &stack.config.sweep_settings(), &slice, None, std::time::Duration::ZERO)
+    let slices = queue.take();
+    assert_eq!(slices.len(), manifest.slices.len());
+    for slice in &slices {
+        let result = sweep_slice(a.ports(), &stack.config.sweep_settings(), slice, None, std::time::Duration::ZERO)
             .await
             .unwrap();
         if slice.account.as_deref() == Some(A2) {

@@ -41,10 +41,6 @@ impl MemberAccounts {
         Self { sdk, external_id, members }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     fn member(&self, account: &str) -> Result<&Member, PortError> {
         self.members.get(account).ok_or_else(|| PortError::Unavailable {
             service: "sts",

@@ -37,6 +37,38 @@ impl S3Registry {
         })?;
         self.put_doc(&Self::record_key(&record.org_id), &body, etag).await
     }
+
+    /// Writes an object of the registry bucket under `condition`; its new ETag.
+    async fn put_object(&self, key: &str, value: &str, condition: Write<'_>) -> Result<String, PortError> {
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(value.as_bytes().to_vec()));
+        let request = match condition {
+            Write::Any => request,
+            Write::IfAbsent => request.if_none_match("*"),
+            Write::IfMatch(etag) => request.if_match(etag),
+        };
+        let output = request.send().await.map_err(|e| classify("s3", "PutObject", &e))?;
+        output.e_tag().map(str::to_owned).ok_or_else(|| PortError::Unavailable {
+            service: "s3",
+            operation: "PutObject",
+            detail: "no ETag in the answer".into(),
+        })
+    }
+}
+
+/// The condition of a write.
+enum Write<'a> {
+    /// Whatever is there (the sweep's own state).
+    Any,
+    /// Only if nothing is there yet.
+    IfAbsent,
+    /// Only if what is there is still at this ETag.
+    IfMatch(&'a str),
 }
 
 #[async_trait]
@@ -104,16 +136,7 @@ impl Registry for S3Registry {
     }
 
     async fn put_state(&self, name: &str, value: &str) -> Result<(), PortError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(format!("sweep/{name}"))
-            .content_type("application/json")
-            .body(ByteStream::from(value.as_bytes().to_vec()))
-            .send()
-            .await
-            .map_err(|e| classify("s3", "PutObject", &e))?;
-        Ok(())
+        self.put_object(&format!("sweep/{name}"), value, Write::Any).await.map(|_| ())
     }
 
     async fn get_doc(&self, key: &str) -> Result<Option<Versioned<String>>, PortError> {
@@ -137,23 +160,11 @@ impl Registry for S3Registry {
     }
 
     async fn put_doc(&self, key: &str, value: &str, etag: Option<&str>) -> Result<String, PortError> {
-        let request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("application/json")
-            .body(ByteStream::from(value.as_bytes().to_vec()));
-        let request = match etag {
-            None => request.if_none_match("*"),
-            Some(etag) => request.if_match(etag),
+        let condition = match etag {
+            None => Write::IfAbsent,
+            Some(etag) => Write::IfMatch(etag),
         };
-        let output = request.send().await.map_err(|e| classify("s3", "PutObject", &e))?;
-        output.e_tag().map(str::to_owned).ok_or_else(|| PortError::Unavailable {
-            service: "s3",
-            operation: "PutObject",
-            detail: "no ETag in the answer".into(),
-        })
+        self.put_object(key, value, condition).await
     }
 
     async fn delete_doc(&self, key: &str) -> Result<(), PortError> {

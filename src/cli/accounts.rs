@@ -54,10 +54,11 @@ pub(super) async fn accounts(ctx: &Context, args: Accounts) -> Result<(), String
         println!("{:<14} {:>6} {:>6}  {:<10} ROLE", "ACCOUNT", "ORGS", "ROOM", "ASSUMABLE");
         println!("{:<14} {:>6} {:>6}  {:<10} -", "home", home_orgs, "-", "-");
     }
-    let mut unreachable = 0;
+    let (mut unreachable, mut room_left) = (0, 0);
     for (member, check) in members.iter().zip(checks) {
         let orgs = placement.count(&member.account_id);
         let room = cap.saturating_sub(orgs);
+        room_left += room;
         if check.is_err() {
             unreachable += 1;
         }
@@ -78,8 +79,7 @@ pub(super) async fn accounts(ctx: &Context, args: Accounts) -> Result<(), String
         }
     }
     if !args.json {
-        let room: usize = members.iter().map(|m| cap.saturating_sub(placement.count(&m.account_id))).sum();
-        println!("{enrolled} orgs enrolled; room for {room} more in {} member accounts", members.len());
+        println!("{enrolled} orgs enrolled; room for {room_left} more in {} member accounts", members.len());
     }
     if unreachable > 0 {
         return Err(format!("the role of {unreachable} member account(s) cannot be assumed"));

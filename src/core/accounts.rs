@@ -179,9 +179,9 @@ pub async fn placed_orgs(registry: &dyn Registry, account: &str) -> Result<Vec<O
 }
 
 /// The statement of the managed bucket's policy that lets the org users of
-/// every member account read it. One statement names all the accounts (12
-/// digits and some quoting each: about 33 bytes an account, 3.3 KB at 100,
-/// well under S3's 20 KB for a whole bucket policy); the prefix each user may
+/// every member account read it. One statement names all the accounts (a
+/// root and a user-path ARN each: about 85 bytes an account, 8.6 KB at 100,
+/// under S3's 20 KB for a whole bucket policy); the prefix each user may
 /// read is its own identity policy's, so the bucket grants no more than the
 /// users' own policies do. `aws:PrincipalArn` keeps it to users under the
 /// path of the org users.

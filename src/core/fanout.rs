@@ -107,6 +107,11 @@ struct FanoutState {
 
 const FANOUT: &str = "fanout.json";
 
+/// The fan-out's state (none yet, or unreadable: a fresh one).
+async fn load_fanout(registry: &dyn Registry) -> Result<FanoutState, PortError> {
+    Ok(registry.get_state(FANOUT).await?.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default())
+}
+
 fn manifest_name(run: &str) -> String {
     format!("runs/{run}/manifest.json")
 }
@@ -174,10 +179,7 @@ pub async fn dispatch(
     for member in members {
         placed.insert(member.account_id.clone(), placed_orgs(registry, &member.account_id).await?);
     }
-    let mut state: FanoutState = match registry.get_state(FANOUT).await? {
-        Some(text) => serde_json::from_str(&text).unwrap_or_default(),
-        None => FanoutState::default(),
-    };
+    let mut state = load_fanout(registry).await?;
     // The day's full check is done once a run that made it finished every slice.
     if let Some(latest) = state.latest_run.clone() {
         if let Some(status) = run_status(registry, Some(&latest)).await? {
@@ -309,11 +311,7 @@ pub async fn run_status(registry: &dyn Registry, run: Option<&str>) -> Result<Op
     let run = match run {
         Some(run) => run.to_owned(),
         None => {
-            let state: FanoutState = match registry.get_state(FANOUT).await? {
-                Some(text) => serde_json::from_str(&text).unwrap_or_default(),
-                None => return Ok(None),
-            };
-            let Some(latest) = state.latest_run else { return Ok(None) };
+            let Some(latest) = load_fanout(registry).await?.latest_run else { return Ok(None) };
             latest
         }
     };
@@ -354,7 +352,6 @@ pub async fn run_status(registry: &dyn Registry, run: Option<&str>) -> Result<Op
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
 
     use chrono::{TimeDelta, TimeZone};
 
@@ -362,29 +359,11 @@ mod tests {
     use crate::core::domain::Trigger;
     use crate::core::duration::Duration;
     use crate::core::enrollment::{enroll, EnrollSettings};
-    use crate::core::memory::{FaultMode, MemoryWorld};
+    use crate::core::memory::{FaultMode, MemoryQueue, MemoryWorld};
     use crate::core::policy::{apply_policy, PolicyChange};
     use crate::core::rotation::{rotate, RotationRequest, RotationSettings};
 
     const ACCOUNTS: [&str; 3] = ["111111111111", "222222222222", "333333333333"];
-
-    /// The queue: the bodies sent, in order.
-    #[derive(Default)]
-    struct Queue(Mutex<Vec<String>>);
-
-    #[async_trait]
-    impl SliceQueue for Queue {
-        async fn send(&self, bodies: &[String]) -> Result<(), PortError> {
-            self.0.lock().unwrap().extend(bodies.iter().cloned());
-            Ok(())
-        }
-    }
-
-    impl Queue {
-        fn take(&self) -> Vec<Slice> {
-            self.0.lock().unwrap().drain(..).map(|b| serde_json::from_str(&b).unwrap()).collect()
-        }
-    }
 
     fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
@@ -457,7 +436,7 @@ mod tests {
     #[tokio::test]
     async fn every_org_is_swept_once_and_a_slice_delivered_twice_changes_nothing() {
         let (w, orgs) = world(20).await;
-        let queue = Queue::default();
+        let queue = MemoryQueue::default();
         let due = t0() + TimeDelta::days(7);
         let manifest = dispatch(&w.registry, &queue, &members(), 3, due, false).await.unwrap();
         let slices = queue.take();
@@ -499,7 +478,7 @@ mod tests {
     async fn a_worker_crash_mid_slice_is_finished_by_the_redelivery_and_the_next_run() {
         for k in [3, 9, 17, 30] {
             let (w, orgs) = world(6).await;
-            let queue = Queue::default();
+            let queue = MemoryQueue::default();
             let due = t0() + TimeDelta::days(7);
             dispatch(&w.registry, &queue, &[], 10, due, false).await.unwrap();
             let slices = queue.take();
@@ -530,7 +509,7 @@ mod tests {
     async fn an_account_that_cannot_be_reached_fails_its_slices_only() {
         let (w, orgs) = world(12).await;
         w.keys.set_unreachable(ACCOUNTS[1], true);
-        let queue = Queue::default();
+        let queue = MemoryQueue::default();
         let due = t0() + TimeDelta::days(7);
         dispatch(&w.registry, &queue, &members(), 2, due, false).await.unwrap();
         let slices = queue.take();
@@ -563,7 +542,7 @@ mod tests {
     #[tokio::test]
     async fn the_full_check_runs_until_a_run_of_the_day_finished_it() {
         let (w, _) = world(4).await;
-        let queue = Queue::default();
+        let queue = MemoryQueue::default();
         let at = t0() + TimeDelta::hours(1);
         assert!(dispatch(&w.registry, &queue, &members(), 2, at, false).await.unwrap().full_check);
         let first = queue.take();

@@ -540,6 +540,27 @@ impl KeyVerifier for MemoryVerifier {
     }
 }
 
+/// The queue of the sweep's slices: what was sent, in order.
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    bodies: Mutex<Vec<String>>,
+}
+
+impl MemoryQueue {
+    /// The slices sent since the last take, in order.
+    pub fn take(&self) -> Vec<super::fanout::Slice> {
+        lock(&self.bodies).drain(..).map(|b| serde_json::from_str(&b).expect("a slice")).collect()
+    }
+}
+
+#[async_trait]
+impl super::fanout::SliceQueue for MemoryQueue {
+    async fn send(&self, bodies: &[String]) -> Result<(), PortError> {
+        lock(&self.bodies).extend(bodies.iter().cloned());
+        Ok(())
+    }
+}
+
 /// Every in-memory service on one fault plan: a whole world for a test.
 #[derive(Debug, Default)]
 pub struct MemoryWorld {

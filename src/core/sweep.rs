@@ -186,7 +186,7 @@ pub struct Summary {
     pub mismatches: Vec<OrgFailure>,
     pub failed: Vec<OrgFailure>,
     /// The dry run's plan: org and action.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub planned: Vec<(OrgId, Action)>,
     pub duration_ms: u64,
 }
