@@ -7,7 +7,7 @@ use std::hint::black_box;
 use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use s3_key_rotation::config::Config;
-use s3_key_rotation::core::domain::{KeyVersion, OrgId, RotationPolicy, Trigger};
+use s3_key_rotation::core::domain::{KeyVersion, LeaseTime, OrgId, RotationPolicy, Trigger};
 use s3_key_rotation::core::duration::Duration;
 use s3_key_rotation::core::memory::MemoryWorld;
 use s3_key_rotation::core::ports::IamKey;
@@ -61,11 +61,12 @@ fn bench_plan(c: &mut Criterion) {
     let world = world(&rt, 10);
     let settings = settings();
     let now = t0() + chrono::Duration::days(8);
+    let lease_now = LeaseTime::from_utc(Utc::now());
     for (name, org) in [("plan: nothing due", "1000001"), ("plan: rotation due", "1000000")] {
         let record = world.registry.get(&OrgId::parse(org).unwrap()).unwrap();
         let keys: Vec<IamKey> = world.keys.keys_of(&record.iam_user);
         c.bench_function(name, |b| {
-            b.iter(|| plan(black_box(&record), Some(black_box(&keys)), None, black_box(now), &settings))
+            b.iter(|| plan(black_box(&record), Some(black_box(&keys)), None, black_box(now), lease_now, &settings))
         });
     }
 }

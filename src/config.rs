@@ -68,6 +68,11 @@ pub struct Config {
     pub sweep_slice_size: usize,
 }
 
+/// The AWS calls a rotation makes while it holds its claim, before the
+/// commit: make room (a delete, or a list and deletes after a crash), create
+/// the key, store it in the vault, the commit itself, and one for a lost answer.
+const ROTATION_CALLS_UNDER_LEASE: u64 = 5;
+
 /// A setting that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("configuration: {variable} {problem}; expected {expected}")]
@@ -218,6 +223,25 @@ impl Config {
                 variable: "SDK_ATTEMPT_TIMEOUT",
                 problem: format!("is {sdk_attempt_timeout} with SDK_OPERATION_TIMEOUT {sdk_operation_timeout}"),
                 expected: "at least 1s and no longer than SDK_OPERATION_TIMEOUT",
+            });
+        }
+        // The claim must outlast the slowest rotation it covers (its AWS calls
+        // from the claim to the commit, each bounded by the operation timeout,
+        // and the new key's check), with room for the skew of two clocks:
+        // otherwise another actor could take over a rotation that is still running.
+        let slowest = ROTATION_CALLS_UNDER_LEASE * sdk_operation_timeout.as_secs()
+            + if verify_new_key { verify_within.as_secs() } else { 0 }
+            + 2 * crate::core::domain::MAX_CLOCK_SKEW.as_secs();
+        if rotation_lease.as_secs() < slowest {
+            return Err(ConfigError {
+                variable: "ROTATION_LEASE",
+                problem: format!(
+                    "is {rotation_lease}, shorter than a rotation may take ({} with SDK_OPERATION_TIMEOUT \
+                     {sdk_operation_timeout}{})",
+                    Duration::from_secs(slowest),
+                    if verify_new_key { format!(" and VERIFY_WITHIN {verify_within}") } else { String::new() },
+                ),
+                expected: "at least 5 times SDK_OPERATION_TIMEOUT plus VERIFY_WITHIN plus 10s",
             });
         }
         let mut member_roles: Vec<MemberRole> = Vec::new();

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::core::accounts::MemberRole;
 use crate::core::domain::is_event_time;
-use crate::core::fanout::{dispatch, sweep_slice, Manifest, Slice, SliceQueue};
+use crate::core::fanout::{dispatch, sweep_slice, Manifest, Slice, SliceQueue, AFTER_DEADLINE_STOP};
 use crate::core::ports::Registry;
 use crate::core::rotation::Ports;
 use crate::core::sweep::{sweep, Summary, SweepRequest, SweepSettings};
@@ -116,9 +116,14 @@ pub async fn handle_dispatch(
 /// account unreachable, the deadline first, a malformed message) is reported
 /// as a failure, so SQS delivers it again (and after the queue's receive
 /// limit moves it to the dead-letter queue). The others are deleted.
+///
+/// A slice stopped by the deadline comes back after
+/// [`AFTER_DEADLINE_STOP`] (through `queue`), not after the queue's
+/// visibility timeout: its rest is ready to be swept at once.
 pub async fn handle_slices(
     event: LambdaEvent<SqsEvent>,
     ports: Ports<'_>,
+    queue: Option<&dyn SliceQueue>,
     settings: &SweepSettings,
     margin: StdDuration,
 ) -> Result<SqsBatchResponse, Diagnostic> {
@@ -153,6 +158,14 @@ pub async fn handle_slices(
                 );
                 println!("{}", metrics_line(summary, Utc::now().timestamp_millis(), "sweep-worker", Some(account)));
                 if !result.complete {
+                    let stopped_by_deadline = result.error.is_none();
+                    if let (true, Some(queue), Some(receipt)) =
+                        (stopped_by_deadline, queue, message.receipt_handle.as_deref())
+                    {
+                        if let Err(e) = queue.deliver_again_after(receipt, AFTER_DEADLINE_STOP).await {
+                            warn!(error = %e, "the stopped slice comes back after the queue's visibility timeout");
+                        }
+                    }
                     response.add_failure(id);
                 }
             }
@@ -225,6 +238,76 @@ mod tests {
         }
         let dry: EventBridgeEvent<SweepDetail> = serde_json::from_str(DRY_RUN).unwrap();
         assert!(dry.detail.dry_run);
+    }
+
+    fn sqs_event(message: aws_lambda_events::sqs::SqsMessage) -> SqsEvent {
+        let mut event = SqsEvent::default();
+        event.records.push(message);
+        event
+    }
+
+    /// A slice whose invocation ran out of time is asked back at once; one
+    /// whose account cannot be reached waits for the queue's visibility
+    /// timeout (a backoff), and both are reported as failed deliveries.
+    #[tokio::test]
+    async fn a_slice_stopped_by_its_deadline_comes_back_at_once() {
+        use crate::core::domain::OrgId;
+        use crate::core::memory::{MemoryQueue, MemoryWorld};
+        let w = MemoryWorld::new();
+        let at = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 1, 1, 0, 0, 0).unwrap();
+        let mut orgs = Vec::new();
+        for id in ["1", "2", "3"] {
+            let org = OrgId::parse(id).unwrap();
+            w.enroll(&org, at).await;
+            orgs.push(org);
+        }
+        let settings = SweepSettings {
+            rotation: crate::core::rotation::RotationSettings::default(),
+            grace: crate::core::duration::Duration::from_hours(24),
+            retention: crate::core::duration::Duration::from_days(7),
+            warnings: Vec::new(),
+            concurrency: 1,
+        };
+        let slice = Slice {
+            run_id: "r".into(),
+            index: 0,
+            account: None,
+            orgs,
+            evaluated_at: at,
+            full_check: true,
+            dry_run: false,
+        };
+        let message: aws_lambda_events::sqs::SqsMessage = serde_json::from_value(serde_json::json!({
+            "messageId": "m-1",
+            "receiptHandle": "receipt-1",
+            "body": serde_json::to_string(&slice).unwrap(),
+        }))
+        .unwrap();
+        let event = || {
+            let mut context = lambda_runtime::Context::default();
+            let deadline = SystemTime::now() + StdDuration::from_millis(1200);
+            context.deadline = deadline.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+            LambdaEvent::new(sqs_event(message.clone()), context)
+        };
+        let queue = MemoryQueue::default();
+        // Each call takes 200 ms: the first org's evaluation uses up the time.
+        w.faults.set_delay(StdDuration::from_millis(200));
+        let answer =
+            handle_slices(event(), w.ports(), Some(&queue), &settings, StdDuration::from_secs(60)).await.unwrap();
+        assert_eq!(answer.batch_item_failures.len(), 1, "delivered again");
+        assert_eq!(*queue.redeliveries.lock().unwrap(), [("receipt-1".to_owned(), AFTER_DEADLINE_STOP)]);
+
+        // An account that cannot be reached: no early redelivery.
+        w.faults.set_delay(StdDuration::ZERO);
+        let queue = MemoryQueue::default();
+        let elsewhere = Slice { account: Some("111111111111".into()), index: 1, ..slice.clone() };
+        w.keys.set_unreachable("111111111111", true);
+        let mut message = message.clone();
+        message.body = Some(serde_json::to_string(&elsewhere).unwrap());
+        let event = LambdaEvent::new(sqs_event(message), lambda_runtime::Context::default());
+        let answer = handle_slices(event, w.ports(), Some(&queue), &settings, StdDuration::from_secs(1)).await.unwrap();
+        assert_eq!(answer.batch_item_failures.len(), 1);
+        assert!(queue.redeliveries.lock().unwrap().is_empty(), "it waits for the visibility timeout");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use aws_config::sts::AssumeRoleProvider;
 use common::Stack;
+use s3_key_rotation::core::ports::Registry;
 
 const DEPLOYED: &str = "111111111111";
 const NOT_DEPLOYED: &str = "222222222222";
@@ -136,4 +137,37 @@ async fn sweep_status_before_any_fanned_out_run_says_so() {
     let (ok, _, err) = cli(&stack, "10", &["sweep", "--status", "--run", "20261124T230000Z"]);
     assert!(!ok);
     assert!(err.contains("no run 20261124T230000Z"), "{err}");
+}
+
+/// A count left too high (a crash between a deleted org's two writes) is made
+/// the markers' number again by `accounts --recount`, which says what changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_recount_brings_a_drifted_count_back_to_the_orgs_placed() {
+    let stack = Stack::start().await;
+    deploy_member_role(&stack, DEPLOYED).await;
+    deploy_member_role(&stack, NOT_DEPLOYED).await;
+    let (ok, _, err) = cli(&stack, "5", &["enroll", "--org", "1000001", "--org", "1000002"]);
+    assert!(ok, "{err}");
+    let registry = &stack.adapters.registry;
+    let doc = registry.get_doc("placement.json").await.unwrap().expect("the counts");
+    let mut counts: serde_json::Value = serde_json::from_str(&doc.value).unwrap();
+    counts["accounts"][DEPLOYED] = 4.into();
+    registry.put_doc("placement.json", &counts.to_string(), Some(&doc.etag)).await.unwrap();
+    let (ok, out, _) = cli(&stack, "5", &["accounts", "--json"]);
+    assert!(ok);
+    let orgs_of = |out: &str, account: &str| {
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|row| row["account"] == account)
+            .and_then(|row| row["orgs"].as_u64())
+    };
+    assert_eq!(orgs_of(&out, DEPLOYED), Some(4), "the drifted count: {out}");
+
+    let (ok, out, err) = cli(&stack, "5", &["accounts", "--json", "--recount"]);
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("recount: account {DEPLOYED}: 4 → 1 org")), "{err}");
+    assert_eq!((orgs_of(&out, DEPLOYED), orgs_of(&out, NOT_DEPLOYED)), (Some(1), Some(1)), "{out}");
+    let (ok, _, err) = cli(&stack, "5", &["accounts", "--recount"]);
+    assert!(ok);
+    assert!(err.contains("every count matched its markers"), "{err}");
 }

@@ -17,12 +17,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::{project_root, Member, Stack};
 use lambda_runtime::{Context, LambdaEvent};
 use s3_key_rotation::aws::queue::SqsSlices;
-use s3_key_rotation::core::domain::{OrgId, OrgRecord, Trigger};
+use s3_key_rotation::core::domain::{LeaseTime, OrgId, OrgRecord, Trigger};
 use s3_key_rotation::core::enrollment::enroll;
 use s3_key_rotation::core::fanout::{run_status, Manifest, RunStatus, Slice};
 use s3_key_rotation::core::memory::Passthrough;
 use s3_key_rotation::core::policy::{update_policy, PolicyChange};
-use s3_key_rotation::core::ports::{PortError, Registry, Versioned};
+use s3_key_rotation::core::ports::{Clock, PortError, Registry, Versioned};
 use s3_key_rotation::core::rotation::{rotate, Ports, RotationRequest};
 use s3_key_rotation::scheduled::{handle_dispatch, handle_slices, SweepDetail};
 
@@ -213,7 +213,9 @@ impl Queues {
                 }
                 continue;
             };
-            let answer = handle_slices(self.event(&message), ports, &settings, margin).await.expect("an answer");
+            let slices = self.slices();
+            let answer =
+                handle_slices(self.event(&message), ports, Some(&slices), &settings, margin).await.expect("an answer");
             deliveries += 1;
             if !self.settle(&message, &answer).await {
                 failures += 1;
@@ -410,7 +412,8 @@ async fn crash_after(stack: &Stack, queues: &Queues, registry: &Freezing<'_>, do
     let message = queues.receive().await.expect("the slice");
     let ports = Ports { registry, ..stack.adapters.ports() };
     let settings = stack.config.sweep_settings();
-    let worker = handle_slices(queues.event(&message), ports, &settings, Duration::from_secs(20));
+    let slices = queues.slices();
+    let worker = handle_slices(queues.event(&message), ports, Some(&slices), &settings, Duration::from_secs(20));
     let there = async {
         loop {
             let r = stack.adapters.registry.load(&org(done)).await.unwrap().unwrap().value;
@@ -471,12 +474,23 @@ async fn a_worker_that_dies_between_two_orgs_leaves_the_rest_of_the_slice_to_the
     }
 }
 
+/// The real clock, `ahead` later: the time a redelivery sees once the
+/// message's visibility timeout (90 minutes) has passed.
+struct Later(TimeDelta);
+
+impl Clock for Later {
+    fn now(&self) -> LeaseTime {
+        LeaseTime::from_utc(Utc::now() + self.0)
+    }
+}
+
 /// A worker that dies in the middle of an org's rotation (its key created,
-/// the commit not written) leaves a claim whose lease runs from the run's
-/// time: the redelivery, deciding at that same time, leaves the org alone
-/// and finishes the slice; the next run rolls the claim back and rotates.
+/// the commit not written) leaves a claim whose lease runs on the real clock.
+/// The redelivery, which comes after the message's visibility timeout, long
+/// after the lease, decides at the run's same time: it rolls the claim back
+/// and rotates the org, and finishes the slice.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_worker_that_dies_mid_rotation_leaves_a_claim_the_next_run_rolls_back_and_rotates() {
+async fn a_worker_that_dies_mid_rotation_leaves_a_claim_its_redelivery_rolls_back_and_rotates() {
     let stack =
         Stack::with_members(&[Member::Deployed(A1)], 10, &[("SWEEP_SLICE_SIZE", "3"), ("SWEEP_CONCURRENCY", "1")])
             .await;
@@ -505,19 +519,18 @@ async fn a_worker_that_dies_mid_rotation_leaves_a_claim_the_next_run_rolls_back_
     let uncommitted = iam_during.iter().find(|k| !claimed.known_key_ids().any(|known| known == k.as_str())).cloned();
     let uncommitted = uncommitted.expect("a key the record does not know");
 
-    assert_eq!(queues.drain(&stack, stack.adapters.ports()).await, (1, 0));
+    assert!(pending.lease_until > LeaseTime::from_utc(Utc::now()), "the claim's lease runs on the real clock");
+
+    let after_visibility_timeout = Later(TimeDelta::minutes(90));
+    let redelivery = Ports { clock: &after_visibility_timeout, ..stack.adapters.ports() };
+    assert_eq!(queues.drain(&stack, redelivery).await, (1, 0));
     let status = status_of(&stack, &manifest).await;
     assert!(status.finished());
-    assert_eq!(status.total.rotated, [org("c03")], "c02's claim is within its lease at the run's time");
-    assert_eq!(stack.adapters.registry.load(&org("c02")).await.unwrap().unwrap().value.pending, Some(pending));
-
-    let later = due() + TimeDelta::hours(1);
-    dispatch_at(&stack, &queues, later).await;
-    assert_eq!(queues.drain(&stack, stack.adapters.ports()).await, (1, 0));
+    assert_eq!(status.total.rotated, [org("c02"), org("c03")], "the redelivery finished c02's rotation");
     let r = stack.adapters.registry.load(&org("c02")).await.unwrap().unwrap().value;
     assert!(r.pending.is_none(), "the claim rolled back");
     let current = r.current.unwrap();
-    assert_eq!((current.version, current.created_at), (2, later), "rotated once, by the next run");
+    assert_eq!((current.version, current.created_at), (2, due()), "rotated once, at the run's time");
     let iam_after = keys_of("c02").await;
     assert_eq!(iam_after.len(), 2, "{iam_after:?}");
     assert!(!iam_after.contains(&uncommitted), "the uncommitted key is deleted");

@@ -243,9 +243,10 @@ fn status_of(e: &RotationError) -> (StatusCode, Option<u64>) {
         RotationError::NotEnrolled(_) => (StatusCode::NOT_FOUND, None),
         // A rotation takes about a second: worth asking again soon.
         RotationError::InProgress { .. } => (StatusCode::CONFLICT, Some(IN_PROGRESS_RETRY_AFTER)),
-        RotationError::NotEnabled { .. } | RotationError::Contended(_) | RotationError::ReplayUnavailable { .. } => {
-            (StatusCode::CONFLICT, None)
-        }
+        RotationError::NotEnabled { .. }
+        | RotationError::Contended(_)
+        | RotationError::ReplayUnavailable { .. }
+        | RotationError::NotDue(_) => (StatusCode::CONFLICT, None),
         RotationError::IdempotencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, None),
         RotationError::RateLimited { retry_after, .. } => (StatusCode::TOO_MANY_REQUESTS, Some(retry_after.as_secs())),
         RotationError::GraceTooLong { .. } => (StatusCode::BAD_REQUEST, None),
@@ -318,7 +319,7 @@ mod tests {
                 rotation_id: rotation_id.into(),
                 trigger: Trigger::Api,
                 started_at: now,
-                lease_until: now + chrono::TimeDelta::minutes(5),
+                lease_until: crate::core::domain::LeaseTime::from_utc(Utc::now()).after(Duration::from_secs(300)),
                 new_access_key_id: None,
             });
             self.registry.put(record);

@@ -113,6 +113,7 @@ impl Adapters {
             verifier: self.verifier.as_ref().map(|v| v as _),
             vault: Some(&self.vault),
             notifier: Some(&self.events),
+            clock: &crate::core::ports::SystemClock,
         }
     }
 }

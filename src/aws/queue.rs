@@ -43,6 +43,18 @@ impl SqsSlices {
 
 #[async_trait]
 impl SliceQueue for SqsSlices {
+    async fn deliver_again_after(&self, receipt_handle: &str, after: std::time::Duration) -> Result<(), PortError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(i32::try_from(after.as_secs()).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| classify("sqs", "ChangeMessageVisibility", &e))?;
+        Ok(())
+    }
+
     async fn send(&self, bodies: &[String]) -> Result<(), PortError> {
         for batch in batches(bodies) {
             let mut pending: Vec<(String, &String)> =

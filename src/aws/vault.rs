@@ -101,47 +101,38 @@ impl KeyVault for SecretsVault {
         }
     }
 
-    /// One request when `replacing` is the current version (or there is none
-    /// yet); otherwise the secret is described and the label moved from
-    /// wherever it is. `AWSPENDING` stays on the promoted version until the
-    /// next rotation's pending version takes it, as in Secrets Manager's own
-    /// rotation: a version that is both current and pending is a finished rotation.
+    /// One request: `UpdateSecretVersionStage` with `RemoveFromVersionId`
+    /// (Secrets Manager's own compare-and-swap: refused when the label is not
+    /// on that version; without it, refused when the label is on any version).
+    /// `AWSPENDING` stays on the promoted version until the next rotation's
+    /// pending version takes it, as in Secrets Manager's own rotation: a
+    /// version that is both current and pending is a finished rotation.
     async fn promote(&self, org: &OrgId, version: &str, replacing: Option<&str>) -> Result<(), PortError> {
         if replacing == Some(version) {
             return Ok(());
         }
-        let move_label = |from: Option<&str>| {
-            let mut request = self
-                .client
-                .update_secret_version_stage()
-                .secret_id(self.secret_name(org))
-                .version_stage("AWSCURRENT")
-                .move_to_version_id(version);
-            if let Some(old) = from {
-                request = request.remove_from_version_id(old);
-            }
-            request.send()
-        };
+        let mut request = self
+            .client
+            .update_secret_version_stage()
+            .secret_id(self.secret_name(org))
+            .version_stage("AWSCURRENT")
+            .move_to_version_id(version);
         if let Some(old) = replacing {
-            match move_label(Some(old)).await {
-                Ok(_) => return Ok(()),
-                // The label is not where the caller thought: ask the vault.
-                Err(e)
-                    if matches!(
-                        e.as_service_error(),
-                        Some(UpdateSecretVersionStageError::InvalidParameterException(_))
-                    ) => {}
-                Err(e) => return Err(classify("secretsmanager", "UpdateSecretVersionStage", &e)),
+            request = request.remove_from_version_id(old);
+        }
+        match request.send().await {
+            Ok(_) => Ok(()),
+            // The label is not where the caller said: someone moved it.
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateSecretVersionStageError::InvalidParameterException(_))
+                ) =>
+            {
+                Err(PortError::Conflict)
             }
+            Err(e) => Err(classify("secretsmanager", "UpdateSecretVersionStage", &e)),
         }
-        let versions = self.versions(org).await?.unwrap_or_default();
-        let current =
-            versions.iter().find(|(_, stages)| stages.iter().any(|s| s == "AWSCURRENT")).map(|(id, _)| id.as_str());
-        if current == Some(version) {
-            return Ok(());
-        }
-        move_label(current).await.map_err(|e| classify("secretsmanager", "UpdateSecretVersionStage", &e))?;
-        Ok(())
     }
 
     async fn get(&self, org: &OrgId, version: &str) -> Result<Option<NewKey>, PortError> {

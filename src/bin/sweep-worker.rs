@@ -8,6 +8,7 @@ use aws_lambda_events::sqs::SqsEvent;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use s3_key_rotation::aws::{Adapters, Clients};
 use s3_key_rotation::config::Config;
+use s3_key_rotation::core::fanout::SliceQueue;
 use s3_key_rotation::scheduled::handle_slices;
 
 #[tokio::main]
@@ -20,7 +21,8 @@ async fn main() -> Result<(), Error> {
     let margin = Duration::from_secs(config.deadline_margin.as_secs());
     let (adapters, settings) = (&adapters, &settings);
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        handle_slices(event, adapters.ports(), settings, margin).await
+        let queue = adapters.slices.as_ref().map(|q| q as &dyn SliceQueue);
+        handle_slices(event, adapters.ports(), queue, settings, margin).await
     }))
     .await
 }

@@ -6,7 +6,7 @@ use clap::Args;
 use futures::StreamExt;
 
 use super::Context;
-use crate::core::accounts::{bucket_statement, load_placement, merge_bucket_policy};
+use crate::core::accounts::{bucket_statement, load_placement, merge_bucket_policy, recount};
 use crate::core::ports::{AccessKeys, Registry};
 
 #[derive(Debug, Args)]
@@ -20,6 +20,10 @@ pub(super) struct Accounts {
     /// Put that statement into the managed bucket's policy (the bucket's other statements are kept).
     #[arg(long)]
     apply_bucket_policy: bool,
+    /// Recompute each account's count of placed orgs from its markers first
+    /// (counts can only drift upward; the daily full run does it too).
+    #[arg(long, conflicts_with_all = ["bucket_policy", "apply_bucket_policy"])]
+    recount: bool,
 }
 
 pub(super) async fn accounts(ctx: &Context, args: Accounts) -> Result<(), String> {
@@ -37,6 +41,18 @@ pub(super) async fn accounts(ctx: &Context, args: Accounts) -> Result<(), String
         return apply(ctx, &bucket, statement).await;
     }
     let registry = &ctx.adapters.registry;
+    if args.recount {
+        let (before, after) = recount(registry, members).await.map_err(|e| e.to_string())?;
+        for member in members {
+            let (was, is) = (before.count(&member.account_id), after.count(&member.account_id));
+            if was != is {
+                eprintln!("recount: account {}: {was} → {is} org{}", member.account_id, if is == 1 { "" } else { "s" });
+            }
+        }
+        if before == after {
+            eprintln!("recount: every count matched its markers");
+        }
+    }
     let (placement, _) = load_placement(registry).await.map_err(|e| e.to_string())?;
     let enrolled = registry.list_orgs().await.map_err(|e| e.to_string())?.len();
     let placed: usize = members.iter().map(|m| placement.count(&m.account_id)).sum();

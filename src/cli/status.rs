@@ -127,7 +127,12 @@ fn print_status(record: &OrgRecord, config: &Config, now: DateTime<Utc>) {
         println!("deletion after {}", at(when));
     }
     if let Some(p) = &record.pending {
-        println!("pending  rotation {} since {} (lease until {})", p.rotation_id, at(p.started_at), at(p.lease_until));
+        println!(
+            "pending  rotation {} since {} (lease until {})",
+            p.rotation_id,
+            at(p.started_at),
+            at(p.lease_until.as_utc())
+        );
     }
 }
 

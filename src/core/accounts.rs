@@ -114,12 +114,8 @@ async fn change_counts<T>(
         let text = serde_json::to_string_pretty(&placement).expect("counts serialize");
         match registry.put_doc(PLACEMENT, &text, etag.as_deref()).await {
             Ok(_) => return Ok(outcome),
-            Err(PortError::Conflict) => {
-                // Someone else enrolled at the same moment: read again, with a
-                // little jitter so that a crowd of writers spreads out.
-                let wait = 5 + u64::from(attempt) * 3 + (uuid::Uuid::new_v4().as_u128() % 20) as u64;
-                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-            }
+            // Someone else enrolled at the same moment: read again.
+            Err(PortError::Conflict) => jitter(attempt).await,
             Err(e) => return Err(e.into()),
         }
     }
@@ -128,33 +124,62 @@ async fn change_counts<T>(
 
 /// Takes a place for `org` in the member account with the most room and
 /// marks it there; returns that account.
+///
+/// The marker is written before the count, and a count is lowered before its
+/// marker goes ([`release`]): whatever a [`recount`] reads between the two
+/// writes, it can only count an org that is not (yet or any more) placed,
+/// never miss one that is, so no account overshoots its cap.
 pub async fn place(
     registry: &dyn Registry,
     members: &[MemberRole],
     cap: usize,
     org: &OrgId,
 ) -> Result<MemberRole, PlacementError> {
-    let chosen = change_counts(registry, |placement| {
-        let chosen =
-            placement.choose(members, cap).cloned().ok_or(PlacementError::Full { accounts: members.len(), cap })?;
+    const ATTEMPTS: u32 = 50;
+    let mut marked: Option<String> = None;
+    for attempt in 0..ATTEMPTS {
+        let (mut placement, etag) = load_placement(registry).await?;
+        let Some(chosen) = placement.choose(members, cap).cloned() else {
+            if let Some(account) = &marked {
+                let _ = registry.delete_doc(&marker_key(account, org)).await;
+            }
+            return Err(PlacementError::Full { accounts: members.len(), cap });
+        };
+        if marked.as_deref() != Some(chosen.account_id.as_str()) {
+            // A marker left in an account chosen by an earlier attempt goes.
+            if let Some(account) = marked.take() {
+                registry.delete_doc(&marker_key(&account, org)).await?;
+            }
+            match registry.put_doc(&marker_key(&chosen.account_id, org), "", None).await {
+                Ok(_) | Err(PortError::Conflict) => marked = Some(chosen.account_id.clone()),
+                Err(e) => return Err(e.into()),
+            }
+        }
         *placement.accounts.entry(chosen.account_id.clone()).or_default() += 1;
-        Ok(chosen)
-    })
-    .await?;
-    match registry.put_doc(&marker_key(&chosen.account_id, org), "", None).await {
-        Ok(_) | Err(PortError::Conflict) => Ok(chosen),
-        Err(e) => Err(e.into()),
+        let text = serde_json::to_string_pretty(&placement).expect("counts serialize");
+        match registry.put_doc(PLACEMENT, &text, etag.as_deref()).await {
+            Ok(_) => return Ok(chosen),
+            Err(PortError::Conflict) => jitter(attempt).await,
+            Err(e) => return Err(e.into()),
+        }
     }
+    Err(PlacementError::Contended)
+}
+
+/// A short, growing, jittered wait after a lost compare-and-swap of the
+/// counts, so that a crowd of writers spreads out.
+async fn jitter(attempt: u32) {
+    let wait = 5 + u64::from(attempt) * 3 + (uuid::Uuid::new_v4().as_u128() % 20) as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
 }
 
 /// Gives back an org's place (its enrollment lost a race, or it was deleted):
-/// the marker first, then the count. A failure only leaves the count too high,
-/// which never lets an account overshoot its cap.
+/// the count first, then the marker, so that a [`recount`] in between counts
+/// the org once more rather than once less. A failure in between leaves a
+/// marker of an org that is not placed: the next [`recount`] counts it (too
+/// high, which never lets an account overshoot its cap) and the dispatcher
+/// passes over it (no record).
 pub async fn release(registry: &dyn Registry, account: &str, org: &OrgId) {
-    if let Err(e) = registry.delete_doc(&marker_key(account, org)).await {
-        warn!(error = %e, %account, %org, "could not remove the org's placement marker");
-        return;
-    }
     let released = change_counts(registry, |placement| {
         if let Some(n) = placement.accounts.get_mut(account) {
             *n = n.saturating_sub(1);
@@ -164,7 +189,44 @@ pub async fn release(registry: &dyn Registry, account: &str, org: &OrgId) {
     .await;
     if let Err(e) = released {
         warn!(error = %e, %account, %org, "could not lower the account's placement count");
+        return;
     }
+    if let Err(e) = registry.delete_doc(&marker_key(account, org)).await {
+        warn!(error = %e, %account, %org, "could not remove the org's placement marker");
+    }
+}
+
+/// Recomputes every member account's count from its markers (counts only
+/// ever drift upward: a crash between a marker's removal and the count's),
+/// by compare-and-swap on the counts read before the markers are listed.
+/// Returns the counts before and after.
+pub async fn recount(
+    registry: &dyn Registry,
+    members: &[MemberRole],
+) -> Result<(Placement, Placement), PlacementError> {
+    const ATTEMPTS: u32 = 20;
+    for attempt in 0..ATTEMPTS {
+        let (before, etag) = load_placement(registry).await?;
+        let mut after = Placement::default();
+        for member in members {
+            let placed = placed_orgs(registry, &member.account_id).await?;
+            after.accounts.insert(member.account_id.clone(), placed.len());
+        }
+        // Counts of accounts no longer listed are kept: their orgs are still there.
+        for (account, n) in &before.accounts {
+            after.accounts.entry(account.clone()).or_insert(*n);
+        }
+        if after == before {
+            return Ok((before, after));
+        }
+        let text = serde_json::to_string_pretty(&after).expect("counts serialize");
+        match registry.put_doc(PLACEMENT, &text, etag.as_deref()).await {
+            Ok(_) => return Ok((before, after)),
+            Err(PortError::Conflict) => jitter(attempt).await,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(PlacementError::Contended)
 }
 
 /// The orgs placed in `account`, from its markers, in id order.
@@ -274,6 +336,73 @@ mod tests {
         assert_eq!(p.choose(&m, 3).unwrap(), &m[1]);
         assert!(p.choose(&m, 2).is_none());
         assert_eq!(Placement::default().choose(&m, 1).unwrap(), &m[0], "ties: the first listed");
+    }
+
+    /// Counts left too high (a crash between a release's two writes) come
+    /// back to the markers' number with a recount; a second recount changes nothing.
+    #[tokio::test]
+    async fn a_recount_brings_drifted_counts_back_to_the_markers() {
+        let registry = MemoryRegistry::default();
+        let m = members(2);
+        for i in 0..5 {
+            place(&registry, &m, 10, &org(i)).await.unwrap();
+        }
+        let (mut drifted, etag) = load_placement(&registry).await.unwrap();
+        *drifted.accounts.get_mut(&m[0].account_id).unwrap() += 4;
+        registry.put_doc(PLACEMENT, &serde_json::to_string(&drifted).unwrap(), etag.as_deref()).await.unwrap();
+        let (before, after) = recount(&registry, &m).await.unwrap();
+        assert_eq!(before, drifted);
+        assert_eq!((after.count(&m[0].account_id), after.count(&m[1].account_id)), (3, 2));
+        assert_eq!(load_placement(&registry).await.unwrap().0, after);
+        let (again_before, again_after) = recount(&registry, &m).await.unwrap();
+        assert_eq!(again_before, again_after);
+    }
+
+    /// Recounts running while orgs are placed and released never count an
+    /// account below its markers, so the cap holds: 3 accounts of 6 places,
+    /// 30 enrollments and 10 releases at once with a recount every few ms.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn recounts_during_enrollments_never_undercount() {
+        let registry = Arc::new(MemoryRegistry::default());
+        let m = Arc::new(members(3));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let recounter = {
+            let (registry, m, stop) = (registry.clone(), m.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    recount(registry.as_ref(), &m).await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            })
+        };
+        let tasks: Vec<_> = (0..30)
+            .map(|i| {
+                let (registry, m) = (registry.clone(), m.clone());
+                tokio::spawn(async move {
+                    let placed = place(registry.as_ref(), &m, 6, &org(i)).await;
+                    if let (Ok(member), true) = (&placed, i % 3 == 0) {
+                        release(registry.as_ref(), &member.account_id, &org(i)).await;
+                    }
+                    placed.is_ok()
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        recounter.await.unwrap();
+        for member in m.iter() {
+            let markers = placed_orgs(registry.as_ref(), &member.account_id).await.unwrap().len();
+            let count = load_placement(registry.as_ref()).await.unwrap().0.count(&member.account_id);
+            assert!(markers <= 6, "{markers} orgs placed in an account of 6 places");
+            assert!(count >= markers, "counted {count}, {markers} placed");
+        }
+        recount(registry.as_ref(), &m).await.unwrap();
+        for member in m.iter() {
+            let markers = placed_orgs(registry.as_ref(), &member.account_id).await.unwrap().len();
+            assert_eq!(load_placement(registry.as_ref()).await.unwrap().0.count(&member.account_id), markers);
+        }
     }
 
     /// 40 enrollments at once into 3 accounts of 10 places: exactly 30 are

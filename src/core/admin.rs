@@ -315,7 +315,7 @@ mod tests {
             rotation_id: "r-1".into(),
             trigger: Trigger::Api,
             started_at: t0(),
-            lease_until: t0() + chrono::Duration::minutes(5),
+            lease_until: crate::core::domain::LeaseTime::from_utc(t0()).after(Duration::from_secs(300)),
             new_access_key_id: None,
         });
         world.registry.put(claimed);

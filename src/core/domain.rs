@@ -19,6 +19,46 @@ pub fn is_event_time(t: DateTime<Utc>) -> bool {
     (0..EVENT_TIME_END_MS).contains(&t.timestamp_millis())
 }
 
+/// A time on the clock every actor shares: the real clock of the process,
+/// which on Lambda (and any host kept by NTP) is within [`MAX_CLOCK_SKEW`]
+/// of every other actor's. Leases are given and judged in it, never in an
+/// event's time (the "run's time", a plain `DateTime<Utc>`), which can be
+/// hours old (a redelivered slice) or in the future (`sweep --at`). The two
+/// are different types so that no code compares one with the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseTime(DateTime<Utc>);
+
+/// How far apart two actors' clocks may be: a lease counts as over only this
+/// long after its end, by the judge's clock. The lease itself is validated to
+/// be much longer (`ROTATION_LEASE`, see `config.rs`).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+
+impl LeaseTime {
+    pub fn from_utc(t: DateTime<Utc>) -> Self {
+        Self(t)
+    }
+    /// The wall-clock time, for display only.
+    pub fn as_utc(self) -> DateTime<Utc> {
+        self.0
+    }
+    /// This time plus `d` (saturating at the end of chrono's range).
+    pub fn after(self, d: Duration) -> Self {
+        Self(self.0.checked_add_signed(d.to_chrono()).unwrap_or(DateTime::<Utc>::MAX_UTC))
+    }
+    /// Whether a lease ending at `self` is over at `now`, allowing for the skew
+    /// between the clock that gave it and the clock that judges it.
+    pub fn is_over_at(self, now: LeaseTime) -> bool {
+        self.after(MAX_CLOCK_SKEW) <= now
+    }
+}
+
+impl fmt::Display for LeaseTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// How many entries of history a record keeps (older ones stay in the audit trail).
 pub const HISTORY_LIMIT: usize = 20;
 
@@ -172,8 +212,8 @@ pub struct PendingRotation {
     pub rotation_id: String,
     pub trigger: Trigger,
     pub started_at: DateTime<Utc>,
-    /// Until then, nobody else may rotate or repair this org.
-    pub lease_until: DateTime<Utc>,
+    /// Until then (on the shared clock), nobody else may rotate or repair this org.
+    pub lease_until: LeaseTime,
     /// The new key, recorded as soon as IAM created it, so that a crash
     /// leaves a trace of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

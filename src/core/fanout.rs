@@ -21,7 +21,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::accounts::{placed_orgs, MemberRole};
+use super::accounts::{marker_key, placed_orgs, recount, MemberRole};
 use super::domain::OrgId;
 use super::ports::{PortError, Registry};
 use super::rotation::Ports;
@@ -49,7 +49,15 @@ pub struct Slice {
 pub trait SliceQueue: Send + Sync {
     /// Queues every body (in batches as the queue takes them).
     async fn send(&self, bodies: &[String]) -> Result<(), PortError>;
+    /// Lets the received message `receipt_handle` be delivered again after
+    /// `after` instead of the queue's visibility timeout (SQS
+    /// `ChangeMessageVisibility`): for a slice stopped by its deadline, whose
+    /// rest is ready to be swept at once.
+    async fn deliver_again_after(&self, receipt_handle: &str, after: StdDuration) -> Result<(), PortError>;
 }
+
+/// How soon a slice stopped by its invocation's deadline is delivered again.
+pub const AFTER_DEADLINE_STOP: StdDuration = StdDuration::from_secs(10);
 
 /// A slice as the manifest lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +187,9 @@ pub async fn dispatch(
     for member in members {
         placed.insert(member.account_id.clone(), placed_orgs(registry, &member.account_id).await?);
     }
+    if !dry_run {
+        settle_contested(registry, &mut placed).await?;
+    }
     let mut state = load_fanout(registry).await?;
     // The day's full check is done once a run that made it finished every slice.
     if let Some(latest) = state.latest_run.clone() {
@@ -190,6 +201,16 @@ pub async fn dispatch(
         }
     }
     let full_check = state.fully_checked_on != Some(now.date_naive());
+    if full_check && !dry_run {
+        // Once a day the counts are made the markers' number again.
+        match recount(registry, members).await {
+            Ok((before, after)) if before != after => {
+                warn!(?before, ?after, "the placement counts had drifted; recounted from the markers");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not recount the placement counts; the next full run does"),
+        }
+    }
     let run = run_id(now, dry_run);
     let slices: Vec<Slice> = plan_slices(&orgs, &placed, slice_size)
         .into_iter()
@@ -226,6 +247,30 @@ pub async fn dispatch(
     manifest.dispatch_ms = started.elapsed().as_millis() as u64;
     registry.put_state(&manifest_name(&run), &to_json(&manifest)).await?;
     Ok(manifest)
+}
+
+/// An org with markers in more than one account (an enrollment that moved
+/// on after a lost race, say) is sliced under the account its record names:
+/// its other markers are stale and go. Only such orgs' records are read.
+async fn settle_contested(registry: &dyn Registry, placed: &mut BTreeMap<String, Vec<OrgId>>) -> Result<(), PortError> {
+    let mut accounts_of: BTreeMap<OrgId, Vec<String>> = BTreeMap::new();
+    for (account, orgs) in placed.iter() {
+        for org in orgs {
+            accounts_of.entry(org.clone()).or_default().push(account.clone());
+        }
+    }
+    for (org, accounts) in accounts_of.into_iter().filter(|(_, a)| a.len() > 1) {
+        let Some(record) = registry.load(&org).await? else { continue };
+        let home = record.value.account_id;
+        for account in accounts.iter().filter(|a| Some(*a) != home.as_ref()) {
+            warn!(%org, %account, record_names = ?home, "removing a stale placement marker");
+            registry.delete_doc(&marker_key(account, &org)).await?;
+            if let Some(orgs) = placed.get_mut(account) {
+                orgs.retain(|o| o != &org);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn to_json(value: &impl Serialize) -> String {
@@ -489,6 +534,7 @@ mod tests {
             w.faults.clear();
             let redelivered = work(&w, &slices).await;
             assert!(redelivered[0].as_ref().unwrap().complete, "k={k}");
+            w.clock.advance(TimeDelta::minutes(10)); // past any claim's lease
             dispatch(&w.registry, &queue, &[], 10, due + TimeDelta::minutes(10), false).await.unwrap();
             work(&w, &queue.take()).await;
             assert_eq!(versions(&w, &orgs), vec![2; 6], "k={k}: every org rotated exactly once");
@@ -500,6 +546,34 @@ mod tests {
                 let current = record.current.unwrap().access_key_id;
                 assert!(w.keys.works(&org.user_name(), &current), "k={k}: {org}'s current key works");
             }
+        }
+    }
+
+    /// An org with a stale marker in a second account (one that sorts first,
+    /// and whose role is refused) is sliced under the account its record
+    /// names and rotates; the stale marker goes, and the day's recount brings
+    /// the counts back to the markers.
+    #[tokio::test]
+    async fn an_org_marked_in_two_accounts_is_swept_under_the_one_its_record_names() {
+        let (w, orgs) = world(6).await;
+        let org = orgs.iter().find(|o| w.registry.get(o).unwrap().account_id.as_deref() == Some(ACCOUNTS[1])).unwrap();
+        w.registry.put_doc(&marker_key(ACCOUNTS[0], org), "", None).await.unwrap();
+        let (mut counts, etag) = crate::core::accounts::load_placement(&w.registry).await.unwrap();
+        *counts.accounts.get_mut(ACCOUNTS[0]).unwrap() += 1;
+        w.registry.put_doc("placement.json", &to_json(&counts), etag.as_deref()).await.unwrap();
+        w.keys.set_unreachable(ACCOUNTS[0], true);
+        let queue = MemoryQueue::default();
+        dispatch(&w.registry, &queue, &members(), 10, t0() + TimeDelta::days(7), false).await.unwrap();
+        let slices = queue.take();
+        let holding: Vec<Option<&str>> =
+            slices.iter().filter(|s| s.orgs.contains(org)).map(|s| s.account.as_deref()).collect();
+        assert_eq!(holding, [Some(ACCOUNTS[1])], "one slice, of the record's account");
+        work(&w, &slices).await;
+        assert_eq!(w.registry.get(org).unwrap().current.unwrap().version, 2, "rotated");
+        assert!(!placed_orgs(&w.registry, ACCOUNTS[0]).await.unwrap().contains(org), "the stale marker is gone");
+        let (counts, _) = crate::core::accounts::load_placement(&w.registry).await.unwrap();
+        for account in ACCOUNTS {
+            assert_eq!(counts.count(account), placed_orgs(&w.registry, account).await.unwrap().len(), "{account}");
         }
     }
 

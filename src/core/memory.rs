@@ -410,23 +410,13 @@ impl KeyVault for MemoryVault {
         }
         Ok(())
     }
-    /// As Secrets Manager: moving `AWSCURRENT` away from a version that does
-    /// not hold it is refused, and then the vault is asked (one more call).
+    /// As Secrets Manager with `RemoveFromVersionId`: the label moves only
+    /// from the version named (or, with `None`, only if no version holds it).
     async fn promote(&self, org: &OrgId, version: &str, replacing: Option<&str>) -> Result<(), PortError> {
         if replacing == Some(version) {
             return Ok(());
         }
         self.faults.step("vault.promote").await?;
-        let holds_current =
-            |versions: &[VaultVersion], id: &str| versions.iter().any(|v| v.0 == id && v.2 == "AWSCURRENT");
-        let guessed_right = {
-            let secrets = lock(&self.secrets);
-            let versions = secrets.get(org).map(Vec::as_slice).unwrap_or_default();
-            replacing.is_some_and(|old| holds_current(versions, old)) || !versions.iter().any(|v| v.2 == "AWSCURRENT")
-        };
-        if !guessed_right {
-            self.faults.step("vault.current_version").await?;
-        }
         let mut secrets = lock(&self.secrets);
         let unavailable =
             |detail: &str| PortError::Unavailable { service: "memory", operation: "promote", detail: detail.into() };
@@ -434,8 +424,9 @@ impl KeyVault for MemoryVault {
         if !versions.iter().any(|v| v.0 == version) {
             return Err(unavailable("no such version"));
         }
-        if holds_current(versions, version) {
-            return Ok(());
+        let holder = versions.iter().find(|v| v.2 == "AWSCURRENT").map(|v| v.0.clone());
+        if holder.as_deref() != replacing {
+            return Err(PortError::Conflict);
         }
         for v in versions.iter_mut() {
             v.2 = match (v.0 == version, v.2) {
@@ -544,6 +535,8 @@ impl KeyVerifier for MemoryVerifier {
 #[derive(Debug, Default)]
 pub struct MemoryQueue {
     bodies: Mutex<Vec<String>>,
+    /// The messages asked to come back early, and when.
+    pub redeliveries: Mutex<Vec<(String, std::time::Duration)>>,
 }
 
 impl MemoryQueue {
@@ -559,6 +552,32 @@ impl super::fanout::SliceQueue for MemoryQueue {
         lock(&self.bodies).extend(bodies.iter().cloned());
         Ok(())
     }
+    async fn deliver_again_after(&self, receipt_handle: &str, after: std::time::Duration) -> Result<(), PortError> {
+        lock(&self.redeliveries).push((receipt_handle.to_owned(), after));
+        Ok(())
+    }
+}
+
+/// A clock a test moves by hand (leases), starting at the real time.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<chrono::DateTime<Utc>>);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self(Mutex::new(Utc::now()))
+    }
+}
+
+impl ManualClock {
+    pub fn advance(&self, by: chrono::TimeDelta) {
+        *lock(&self.0) += by;
+    }
+}
+
+impl super::ports::Clock for ManualClock {
+    fn now(&self) -> super::domain::LeaseTime {
+        super::domain::LeaseTime::from_utc(*lock(&self.0))
+    }
 }
 
 /// Every in-memory service on one fault plan: a whole world for a test.
@@ -571,6 +590,8 @@ pub struct MemoryWorld {
     pub verifier: MemoryVerifier,
     pub vault: MemoryVault,
     pub notifier: MemoryNotifier,
+    /// The clock leases are given and judged by.
+    pub clock: ManualClock,
 }
 
 impl MemoryWorld {
@@ -583,6 +604,7 @@ impl MemoryWorld {
             verifier: MemoryVerifier::new(faults.clone()),
             vault: MemoryVault::new(faults.clone()),
             notifier: MemoryNotifier::new(faults.clone()),
+            clock: ManualClock::default(),
             faults,
         }
     }
@@ -596,6 +618,7 @@ impl MemoryWorld {
             verifier: Some(&self.verifier),
             vault: Some(&self.vault),
             notifier: Some(&self.notifier),
+            clock: &self.clock,
         }
     }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 pub use super::domain::AuditEntry;
 pub use super::domain::IamUser;
-use super::domain::{OrgId, OrgRecord};
+use super::domain::{LeaseTime, OrgId, OrgRecord};
 
 /// A failure of an outside service, already classified for the core.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,9 +126,10 @@ pub trait AccessKeys: Send + Sync {
 pub trait KeyVault: Send + Sync {
     /// Stores the new key as the pending version `version` (idempotent).
     async fn put_pending(&self, org: &OrgId, version: &str, key: &NewKey) -> Result<(), PortError>;
-    /// Makes `version` current; the version that was current becomes previous.
-    /// `replacing` is the version the caller believes current (one request
-    /// when it is right; the vault is asked when it is not or is `None`).
+    /// Makes `version` current, moving the label from `replacing` (`None`: the
+    /// label is on no version yet); the version that was current becomes
+    /// previous. A compare-and-swap: [`PortError::Conflict`] when the label is
+    /// not on `replacing`, and nothing moves.
     async fn promote(&self, org: &OrgId, version: &str, replacing: Option<&str>) -> Result<(), PortError>;
     /// The key stored as `version`, if the vault still has it.
     async fn get(&self, org: &OrgId, version: &str) -> Result<Option<NewKey>, PortError>;
@@ -152,6 +153,22 @@ pub struct Notification {
 #[async_trait]
 pub trait Notifier: Send + Sync {
     async fn publish(&self, notifications: &[Notification]) -> Result<(), PortError>;
+}
+
+/// The clock every actor shares, for leases (see [`LeaseTime`]). Never the
+/// time of an event: decisions about an org's life use the run's time.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> LeaseTime;
+}
+
+/// The process's real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> LeaseTime {
+        LeaseTime::from_utc(Utc::now())
+    }
 }
 
 /// Checks that a new key can read the org's prefix (IAM is eventually

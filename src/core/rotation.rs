@@ -26,13 +26,14 @@ use secrecy::SecretString;
 use tracing::{error, info, warn};
 
 use super::domain::{
-    HistoryEntry, IdempotentRotation, KeyState, KeyVersion, OrgId, OrgRecord, PendingRotation, PreviousKey, Trigger,
-    AUDIT_OUTBOX_LIMIT, IDEMPOTENCY_WINDOW_HOURS,
+    HistoryEntry, IdempotentRotation, KeyState, KeyVersion, LeaseTime, OrgId, OrgRecord, PendingRotation, PreviousKey,
+    Trigger, AUDIT_OUTBOX_LIMIT, IDEMPOTENCY_WINDOW_HOURS,
 };
 use super::duration::Duration;
+use super::policy::next_automatic_rotation;
 use super::ports::{
-    AccessKeys, AuditEntry, AuditLog, KeyVault, KeyVerifier, NewKey, Notification, Notifier, PortError, Registry,
-    Versioned,
+    AccessKeys, AuditEntry, AuditLog, Clock, KeyVault, KeyVerifier, NewKey, Notification, Notifier, PortError,
+    Registry, Versioned,
 };
 
 /// The services a rotation uses.
@@ -47,6 +48,8 @@ pub struct Ports<'a> {
     pub vault: Option<&'a dyn KeyVault>,
     /// `None`: no events are published.
     pub notifier: Option<&'a dyn Notifier>,
+    /// The shared clock leases are given and judged by (never an event's time).
+    pub clock: &'a dyn Clock,
 }
 
 /// The knobs of the protocol (from the configuration).
@@ -84,7 +87,9 @@ impl Default for RotationSettings {
 #[derive(Debug, Clone)]
 pub struct RotationRequest {
     pub org: OrgId,
-    /// The time of the triggering event: every date written comes from it.
+    /// The run's time (the triggering event's): every decision about the
+    /// org's life and every date written come from it; leases do not (they
+    /// come from [`Ports::clock`]).
     pub now: DateTime<Utc>,
     pub trigger: Trigger,
     /// Who asked (for the audit trail): a subject claim, `schedule`, `operator`.
@@ -114,7 +119,11 @@ pub enum RotationError {
     #[error("the key of org {org} is {state}; only an Enabled (or, by hand, an Expired) key can be rotated")]
     NotEnabled { org: OrgId, state: KeyState },
     #[error("a rotation of the key of org {org} is already in progress (until {lease_until})")]
-    InProgress { org: OrgId, lease_until: DateTime<Utc> },
+    InProgress { org: OrgId, lease_until: LeaseTime },
+    /// A scheduled rotation found, on the record it would claim, that the
+    /// automatic rotation is no longer due (another actor did it first).
+    #[error("the automatic rotation of the key of org {0} is not due")]
+    NotDue(OrgId),
     #[error("too many rotations of the key of org {org}: at most {limit} per hour")]
     RateLimited { org: OrgId, limit: u32, retry_after: Duration },
     #[error("previousKeyGracePeriod: {requested} is longer than the maximum of {max}")]
@@ -182,7 +191,7 @@ pub async fn rotate_idempotent(
     }
     // 1-2. Read, decide, claim.
     let rotation = Rotation { ports, settings, req, idempotency };
-    let claimed = match claim(ports.registry, settings, req, idempotency).await {
+    let claimed = match claim(ports.registry, ports.clock, settings, req, idempotency).await {
         Ok(claimed) => claimed,
         Err(e @ RotationError::Aws(_)) => {
             // The claim may have been written though no answer came: release it.
@@ -228,6 +237,7 @@ enum Claim {
 
 async fn claim(
     registry: &dyn Registry,
+    clock: &dyn Clock,
     settings: &RotationSettings,
     req: &RotationRequest,
     idempotency: Option<&Idempotency>,
@@ -237,7 +247,8 @@ async fn claim(
         let Some(Versioned { value: mut record, etag }) = registry.load(&req.org).await? else {
             return Err(RotationError::NotEnrolled(req.org.clone()));
         };
-        if claimed_by(&record, &req.rotation_id) {
+        let lease_now = clock.now();
+        if landed(&record, &req.rotation_id, None) == Landed::Claimed {
             // Our claim was written and its answer lost (the SDK's retry then lost the race to it).
             let took_over = false;
             return Ok(Claim::Claimed { record: Versioned { value: record, etag }, took_over });
@@ -263,11 +274,17 @@ async fn claim(
         }
         let mut took_over = false;
         if let Some(pending) = &record.pending {
-            if pending.lease_until > req.now {
+            // Judged on the shared clock, never on this request's (event) time.
+            if !pending.lease_until.is_over_at(lease_now) {
                 return Err(RotationError::InProgress { org: req.org.clone(), lease_until: pending.lease_until });
             }
             warn!(stale_rotation = %pending.rotation_id, "taking over a rotation whose lease expired");
             took_over = true;
+        }
+        if req.trigger == Trigger::Schedule && next_automatic_rotation(&record, settings).is_none_or(|at| at > req.now)
+        {
+            // Planned from an older read: another actor rotated since.
+            return Err(RotationError::NotDue(req.org.clone()));
         }
         if req.trigger == Trigger::Api {
             // Entries older than an hour are dropped by the commit, not here, so
@@ -291,16 +308,40 @@ async fn claim(
             rotation_id: req.rotation_id.clone(),
             trigger: req.trigger,
             started_at: req.now,
-            lease_until: req.now + settings.lease.to_chrono(),
+            lease_until: lease_now.after(settings.lease),
             new_access_key_id: None,
         });
         match registry.update(&record, &etag).await {
             Ok(etag) => return Ok(Claim::Claimed { record: Versioned { value: record, etag }, took_over }),
-            Err(PortError::Conflict) => continue,
+            Err(PortError::Conflict) => continue, // the next read tells whether it was ours
             Err(e) => return Err(e.into()),
         }
     }
     Err(RotationError::Contended(req.org.clone()))
+}
+
+/// What a record shows of one rotation's own writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Landed {
+    /// The commit of `new_key` is written: it is the current key.
+    Committed,
+    /// The rotation's claim is written and still holds.
+    Claimed,
+    /// Neither: never written, released, or taken over by another actor.
+    Neither,
+}
+
+/// The one place that decides whether a rotation's claim, commit or abort
+/// landed, from a record read after the write (an answer can be lost while the
+/// write took effect, and the SDK's retry then loses the race to it).
+fn landed(record: &OrgRecord, rotation_id: &str, new_key: Option<&str>) -> Landed {
+    if new_key.is_some_and(|id| record.current.as_ref().is_some_and(|c| c.access_key_id == id)) {
+        Landed::Committed
+    } else if claimed_by(record, rotation_id) {
+        Landed::Claimed
+    } else {
+        Landed::Neither
+    }
 }
 
 /// The answer of a committed rotation, again: its key from the vault, its
@@ -392,7 +433,7 @@ impl Rotation<'_> {
                         p.new_access_key_id = Some(new_id.clone());
                     }
                 };
-                self.write_claimed(record, etag, with_id, |_| false).await.map_err(|e| (e, Some(new_key.clone())))?;
+                self.write_claimed(record, etag, with_id, None).await.map_err(|e| (e, Some(new_key.clone())))?;
                 None
             }
         };
@@ -424,11 +465,10 @@ impl Rotation<'_> {
                 remember(r, idem, version, now);
             }
         };
-        let committed = |r: &OrgRecord| r.current.as_ref().is_some_and(|c| c.access_key_id == new_id);
-        if let Err(e) = self.write_claimed(record, etag, commit, committed).await {
+        if let Err(e) = self.write_claimed(record, etag, commit, Some(&new_id)).await {
             // The commit may have been written though no answer came (every retry lost): look.
             match self.ports.registry.load(&self.req.org).await {
-                Ok(Some(fresh)) if committed(&fresh.value) => {
+                Ok(Some(fresh)) if landed(&fresh.value, &self.req.rotation_id, Some(&new_id)) == Landed::Committed => {
                     warn!(error = %e, "the commit's answer was lost; it was written");
                     *record = fresh.value;
                     *etag = fresh.etag;
@@ -448,11 +488,18 @@ impl Rotation<'_> {
         let current = record.current.clone().expect("commit sets the current key");
 
         let mut vault_current = true;
-        if let Some(vault) = self.ports.vault {
+        if self.ports.vault.is_some() {
             let replacing = replaced_vault_version.as_deref();
-            if let Err(e) = vault.promote(&self.req.org, &self.req.rotation_id, replacing).await {
-                error!(error = %e, "could not make the new secret current in the vault; the next sweep does");
-                vault_current = false;
+            match make_vault_current(self.ports, self.settings, &self.req.org, &self.req.rotation_id, replacing).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!("a later rotation committed before the vault was moved; the vault follows it");
+                    vault_current = false;
+                }
+                Err(e) => {
+                    error!(error = %e, "could not make the new secret current in the vault; the next sweep does");
+                    vault_current = false;
+                }
             }
         }
         let previous = match record.previous.clone() {
@@ -570,15 +617,14 @@ impl Rotation<'_> {
 
     /// Writes a change to the record this rotation has claimed. A lost
     /// compare-and-swap re-reads the record and, while the claim is still
-    /// ours, applies the change again. For a change that ends the claim (the
-    /// commit), `landed` tells from the re-read record that the change was
-    /// written though its answer was lost (the SDK's retry then lost the race to it).
+    /// ours, applies the change again. For the commit of `commits` (the new
+    /// key), the re-read record may show it written though its answer was lost.
     async fn write_claimed(
         &self,
         record: &mut OrgRecord,
         etag: &mut String,
         mut change: impl FnMut(&mut OrgRecord),
-        landed: impl Fn(&OrgRecord) -> bool,
+        commits: Option<&str>,
     ) -> Result<(), RotationError> {
         change(record);
         for _ in 0..self.settings.cas_attempts {
@@ -591,13 +637,14 @@ impl Rotation<'_> {
                     let Some(fresh) = self.ports.registry.load(&self.req.org).await? else {
                         return Err(RotationError::NotEnrolled(self.req.org.clone()));
                     };
-                    if landed(&fresh.value) {
-                        *record = fresh.value;
-                        *etag = fresh.etag;
-                        return Ok(());
-                    }
-                    if !claimed_by(&fresh.value, &self.req.rotation_id) {
-                        return Err(RotationError::Contended(self.req.org.clone()));
+                    match landed(&fresh.value, &self.req.rotation_id, commits) {
+                        Landed::Committed => {
+                            *record = fresh.value;
+                            *etag = fresh.etag;
+                            return Ok(());
+                        }
+                        Landed::Claimed => {}
+                        Landed::Neither => return Err(RotationError::Contended(self.req.org.clone())),
                     }
                     *record = fresh.value;
                     *etag = fresh.etag;
@@ -616,8 +663,6 @@ impl Rotation<'_> {
     /// now, the next attempt or sweep does (a key the record does not know is
     /// deleted; an unreleased claim expires with its lease).
     async fn abort(&self, new_key: Option<&str>) -> Option<OrgRecord> {
-        let committed =
-            |r: &OrgRecord| new_key.is_some_and(|id| r.current.as_ref().is_some_and(|c| c.access_key_id == id));
         for _ in 0..self.settings.cas_attempts {
             let Versioned { value: mut record, etag } = match self.ports.registry.load(&self.req.org).await {
                 Ok(Some(v)) => v,
@@ -627,10 +672,11 @@ impl Rotation<'_> {
                     return None;
                 }
             };
-            if committed(&record) {
+            let seen = landed(&record, &self.req.rotation_id, new_key);
+            if seen == Landed::Committed {
                 return Some(record);
             }
-            if claimed_by(&record, &self.req.rotation_id) {
+            if seen == Landed::Claimed {
                 record.pending = None;
                 // A rotation that did not happen does not count against the limit.
                 if let Some(i) = record.recent_rotations.iter().position(|t| *t == self.req.now) {
@@ -692,6 +738,52 @@ fn remember(record: &mut OrgRecord, idem: &Idempotency, vault_version: &str, now
         previous_access_key_id: previous.as_ref().map(|p| p.key.access_key_id.clone()),
         previous_retire_at: previous.as_ref().map(|p| p.retire_at),
     });
+}
+
+/// Makes `version` (a committed key's vault version) the vault's current
+/// secret, moving the label only forward: first from `replacing` (the version
+/// the caller saw replaced: one request when it is right), else from the
+/// version the vault shows, and then only while a fresh read of the record
+/// still names `version` as its current key's. Each move names the version it
+/// takes the label from (Secrets Manager's own compare-and-swap), so an actor
+/// with an older plan can never move the vault back to an older key.
+/// `Ok(false)`: the record has moved on to a later rotation, whose vault move
+/// this is to leave alone.
+pub(crate) async fn make_vault_current(
+    ports: Ports<'_>,
+    settings: &RotationSettings,
+    org: &OrgId,
+    version: &str,
+    replacing: Option<&str>,
+) -> Result<bool, PortError> {
+    let Some(vault) = ports.vault else { return Ok(true) };
+    if let Some(from) = replacing {
+        match vault.promote(org, version, Some(from)).await {
+            Ok(()) => return Ok(true),
+            Err(PortError::Conflict) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for _ in 0..settings.cas_attempts {
+        let observed = vault.current_version(org).await?;
+        if observed.as_deref() == Some(version) {
+            return Ok(true);
+        }
+        let record = ports.registry.load(org).await?;
+        let still_current = record
+            .as_ref()
+            .and_then(|r| r.value.current.as_ref())
+            .is_some_and(|c| c.vault_version.as_deref() == Some(version));
+        if !still_current {
+            return Ok(false);
+        }
+        match vault.promote(org, version, observed.as_deref()).await {
+            Ok(()) => return Ok(true),
+            Err(PortError::Conflict) => continue, // moved meanwhile: look again
+            Err(e) => return Err(e),
+        }
+    }
+    Err(PortError::Conflict)
 }
 
 /// Appends to the audit trail; a failure is logged (with the key ids) and
@@ -1086,12 +1178,12 @@ mod tests {
         }
         assert!(w.record().pending.is_none());
         w.rotate_at(w.start + minutes(60), "r6").await.unwrap();
-        // Scheduled rotations are not limited.
-        let mut scheduled = w.request(w.start + minutes(61), "s1");
-        scheduled.trigger = Trigger::Schedule;
+        // The operator's rotations are not limited.
+        let mut by_hand = w.request(w.start + minutes(61), "o1");
+        by_hand.trigger = Trigger::Operator;
         for i in 0..3 {
-            scheduled.rotation_id = format!("s{i}");
-            rotate(w.ports(), &w.settings, &scheduled).await.unwrap();
+            by_hand.rotation_id = format!("o{i}");
+            rotate(w.ports(), &w.settings, &by_hand).await.unwrap();
         }
     }
 
@@ -1110,9 +1202,17 @@ mod tests {
         assert_eq!(w.key_ids().len(), 2);
         let err = w.rotate_at(w.start + minutes(2), "r2").await.unwrap_err();
         assert!(matches!(err, RotationError::InProgress { .. }), "{err}");
-        // After the lease, the next rotation takes over and deletes the orphan.
-        let after = pending.lease_until;
-        let rotated = w.rotate_at(after, "r3").await.unwrap();
+        // A request whose event time is a day later changes nothing: leases
+        // are judged on the shared clock, which has not moved.
+        let err = w.rotate_at(w.start + TimeDelta::days(1), "r2b").await.unwrap_err();
+        assert!(matches!(err, RotationError::InProgress { .. }), "an event time is no lease clock: {err}");
+        // Once the lease is over on the shared clock (allowing for the skew),
+        // the next rotation takes over and deletes the orphan.
+        w.clock.advance(pending.lease_until.as_utc() - w.clock.now().as_utc());
+        let err = w.rotate_at(w.start + minutes(3), "r2c").await.unwrap_err();
+        assert!(matches!(err, RotationError::InProgress { .. }), "within the skew bound: {err}");
+        w.clock.advance(crate::core::domain::MAX_CLOCK_SKEW.to_chrono());
+        let rotated = w.rotate_at(w.start + minutes(3), "r3").await.unwrap();
         assert!(!w.key_ids().contains(&orphan));
         assert!(w.keys.works(&w.user(), &rotated.access_key_id));
         assert!(w.audit.entries().iter().any(|e| e.key_ids == vec![orphan.clone()]));
@@ -1160,8 +1260,9 @@ mod tests {
                     Err(_) => assert_eq!(current, first.access_key_id, "{context}: failure keeps the old state"),
                     Ok(rotated) => assert_eq!(current, rotated.access_key_id, "{context}"),
                 }
-                // The next rotation, once any lease has expired, succeeds and
-                // leaves exactly the keys the record knows.
+                // The next rotation, once any lease has expired (on the shared
+                // clock), succeeds and leaves exactly the keys the record knows.
+                w.clock.advance(TimeDelta::minutes(30));
                 let next = w.rotate_at(w.start + minutes(30), "r3").await.unwrap_or_else(|e| panic!("{context}: {e}"));
                 let record = w.record();
                 let mut known: Vec<String> = record.known_key_ids().map(str::to_owned).collect();

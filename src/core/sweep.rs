@@ -15,11 +15,13 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::domain::{HistoryEntry, IamUser, KeyState, OrgId, OrgRecord, Trigger};
+use super::domain::{HistoryEntry, KeyState, LeaseTime, OrgId, OrgRecord, PendingRotation, Trigger};
 use super::duration::Duration;
 use super::policy::next_automatic_rotation;
 use super::ports::{AuditEntry, IamKey, Notification, PortError, Versioned};
-use super::rotation::{retire_previous, rotate, write_audit, Ports, RotationError, RotationRequest, RotationSettings};
+use super::rotation::{
+    make_vault_current, retire_previous, rotate, write_audit, Ports, RotationError, RotationRequest, RotationSettings,
+};
 
 /// The knobs of the sweep (from the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,18 +71,21 @@ pub enum Action {
     Warn { access_key_id: String, threshold: Duration, expires_at: DateTime<Utc> },
 }
 
-/// Decides what is due for one org at `now`. `iam` is the user's keys
-/// (`None`: the user is missing); `vault_current` the vault's current version.
+/// Decides what is due for one org at the run's time `now`. `iam` is the
+/// user's keys (`None`: the user is missing); `vault_current` the vault's
+/// current version; `lease_now` the shared clock's time, by which a claim's
+/// lease is judged (never the run's time, which may be hours old or ahead).
 pub fn plan(
     record: &OrgRecord,
     iam: Option<&[IamKey]>,
     vault_current: Option<&str>,
     now: DateTime<Utc>,
+    lease_now: LeaseTime,
     settings: &SweepSettings,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     if let Some(pending) = &record.pending {
-        if pending.lease_until > now {
+        if !pending.lease_until.is_over_at(lease_now) {
             return actions; // a rotation is under way: leave the org alone
         }
         actions.push(Action::RollBack {
@@ -393,22 +398,18 @@ async fn evaluate(
         outcome.planned = actions;
         return outcome;
     }
-    let user = record.user();
-    if let Err(e) = housekeep(ports, org, record).await {
-        warn!(error = %e, "could not finish what a rotation left for later");
-        outcome.failure = Some(format!("copy a rotation's audit entries and confirm its deactivation: {e}"));
-        return outcome;
+    if left_for_later(&record) {
+        if let Err(e) = housekeep(ports, settings, org).await {
+            warn!(error = %e, "could not finish what a rotation left for later");
+            outcome.failure = Some(format!("copy a rotation's audit entries and confirm its deactivation: {e}"));
+            return outcome;
+        }
     }
     for action in actions {
-        let result = execute(ports, settings, org, &user, req.now, &action, &mut outcome).await;
-        if result.is_ok() && action == Action::Rotate {
+        let result = execute(ports, settings, org, req.now, &action, &mut outcome).await;
+        if result.is_ok() && action == Action::Rotate && outcome.rotated {
             // The sweep's own rotation is on nobody's path: finish it now, or in the next run.
-            let finished = match ports.registry.load(org).await {
-                Ok(Some(fresh)) => housekeep(ports, org, fresh.value).await,
-                Ok(None) => Ok(()),
-                Err(e) => Err(e.into()),
-            };
-            if let Err(e) = finished {
+            if let Err(e) = housekeep(ports, settings, org).await {
                 warn!(error = %e, "rotated; what the rotation left for later waits for the next run");
             }
         }
@@ -426,12 +427,14 @@ fn left_for_later(record: &OrgRecord) -> bool {
     !record.audit_outbox.is_empty() || record.previous.as_ref().is_some_and(|p| p.deactivation_unconfirmed)
 }
 
-/// Finishes what a rotation's commit left for later, with one record write:
-/// copies its audit entries to the trail (appending an entry twice is one
-/// entry), deactivates the previous key the commit retired and makes the new
-/// secret current in the vault (again: the rotation did both after its commit
-/// unless it failed or crashed there), then says so.
-async fn housekeep(ports: Ports<'_>, org: &OrgId, record: OrgRecord) -> Result<(), ActionError> {
+/// Finishes what a rotation's commit left for later, on a fresh read of the
+/// record (never the plan's, which another actor may have overtaken), with
+/// one record write: copies its audit entries to the trail (appending an
+/// entry twice is one entry), makes the new secret current in the vault and
+/// deactivates the previous key the commit retired (again: the rotation did
+/// both after its commit unless it failed or crashed there), then says so.
+async fn housekeep(ports: Ports<'_>, settings: &SweepSettings, org: &OrgId) -> Result<(), ActionError> {
+    let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else { return Ok(()) };
     if !left_for_later(&record) {
         return Ok(());
     }
@@ -440,13 +443,15 @@ async fn housekeep(ports: Ports<'_>, org: &OrgId, record: OrgRecord) -> Result<(
     }
     // The vault's current secret first, in case the rotation could not move it
     // (one request when it is right): the old key stays active until then.
-    if let (Some(vault), Some(version)) =
-        (ports.vault, record.current.as_ref().and_then(|c| c.vault_version.as_deref()))
-    {
-        vault.promote(org, version, None).await?;
+    let mut vault_right = true;
+    if let Some(version) = record.current.as_ref().and_then(|c| c.vault_version.as_deref()) {
+        vault_right = make_vault_current(ports, &settings.rotation, org, version, None).await?;
     }
-    let unconfirmed =
-        record.previous.as_ref().filter(|p| p.deactivation_unconfirmed).map(|p| p.key.access_key_id.clone());
+    let unconfirmed = record
+        .previous
+        .as_ref()
+        .filter(|p| p.deactivation_unconfirmed && vault_right)
+        .map(|p| p.key.access_key_id.clone());
     if let Some(id) = &unconfirmed {
         ports.keys.set_active(&record.user(), id, false).await?;
     }
@@ -473,6 +478,7 @@ async fn plan_org(
     let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else {
         return Ok(None);
     };
+    let lease_now = ports.clock.now();
     if !full_check && record.pending.is_none() {
         // What the record alone makes due, were IAM and the vault as it says.
         let as_recorded: Vec<IamKey> = record
@@ -480,7 +486,7 @@ async fn plan_org(
             .map(|id| IamKey { access_key_id: id.to_owned(), active: true, created_at: None })
             .collect();
         let vault = record.current.as_ref().and_then(|c| c.vault_version.as_deref());
-        if plan(&record, Some(&as_recorded), vault, now, settings).is_empty() {
+        if plan(&record, Some(&as_recorded), vault, now, lease_now, settings).is_empty() {
             return Ok(Some((record, Vec::new())));
         }
     }
@@ -493,7 +499,7 @@ async fn plan_org(
         (Some(vault), Some(_)) => vault.current_version(org).await?,
         _ => None,
     };
-    let mut actions = plan(&record, iam.as_deref(), vault_current.as_deref(), now, settings);
+    let mut actions = plan(&record, iam.as_deref(), vault_current.as_deref(), now, lease_now, settings);
     if iam.is_none() && record.state != KeyState::PendingDeletion {
         actions.insert(0, Action::ReportMissingUser { user: record.iam_user.clone() });
     }
@@ -527,11 +533,14 @@ enum ActionError {
     Contended,
 }
 
+/// Carries out one planned action. The plan was made from an earlier read, so
+/// each action first proves, by a conditional write on a fresh read, that it
+/// is still due (or re-decides inside that write); a plan another actor has
+/// overtaken does nothing.
 async fn execute(
     ports: Ports<'_>,
     settings: &SweepSettings,
     org: &OrgId,
-    user: &IamUser,
     now: DateTime<Utc>,
     action: &Action,
     outcome: &mut OrgOutcome,
@@ -547,15 +556,19 @@ async fn execute(
     };
     match action {
         Action::RollBack { rotation_id, new_access_key_id } => {
+            let lease_now = ports.clock.now();
             let changed = modify(ports, org, |r| {
-                let ours = r.pending.as_ref().is_some_and(|p| &p.rotation_id == rotation_id && p.lease_until <= now);
+                let ours = r
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| &p.rotation_id == rotation_id && p.lease_until.is_over_at(lease_now));
                 if ours {
                     r.pending = None;
                 }
                 ours
             })
             .await?;
-            if let (Some(record), Some(id)) = (changed, new_access_key_id) {
+            if let (Some(Versioned { value: record, .. }), Some(id)) = (changed, new_access_key_id) {
                 if !record.known_key_ids().any(|k| k == id) {
                     ports.keys.delete_key(&record.user(), id).await?;
                 }
@@ -568,8 +581,24 @@ async fn execute(
             outcome.repaired += 1;
         }
         Action::DeleteUnknownKey { access_key_id } => {
-            let still_unknown = |r: &OrgRecord| !r.known_key_ids().any(|k| k == access_key_id);
-            let Some(record) = recheck(ports, org, now, still_unknown).await? else { return Ok(()) };
+            // First a conditional write that proves no claim and no key version
+            // names it: a rotation that made the key claimed the record before
+            // IAM listed the key, so a read after the listing shows that claim
+            // (or its commit), and the write fails if one lands meanwhile.
+            let proved = modify(ports, org, |r| {
+                let free = r.pending.is_none() && !r.known_key_ids().any(|k| k == access_key_id);
+                if free {
+                    r.record_history(HistoryEntry {
+                        at: now,
+                        event: "deleted unknown key".into(),
+                        version: None,
+                        access_key_id: Some(access_key_id.clone()),
+                    });
+                }
+                free
+            })
+            .await?;
+            let Some(Versioned { value: record, .. }) = proved else { return Ok(()) };
             ports.keys.delete_key(&record.user(), access_key_id).await?;
             write_audit(ports.audit, &audit("delete unknown key (never delivered)", vec![access_key_id.clone()])).await;
             outcome.repaired += 1;
@@ -584,16 +613,34 @@ async fn execute(
             outcome.mismatches.push(format!("the IAM user {user} does not exist"));
         }
         Action::RepairVault { version } => {
-            if let Some(vault) = ports.vault {
-                vault.promote(org, version, None).await?;
+            // Only forward, and only while the record still names the version.
+            if ports.vault.is_some() && make_vault_current(ports, &settings.rotation, org, version, None).await? {
                 outcome.repaired += 1;
             }
         }
         Action::DeleteOrg => {
-            let Some(Versioned { value: record, etag }) = ports.registry.load(org).await? else { return Ok(()) };
-            if record.state != KeyState::PendingDeletion {
-                return Ok(());
-            }
+            // Claimed first, like a rotation: an operator's cancel-deletion or
+            // another sweep now finds the org in progress, and a crash leaves a
+            // claim the next run rolls back once its lease is over.
+            let deletion_id = uuid::Uuid::new_v4().to_string();
+            let lease_until = ports.clock.now().after(settings.rotation.lease);
+            let claimed = modify(ports, org, |r| {
+                let due = r.state == KeyState::PendingDeletion
+                    && r.deletion_at.is_some_and(|at| at <= now)
+                    && r.pending.is_none();
+                if due {
+                    r.pending = Some(PendingRotation {
+                        rotation_id: deletion_id.clone(),
+                        trigger: Trigger::Schedule,
+                        started_at: now,
+                        lease_until,
+                        new_access_key_id: None,
+                    });
+                }
+                due
+            })
+            .await?;
+            let Some(Versioned { value: record, etag }) = claimed else { return Ok(()) };
             let key_ids: Vec<String> = record.known_key_ids().map(str::to_owned).collect();
             ports.keys.delete_user(&record.user()).await?;
             if let Some(vault) = ports.vault {
@@ -617,7 +664,12 @@ async fn execute(
                 request_id: None,
                 grace: Some(settings.grace),
             };
-            let rotated = rotate(ports, &settings.rotation, &request).await?;
+            let rotated = match rotate(ports, &settings.rotation, &request).await {
+                Ok(rotated) => rotated,
+                // Another actor rotated since this plan's read, or holds the org now.
+                Err(RotationError::NotDue(_) | RotationError::InProgress { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
             info!(access_key_id = %rotated.access_key_id, version = rotated.version, "rotated automatically");
             outcome.rotated = true;
         }
@@ -626,9 +678,18 @@ async fn execute(
             outcome.retired += 1;
         }
         Action::DeletePrevious { access_key_id } => {
-            ports.keys.delete_key(user, access_key_id).await?;
-            modify(ports, org, |r| {
-                let ours = r.previous.as_ref().is_some_and(|p| &p.key.access_key_id == access_key_id);
+            // The record forgets the key first, by a conditional write that
+            // re-checks it is still the retired previous key past its
+            // retention; only then IAM deletes it (if that fails, the key is
+            // unknown to the record and the next full check deletes it).
+            let retention = settings.retention.to_chrono();
+            let forgotten = modify(ports, org, |r| {
+                let ours = r.pending.is_none()
+                    && r.previous.as_ref().is_some_and(|p| {
+                        &p.key.access_key_id == access_key_id
+                            && !p.deactivation_unconfirmed
+                            && p.deactivated_at.is_some_and(|at| at + retention <= now)
+                    });
                 if ours {
                     let p = r.previous.take().expect("checked");
                     r.record_history(HistoryEntry {
@@ -641,6 +702,8 @@ async fn execute(
                 ours
             })
             .await?;
+            let Some(Versioned { value: record, .. }) = forgotten else { return Ok(()) };
+            ports.keys.delete_key(&record.user(), access_key_id).await?;
             write_audit(ports.audit, &audit("delete previous key (retention over)", vec![access_key_id.clone()])).await;
             outcome.deleted_keys += 1;
         }
@@ -648,7 +711,7 @@ async fn execute(
             let still_current = |r: &OrgRecord| {
                 r.state == KeyState::Enabled && r.current.as_ref().is_some_and(|c| &c.access_key_id == access_key_id)
             };
-            let Some(record) = recheck(ports, org, now, still_current).await? else { return Ok(()) };
+            let Some(record) = recheck(ports, org, still_current).await? else { return Ok(()) };
             // Access goes first, then the record says so; a failure in
             // between is finished by the next run (the key is still too old).
             ports.keys.set_active(&record.user(), access_key_id, false).await?;
@@ -668,7 +731,7 @@ async fn execute(
                 ours
             })
             .await?;
-            let Some(record) = record else { return Ok(()) };
+            let Some(Versioned { value: record, .. }) = record else { return Ok(()) };
             // The previous key, if still active, goes too: the org loses access.
             if let Some(previous) = record.previous.as_ref().filter(|p| p.deactivated_at.is_none()) {
                 retire_previous(ports, &settings.rotation, org, &previous.key.access_key_id, now, "schedule").await?;
@@ -705,7 +768,9 @@ async fn execute(
                 }
                 ours
             };
-            let Some(record) = modify(ports, org, |r| mark(r, true)).await? else { return Ok(()) };
+            let Some(Versioned { value: record, .. }) = modify(ports, org, |r| mark(r, true)).await? else {
+                return Ok(());
+            };
             if let Some(notifier) = ports.notifier {
                 let event = Notification {
                     detail_type: "Bucket Key Expiring",
@@ -736,29 +801,30 @@ async fn execute(
 async fn recheck(
     ports: Ports<'_>,
     org: &OrgId,
-    now: DateTime<Utc>,
     still: impl Fn(&OrgRecord) -> bool,
 ) -> Result<Option<OrgRecord>, ActionError> {
     let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else { return Ok(None) };
-    let under_way = record.pending.as_ref().is_some_and(|p| p.lease_until > now);
+    // Any claim, live or not: a claim whose lease is over is the next run's to roll back.
+    let under_way = record.pending.is_some();
     Ok((!under_way && still(&record)).then_some(record))
 }
 
 /// Applies `change` to a freshly read record with a conditional write,
 /// re-reading on a lost race. `change` answers whether it changed anything;
-/// the written record is returned (`None` when nothing was to change).
+/// the written record and its new version are returned (`None` when nothing
+/// was to change).
 async fn modify(
     ports: Ports<'_>,
     org: &OrgId,
     mut change: impl FnMut(&mut OrgRecord) -> bool,
-) -> Result<Option<OrgRecord>, ActionError> {
+) -> Result<Option<Versioned<OrgRecord>>, ActionError> {
     for _ in 0..5 {
         let Some(Versioned { value: mut record, etag }) = ports.registry.load(org).await? else { return Ok(None) };
         if !change(&mut record) {
             return Ok(None);
         }
         match ports.registry.update(&record, &etag).await {
-            Ok(_) => return Ok(Some(record)),
+            Ok(etag) => return Ok(Some(Versioned { value: record, etag })),
             Err(PortError::Conflict) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -774,7 +840,7 @@ mod tests {
     use super::*;
     use crate::core::memory::{FaultMode, MemoryWorld};
     use crate::core::policy::{apply_policy, next_automatic_rotation, PolicyChange};
-    use crate::core::ports::AccessKeys;
+    use crate::core::ports::{AccessKeys, Clock, IamUser};
 
     fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
@@ -1069,6 +1135,8 @@ mod tests {
             let context = format!("crash at step {step} of {steps}: {calls:?}");
             let current = w.current_key(&org);
             assert!(w.works(&org, &current), "{context}");
+            // The next run comes once any claim's lease is over on the shared clock.
+            w.clock.advance(TimeDelta::minutes(10));
             if current == first {
                 // Not committed: the next run, after the lease, rotates.
                 let summary = w.run(t0() + TimeDelta::days(30) + TimeDelta::minutes(10)).await;
@@ -1219,7 +1287,7 @@ mod tests {
             rotation_id: "under-way".into(),
             trigger: Trigger::Api,
             started_at: at,
-            lease_until: at + TimeDelta::minutes(5),
+            lease_until: w.clock.now().after(Duration::from_secs(300)),
             new_access_key_id: None,
         });
         w.registry.put(record);
@@ -1227,13 +1295,103 @@ mod tests {
         for action in
             [Action::DeleteUnknownKey { access_key_id: new.clone() }, Action::Expire { access_key_id: old.clone() }]
         {
-            execute(w.ports(), &w.settings, &org, &IamUser::home(org.user_name()), at, &action, &mut outcome)
-                .await
-                .unwrap();
+            execute(w.ports(), &w.settings, &org, at, &action, &mut outcome).await.unwrap();
         }
         assert!(w.works(&org, &new), "the rotation's new key survives");
         assert!(w.works(&org, &old), "the current key is left to the rotation");
         assert_eq!((outcome.deleted_keys, outcome.expired), (0, false));
+    }
+
+    /// Two sweeps at the same event time plan an org's due automatic rotation
+    /// from the same read; one rotates first. The other's plan must not act:
+    /// one rotation, the promised grace of the previous key held, the vault
+    /// not moved back.
+    #[tokio::test]
+    async fn a_due_rotation_planned_twice_at_the_same_time_happens_once() {
+        let w = World::new();
+        let org = w.org("1", Some(7)).await;
+        let at = t0() + TimeDelta::days(8);
+        let (_, stale_plan) = plan_org(w.ports(), &w.settings, &org, at, true).await.unwrap().unwrap();
+        assert_eq!(stale_plan, vec![Action::Rotate]);
+        let first = w.run(at).await;
+        assert_eq!(first.rotated, vec![org.clone()]);
+        let after_first = w.record(&org);
+        let promised = after_first.previous.clone().expect("the grace period's key");
+        assert!(promised.retire_at > at, "an automatic rotation promises the old key a grace period");
+        let mut outcome = OrgOutcome::default();
+        for action in &stale_plan {
+            execute(w.ports(), &w.settings, &org, at, action, &mut outcome).await.unwrap();
+        }
+        assert!(!outcome.rotated, "the second plan's rotation is no longer due on the record it would claim");
+        let record = w.record(&org);
+        assert_eq!(record.current.as_ref().unwrap().version, after_first.current.as_ref().unwrap().version);
+        assert!(w.works(&org, &promised.key.access_key_id), "the grace period holds");
+        assert_eq!(w.vault.current_key(&org), Some(w.current_key(&org)), "the vault names the current key");
+    }
+
+    /// A plan from a read older than the last rotation names the older vault
+    /// version as the one to restore: carried out late, it must not move the
+    /// vault's current secret back.
+    #[tokio::test]
+    async fn a_vault_repair_planned_before_a_rotation_never_moves_the_vault_back() {
+        let w = World::new();
+        let org = w.org("1", None).await;
+        let old_version = w.record(&org).current.unwrap().vault_version.unwrap();
+        let req = RotationRequest {
+            org: org.clone(),
+            now: t0() + TimeDelta::days(1),
+            trigger: Trigger::Operator,
+            actor: "test".into(),
+            rotation_id: "second".into(),
+            request_id: None,
+            grace: None,
+        };
+        let rotated = rotate(w.ports(), &w.settings.rotation, &req).await.unwrap();
+        let mut outcome = OrgOutcome::default();
+        let stale = Action::RepairVault { version: old_version };
+        execute(w.ports(), &w.settings, &org, t0() + TimeDelta::days(1), &stale, &mut outcome).await.unwrap();
+        assert_eq!(w.vault.current_key(&org), Some(rotated.access_key_id), "the vault still names the new key");
+        assert_eq!(outcome.repaired, 0);
+    }
+
+    /// An operator's sweep a day ahead (`--at`) planned from a read made just
+    /// before a rotation claimed the org: the rotation's new key looks unknown
+    /// and, by the sweep's event time, the claim's lease long over. The lease
+    /// is judged on the shared clock, so the key and the claim survive.
+    #[tokio::test]
+    async fn a_sweep_at_a_later_time_never_takes_a_live_claim_for_a_crashed_one() {
+        let w = World::new();
+        let org = w.org("1", None).await;
+        let stale = w.record(&org);
+        // A rotation that has claimed the org and created its key, and is still running.
+        w.faults.inject(5, FaultMode::Crash); // load, claim, create, vault put, verify
+        let req = RotationRequest {
+            org: org.clone(),
+            now: t0() + TimeDelta::hours(1),
+            trigger: Trigger::Api,
+            actor: "admin".into(),
+            rotation_id: "running".into(),
+            request_id: None,
+            grace: None,
+        };
+        assert!(rotate(w.ports(), &w.settings.rotation, &req).await.is_err());
+        w.faults.clear();
+        let claimed = w.record(&org);
+        assert!(claimed.pending.is_some());
+        let iam = w.keys.keys_of(&org.user_name());
+        let new = iam.iter().find(|k| !stale.known_key_ids().any(|id| id == k.access_key_id)).unwrap();
+        let tomorrow = t0() + TimeDelta::days(1);
+        let actions = plan(&stale, Some(&iam), None, tomorrow, w.clock.now(), &w.settings);
+        assert!(actions.contains(&Action::DeleteUnknownKey { access_key_id: new.access_key_id.clone() }));
+        let mut outcome = OrgOutcome::default();
+        for action in &actions {
+            let _ = execute(w.ports(), &w.settings, &org, tomorrow, action, &mut outcome).await;
+        }
+        assert!(w.works(&org, &new.access_key_id), "the running rotation's key survives");
+        assert_eq!(w.record(&org).pending, claimed.pending, "its claim too");
+        // And the plan of a fresh read at that time leaves the org alone.
+        let fresh = plan(&claimed, Some(&iam), None, tomorrow, w.clock.now(), &w.settings);
+        assert!(fresh.is_empty(), "{fresh:?}");
     }
 
     #[test]
@@ -1244,10 +1402,11 @@ mod tests {
         apply_policy(&mut record, PolicyChange::enable(Duration::from_days(7)).unwrap(), t0());
         let keys = [IamKey { access_key_id: "AKIA1".into(), active: true, created_at: None }];
         let later = t0() + TimeDelta::days(100);
-        assert!(plan(&record, Some(&keys), None, later, &settings()).contains(&Action::Rotate));
+        let lease_now = LeaseTime::from_utc(later);
+        assert!(plan(&record, Some(&keys), None, later, lease_now, &settings()).contains(&Action::Rotate));
         for state in [KeyState::Disabled, KeyState::PendingDeletion, KeyState::Expired] {
             record.state = state;
-            let actions = plan(&record, Some(&keys), None, later, &settings());
+            let actions = plan(&record, Some(&keys), None, later, lease_now, &settings());
             assert!(actions.is_empty(), "{state}: {actions:?}");
         }
     }
