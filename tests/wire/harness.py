@@ -43,7 +43,12 @@ OPERATION_TIMEOUT = 3  # seconds: SDK_OPERATION_TIMEOUT; room for a stalled atte
 STALL_SECONDS = ATTEMPT_TIMEOUT + 0.5
 # WIRE_KINDS=stall,lost: only these fault kinds (a shorter run while working on one).
 KINDS = tuple(k for k in ALL_KINDS if k in os.environ.get("WIRE_KINDS", ",".join(ALL_KINDS)).split(","))
-LEASE = timedelta(minutes=5)  # ROTATION_LEASE's default: a later call is past it
+# ROTATION_LEASE of the functions under test: the shortest the configuration allows with
+# these SDK timeouts and VERIFY_WITHIN (5 x 3 s + 5 s + 10 s). A lease runs on the real clock,
+# not on the worker's (event) clock: a scenario that leaves a claim behind waits it out.
+LEASE_SECONDS = 30
+VERIFY_WITHIN = 5  # seconds: a new key works at once on the local endpoint
+CLOCK_SKEW = 5  # seconds: MAX_CLOCK_SKEW, by which a judge lets a lease run over
 VAULT_PREFIX = "s3-key-rotation/org-"
 SCHEDULED_EVENT = json.loads((ROOT / "events" / "scheduled-event.json").read_text())
 
@@ -195,7 +200,8 @@ class Worker:
             "SweepConcurrency": 1,  # one org at a time: the k-th request is the same request in every run
         })
         function_env = dict(stack.env, AWS_ENDPOINT_URL=self.proxy.endpoint,
-                            SDK_ATTEMPT_TIMEOUT=f"{ATTEMPT_TIMEOUT}s", SDK_OPERATION_TIMEOUT=f"{OPERATION_TIMEOUT}s")
+                            SDK_ATTEMPT_TIMEOUT=f"{ATTEMPT_TIMEOUT}s", SDK_OPERATION_TIMEOUT=f"{OPERATION_TIMEOUT}s",
+                            ROTATION_LEASE=f"{LEASE_SECONDS}s", VERIFY_WITHIN=f"{VERIFY_WITHIN}s")
         log_dir = stack.log_dir / name
         log_dir.mkdir(parents=True, exist_ok=True)
         self.gateway = Gateway(deployment, function_env, JWT_SECRET, log_dir, clock=lambda: self.now)
@@ -234,6 +240,19 @@ class Worker:
             return self.gateway.runtimes["ScheduledRotationFunction"].invoke(event)
         except FunctionError as e:
             return e
+
+    def wait_out_claims(self, orgs):
+        """Waits (real time, bounded) until no claim in these orgs' records is within its
+        lease: what a killed function leaves behind, and what the next actor may take over."""
+        for org in orgs:
+            pending = (self.obs.record(self.bucket, org) or {}).get("pending")
+            if not pending:
+                continue
+            until = datetime.fromisoformat(pending["leaseUntil"].replace("Z", "+00:00"))
+            wait = (until - datetime.now(timezone.utc)).total_seconds() + CLOCK_SKEW + 0.5
+            assert wait <= LEASE_SECONDS + CLOCK_SKEW + 1, f"{org}: a lease until {until}"
+            if wait > 0:
+                time.sleep(wait)
 
     def kill_scheduled(self):
         self.gateway.runtimes["ScheduledRotationFunction"].process.kill()

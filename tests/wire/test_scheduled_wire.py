@@ -137,7 +137,10 @@ def cycle(worker, spec):
             problems.append(f"the retry at the same time: {getattr(retried, 'get', lambda _: retried)('failed')}")
         for org in (a, b):
             problems += [f"{org} after the retry: {p}" for p in holds(Snapshot(worker, org))]
-    # The next day's run, without faults, converges.
+    # The next day's run, without faults, converges. A day has passed for the
+    # claim a killed run left too: its lease (real time) is waited out.
+    if killed:
+        worker.wait_out_claims((a, b))
     rerun = worker.sweep(at + DAY)
     state = []
     if not isinstance(rerun, dict) or not rerun["complete"] or rerun["failed"]:
