@@ -1,0 +1,410 @@
+"""Two actors on the wire (issue 19, item 4): a second actor acts at the k-th
+request of the first one's run, for every k of the first actor's clean run.
+
+The first actor runs through the worker's proxy; a pause there (`arm(k, None,
+hook=...)`) holds its k-th request back while the second actor runs to its end
+through functions of its own (other processes, another proxy, so that the first
+proxy's count stays the first actor's), then lets it go on. Actors:
+
+- `api`: rotate-key through HTTP (no grace period, no Idempotency-Key);
+- `idem`: rotate-key with an Idempotency-Key (both actors of a pair: the same key);
+- `sched`: scheduled-rotation, an EventBridge event at its `time`;
+- `cli`: an operator's sweep, `s3-key-rotation sweep --at <time>`.
+
+The first actor acts at the scenario's time T; the second at T (`same`), a day
+later (`later`: an operator's `sweep --at <tomorrow>`, a later scheduled run) or
+90 minutes earlier (`old`: a redelivered slice's time). The org starts settled (a
+current and a previous key) with a 7-day automatic rotation due since before T-90
+minutes, so every sweep at any of these times finds it due; an automatic rotation
+keeps the previous key active for ROTATION_GRACE_PERIOD (24 h).
+
+A claim's lease is judged on the real clock, never on a run's time (DESIGN.md,
+"Time, actors and permissions"): an actor at a later time must not take over a
+live claim. No scenario waits for a lease to expire.
+
+Invariants, checked while the first actor is paused (before and after the second
+one) and once both are done:
+- the org holds a working key it knows: the vault's current key works (and, at the
+  end, the record's current key has its secret in the vault and works);
+- IAM never holds more than two keys of the org;
+- any 200's key works: the second actor's right after its answer (and at the end,
+  unless the first actor's later rotate-key replaced it), the first actor's at the
+  end, and it is the record's current key;
+- every promised grace period holds: a previous key that a committed rotation
+  keeps active until `retireAt` is still Active in IAM while the latest actor time
+  is before `retireAt`, unless a later rotate-key took its place (the org asked for
+  a new key; IAM's 2-key quota leaves no room for three);
+- a due rotation happens once: at most one sweep rotates; the version moves by the
+  rotations the actors report (API answers with distinct keys, sweeps' `rotated`),
+  and by at least one; with one Idempotency-Key, one rotation and one key;
+- the vault's current secret is the record's current key, no claim is left, IAM
+  holds exactly the keys the record names, in the states it says (`~` when not).
+A refusal is fine: 409 from rotate-key, a sweep reporting the org's rotation
+"already in progress" (`busy`). Any other failure of an actor is a problem.
+"""
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections import Counter, defaultdict
+from datetime import timedelta
+
+import pytest
+from harness import (TRIES, FaultProxy, FunctionError, Snapshot, Stack, Worker, cli, converged, current_id,
+                     disturbed, diverged, elapsed, run_parallel, table)
+from local_aws import TARGET
+
+WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))
+DAY = timedelta(days=1)
+WHEN = {"same": timedelta(0), "later": DAY, "old": -timedelta(minutes=90)}
+# From one scenario to the next: past the 7-day interval counted from a rotation a day
+# after the last scenario's time, and from its time minus 90 minutes.
+CYCLE = timedelta(days=9)
+# The first actor's request waits while the second acts: the SDK must wait for it too.
+ATTEMPT_TIMEOUT, OPERATION_TIMEOUT = 20, 25
+ENV = {"VERIFY_WITHIN": "3s"}  # a key deleted under a rotation fails its check in seconds, not 20
+ACTORS = {
+    "api": "rotate-key",
+    "idem": "rotate-key with an Idempotency-Key",
+    "sched": "scheduled-rotation",
+    "cli": "s3-key-rotation sweep --at",
+}
+SWEEPS = ("sched", "cli")
+# (first, second, the second's time): each is a column of its first actor's matrix.
+PAIRS = [
+    ("api", "sched", "same"),
+    ("api", "sched", "later"),
+    ("api", "sched", "old"),
+    ("api", "cli", "later"),
+    ("api", "api", "same"),
+    ("idem", "idem", "same"),
+    ("sched", "api", "same"),
+    ("sched", "api", "later"),
+    ("sched", "sched", "same"),
+    ("sched", "sched", "later"),
+    ("sched", "sched", "old"),
+    ("sched", "cli", "same"),
+    ("cli", "sched", "same"),
+    ("cli", "cli", "later"),
+]
+# WIRE_PAIRS=api/sched@later,sched/sched@same: only these pairs (while working on them).
+PAIRS = [p for p in PAIRS if f"{p[0]}/{p[1]}@{p[2]}" in os.environ.get("WIRE_PAIRS", "").split(",")] or PAIRS
+
+
+def name(pair):
+    first, second, when = pair
+    return f"{first}/{second}@{when}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("wire-two-actors"))
+    yield stack
+    stack.close()
+
+
+def iso(t):
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_worker(stack, name):
+    """A worker whose functions wait long for AWS, with a second set of functions (and
+    a proxy that only counts) for the second actor, and the CLI's environment for each."""
+    worker = Worker(stack, name, attempt_timeout=ATTEMPT_TIMEOUT, operation_timeout=OPERATION_TIMEOUT, **ENV)
+    worker.second_proxy = FaultProxy(stack.aws.port)
+    worker.second_now = worker.now
+    worker.second = worker.functions(worker.second_proxy.endpoint, lambda: worker.second_now, "second")
+    # The operator's CLI with the scheduled run's settings, through either proxy.
+    settings = dict(worker.function_env, **worker.deployment.functions["ScheduledRotationFunction"].environment)
+    worker.cli_through = {False: dict(settings, AWS_ENDPOINT_URL=worker.proxy.endpoint),
+                          True: dict(settings, AWS_ENDPOINT_URL=worker.second_proxy.endpoint)}
+    worker.org = None
+    for gateway in (worker.gateway, worker.second):
+        for function in ("RotateKeyFunction", "ScheduledRotationFunction"):
+            gateway.runtimes[function].warm()
+    return worker
+
+
+def close(worker):
+    worker.second.close()
+    worker.second_proxy.close()
+    worker.close()
+
+
+def settle(worker):
+    """The worker's org in the state every scenario starts from: a current key and a
+    previous one, a 7-day automatic rotation due at the scenario's time minus 90 minutes."""
+    for _ in range(TRIES):
+        if worker.org is not None:
+            return worker.org
+        org = worker.new_org("t")
+        worker.now += timedelta(minutes=15)
+        worker.proxy.reset()
+        statuses = [worker.rotate(org)[0] for _ in range(2)]
+        if statuses != [200, 200]:
+            assert disturbed(worker.proxy.log()), statuses
+            retire(worker, org)
+            continue
+        cli(worker.cli_env, "policy", "--org", org, "--enable", "--interval", "7d", capture=True)
+        worker.org = org
+        worker.at = worker.now.replace(hour=12, minute=0, second=0) + CYCLE
+    assert worker.org, f"no org could be set up in {TRIES} tries: the machine is too loaded"
+    return worker.org
+
+
+def retire(worker, org):
+    """Takes the org out of the worker's registry: the next scenario starts afresh."""
+    worker.obs.s3.delete_object(Bucket=worker.bucket, Key=f"orgs/{org}.json")
+    worker.org = None
+
+
+REFUSED = ("already in progress",)
+
+
+def act(worker, actor, org, at, second):
+    """Runs one actor at time `at` (the second actor: through its own functions and
+    proxy); returns its outcome: `short` (the matrix's word), `key` (a 200's id and
+    secret), `version`, `rotated` (a sweep's), `problems`."""
+    label = f"{'the second' if second else 'the first'} actor ({actor} at {iso(at)})"
+    out = {"actor": actor, "at": at, "key": None, "version": None, "rotated": False, "problems": []}
+    if actor in ("api", "idem"):
+        if second:
+            worker.second_now = at
+        else:
+            worker.now = at
+        status, body = worker.rotate(org, idempotency_key=worker.idem if actor == "idem" else None,
+                                     gateway=worker.second if second else None)
+        out["short"] = str(status)
+        if status == 200:
+            out["key"] = (body["accessKeyId"], body["secretAccessKey"])
+            out["version"] = body["keyVersion"]
+        elif status != 409:
+            out["problems"].append(f"{label}: HTTP {status}: {body.get('error', body)}")
+        return out
+    if actor == "sched":
+        summary = worker.sweep(at, gateway=worker.second if second else None)
+        if isinstance(summary, FunctionError):
+            out["short"] = "ERR"
+            out["problems"].append(f"{label}: the function failed: {str(summary)[:300]}")
+            return out
+    else:
+        run = subprocess.run([str(TARGET / "s3-key-rotation"), "sweep", "--at", iso(at)],
+                             env=worker.cli_through[second], capture_output=True, text=True, timeout=120)
+        try:
+            summary = json.loads(run.stdout)
+        except ValueError:
+            out["short"] = "ERR"
+            out["problems"].append(f"{label}: exit {run.returncode}: {run.stderr.strip()[-300:]}")
+            return out
+    failed = [f["reason"] for f in summary["failed"] if f["orgId"] == org]
+    out["rotated"] = org in summary["rotated"]
+    out["short"] = "rot" if out["rotated"] else "-"
+    if failed and any(r in failed[0] for r in REFUSED):
+        out["short"] = "busy"
+    elif failed:
+        out["short"] = "fail"
+        out["problems"].append(f"{label}: the org failed: {failed[0]}")
+    mismatches = [m["reason"] for m in summary["mismatches"] if m["orgId"] == org]
+    if mismatches:
+        out["problems"].append(f"{label} reported mismatches: {mismatches}")
+    return out
+
+
+def glance(worker, org, moment):
+    """What must hold at every step: (snapshot, problems)."""
+    snap = Snapshot(worker, org)
+    problems = []
+    if len(snap.keys) > 2:
+        problems.append(f"{moment}: IAM holds {len(snap.keys)} keys")
+    if not snap.works(snap.vault):
+        problems.append(f"{moment}: the vault's current key {(snap.vault or (None,))[0]} does not work: "
+                        "the org holds no working key it knows")
+    return snap, problems
+
+
+def promises(record):
+    """The grace period a record promises: (previous key id, retireAt, the current version), or None."""
+    previous = (record or {}).get("previous")
+    if previous and not previous.get("deactivatedAt"):
+        return previous["accessKeyId"], previous["retireAt"], record["current"]["version"]
+    return None
+
+
+def scenario(worker, spec):
+    """One scenario: `spec` = (first, second, when, k); k=0 and second None: the first
+    actor's clean run, which counts its requests."""
+    first, second, when, k = spec
+    org = settle(worker)
+    at = worker.at
+    at2 = at + WHEN[when] if second else at
+    worker.idem = f"idem-{uuid.uuid4().hex}"
+    start = worker.obs.record(worker.bucket, org)
+    seen = {}
+
+    def hook():  # the first actor's k-th request waits for this
+        try:
+            seen["before"], seen["before_problems"] = glance(worker, org, f"at k={k}, before the second actor")
+            seen["second"] = act(worker, second, org, at2, second=True)
+            seen["after"], seen["after_problems"] = glance(worker, org, f"at k={k}, after the second actor")
+        except BaseException as e:  # noqa: BLE001 -- reported with the scenario
+            seen["error"] = e
+
+    worker.second_proxy.reset()
+    if k:
+        worker.proxy.arm(k, None, hook=hook)
+    else:
+        worker.proxy.reset()
+    one = act(worker, first, org, at, second=False)
+    log, log2 = worker.proxy.log(), worker.second_proxy.log()
+    worker.proxy.reset()
+    if "error" in seen:
+        raise seen["error"]
+    two = seen.get("second")
+    end = Snapshot(worker, org)
+    problems = list(one["problems"])
+    if two:
+        problems += two["problems"] + seen["before_problems"] + seen["after_problems"]
+    latest = max(at, at2)
+
+    # Any 200's key works.
+    if two and two["key"]:
+        after = seen["after"]
+        if not after.works(two["key"]):
+            problems.append(f"the second actor's 200 key {two['key'][0]} does not work right after its answer")
+        elif current_id(after.record) != two["key"][0]:
+            problems.append(f"right after the second actor's 200 with key {two['key'][0]}, the record's current key "
+                            f"is {current_id(after.record)}")
+        replaced = one["key"] is not None and one["key"][0] != two["key"][0]
+        if not replaced and not end.works(two["key"]):
+            problems.append(f"the second actor's 200 key {two['key'][0]} does not work at the end "
+                            f"(IAM: {end.keys.get(two['key'][0], 'deleted')})")
+    if one["key"]:
+        if not end.works(one["key"]):
+            problems.append(f"the first actor answered 200 with key {one['key'][0]}, which does not work "
+                            f"(IAM: {end.keys.get(one['key'][0], 'deleted')})")
+        if current_id(end.record) != one["key"][0]:
+            problems.append(f"the first actor answered 200 with key {one['key'][0]}, but the record's current key "
+                            f"is {current_id(end.record)}")
+
+    # The org holds a working key it knows; never more than two IAM keys.
+    if len(end.keys) > 2:
+        problems.append(f"at the end: IAM holds {len(end.keys)} keys")
+    if not end.works(end.vault):
+        problems.append(f"at the end: the vault's current key {(end.vault or (None,))[0]} does not work: "
+                        "the org holds no working key it knows")
+    known = end.vault_of_current()
+    if known is None:
+        problems.append(f"at the end: the record's current key {current_id(end.record)} has no secret in the vault")
+    elif not end.works(known):
+        problems.append(f"at the end: the record's current key {known[0]} does not work")
+
+    # Every promised grace period holds.
+    apis = [o for o in (one, two) if o and o["key"]]
+    snaps = [s for s in (seen.get("before"), seen.get("after"), end) if s]
+    for key_id, retire_at, version in {p for p in (promises(s.record) for s in snaps) if p}:
+        if iso(latest) >= retire_at:
+            continue
+        if any(o["version"] > version for o in apis):
+            continue  # a later rotate-key took its place
+        if end.keys.get(key_id) != "Active":
+            problems.append(f"the previous key {key_id} was promised to stay active until {retire_at} (version "
+                            f"{version}'s rotation), but at {iso(latest)} it is {end.keys.get(key_id, 'deleted')} "
+                            "in IAM")
+
+    # A due rotation happens once.
+    v0 = (start.get("current") or {}).get("version", 0)
+    delta = (end.record.get("current") or {}).get("version", 0) - v0
+    sweeps = sum(o["rotated"] for o in (one, two) if o)
+    keys = {o["key"][0] for o in apis}
+    if sweeps > 1:
+        problems.append(f"the due rotation happened {sweeps} times (version +{delta})")
+    if delta != len(keys) + sweeps:
+        problems.append(f"version +{delta}, but the actors report {len(keys)} rotate-key rotation(s) and {sweeps} "
+                        "automatic one(s)")
+    if delta < 1:
+        problems.append("nothing rotated")
+    if first == "idem" and two and (len(keys) > 1 or delta > 1):
+        problems.append(f"one Idempotency-Key, {len(keys)} keys handed out and version +{delta}")
+
+    # Settled: the vault's current secret is the record's current key; no claim left.
+    state = converged(end)
+    problems += [f"at the end: {s}" for s in state]
+
+    ran = k == 0 or two is not None
+    load = disturbed(log, log2) or not ran or (k > 0 and diverged(log, worker.ops[first], k))
+    if problems or load:
+        retire(worker, org)
+    else:
+        worker.at = at + CYCLE
+    op = log[k - 1]["kind"] if 0 < k <= len(log) else "(not reached)"
+    return {"pair": (first, second, when), "k": k, "op": op, "label": f"{name((first, second, when))} k={k} {op}",
+            "one": one, "two": two, "settled": not state, "problems": problems, "disturbed": load,
+            "ops": [e["kind"] for e in log], "second_ops": [e["kind"] for e in log2]}
+
+
+def cell(result):
+    two = result["two"]["short"] if result["two"] else "?"
+    return f"{result['one']['short']}/{two}{'' if result['settled'] else '~'}{'!' if result['problems'] else ''}"
+
+
+def shape(problem):
+    """A problem without its key ids and times, to group the scenarios that show it."""
+    problem = re.sub(r"\bAKIA[0-9A-Z]+", "<key>", problem)
+    return re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ?", "<time>", problem)
+
+
+def test_a_second_actor_at_every_request_of_the_first(stack, capsys):
+    started = time.monotonic()
+    workers = [make_worker(stack, f"t{i}") for i in range(WORKERS)]
+    try:
+        # The clean run of each kind of first actor counts its requests.
+        firsts = sorted({p[0] for p in PAIRS}, key=list(ACTORS).index)
+        clean = run_parallel(workers, [(first, None, "same", 0) for first in firsts], scenario)
+        for result in clean:
+            first = result["pair"][0]
+            expected = "200" if first in ("api", "idem") else "rot"
+            assert result["one"]["short"] == expected and not result["problems"], (first, result)
+        ops = {result["pair"][0]: result["ops"] for result in clean}
+        for w in workers:
+            w.ops = ops
+        scenarios = [(*pair, k) for pair in PAIRS for k in range(1, len(ops[pair[0]]) + 1)]
+        # Longest first: the sweeps' runs are the longer ones.
+        scenarios.sort(key=lambda s: (s[0] not in SWEEPS, s[1] not in SWEEPS))
+        results = run_parallel(workers, scenarios, scenario)
+    finally:
+        for w in workers:
+            close(w)
+
+    lines = []
+    for first in firsts:
+        pairs = [p for p in PAIRS if p[0] == first]
+        by = {(r["pair"], r["k"]): r for r in results if r["pair"][0] == first}
+        rows = [[k, op, *[cell(by[(p, k)]) for p in pairs]] for k, op in enumerate(ops[first], 1)]
+        header = ["k", f"{first}'s request", *[f"{p[1]}@{p[2]}" for p in pairs]]
+        lines.append(table(f"first actor {first} ({ACTORS[first]}), the second acting before its k-th request",
+                           header, rows))
+    failing = defaultdict(list)
+    for r in results:
+        for p in r["problems"]:
+            failing[(name(r["pair"]), shape(p))].append(r)
+    outcomes = Counter(cell(r).rstrip("~!") for r in results)
+    rerun = sum(1 for r in results if r.get("tries", 1) > 1)
+    lines += [
+        "cell: first/second actor's outcome (HTTP status; sweeps: rot rotated, - nothing to do, busy refused: a "
+        "rotation in progress, fail, ERR); '~' not settled at the end; '!' an invariant broke",
+        f"two actors: {len(PAIRS)} pairs, {len(results)} runs, {WORKERS} workers; {elapsed(started)}; "
+        f"rerun after an unprovoked SDK retry (machine load): {rerun}",
+        "outcomes: " + ", ".join(f"{o}: {c}" for o, c in sorted(outcomes.items())),
+        f"scenarios with a broken invariant: {sum(1 for r in results if r['problems'])}/{len(results)} in "
+        f"{len({name(r['pair']) for r in results if r['problems']})}/{len(PAIRS)} pairs",
+    ]
+    for (pair, problem), rs in sorted(failing.items()):
+        ks = ",".join(str(r["k"]) for r in sorted(rs, key=lambda r: r["k"]))
+        example = next(p for p in rs[0]["problems"] if shape(p) == problem)
+        lines.append(f"FAIL {pair} k={ks} (e.g. {rs[0]['op']}): {example}")
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+    assert not failing, f"{len(failing)} kinds of broken invariants, e.g.\n" + "\n".join(
+        line for line in lines if line.startswith("FAIL "))[:4000]
