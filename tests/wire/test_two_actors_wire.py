@@ -13,10 +13,12 @@ proxy's count stays the first actor's), then lets it go on. Actors:
 
 The first actor acts at the scenario's time T; the second at T (`same`), a day
 later (`later`: an operator's `sweep --at <tomorrow>`, a later scheduled run) or
-90 minutes earlier (`old`: a redelivered slice's time). The org starts settled (a
-current and a previous key) with a 7-day automatic rotation due since before T-90
-minutes, so every sweep at any of these times finds it due; an automatic rotation
-keeps the previous key active for ROTATION_GRACE_PERIOD (24 h).
+90 minutes earlier (`old`: a redelivered slice's time). The org starts from the same
+state in every scenario: its key rotated by rotate-key at T-7d-2h (a current and an
+inactive previous key), a 7-day automatic rotation due since T-2h, so that a sweep
+at any of these times finds it due (`-manual` pairs: automatic rotation off, a sweep
+has nothing to do but repair); an automatic rotation keeps the previous key active
+for ROTATION_GRACE_PERIOD (24 h).
 
 A claim's lease is judged on the real clock, never on a run's time (DESIGN.md,
 "Time, actors and permissions"): an actor at a later time must not take over a
@@ -34,13 +36,16 @@ one) and once both are done:
   keeps active until `retireAt` is still Active in IAM while the latest actor time
   is before `retireAt`, unless a later rotate-key took its place (the org asked for
   a new key; IAM's 2-key quota leaves no room for three);
-- a due rotation happens once: at most one sweep rotates; the version moves by the
-  rotations the actors report (API answers with distinct keys, sweeps' `rotated`),
-  and by at least one; with one Idempotency-Key, one rotation and one key;
+- a due rotation happens once: at most one sweep rotates, and only as the scenario's
+  first rotation (after any rotation the key is not due at any of its times; never
+  without automatic rotation); the version moves by the rotations the actors report
+  (API answers with distinct keys, sweeps' `rotated`), and by at least one; with one
+  Idempotency-Key, one rotation and one key;
 - the vault's current secret is the record's current key, no claim is left, IAM
   holds exactly the keys the record names, in the states it says (`~` when not).
 A refusal is fine: 409 from rotate-key, a sweep reporting the org's rotation
-"already in progress" (`busy`). Any other failure of an actor is a problem.
+"already in progress" (`busy`) or "not due" (`undue`: planned before another rotation
+committed). Any other failure of an actor, or a mismatch a sweep reports, is a problem.
 """
 import json
 import os
@@ -141,8 +146,8 @@ def settle(worker, automatic=True):
     rotate-key 7 days and 2 hours before the scenario's time (what that leaves for the
     next sweep not done yet: two audit entries, the deactivation's confirmation), the
     one before it deactivated, a 7-day automatic rotation due from 2 hours before the
-    scenario's time (`automatic` False: the org's automatic rotation is off). The same state each time: a first actor's requests are the same in
-    every scenario."""
+    scenario's time (`automatic` False: automatic rotation off). The same state each
+    time: a first actor's requests are the same in every scenario."""
     for _ in range(TRIES):
         if worker.org is None:
             org = worker.new_org("t")
@@ -182,7 +187,9 @@ def retire(worker, org):
     worker.org = None
 
 
-REFUSED = ("already in progress",)
+# A sweep's refusals of an org, the summary's words for them (not a failure): a rotation
+# holds the claim; a plan made before another rotation committed finds it not due any more.
+REFUSED = {"already in progress": "busy", "is not due": "undue"}
 
 
 def act(worker, actor, org, at, second):
@@ -223,8 +230,9 @@ def act(worker, actor, org, at, second):
     failed = [f["reason"] for f in summary["failed"] if f["orgId"] == org]
     out["rotated"] = org in summary["rotated"]
     out["short"] = "rot" if out["rotated"] else "-"
-    if failed and any(r in failed[0] for r in REFUSED):
-        out["short"] = "busy"
+    refusal = next((word for words, word in REFUSED.items() if failed and words in failed[0]), None)
+    if refusal:
+        out["short"] = refusal
     elif failed:
         out["short"] = "fail"
         out["problems"].append(f"{label}: the org failed: {failed[0]}")
@@ -234,16 +242,28 @@ def act(worker, actor, org, at, second):
     return out
 
 
-def glance(worker, org, moment):
-    """What must hold at every step: (snapshot, problems)."""
-    snap = Snapshot(worker, org)
+def holds(snap, moment):
+    """What must hold at every step: the org holds a working key it knows (the vault's
+    current one; the record's current one, its secret in the vault), IAM holds at most
+    two keys. Its problems."""
     problems = []
     if len(snap.keys) > 2:
         problems.append(f"{moment}: IAM holds {len(snap.keys)} keys")
     if not snap.works(snap.vault):
         problems.append(f"{moment}: the vault's current key {(snap.vault or (None,))[0]} does not work: "
                         "the org holds no working key it knows")
-    return snap, problems
+    known = snap.vault_of_current()
+    if known is None:
+        problems.append(f"{moment}: the record's current key {current_id(snap.record)} has no secret in the vault")
+    elif not snap.works(known):
+        problems.append(f"{moment}: the record's current key {known[0]} does not work")
+    return problems
+
+
+def glance(worker, org, moment):
+    """(snapshot, problems) of the org now."""
+    snap = Snapshot(worker, org)
+    return snap, holds(snap, moment)
 
 
 def promises(record):
@@ -311,16 +331,7 @@ def scenario(worker, spec):
                             f"is {current_id(end.record)}")
 
     # The org holds a working key it knows; never more than two IAM keys.
-    if len(end.keys) > 2:
-        problems.append(f"at the end: IAM holds {len(end.keys)} keys")
-    if not end.works(end.vault):
-        problems.append(f"at the end: the vault's current key {(end.vault or (None,))[0]} does not work: "
-                        "the org holds no working key it knows")
-    known = end.vault_of_current()
-    if known is None:
-        problems.append(f"at the end: the record's current key {current_id(end.record)} has no secret in the vault")
-    elif not end.works(known):
-        problems.append(f"at the end: the record's current key {known[0]} does not work")
+    problems += holds(end, "at the end")
 
     # Every promised grace period holds.
     apis = [o for o in (one, two) if o and o["key"]]
@@ -347,8 +358,8 @@ def scenario(worker, spec):
         problems.append(f"version +{delta}, but the actors report {len(keys)} rotate-key rotation(s) and {sweeps} "
                         "automatic one(s)")
     elif sweeps == 1 and v0 + 1 in keys.values():
-        automatic = min(set(range(v0 + 1, v0 + delta + 1)) - set(keys.values()))
-        problems.append(f"an automatic rotation (version {automatic}) followed rotate-key's (version {v0 + 1}), "
+        by_sweep = min(set(range(v0 + 1, v0 + delta + 1)) - set(keys.values()))
+        problems.append(f"an automatic rotation (version {by_sweep}) followed rotate-key's (version {v0 + 1}), "
                         "when none was due any more: the due rotation happened twice")
     if sweeps and not automatic:
         problems.append("a sweep rotated the key of an org whose automatic rotation is off")
@@ -420,7 +431,8 @@ def test_a_second_actor_at_every_request_of_the_first(stack, capsys):
     for first in firsts:
         pairs = [p for p in PAIRS if p[0] == first]
         by = {(r["pair"], r["k"]): r for r in results if r["pair"][0] == first}
-        rows = [[k, op, *[cell(by[(p, k)]) for p in pairs]] for k, op in enumerate(ops[first], 1)]
+        rows = [[k, op, *[cell(by[(p, k)]) if (p, k) in by else "?" for p in pairs]]
+                for k, op in enumerate(ops[first], 1)]
         header = ["k", f"{first}'s request", *[name(p).split("/", 1)[1] for p in pairs]]
         lines.append(table(f"first actor {first} ({ACTORS[first]}), the second acting before its k-th request",
                            header, rows))
@@ -432,8 +444,8 @@ def test_a_second_actor_at_every_request_of_the_first(stack, capsys):
     rerun = sum(1 for r in results if r.get("tries", 1) > 1)
     why = sum((w.disturbances for w in workers), Counter())
     lines += [
-        "cell: first/second actor's outcome (HTTP status; sweeps: rot rotated, - nothing to do, busy refused: a "
-        "rotation in progress, fail, ERR); '~' not settled at the end; '!' an invariant broke",
+        "cell: first/second actor's outcome (HTTP status; sweeps: rot rotated, - nothing to do, busy: a rotation "
+        "in progress, undue: not due any more, fail, ERR); '~' not settled at the end; '!' an invariant broke",
         f"two actors: {len(PAIRS)} pairs, {len(results)} runs, {WORKERS} workers; {elapsed(started)}; "
         f"run again (disturbed: {', '.join(f'{n}x {r}' for r, n in why.items()) or 'never'}): {rerun}",
         "outcomes: " + ", ".join(f"{o}: {c}" for o, c in sorted(outcomes.items())),
