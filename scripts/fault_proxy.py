@@ -25,10 +25,17 @@ without one, every later request of the same kind): an outage of that call,
 which reaches the error paths. A `hook` runs at the moment of the fault (after
 forwarding, for `lost`): a test uses it to kill the client at that very point.
 
+Without a fault (`kind=None`, a pause), the `hook` runs before the k-th request
+is forwarded and the request waits until it returns; then it is forwarded and
+answered as usual: a test uses it to let a second actor act at that very point
+of the first one's run (through another proxy or straight to AWS, so that this
+proxy's count stays the first actor's).
+
 In-process: `FaultProxy(upstream_port)`, `.endpoint`, `.arm(k, kind, persist)`,
-`.log()`, `.close()`. Standalone: `python scripts/fault_proxy.py --upstream PORT`
-prints `PORT <n>`, and takes its orders on paths no AWS client uses:
-`POST /__fault_proxy__/arm` `{"k": 3, "kind": "lost", "persist": false}`,
+`.arm(k, None, hook=f)` (a pause), `.log()`, `.close()`. Standalone: `python
+scripts/fault_proxy.py --upstream PORT` prints `PORT <n>`, and takes its orders on
+paths no AWS client uses:
+`POST /__fault_proxy__/arm` `{"k": 3, "kind": "lost", "persist": false}` (`"kind": null`: no fault),
 `POST /__fault_proxy__/reset`, `GET /__fault_proxy__/log`.
 """
 import argparse
@@ -138,9 +145,12 @@ class FaultProxy:
             self._invocation = None
 
     def arm(self, k, kind, persist=False, hook=None):
-        """From now on, count requests from 1; fault the k-th (and, with `persist`, its retries)."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; one of {KINDS}")
+        """From now on, count requests from 1; fault the k-th (and, with `persist`, its retries).
+        `kind=None`: no fault; `hook` runs before the k-th request is forwarded, which waits for it."""
+        if kind is None and persist:
+            raise ValueError("persist needs a fault kind")
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; one of {KINDS} (or None: a pause)")
         if k < 1:
             raise ValueError("k counts from 1")
         self.reset()
@@ -171,7 +181,8 @@ class FaultProxy:
         self.server.server_close()
 
     def _decide(self, kind, detail, headers):
-        """Counts one request; returns (fault kind or None, hook)."""
+        """Counts one request; returns (fault kind or None, hook): a hook without a
+        fault is a pause before forwarding."""
         invocation = headers.get("amz-sdk-invocation-id")
         attempt = headers.get("amz-sdk-request", "")
         with self.lock:
@@ -192,7 +203,8 @@ class FaultProxy:
     def _control(self, handler, method, path, body):
         if method == "POST" and path == CONTROL + "arm":
             order = json.loads(body or b"{}")
-            self.arm(int(order["k"]), str(order["kind"]), bool(order.get("persist", False)))
+            kind = order.get("kind")
+            self.arm(int(order["k"]), None if kind is None else str(kind), bool(order.get("persist", False)))
             return 200, {"armed": order}
         if method == "POST" and path == CONTROL + "reset":
             self.reset()
@@ -279,6 +291,8 @@ class FaultProxy:
                 lowered = {k.lower(): v for k, v in self.headers.items()}
                 service, operation, detail = describe(self.command, self.path, lowered, body)
                 fault, hook = proxy._decide(f"{service}:{operation}", detail, lowered)
+                if fault is None and hook:
+                    hook()  # a pause: the request waits for the hook, then goes on as usual
                 if fault in ("500", "503"):
                     if hook:
                         hook()

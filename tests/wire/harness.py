@@ -180,9 +180,12 @@ def disagreements(keys, record):
 
 
 class Worker:
-    """A fault proxy and the functions behind it, with a registry bucket of its own."""
+    """A fault proxy and the functions behind it, with a registry bucket of its own.
 
-    def __init__(self, stack, name):
+    `attempt_timeout`/`operation_timeout` (seconds): the functions' SDK timeouts (the
+    fault matrices' short ones by default); `env`: more environment for the functions."""
+
+    def __init__(self, stack, name, attempt_timeout=ATTEMPT_TIMEOUT, operation_timeout=OPERATION_TIMEOUT, **env):
         self.stack = stack
         self.name = name
         self.obs = stack.observer
@@ -192,22 +195,32 @@ class Worker:
         self.now = datetime.now(timezone.utc).replace(microsecond=0)
         # Direct to the endpoint: the operator's CLI that enrolls the orgs.
         self.cli_env = dict(stack.env, REGISTRY_BUCKET=self.bucket)
-        deployment = Deployment({
+        self.deployment = Deployment({
             "RegistryBucket": self.bucket,
             "ManagedBucketName": MANAGED_BUCKET,
             "JwtIssuer": ISSUER,
             "JwtAudience": AUDIENCE,
             "SweepConcurrency": 1,  # one org at a time: the k-th request is the same request in every run
         })
-        function_env = dict(stack.env, AWS_ENDPOINT_URL=self.proxy.endpoint,
-                            SDK_ATTEMPT_TIMEOUT=f"{ATTEMPT_TIMEOUT}s", SDK_OPERATION_TIMEOUT=f"{OPERATION_TIMEOUT}s",
-                            ROTATION_LEASE=f"{LEASE_SECONDS}s", VERIFY_WITHIN=f"{VERIFY_WITHIN}s")
-        log_dir = stack.log_dir / name
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.gateway = Gateway(deployment, function_env, JWT_SECRET, log_dir, clock=lambda: self.now)
+        # A lease long enough for the SDK timeouts given (ROTATION_LEASE is checked against
+        # them at start-up), unless the test sets its own.
+        env.setdefault("VERIFY_WITHIN", f"{VERIFY_WITHIN}s")
+        env.setdefault("ROTATION_LEASE", f"{max(LEASE_SECONDS, 5 * operation_timeout + VERIFY_WITHIN + 10)}s")
+        self.function_env = dict(stack.env, SDK_ATTEMPT_TIMEOUT=f"{attempt_timeout}s",
+                                 SDK_OPERATION_TIMEOUT=f"{operation_timeout}s", **env)
+        self.gateway = self.functions(self.proxy.endpoint, lambda: self.now)
         self.session = requests.Session()
         self.secrets = {}  # access key id -> secret, of every key handed out to a caller
         self.orgs = 0
+
+    def functions(self, endpoint, clock, name=None):
+        """The functions of template.yaml behind an API Gateway stand-in, reaching AWS at
+        `endpoint`, their request time from `clock()`. The worker's own (`name` None) go
+        through its proxy; another set (a second actor: processes of its own) logs under `name`."""
+        log_dir = self.stack.log_dir / self.name / (name or "")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        return Gateway(self.deployment, dict(self.function_env, AWS_ENDPOINT_URL=endpoint), JWT_SECRET, log_dir,
+                       clock=clock)
 
     def close(self):
         self.gateway.close()
@@ -220,24 +233,30 @@ class Worker:
         cli(self.cli_env, "enroll", "--org", org, capture=True)
         return org
 
-    def rotate(self, org, grace=None):
-        """rotate-key through HTTP at the worker's clock: (status, JSON body)."""
+    def rotate(self, org, grace=None, idempotency_key=None, gateway=None):
+        """rotate-key through HTTP at the worker's clock (or through `gateway`, at its
+        clock): (status, JSON body)."""
         headers = {"Authorization": f"Bearer {token(JWT_SECRET, ISSUER, AUDIENCE, org=org)}"}
         body = None
         if grace:
             headers["Content-Type"] = "application/json"
             body = json.dumps({"previousKeyGracePeriod": grace})
-        response = self.session.post(f"{self.gateway.url}/iam/rotate-key", data=body, headers=headers, timeout=120)
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        url = (gateway or self.gateway).url
+        response = requests.post(f"{url}/iam/rotate-key", data=body, headers=headers, timeout=120) if gateway \
+            else self.session.post(f"{url}/iam/rotate-key", data=body, headers=headers, timeout=120)
         answer = response.json()
         if response.status_code == 200:
             self.secrets[answer["accessKeyId"]] = answer["secretAccessKey"]
         return response.status_code, answer
 
-    def sweep(self, at):
-        """One scheduled-rotation invocation at event time `at`: the summary, or the FunctionError."""
+    def sweep(self, at, gateway=None):
+        """One scheduled-rotation invocation at event time `at` (of the worker's functions,
+        or `gateway`'s): the summary, or the FunctionError."""
         event = dict(SCHEDULED_EVENT, id=str(uuid.uuid4()), time=at.strftime("%Y-%m-%dT%H:%M:%SZ"))
         try:
-            return self.gateway.runtimes["ScheduledRotationFunction"].invoke(event)
+            return (gateway or self.gateway).runtimes["ScheduledRotationFunction"].invoke(event)
         except FunctionError as e:
             return e
 

@@ -122,3 +122,23 @@ def test_the_hook_runs_at_the_fault_and_the_control_api_arms_from_outside(stack,
     assert control("log")["requests"] == 1
     with pytest.raises(ValueError):
         proxy.arm(1, "slow")
+
+
+def test_a_pause_runs_the_hook_before_forwarding_and_the_request_waits_for_it(stack, proxy):
+    s3 = through(stack, proxy, "s3")
+    direct = stack.aws.client("s3", stack.role)
+    seen = []
+
+    def hook():  # the k-th request has not reached AWS yet; another client acts meanwhile
+        seen.append(code_of(lambda: direct.head_object(Bucket=REGISTRY_BUCKET, Key="orgs/paused.json"))[0])
+        direct.put_object(Bucket=REGISTRY_BUCKET, Key="orgs/between.json", Body=b"{}")
+
+    proxy.arm(2, None, hook=hook)
+    s3.list_objects_v2(Bucket=REGISTRY_BUCKET, Prefix="orgs/")
+    s3.put_object(Bucket=REGISTRY_BUCKET, Key="orgs/paused.json", Body=b"{}")  # the 2nd: paused, then forwarded
+    assert seen == [404]
+    assert s3.head_object(Bucket=REGISTRY_BUCKET, Key="orgs/paused.json")["ContentLength"] == 2
+    assert proxy.kinds() == ["s3:ListObjectsV2", "s3:PutObject", "s3:HeadObject"]  # the hook's requests are not counted
+    assert [e["fault"] for e in proxy.log()] == [None, None, None]
+    with pytest.raises(ValueError):
+        proxy.arm(1, None, persist=True)
