@@ -683,3 +683,103 @@ fn only_one_scheduled_run_at_a_time() {
     // The worker's concurrency is the queue's MaximumConcurrency: a reservation would only throttle it.
     assert_eq!(reserved("SweepWorkerFunction"), Value::Null);
 }
+
+/// The dashboard's body: JSON once `Fn::Sub` has put the resources' names in.
+fn dashboard(t: &Value) -> Value {
+    let resource = &t["Resources"]["Dashboard"];
+    assert_eq!(resource["Type"], "AWS::CloudWatch::Dashboard");
+    let text = resource["Properties"]["DashboardBody"]["Fn::Sub"].as_str().expect("a Fn::Sub string");
+    let mut body = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        body.push_str(&rest[..start]);
+        let end = start + rest[start..].find('}').unwrap();
+        let name = &rest[start + 2..end];
+        let resource = name.split('.').next().unwrap();
+        assert!(
+            name.starts_with("AWS::") || t["Resources"].get(resource).is_some(),
+            "the dashboard names {name}, which the template does not have"
+        );
+        body.push_str(&format!("<{name}>"));
+        rest = &rest[end + 1..];
+    }
+    body.push_str(rest);
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("the dashboard body is not JSON: {e}\n{body}"))
+}
+
+#[test]
+fn the_dashboard_shows_what_an_operator_watches_from_metrics_that_are_published() {
+    let t = template("template.yaml");
+    let body = dashboard(&t);
+    let widgets = body["widgets"].as_array().unwrap();
+    let titles: Vec<&str> = widgets.iter().filter_map(|w| w["properties"]["title"].as_str()).collect();
+    for wanted in [
+        "Rotations per hour",
+        "Orgs by state",
+        "Keys expiring within 14 days",
+        "Sweep: slice duration",
+        "Sweep: slices",
+        "failed orgs by step",
+        "rotate-key latency",
+        "rotate-key requests and status codes",
+    ] {
+        assert!(titles.iter().any(|t| t.contains(wanted)), "no widget {wanted:?}: {titles:?}");
+    }
+    let metrics_of = |title: &str| -> Vec<Value> {
+        let widget = widgets.iter().find(|w| w["properties"]["title"].as_str().unwrap_or("").contains(title)).unwrap();
+        widget["properties"]["metrics"].as_array().unwrap().clone()
+    };
+    // rotate-key's percentiles and status codes, on both its routes.
+    let latency = metrics_of("rotate-key latency");
+    for stat in ["p50", "p99"] {
+        for route in ["/iam/rotate-key", "/admin/v2/iam/rotateKey"] {
+            assert!(
+                latency.iter().any(|m| m.to_string().contains(&format!("\"{route}\""))
+                    && m.as_array().unwrap().last().unwrap()["stat"] == stat),
+                "{stat} of {route}"
+            );
+        }
+    }
+    let codes = metrics_of("status codes").iter().map(|m| m[1].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    for code in ["Count", "4xx", "5xx"] {
+        assert_eq!(codes.iter().filter(|c| *c == code).count(), 2, "{code} of both routes");
+    }
+    let states = metrics_of("Orgs by state").iter().map(|m| m[1].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    for state in ["OrgsEnabled", "OrgsExpired", "OrgsDisabled"] {
+        assert!(states.iter().any(|s| s == state), "{state}: {states:?}");
+    }
+
+    // Every metric of the project's namespace that the dashboard (or an alarm)
+    // reads is one the code publishes.
+    let source: String = ["src/scheduled.rs", "src/metrics.rs"]
+        .iter()
+        .map(|f| std::fs::read_to_string(project_root().join(f)).unwrap())
+        .collect();
+    let mut read: Vec<String> = Vec::new();
+    for widget in widgets {
+        for metric in widget["properties"]["metrics"].as_array().into_iter().flatten() {
+            let text = metric.to_string();
+            if metric[0] == "S3KeyRotation" {
+                read.push(metric[1].as_str().unwrap().to_owned());
+            } else if text.contains("S3KeyRotation") {
+                assert!(text.contains("MetricName=\\\"Failed\\\""), "{text}");
+                read.push("Failed".into());
+            }
+        }
+    }
+    for (_, alarm) in resources_of_type(&t, "AWS::CloudWatch::Alarm") {
+        if alarm["Properties"]["Namespace"] == "S3KeyRotation" {
+            read.push(alarm["Properties"]["MetricName"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(read.len() >= 15, "{read:?}");
+    for name in read {
+        assert!(source.contains(&format!("\"{name}\"")), "{name} is read but no code publishes it");
+    }
+    assert_eq!(
+        t["Outputs"]["DashboardUrl"]["Value"]["Fn::Sub"]
+            .as_str()
+            .map(|url| url.contains("dashboards:name=${Dashboard}")),
+        Some(true)
+    );
+}
