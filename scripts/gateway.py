@@ -107,13 +107,15 @@ class Deployment:
             env = dict(globals_.get("Environment", {}).get("Variables", {}))
             env.update(props.get("Environment", {}).get("Variables", {}))
             env = {k: self.resolve(v) for k, v in env.items()}
+            # SAM merges the function's LoggingConfig (its LogGroup) into the Globals' (LogFormat).
+            logging_config = {**globals_.get("LoggingConfig", {}), **props.get("LoggingConfig", {})}
             function = Function(
                 name=name,
                 binary=resource["Metadata"]["BuildProperties"]["Binary"],
                 environment={k: str(v) for k, v in env.items() if v is not None},
                 memory=int(props.get("MemorySize", globals_.get("MemorySize", 128))),
                 timeout=int(props.get("Timeout", globals_.get("Timeout", 3))),
-                log_format=props.get("LoggingConfig", globals_.get("LoggingConfig", {})).get("LogFormat", "Text"),
+                log_format=logging_config.get("LogFormat", "Text"),
             )
             for event in props.get("Events", {}).values():
                 if event["Type"] != "HttpApi":

@@ -6,6 +6,7 @@
 //! - [`api`]: HTTP glue of the API Gateway functions;
 //! - [`scheduled`]: EventBridge glue of the scheduled evaluation;
 //! - [`cli`]: the operator CLI's commands, one file a group of them;
+//! - [`metrics`]: CloudWatch metrics as embedded-metric-format log lines;
 //! - [`config`]: the environment, read once at start-up.
 
 pub mod api;
@@ -13,4 +14,5 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod metrics;
 pub mod scheduled;

@@ -4,6 +4,7 @@
 //! out). Summaries are returned, logged, and written as CloudWatch
 //! embedded-metric lines.
 
+use std::collections::BTreeMap;
 use std::time::{Duration as StdDuration, SystemTime};
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
@@ -14,11 +15,12 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::core::accounts::MemberRole;
-use crate::core::domain::is_event_time;
+use crate::core::domain::{is_event_time, Trigger};
 use crate::core::fanout::{dispatch, sweep_slice, Manifest, Slice, SliceQueue, AFTER_DEADLINE_STOP};
 use crate::core::ports::Registry;
 use crate::core::rotation::Ports;
 use crate::core::sweep::{sweep, Summary, SweepRequest, SweepSettings};
+use crate::metrics::{rotation_line, Line};
 
 /// The `detail` of the scheduled event: `{}` or `{"dryRun": true}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +61,12 @@ pub async fn handle(
         summary = %serde_json::to_string(&summary).unwrap_or_default(),
         "sweep finished"
     );
-    println!("{}", metrics_line(&summary, Utc::now().timestamp_millis(), "scheduled-rotation", None));
+    // The in-process run records the day's full check once it completes one: the heartbeat.
+    let full_check_completed = summary.full_check && summary.complete && !summary.dry_run;
+    let extra = [("FullCheckCompleted", usize::from(full_check_completed))];
+    for line in sweep_metrics(&summary, Utc::now().timestamp_millis(), "scheduled-rotation", None, &extra) {
+        println!("{line}");
+    }
     Ok(summary)
 }
 
@@ -107,8 +114,10 @@ pub async fn handle_dispatch(
         slices = manifest.slices.len(),
         full_check = manifest.full_check,
         dispatch_ms = manifest.dispatch_ms,
+        full_check_completed = manifest.full_check_completed.as_deref().unwrap_or(""),
         "run dispatched"
     );
+    println!("{}", dispatch_metrics(&manifest, Utc::now().timestamp_millis()));
     Ok(manifest)
 }
 
@@ -156,7 +165,15 @@ pub async fn handle_slices(
                     failed = summary.failed.len(),
                     "slice swept"
                 );
-                println!("{}", metrics_line(summary, Utc::now().timestamp_millis(), "sweep-worker", Some(account)));
+                // This delivery's work only: a slice delivered again is not counted twice.
+                if let Some(delivery) = &result.delivery {
+                    let finished = usize::from(result.complete);
+                    let extra = [("SlicesFinished", finished), ("SlicesUnfinished", 1 - finished)];
+                    let now = Utc::now().timestamp_millis();
+                    for line in sweep_metrics(delivery, now, "sweep-worker", Some(account), &extra) {
+                        println!("{line}");
+                    }
+                }
                 if !result.complete {
                     let stopped_by_deadline = result.error.is_none();
                     if let (true, Some(queue), Some(receipt)) =
@@ -178,10 +195,25 @@ pub async fn handle_slices(
     Ok(response)
 }
 
-/// The summary's counts as one CloudWatch embedded-metric-format line, by
-/// function (and, for a worker's slice, by account too).
-pub fn metrics_line(summary: &Summary, timestamp_ms: i64, function: &str, account: Option<&str>) -> String {
-    let counts: [(&str, usize); 9] = [
+/// The metrics of a sweep (an in-process run, or one delivery of a slice) as
+/// CloudWatch embedded-metric lines (namespace `S3KeyRotation`):
+/// - the summary's counts, `DurationMs` and `extra` (`FullCheckCompleted`,
+///   `SlicesFinished`, …), without dimensions (what the alarms watch), by
+///   `Function`, and for a slice by `Function` and `Account`;
+/// - `Rotations` by `Trigger` (`schedule`);
+/// - `Failed` by `Step` (what failed: `read`, `rotate`, …), a line a step;
+/// - unless a dry run: the orgs by key state (`OrgsEnabled`, `OrgsExpired`,
+///   `OrgsDisabled`, `OrgsPendingDeletion`) and `KeysExpiringSoon` (within
+///   14 days), timestamped at the run's time, so that the slices of one run
+///   add up in its hour whenever each is swept.
+pub fn sweep_metrics(
+    summary: &Summary,
+    timestamp_ms: i64,
+    function: &str,
+    account: Option<&str>,
+    extra: &[(&str, usize)],
+) -> Vec<Line> {
+    let mut counts: Vec<(&str, &str, u64)> = [
         ("OrgsSeen", summary.orgs_seen),
         ("Rotated", summary.rotated.len()),
         ("Retired", summary.retired),
@@ -191,30 +223,77 @@ pub fn metrics_line(summary: &Summary, timestamp_ms: i64, function: &str, accoun
         ("Warned", summary.warned),
         ("Repaired", summary.repaired),
         ("Failed", summary.failed.len()),
-    ];
-    let mut line = serde_json::json!({
-        "_aws": {
-            "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [{
-                "Namespace": "S3KeyRotation",
-                "Dimensions": if account.is_some() { serde_json::json!([["Function"], ["Function", "Account"]]) } else { serde_json::json!([["Function"]]) },
-                "Metrics": counts.iter().map(|(name, _)| serde_json::json!({"Name": name, "Unit": "Count"}))
-                    .chain(std::iter::once(serde_json::json!({"Name": "DurationMs", "Unit": "Milliseconds"})))
-                    .collect::<Vec<_>>(),
-            }],
-        },
-        "Function": function,
-        "DurationMs": summary.duration_ms,
-        "DryRun": summary.dry_run,
-        "Complete": summary.complete,
-    });
-    for (name, count) in counts {
-        line[name] = count.into();
-    }
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .map(|(name, n)| (name, "Count", n as u64))
+    .collect();
+    counts.push(("DurationMs", "Milliseconds", summary.duration_ms));
+    let dimensions: &[&[&str]] =
+        if account.is_some() { &[&[], &["Function"], &["Function", "Account"]] } else { &[&[], &["Function"]] };
+    let mut line = Line::new(timestamp_ms)
+        .metrics(dimensions, &counts)
+        .field("Function", function)
+        .field("DryRun", summary.dry_run)
+        .field("Complete", summary.complete)
+        .field("FullCheck", summary.full_check);
     if let Some(account) = account {
-        line["Account"] = account.into();
+        line = line.field("Account", account);
     }
-    line.to_string()
+    let mut lines = vec![line];
+    if !summary.dry_run {
+        lines.push(rotation_line(Trigger::Schedule, summary.rotated.len(), timestamp_ms).field("Function", function));
+    }
+    let mut by_step: BTreeMap<&str, u64> = BTreeMap::new();
+    for failure in &summary.failed {
+        let step = if failure.step.is_empty() { "unknown" } else { failure.step.as_str() };
+        *by_step.entry(step).or_default() += 1;
+    }
+    for (step, n) in by_step {
+        lines.push(
+            Line::new(timestamp_ms)
+                .metrics(&[&["Step"]], &[("Failed", "Count", n)])
+                .field("Step", step)
+                .field("Function", function),
+        );
+    }
+    if !summary.dry_run {
+        let state = |name: &str| summary.orgs_by_state.get(name).copied().unwrap_or(0) as u64;
+        lines.push(
+            Line::new(summary.evaluated_at.timestamp_millis())
+                .metrics(
+                    &[&[]],
+                    &[
+                        ("OrgsEnabled", "Count", state("Enabled")),
+                        ("OrgsExpired", "Count", state("Expired")),
+                        ("OrgsDisabled", "Count", state("Disabled")),
+                        ("OrgsPendingDeletion", "Count", state("PendingDeletion")),
+                        ("KeysExpiringSoon", "Count", summary.keys_expiring_soon as u64),
+                    ],
+                )
+                .field("Function", function),
+        );
+    }
+    lines
+}
+
+/// The dispatcher's metrics: `Slices` queued, `OrgsListed`, `DispatchMs`,
+/// and `FullCheckCompleted` (1 when this dispatch recorded a run's finished
+/// full check: the heartbeat), without dimensions and by `Function`.
+pub fn dispatch_metrics(manifest: &Manifest, timestamp_ms: i64) -> Line {
+    Line::new(timestamp_ms)
+        .metrics(
+            &[&[], &["Function"]],
+            &[
+                ("Slices", "Count", manifest.slices.len() as u64),
+                ("OrgsListed", "Count", manifest.orgs as u64),
+                ("FullCheckCompleted", "Count", u64::from(manifest.full_check_completed.is_some())),
+                ("DispatchMs", "Milliseconds", manifest.dispatch_ms),
+            ],
+        )
+        .field("Function", "scheduled-rotation")
+        .field("Run", manifest.run_id.as_str())
+        .field("DryRun", manifest.dry_run)
 }
 
 #[cfg(test)]
@@ -310,22 +389,135 @@ mod tests {
         assert!(queue.redeliveries.lock().unwrap().is_empty(), "it waits for the visibility timeout");
     }
 
-    #[test]
-    fn the_metrics_line_declares_every_count() {
-        let summary = Summary { orgs_seen: 3, warned: 2, ..Summary::default() };
-        let line: serde_json::Value =
-            serde_json::from_str(&metrics_line(&summary, 1_795_323_071_000, "scheduled-rotation", None)).unwrap();
-        let declared: Vec<&str> = line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["Name"].as_str().unwrap())
-            .collect();
-        for name in &declared {
-            assert!(line.get(*name).is_some(), "{name} has a value");
+    use crate::core::domain::OrgId;
+    use crate::core::sweep::OrgFailure;
+    use crate::metrics::tests::assert_valid_emf;
+    use serde_json::{json, Value};
+
+    fn failure(org: &str, step: &str) -> OrgFailure {
+        OrgFailure { org_id: OrgId::parse(org).unwrap(), reason: format!("{step}: refused"), step: step.into() }
+    }
+
+    /// A summary of a slice: 10 orgs, 2 rotated, 1 newly expired, 3 failed in two steps.
+    fn summary() -> Summary {
+        let org = |id: &str| OrgId::parse(id).unwrap();
+        Summary {
+            evaluated_at: chrono::DateTime::parse_from_rfc3339("2026-11-24T23:00:00Z").unwrap().with_timezone(&Utc),
+            orgs_seen: 10,
+            rotated: vec![org("1000001"), org("1000002")],
+            expired: vec![org("1000003")],
+            warned: 2,
+            failed: vec![failure("1000004", "rotate"), failure("1000005", "read"), failure("1000006", "rotate")],
+            orgs_by_state: [("Enabled".to_string(), 8), ("Expired".to_string(), 1), ("Disabled".to_string(), 1)]
+                .into_iter()
+                .collect(),
+            keys_expiring_soon: 4,
+            duration_ms: 1234,
+            ..Summary::default()
         }
-        assert_eq!(line["OrgsSeen"], 3);
-        assert_eq!(line["Warned"], 2);
-        assert_eq!(line["_aws"]["Timestamp"], 1_795_323_071_000i64);
+    }
+
+    fn lines(summary: &Summary, account: Option<&str>, extra: &[(&str, usize)]) -> Vec<Value> {
+        sweep_metrics(summary, 1_795_323_071_000, "sweep-worker", account, extra)
+            .iter()
+            .map(|line| assert_valid_emf(&line.to_string()))
+            .collect()
+    }
+
+    fn dimensions(line: &Value) -> Value {
+        line["_aws"]["CloudWatchMetrics"][0]["Dimensions"].clone()
+    }
+
+    #[test]
+    fn the_counts_are_published_without_dimensions_by_function_and_by_account() {
+        let lines = lines(&summary(), Some("111111111111"), &[("SlicesFinished", 1), ("SlicesUnfinished", 0)]);
+        let counts = &lines[0];
+        assert_eq!(dimensions(counts), json!([[], ["Function"], ["Function", "Account"]]));
+        assert_eq!(
+            (counts["Function"].as_str(), counts["Account"].as_str()),
+            (Some("sweep-worker"), Some("111111111111"))
+        );
+        for (name, value) in [
+            ("OrgsSeen", 10),
+            ("Rotated", 2),
+            ("Expired", 1),
+            ("Warned", 2),
+            ("Failed", 3),
+            ("DurationMs", 1234),
+            ("SlicesFinished", 1),
+            ("SlicesUnfinished", 0),
+        ] {
+            assert_eq!(counts[name], value, "{name}");
+        }
+        assert_eq!(counts["_aws"]["Timestamp"], 1_795_323_071_000i64, "events count when they are reported");
+        let in_process = sweep_metrics(&summary(), 0, "scheduled-rotation", None, &[("FullCheckCompleted", 1)]);
+        let line = assert_valid_emf(&in_process[0].to_string());
+        assert_eq!(dimensions(&line), json!([[], ["Function"]]));
+        assert_eq!(line["FullCheckCompleted"], 1);
+    }
+
+    #[test]
+    fn rotations_count_by_trigger_and_failures_by_step() {
+        let lines = lines(&summary(), None, &[]);
+        let rotations: Vec<&Value> = lines.iter().filter(|l| l.get("Rotations").is_some()).collect();
+        assert_eq!(rotations.len(), 1);
+        assert_eq!((rotations[0]["Trigger"].as_str(), rotations[0]["Rotations"].as_u64()), (Some("schedule"), Some(2)));
+        let mut by_step: Vec<(String, u64)> = lines
+            .iter()
+            .filter(|l| dimensions(l) == json!([["Step"]]))
+            .map(|l| (l["Step"].as_str().unwrap().to_owned(), l["Failed"].as_u64().unwrap()))
+            .collect();
+        by_step.sort();
+        assert_eq!(by_step, [("read".to_string(), 1), ("rotate".to_string(), 2)]);
+    }
+
+    #[test]
+    fn orgs_by_state_and_expiring_keys_count_at_the_runs_time_except_in_a_dry_run() {
+        let summary = summary();
+        let lines = lines(&summary, Some("111111111111"), &[]);
+        let states: Vec<&Value> = lines.iter().filter(|l| l.get("OrgsEnabled").is_some()).collect();
+        assert_eq!(states.len(), 1);
+        let line = states[0];
+        assert_eq!(
+            line["_aws"]["Timestamp"],
+            summary.evaluated_at.timestamp_millis(),
+            "every slice of a run in its hour"
+        );
+        assert_eq!(dimensions(line), json!([[]]));
+        for (name, value) in [
+            ("OrgsEnabled", 8),
+            ("OrgsExpired", 1),
+            ("OrgsDisabled", 1),
+            ("OrgsPendingDeletion", 0),
+            ("KeysExpiringSoon", 4),
+        ] {
+            assert_eq!(line[name], value, "{name}");
+        }
+        let dry = Summary { dry_run: true, ..summary };
+        let lines = self::lines(&dry, None, &[]);
+        assert!(
+            lines.iter().all(|l| l.get("OrgsEnabled").is_none() && l.get("Rotations").is_none()),
+            "a dry run changes nothing and counts no org twice: {lines:?}"
+        );
+    }
+
+    #[test]
+    fn the_dispatch_reports_its_slices_and_the_heartbeat() {
+        let mut manifest = Manifest {
+            run_id: "20261124T230000Z".into(),
+            evaluated_at: Utc::now(),
+            dry_run: false,
+            full_check: false,
+            orgs: 2500,
+            slices: Vec::new(),
+            dispatch_ms: 800,
+            full_check_completed: None,
+        };
+        let line = assert_valid_emf(&dispatch_metrics(&manifest, 0).to_string());
+        assert_eq!((line["FullCheckCompleted"].as_u64(), line["OrgsListed"].as_u64()), (Some(0), Some(2500)));
+        assert_eq!(dimensions(&line), json!([[], ["Function"]]), "the heartbeat alarm reads it without dimensions");
+        manifest.full_check_completed = Some("20261124T000000Z".into());
+        let line = assert_valid_emf(&dispatch_metrics(&manifest, 0).to_string());
+        assert_eq!(line["FullCheckCompleted"], 1);
     }
 }

@@ -71,7 +71,7 @@ async fn accounts_show_placement_room_and_which_roles_can_be_assumed() {
 
     let (ok, out, err) = cli(&stack, "5", &["accounts"]);
     assert!(!ok, "a role that cannot be assumed is an error: {out}");
-    assert!(err.contains("the role of 1 member account(s) cannot be assumed"), "{err}");
+    assert!(err.contains("the role of 1 member account cannot be assumed"), "{err}");
     let row =
         |account: &str| out.lines().find(|l| l.starts_with(account)).unwrap_or_else(|| panic!("{out}")).to_owned();
     let words = |line: String| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();

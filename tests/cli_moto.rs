@@ -136,3 +136,42 @@ async fn policy_sweep_at_a_later_time_and_the_secret_only_on_request() {
     let err = refused(&stack, &["policy", "--org", ORG_A, "--enable"]);
     assert!(err.contains("--interval"), "{err}");
 }
+
+/// What a new operator reads: counts in words ("1 org"), a refused `--grace`
+/// in the command line's own words, and an audit trail to the second whose
+/// first rotation names no previous key.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_speaks_its_own_words_and_the_audit_trail_reads_to_the_second() {
+    let stack = Stack::start().await;
+    ok(&stack, &["enroll", "--org", ORG_A]);
+    assert_eq!(ok(&stack, &["status"]).lines().last().unwrap(), "1 org");
+
+    let err = refused(&stack, &["rotate", "--org", ORG_A, "--grace", "8d"]);
+    assert!(err.contains("--grace 8d is longer than the maximum of 7d"), "{err}");
+    assert!(!err.contains("previousKeyGracePeriod"), "the API's field name is not the CLI's: {err}");
+
+    let (first, _) = rotate(&stack, ORG_A);
+    ok(&stack, &["rotate", "--org", ORG_A, "--grace", "24h"]);
+    ok(&stack, &["policy", "--org", ORG_A, "--enable", "--interval", "30d"]);
+    ok(&stack, &["schedule-deletion", "--org", ORG_A, "--days", "7"]);
+    let trail = ok(&stack, &["audit", "--org", ORG_A]);
+    let to_the_second = |line: &str, after: &str| {
+        let rest = line.split(after).nth(1).unwrap_or_else(|| panic!("{after:?} in {line}"));
+        let stamp = rest.get(..23).unwrap_or(rest);
+        assert!(
+            chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S UTC").is_ok(),
+            "a time to the second, not {rest:?}"
+        );
+    };
+    // Newest first: the deletion, the policy, the second rotation, the first.
+    let rotations: Vec<&str> = trail.lines().filter(|l| l.contains("rotate (Operator)")).collect();
+    assert_eq!(rotations.len(), 2, "{trail}");
+    to_the_second(rotations[0], "previous key retires at ");
+    assert!(rotations[0].contains(&first), "the second rotation names the first key: {trail}");
+    assert!(rotations[1].contains("rotate (Operator), first key"), "{trail}");
+    assert!(!rotations[1].contains("previous"), "the first key has no predecessor: {trail}");
+    let policy = trail.lines().find(|l| l.contains("update rotation policy")).expect("the policy");
+    to_the_second(policy, "next at ");
+    let deletion = trail.lines().find(|l| l.contains("schedule-deletion")).expect("the deletion");
+    to_the_second(deletion, "deleted after ");
+}

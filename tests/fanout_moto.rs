@@ -592,17 +592,23 @@ async fn the_first_run_of_a_day_checks_every_org_fully_and_once_it_finished_the_
     let status = status_of(&stack, &second).await;
     assert!(status.finished() && status.total.full_check, "{status:#?}");
 
+    assert_eq!((first.full_check_completed.as_ref(), second.full_check_completed.as_ref()), (None, None));
     let third = dispatch_at(&stack, &queues, day + TimeDelta::hours(1)).await;
     assert!(!third.full_check, "the day's full check finished");
+    // The heartbeat: the dispatch that recorded it names the run (its metric says 1).
+    assert_eq!(third.full_check_completed.as_ref(), Some(&second.run_id));
     queues.drain(&stack, stack.adapters.ports()).await;
     assert!(!status_of(&stack, &third).await.total.full_check);
     let later = dispatch_at(&stack, &queues, day + TimeDelta::hours(2)).await;
     assert!(!later.full_check);
+    assert_eq!(later.full_check_completed, None, "once a day");
     queues.drain(&stack, stack.adapters.ports()).await;
 
     let next_day = dispatch_at(&stack, &queues, day + TimeDelta::days(1)).await;
     assert!(next_day.full_check, "a new day");
     queues.drain(&stack, stack.adapters.ports()).await;
     assert!(status_of(&stack, &next_day).await.finished());
-    assert!(!dispatch_at(&stack, &queues, day + TimeDelta::days(1) + TimeDelta::hours(1)).await.full_check);
+    let recorded = dispatch_at(&stack, &queues, day + TimeDelta::days(1) + TimeDelta::hours(1)).await;
+    assert!(!recorded.full_check);
+    assert_eq!(recorded.full_check_completed.as_ref(), Some(&next_day.run_id));
 }

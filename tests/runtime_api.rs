@@ -173,6 +173,16 @@ async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
     assert!(log.contains("committed the rotation"), "{log}");
     assert!(log.contains("sweep finished"), "{log}");
     assert!(log.contains("\"CloudWatchMetrics\""), "an embedded-metric line: {log}");
+    // Among them, rotate-key's rotations by trigger and the heartbeat of the
+    // day's first run, a full check that completed.
+    let metrics: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|line| line.contains("\"_aws\""))
+        .filter_map(|line| serde_json::from_str(&line[line.find('{')?..]).ok())
+        .collect();
+    let api_rotations = metrics.iter().filter(|m| m["Trigger"] == "api" && m["Rotations"] == 1).count();
+    assert_eq!(api_rotations, 3, "one a rotation through the API: {metrics:?}");
+    assert!(metrics.iter().any(|m| m["FullCheckCompleted"] == 1), "the heartbeat: {metrics:?}");
     for secret in [key1.1.as_str(), key2.1.as_str(), reference["secretAccessKey"].as_str().unwrap()] {
         assert!(!log.contains(secret), "a secret reached the log");
     }

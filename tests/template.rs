@@ -415,3 +415,380 @@ fn the_dispatcher_lists_the_placement_markers_and_a_deletion_removes_one() {
     let prefixes = listing.0["Condition"]["StringLike"]["s3:prefix"].as_array().unwrap();
     assert!(prefixes.contains(&json!("placement/*")), "the dispatcher lists each account's markers: {prefixes:?}");
 }
+
+/// The one topic every alarm notifies: the stack's own (created only without
+/// `AlarmTopicArn`), or the one passed in.
+fn alarm_topic() -> Value {
+    json!({"Fn::If": ["CreateAlarmTopic", {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]})
+}
+
+/// An alarm's resource properties, after checking that it notifies the topic
+/// both when it fires and when it recovers.
+fn alarm<'a>(t: &'a Value, name: &str) -> &'a Value {
+    let resource = &t["Resources"][name];
+    assert_eq!(resource["Type"], "AWS::CloudWatch::Alarm", "{name}");
+    let p = &resource["Properties"];
+    assert_eq!(p["AlarmActions"], json!([alarm_topic()]), "{name}: AlarmActions");
+    assert_eq!(p["OKActions"], json!([alarm_topic()]), "{name}: OKActions");
+    p
+}
+
+fn parameter_default(t: &Value, name: &str) -> Value {
+    let parameter = &t["Parameters"][name];
+    assert!(parameter.is_object(), "no parameter {name}");
+    parameter["Default"].clone()
+}
+
+#[test]
+fn the_alarms_notify_one_topic_of_the_stack_or_the_one_passed_in() {
+    let t = template("template.yaml");
+    assert_eq!(parameter_default(&t, "AlarmTopicArn"), "");
+    assert_eq!(parameter_default(&t, "AlarmEmail"), "");
+    assert_eq!(t["Conditions"]["CreateAlarmTopic"], json!({"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}));
+    assert_eq!(t["Conditions"]["HasAlarmEmail"], json!({"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]}));
+    let topic = &t["Resources"]["AlarmTopic"];
+    assert_eq!(topic["Type"], "AWS::SNS::Topic");
+    assert_eq!(topic["Condition"], "CreateAlarmTopic", "no topic of our own when one is passed in");
+    let subscription = &t["Resources"]["AlarmEmailSubscription"];
+    assert_eq!(subscription["Type"], "AWS::SNS::Subscription");
+    assert_eq!(subscription["Condition"], "HasAlarmEmail");
+    let p = &subscription["Properties"];
+    assert_eq!(p["Protocol"], "email");
+    assert_eq!(p["Endpoint"], json!({"Ref": "AlarmEmail"}));
+    assert_eq!(p["TopicArn"], alarm_topic(), "the email subscribes to whichever topic the alarms notify");
+    assert_eq!(t["Outputs"]["AlarmTopicArn"]["Value"], alarm_topic());
+
+    // Every alarm of the template notifies it.
+    let alarms = resources_of_type(&t, "AWS::CloudWatch::Alarm");
+    assert!(alarms.len() >= 16, "{} alarms", alarms.len());
+    for (name, _) in alarms {
+        alarm(&t, name);
+    }
+}
+
+#[test]
+fn every_dead_letter_and_failure_queue_alarms_once_it_holds_a_message() {
+    let t = template("template.yaml");
+    // The queues where work ends up that nobody will retry.
+    let function = &t["Resources"]["ScheduledRotationFunction"]["Properties"];
+    assert_eq!(
+        function["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"],
+        json!({"Fn::GetAtt": ["SweepFailureQueue", "Arn"]})
+    );
+    assert_eq!(
+        function["Events"]["Schedule"]["Properties"]["DeadLetterConfig"],
+        json!({"Arn": {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]}}),
+        "the schedule's dead-letter queue is the template's own, so an alarm can name it"
+    );
+    assert_eq!(
+        t["Resources"]["SweepQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"],
+        json!({"Fn::GetAtt": ["SweepDeadLetterQueue", "Arn"]})
+    );
+    let target = &t["Resources"]["NotificationsRule"]["Properties"]["Targets"][0];
+    assert_eq!(target["DeadLetterConfig"]["Arn"], json!({"Fn::GetAtt": ["NotificationsDeadLetterQueue", "Arn"]}));
+    // EventBridge may put what it could not deliver there.
+    let policy = &t["Resources"]["NotificationsDeadLetterQueuePolicy"]["Properties"];
+    assert_eq!(policy["Queues"], json!([{"Ref": "NotificationsDeadLetterQueue"}]));
+    let statement = &policy["PolicyDocument"]["Statement"][0];
+    assert_eq!(statement["Principal"]["Service"], "events.amazonaws.com");
+    assert_eq!(statement["Action"], "sqs:SendMessage");
+    assert_eq!(
+        statement["Condition"]["ArnEquals"]["aws:SourceArn"],
+        json!({"Fn::GetAtt": ["NotificationsRule", "Arn"]})
+    );
+
+    assert_eq!(parameter_default(&t, "DeadLetterMessagesThreshold"), 1);
+    let mut watched = Vec::new();
+    for (name, _) in resources_of_type(&t, "AWS::CloudWatch::Alarm") {
+        let p = alarm(&t, name);
+        if p["Namespace"] != "AWS/SQS" {
+            continue;
+        }
+        assert_eq!(p["MetricName"], "ApproximateNumberOfMessagesVisible", "{name}");
+        assert_eq!(p["Statistic"], "Maximum", "{name}");
+        assert_eq!(p["Threshold"], json!({"Ref": "DeadLetterMessagesThreshold"}), "{name}");
+        assert_eq!(p["ComparisonOperator"], "GreaterThanOrEqualToThreshold", "{name}");
+        assert_eq!(p["EvaluationPeriods"], 1, "{name}");
+        assert_eq!(p["Period"], json!({"Ref": "AlarmPeriodSeconds"}), "{name}");
+        assert_eq!(p["TreatMissingData"], "notBreaching", "{name}");
+        let dimensions = p["Dimensions"].as_array().unwrap();
+        assert_eq!(dimensions.len(), 1, "{name}");
+        assert_eq!(dimensions[0]["Name"], "QueueName", "{name}");
+        let queue = dimensions[0]["Value"]["Fn::GetAtt"][0].as_str().unwrap();
+        assert_eq!(dimensions[0]["Value"], json!({"Fn::GetAtt": [queue, "QueueName"]}), "{name}");
+        watched.push(queue.to_owned());
+    }
+    watched.sort();
+    assert_eq!(
+        watched,
+        ["NotificationsDeadLetterQueue", "ScheduleDeadLetterQueue", "SweepDeadLetterQueue", "SweepFailureQueue"]
+    );
+}
+
+#[test]
+fn every_function_alarms_on_its_errors_and_throttles() {
+    let t = template("template.yaml");
+    let mut watched = Vec::new();
+    for (name, _) in resources_of_type(&t, "AWS::CloudWatch::Alarm") {
+        let p = alarm(&t, name);
+        if p["Namespace"] != "AWS/Lambda" {
+            continue;
+        }
+        let metric = p["MetricName"].as_str().unwrap();
+        let threshold = match metric {
+            "Errors" => "FunctionErrorsThreshold",
+            "Throttles" => "FunctionThrottlesThreshold",
+            other => panic!("{name}: {other}"),
+        };
+        assert_eq!(p["Threshold"], json!({"Ref": threshold}), "{name}");
+        assert_eq!(parameter_default(&t, threshold), 1, "{threshold}");
+        assert_eq!(p["Statistic"], "Sum", "{name}");
+        assert_eq!(p["ComparisonOperator"], "GreaterThanOrEqualToThreshold", "{name}");
+        assert_eq!(p["Period"], json!({"Ref": "AlarmPeriodSeconds"}), "{name}");
+        assert_eq!(p["TreatMissingData"], "notBreaching", "{name}");
+        let dimensions = p["Dimensions"].as_array().unwrap();
+        assert_eq!(dimensions.len(), 1, "{name}");
+        assert_eq!(dimensions[0]["Name"], "FunctionName", "{name}");
+        let function = dimensions[0]["Value"]["Ref"].as_str().unwrap();
+        watched.push(format!("{function} {metric}"));
+    }
+    watched.sort();
+    let mut expected: Vec<String> = resources_of_type(&t, "AWS::Serverless::Function")
+        .iter()
+        .flat_map(|(f, _)| [format!("{f} Errors"), format!("{f} Throttles")])
+        .collect();
+    expected.sort();
+    assert_eq!(watched, expected);
+    assert_eq!(expected.len(), 8);
+}
+
+#[test]
+fn rotate_key_alarms_on_5xx_answers_of_both_its_routes() {
+    let t = template("template.yaml");
+    let p = alarm(&t, "RotateKey5xxAlarm");
+    assert_eq!(p["Threshold"], json!({"Ref": "RotateKey5xxThreshold"}));
+    assert_eq!(parameter_default(&t, "RotateKey5xxThreshold"), 1);
+    assert_eq!(p["ComparisonOperator"], "GreaterThanOrEqualToThreshold");
+    let metrics = p["Metrics"].as_array().unwrap();
+    let mut resources = Vec::new();
+    let mut ids = Vec::new();
+    for m in metrics.iter().filter(|m| m.get("MetricStat").is_some()) {
+        assert_eq!(m["ReturnData"], false);
+        let stat = &m["MetricStat"];
+        assert_eq!(stat["Stat"], "Sum");
+        assert_eq!(stat["Period"], json!({"Ref": "AlarmPeriodSeconds"}));
+        let metric = &stat["Metric"];
+        assert_eq!(metric["Namespace"], "AWS/ApiGateway");
+        assert_eq!(metric["MetricName"], "5xx", "HTTP APIs name it 5xx");
+        let dims: std::collections::BTreeMap<String, Value> = metric["Dimensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["Name"].as_str().unwrap().to_owned(), d["Value"].clone()))
+            .collect();
+        assert_eq!(dims["ApiId"], json!({"Ref": "HttpApi"}));
+        assert_eq!(dims["Stage"], "$default");
+        assert_eq!(dims["Method"], "POST");
+        resources.push(dims["Resource"].as_str().unwrap().to_owned());
+        ids.push(m["Id"].as_str().unwrap().to_owned());
+    }
+    resources.sort();
+    assert_eq!(resources, ["/admin/v2/iam/rotateKey", "/iam/rotate-key"], "the routes of RotateKeyFunction");
+    let total: Vec<&Value> = metrics.iter().filter(|m| m["ReturnData"] == true).collect();
+    assert_eq!(total.len(), 1);
+    let expression = total[0]["Expression"].as_str().unwrap();
+    for id in &ids {
+        assert!(expression.contains(&format!("FILL({id}, 0)")), "{expression}");
+    }
+    // Route metrics exist only with detailed metrics on.
+    assert_eq!(t["Resources"]["HttpApi"]["Properties"]["DefaultRouteSettings"]["DetailedMetricsEnabled"], true);
+}
+
+#[test]
+fn the_sweep_alarms_on_failed_orgs_newly_expired_orgs_and_a_missing_full_check() {
+    let t = template("template.yaml");
+    for (name, metric, threshold) in [
+        ("SweepFailedOrgsAlarm", "Failed", "SweepFailedOrgsThreshold"),
+        ("SweepExpiredOrgsAlarm", "Expired", "SweepExpiredOrgsThreshold"),
+    ] {
+        let p = alarm(&t, name);
+        assert_eq!(p["Namespace"], "S3KeyRotation", "{name}: the sweep's own metrics");
+        assert_eq!(p["MetricName"], metric, "{name}");
+        assert!(p.get("Dimensions").is_none(), "{name}: the metric without dimensions (every sweeping function)");
+        assert_eq!(p["Statistic"], "Sum", "{name}");
+        assert_eq!(p["Threshold"], json!({"Ref": threshold}), "{name}");
+        assert_eq!(parameter_default(&t, threshold), 1, "{name}: any org");
+        assert_eq!(p["ComparisonOperator"], "GreaterThanOrEqualToThreshold", "{name}");
+        assert_eq!(p["Period"], json!({"Ref": "SweepAlarmPeriodSeconds"}), "{name}");
+        assert_eq!(p["TreatMissingData"], "notBreaching", "{name}: no run, nothing failed");
+    }
+
+    let p = alarm(&t, "SweepHeartbeatAlarm");
+    assert_eq!(p["Namespace"], "S3KeyRotation");
+    assert_eq!(p["MetricName"], "FullCheckCompleted");
+    assert!(p.get("Dimensions").is_none());
+    assert_eq!(p["Statistic"], "Sum");
+    assert_eq!(p["Period"], 3600, "hourly");
+    assert_eq!(p["EvaluationPeriods"], json!({"Ref": "HeartbeatHours"}));
+    assert_eq!(p["DatapointsToAlarm"], json!({"Ref": "HeartbeatHours"}), "every hour of the window without one");
+    assert_eq!(parameter_default(&t, "HeartbeatHours"), 26);
+    assert!(t["Parameters"]["HeartbeatHours"]["MaxValue"].as_u64().unwrap() * 3600 <= 7 * 86400, "CloudWatch's 7 days");
+    assert_eq!(p["Threshold"], 1);
+    assert_eq!(p["ComparisonOperator"], "LessThanThreshold");
+    assert_eq!(p["TreatMissingData"], "breaching", "no data is no heartbeat");
+}
+
+#[test]
+fn every_function_logs_to_a_group_of_the_template_kept_for_the_retention() {
+    let t = template("template.yaml");
+    assert_eq!(parameter_default(&t, "LogRetentionDays"), 90);
+    assert_eq!(t["Globals"]["Function"]["LoggingConfig"]["LogFormat"], "JSON", "JSON logs, the function's group added");
+    let groups = resources_of_type(&t, "AWS::Logs::LogGroup");
+    for (name, group) in &groups {
+        assert_eq!(group["Properties"]["RetentionInDays"], json!({"Ref": "LogRetentionDays"}), "{name}");
+    }
+    let mut used: Vec<&str> = Vec::new();
+    for (name, function) in resources_of_type(&t, "AWS::Serverless::Function") {
+        let group = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: LoggingConfig.LogGroup names a group of the template"));
+        assert_eq!(t["Resources"][group]["Type"], "AWS::Logs::LogGroup", "{name}");
+        assert!(!used.contains(&group), "{name}: a group of its own");
+        used.push(group);
+    }
+    assert_eq!(used.len(), 4);
+    // The API's access log is the other group.
+    let access = &t["Resources"]["HttpApi"]["Properties"]["AccessLogSettings"];
+    assert_eq!(access["DestinationArn"], json!({"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}));
+    assert!(!used.contains(&"ApiAccessLogGroup"));
+    assert_eq!(groups.len(), 5, "one a function and the access log");
+}
+
+#[test]
+fn the_access_log_is_one_json_line_a_request_without_any_header() {
+    let t = template("template.yaml");
+    let format = t["Resources"]["HttpApi"]["Properties"]["AccessLogSettings"]["Format"]["Fn::Sub"]
+        .as_str()
+        .expect("a Fn::Sub string (the org claim's name is a parameter)");
+    let line: Value = serde_json::from_str(&format.replace("${OrgClaim}", "org_id")).expect("JSON");
+    for (field, variable) in [
+        ("requestId", "$context.requestId"),
+        ("route", "$context.routeKey"),
+        ("status", "$context.status"),
+        ("latencyMs", "$context.responseLatency"),
+        ("org", "$context.authorizer.claims.org_id"),
+    ] {
+        assert_eq!(line[field], variable, "{field}");
+    }
+    let lower = format.to_lowercase();
+    assert!(!lower.contains("authorization") && !lower.contains("header"), "no header, no token: {format}");
+}
+
+#[test]
+fn only_one_scheduled_run_at_a_time() {
+    let t = template("template.yaml");
+    let reserved = |name: &str| t["Resources"][name]["Properties"]["ReservedConcurrentExecutions"].clone();
+    assert_eq!(reserved("ScheduledRotationFunction"), 1);
+    // The worker's concurrency is the queue's MaximumConcurrency: a reservation would only throttle it.
+    assert_eq!(reserved("SweepWorkerFunction"), Value::Null);
+}
+
+/// The dashboard's body: JSON once `Fn::Sub` has put the resources' names in.
+fn dashboard(t: &Value) -> Value {
+    let resource = &t["Resources"]["Dashboard"];
+    assert_eq!(resource["Type"], "AWS::CloudWatch::Dashboard");
+    let text = resource["Properties"]["DashboardBody"]["Fn::Sub"].as_str().expect("a Fn::Sub string");
+    let mut body = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        body.push_str(&rest[..start]);
+        let end = start + rest[start..].find('}').unwrap();
+        let name = &rest[start + 2..end];
+        let resource = name.split('.').next().unwrap();
+        assert!(
+            name.starts_with("AWS::") || t["Resources"].get(resource).is_some(),
+            "the dashboard names {name}, which the template does not have"
+        );
+        body.push_str(&format!("<{name}>"));
+        rest = &rest[end + 1..];
+    }
+    body.push_str(rest);
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("the dashboard body is not JSON: {e}\n{body}"))
+}
+
+#[test]
+fn the_dashboard_shows_what_an_operator_watches_from_metrics_that_are_published() {
+    let t = template("template.yaml");
+    let body = dashboard(&t);
+    let widgets = body["widgets"].as_array().unwrap();
+    let titles: Vec<&str> = widgets.iter().filter_map(|w| w["properties"]["title"].as_str()).collect();
+    for wanted in [
+        "Rotations per hour",
+        "Orgs by state",
+        "Keys expiring within 14 days",
+        "Sweep: slice duration",
+        "Sweep: slices",
+        "failed orgs by step",
+        "rotate-key latency",
+        "rotate-key requests and status codes",
+    ] {
+        assert!(titles.iter().any(|t| t.contains(wanted)), "no widget {wanted:?}: {titles:?}");
+    }
+    let metrics_of = |title: &str| -> Vec<Value> {
+        let widget = widgets.iter().find(|w| w["properties"]["title"].as_str().unwrap_or("").contains(title)).unwrap();
+        widget["properties"]["metrics"].as_array().unwrap().clone()
+    };
+    // rotate-key's percentiles and status codes, on both its routes.
+    let latency = metrics_of("rotate-key latency");
+    for stat in ["p50", "p99"] {
+        for route in ["/iam/rotate-key", "/admin/v2/iam/rotateKey"] {
+            assert!(
+                latency.iter().any(|m| m.to_string().contains(&format!("\"{route}\""))
+                    && m.as_array().unwrap().last().unwrap()["stat"] == stat),
+                "{stat} of {route}"
+            );
+        }
+    }
+    let codes = metrics_of("status codes").iter().map(|m| m[1].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    for code in ["Count", "4xx", "5xx"] {
+        assert_eq!(codes.iter().filter(|c| *c == code).count(), 2, "{code} of both routes");
+    }
+    let states = metrics_of("Orgs by state").iter().map(|m| m[1].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    for state in ["OrgsEnabled", "OrgsExpired", "OrgsDisabled"] {
+        assert!(states.iter().any(|s| s == state), "{state}: {states:?}");
+    }
+
+    // Every metric of the project's namespace that the dashboard (or an alarm)
+    // reads is one the code publishes.
+    let source: String = ["src/scheduled.rs", "src/metrics.rs"]
+        .iter()
+        .map(|f| std::fs::read_to_string(project_root().join(f)).unwrap())
+        .collect();
+    let mut read: Vec<String> = Vec::new();
+    for widget in widgets {
+        for metric in widget["properties"]["metrics"].as_array().into_iter().flatten() {
+            let text = metric.to_string();
+            if metric[0] == "S3KeyRotation" {
+                read.push(metric[1].as_str().unwrap().to_owned());
+            } else if text.contains("S3KeyRotation") {
+                assert!(text.contains("MetricName=\\\"Failed\\\""), "{text}");
+                read.push("Failed".into());
+            }
+        }
+    }
+    for (_, alarm) in resources_of_type(&t, "AWS::CloudWatch::Alarm") {
+        if alarm["Properties"]["Namespace"] == "S3KeyRotation" {
+            read.push(alarm["Properties"]["MetricName"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(read.len() >= 15, "{read:?}");
+    for name in read {
+        assert!(source.contains(&format!("\"{name}\"")), "{name} is read but no code publishes it");
+    }
+    assert_eq!(
+        t["Outputs"]["DashboardUrl"]["Value"]["Fn::Sub"]
+            .as_str()
+            .map(|url| url.contains("dashboards:name=${Dashboard}")),
+        Some(true)
+    );
+}

@@ -18,6 +18,7 @@ use crate::core::ports::PortError;
 use crate::core::rotation::{
     rotate_idempotent, Idempotency, Ports, Rotated, RotationError, RotationRequest, RotationSettings,
 };
+use crate::metrics::rotation_line;
 
 /// The path every error body names, as the reference does.
 pub const ERROR_PATH: &str = "/iam/rotate-key";
@@ -216,6 +217,8 @@ async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, 
                 previous = rotated.previous.as_ref().map_or("none", |p| p.access_key_id.as_str()),
                 "rotated"
             );
+            // The dashboard's API rotations (an idempotent replay counts again).
+            println!("{}", rotation_line(Trigger::Api, 1, Utc::now().timestamp_millis()));
             success(&rotated)
         }
         Err(e) => {

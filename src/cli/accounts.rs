@@ -95,10 +95,15 @@ pub(super) async fn accounts(ctx: &Context, args: Accounts) -> Result<(), String
         }
     }
     if !args.json {
-        println!("{enrolled} orgs enrolled; room for {room_left} more in {} member accounts", members.len());
+        println!(
+            "{} enrolled; room for {room_left} more in {}",
+            super::count(enrolled, "org", "orgs"),
+            super::count(members.len(), "member account", "member accounts")
+        );
     }
     if unreachable > 0 {
-        return Err(format!("the role of {unreachable} member account(s) cannot be assumed"));
+        let accounts = super::count(unreachable, "member account", "member accounts");
+        return Err(format!("the role of {accounts} cannot be assumed"));
     }
     Ok(())
 }

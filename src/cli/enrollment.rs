@@ -141,14 +141,20 @@ async fn enroll_all(
     }
     bar.finish_and_clear();
     if !verbose {
-        println!("{total} orgs: {created} enrolled, {existing} enrolled already, {failed} failed");
+        println!(
+            "{}: {created} enrolled, {existing} enrolled already, {failed} failed",
+            super::count(total, "org", "orgs")
+        );
         if !settings.members.is_empty() {
             let by_account: Vec<String> = placed.iter().map(|(a, n)| format!("{n} in {a}")).collect();
             println!("placed: {}", by_account.join(", "));
         }
     }
     if failed > 0 {
-        return Err(format!("{failed} of {total} orgs could not be enrolled (running the command again retries them)"));
+        return Err(format!(
+            "{failed} of {} could not be enrolled (running the command again retries them)",
+            super::count(total, "org", "orgs")
+        ));
     }
     Ok(())
 }

@@ -161,6 +161,15 @@ fn at(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
+/// `n` things in words: `1 org`, `2 orgs`, `0 orgs`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 /// The error of an org that is not enrolled, in the functions' words.
 fn not_found(org: &OrgId) -> String {
     format!("Not found IAM key info for orgId: {org}")

@@ -8,7 +8,7 @@ use super::{at, not_found, parse_org, policy_line, Context, ACTOR};
 use crate::core::domain::{OrgId, Trigger};
 use crate::core::duration::{Duration, DurationError};
 use crate::core::policy::{update_policy, PolicyChange, PolicyError};
-use crate::core::rotation::{rotate as rotate_key, RotationRequest};
+use crate::core::rotation::{rotate as rotate_key, RotationError, RotationRequest};
 
 #[derive(Debug, Args)]
 pub(super) struct Rotate {
@@ -51,7 +51,13 @@ pub(super) async fn rotate(ctx: &Context, Rotate { org, grace, show_secret }: Ro
         grace,
     };
     let rotated =
-        rotate_key(ctx.adapters.ports(), &ctx.config.rotation_settings(), &request).await.map_err(|e| e.to_string())?;
+        rotate_key(ctx.adapters.ports(), &ctx.config.rotation_settings(), &request).await.map_err(|e| match e {
+            // In the command line's words, not the API's field name.
+            RotationError::GraceTooLong { requested, max } => {
+                format!("--grace {requested} is longer than the maximum of {max}")
+            }
+            e => e.to_string(),
+        })?;
     println!(
         "rotated org {}: v{} {} (expires {})",
         rotated.org,

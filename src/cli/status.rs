@@ -178,7 +178,7 @@ async fn status_table(adapters: &Adapters, config: &Config, json: bool, now: Dat
         );
     }
     if !json {
-        println!("{count} orgs");
+        println!("{}", super::count(count, "org", "orgs"));
     }
     Ok(())
 }

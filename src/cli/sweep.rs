@@ -46,7 +46,7 @@ pub(super) async fn sweep(ctx: &Context, Sweep { at, dry_run, status, run, json 
     let summary = result.map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?);
     if !summary.failed.is_empty() {
-        return Err(format!("{} org(s) failed; see `failed` above", summary.failed.len()));
+        return Err(format!("{} failed; see `failed` above", super::count(summary.failed.len(), "org", "orgs")));
     }
     Ok(())
 }
@@ -66,12 +66,12 @@ async fn run_status(ctx: &Context, run: Option<&str>, json: bool) -> Result<(), 
         let done = status.results.iter().filter(|r| r.complete).count();
         let t = &status.total;
         println!(
-            "run {}{}  evaluated at {}  {} orgs in {} slices{}",
+            "run {}{}  evaluated at {}  {} in {}{}",
             m.run_id,
             if m.dry_run { " (dry run)" } else { "" },
             super::at(m.evaluated_at),
-            m.orgs,
-            m.slices.len(),
+            super::count(m.orgs, "org", "orgs"),
+            super::count(m.slices.len(), "slice", "slices"),
             if m.full_check { ", full check" } else { "" }
         );
         println!(
@@ -92,11 +92,11 @@ async fn run_status(ctx: &Context, run: Option<&str>, json: bool) -> Result<(), 
         );
         for r in status.failing() {
             println!(
-                "failing  slice {} (account {}, {} orgs, {} deliveries): {}",
+                "failing  slice {} (account {}, {}, {}): {}",
                 r.index,
                 r.account.as_deref().unwrap_or("home"),
-                r.orgs,
-                r.deliveries,
+                super::count(r.orgs, "org", "orgs"),
+                super::count(r.deliveries as usize, "delivery", "deliveries"),
                 r.error.as_deref().unwrap_or("")
             );
         }

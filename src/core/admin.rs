@@ -200,7 +200,7 @@ async fn change(
             key_ids,
             detail: Some(match record.deletion_at {
                 Some(at) if record.state == KeyState::PendingDeletion => {
-                    format!("state PendingDeletion, deleted after {at}")
+                    format!("state PendingDeletion, deleted after {}", at.format("%Y-%m-%d %H:%M:%S UTC"))
                 }
                 _ => format!("state {}", record.state),
             }),

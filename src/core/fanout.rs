@@ -80,6 +80,10 @@ pub struct Manifest {
     pub orgs: usize,
     pub slices: Vec<SliceInfo>,
     pub dispatch_ms: u64,
+    /// The run whose full check this dispatch found finished and recorded as
+    /// the day's (`fanout.json`), once per day: the sweep's heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_check_completed: Option<String>,
 }
 
 /// What a worker did with a slice (all its deliveries together).
@@ -101,6 +105,11 @@ pub struct SliceResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub summary: Summary,
+    /// What this delivery did (not stored): the worker's metrics count each
+    /// org once, however often the slice is delivered. `None`: the slice was
+    /// finished already, or its account could not be reached.
+    #[serde(skip)]
+    pub delivery: Option<Summary>,
 }
 
 /// The sweep state of the fan-out.
@@ -192,11 +201,15 @@ pub async fn dispatch(
     }
     let mut state = load_fanout(registry).await?;
     // The day's full check is done once a run that made it finished every slice.
+    let mut full_check_completed = None;
     if let Some(latest) = state.latest_run.clone() {
         if let Some(status) = run_status(registry, Some(&latest)).await? {
             let m = &status.manifest;
-            if m.full_check && !m.dry_run && status.finished() {
-                state.fully_checked_on = Some(m.evaluated_at.date_naive());
+            let day = Some(m.evaluated_at.date_naive());
+            if m.full_check && !m.dry_run && status.finished() && state.fully_checked_on != day {
+                state.fully_checked_on = day;
+                // Recorded only by a run that stores the state (not a dry run).
+                full_check_completed = (!dry_run).then_some(latest);
             }
         }
     }
@@ -236,6 +249,7 @@ pub async fn dispatch(
             .map(|s| SliceInfo { index: s.index, account: s.account.clone(), orgs: s.orgs.len() })
             .collect(),
         dispatch_ms: 0,
+        full_check_completed,
     };
     registry.put_state(&manifest_name(&run), &to_json(&manifest)).await?;
     let bodies: Vec<String> = slices.iter().map(to_json).collect();
@@ -319,6 +333,7 @@ pub async fn sweep_slice(
     result.complete = part.complete;
     result.stopped_after = if part.complete { None } else { part.stopped_after.clone().or(result.stopped_after) };
     result.error = None;
+    result.delivery = Some(part.clone());
     result.summary.absorb(part);
     result.summary.complete = result.complete;
     result.summary.stopped_after = result.stopped_after.clone();
@@ -631,6 +646,58 @@ mod tests {
         work(&w, &queue.take()).await;
         let tomorrow = dispatch(&w.registry, &queue, &members(), 2, at + TimeDelta::days(1), false).await.unwrap();
         assert!(tomorrow.full_check);
+    }
+
+    /// The heartbeat: the dispatch that finds a run's full check finished says
+    /// so, once; not while a slice is left, not again the same day, not for a
+    /// dry run, and again the next day.
+    #[tokio::test]
+    async fn a_finished_full_check_is_reported_once_by_the_dispatch_that_records_it() {
+        let (w, _) = world(4).await;
+        let queue = MemoryQueue::default();
+        let at = t0() + TimeDelta::hours(1);
+        let run = |hours: i64, dry_run: bool| {
+            let (w, queue) = (&w, &queue);
+            async move { dispatch(&w.registry, queue, &members(), 2, at + TimeDelta::hours(hours), dry_run).await }
+        };
+        let first = run(0, false).await.unwrap();
+        assert_eq!(first.full_check_completed, None);
+        let mut slices = queue.take();
+        let last = slices.pop().unwrap();
+        work(&w, &slices).await;
+        assert_eq!(run(1, false).await.unwrap().full_check_completed, None, "a slice is left");
+        let second = queue.take();
+        work(&w, &[last]).await;
+        work(&w, &second).await;
+        // The latest run (the second, a full check too) is finished now.
+        assert_eq!(run(2, true).await.unwrap().full_check_completed, None, "a dry run records nothing");
+        queue.take();
+        let recorded = run(3, false).await.unwrap();
+        assert_eq!(recorded.full_check_completed.as_deref(), Some(run_id(at + TimeDelta::hours(1), false).as_str()));
+        assert!(!recorded.full_check);
+        work(&w, &queue.take()).await;
+        assert_eq!(run(4, false).await.unwrap().full_check_completed, None, "once a day");
+        work(&w, &queue.take()).await;
+        let next_day = run(24, false).await.unwrap();
+        assert!(next_day.full_check);
+        work(&w, &queue.take()).await;
+        assert!(run(25, false).await.unwrap().full_check_completed.is_some(), "the next day's");
+    }
+
+    /// A slice's delivery reports what it did alone; a finished slice
+    /// delivered again reports nothing.
+    #[tokio::test]
+    async fn a_delivery_reports_only_its_own_work() {
+        let (w, orgs) = world(6).await;
+        let queue = MemoryQueue::default();
+        dispatch(&w.registry, &queue, &[], 10, t0() + TimeDelta::days(7), false).await.unwrap();
+        let slices = queue.take();
+        let first = work(&w, &slices).await.remove(0).unwrap();
+        let delivery = first.delivery.clone().expect("this delivery's part");
+        assert_eq!((delivery.orgs_seen, delivery.rotated.len()), (orgs.len(), orgs.len()));
+        let again = work(&w, &slices).await.remove(0).unwrap();
+        assert!(again.complete && again.delivery.is_none(), "{again:?}");
+        assert_eq!(again.summary.rotated.len(), orgs.len(), "the stored result still adds up");
     }
 
     fn org(i: usize) -> OrgId {

@@ -83,7 +83,10 @@ pub async fn update_policy(
                     PolicyChange::Enable { interval } => {
                         format!(
                             "automatic rotation every {interval}, next at {}",
-                            record.policy.next_rotation_at.map_or("-".into(), |t| t.to_rfc3339())
+                            record
+                                .policy
+                                .next_rotation_at
+                                .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
                         )
                     }
                     PolicyChange::Disable => "automatic rotation disabled".to_owned(),

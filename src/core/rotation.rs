@@ -565,13 +565,18 @@ impl Rotation<'_> {
     /// sweep copies them to the trail); those it has no room for are returned,
     /// for the rotation to write itself.
     fn queue_audit(&self, record: &mut OrgRecord) -> Vec<AuditEntry> {
-        let now = self.req.now;
         let old = record.previous.as_ref();
         let mut key_ids: Vec<String> = old.iter().map(|p| p.key.access_key_id.clone()).collect();
         key_ids.extend(record.current.iter().map(|c| c.access_key_id.clone()));
-        let retires = old.map_or(now, |p| p.retire_at);
-        let mut entries =
-            vec![self.entry(format!("rotate ({:?}), previous key retires at {retires}", self.req.trigger), key_ids)];
+        let text = match old {
+            Some(p) => format!(
+                "rotate ({:?}), previous key retires at {}",
+                self.req.trigger,
+                p.retire_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            None => format!("rotate ({:?}), first key", self.req.trigger),
+        };
+        let mut entries = vec![self.entry(text, key_ids)];
         if let Some(old) = old.filter(|p| p.deactivation_unconfirmed) {
             entries.push(self.entry("deactivate previous key".into(), vec![old.key.access_key_id.clone()]));
         }

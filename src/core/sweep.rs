@@ -8,6 +8,7 @@
 //! conditional write on a freshly read record. Running it twice at the same
 //! time changes nothing the second time.
 
+use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
@@ -163,7 +164,15 @@ pub fn plan(
 pub struct OrgFailure {
     pub org_id: OrgId,
     pub reason: String,
+    /// What failed, in a word (the metrics' `Step`): `read` (the record,
+    /// IAM keys or vault), `housekeep` (what a rotation left for later), or
+    /// the action (`rotate`, `expire`, …, as the dry run's plan names them).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub step: String,
 }
+
+/// How far ahead the summary counts keys about to reach the maximum age.
+pub const EXPIRING_SOON: Duration = Duration::from_days(14);
 
 /// What a run of the sweep did (or, in a dry run, would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +199,12 @@ pub struct Summary {
     pub repaired: usize,
     pub mismatches: Vec<OrgFailure>,
     pub failed: Vec<OrgFailure>,
+    /// The orgs evaluated by key state (`Enabled`, `Expired`, …), as the run left them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub orgs_by_state: BTreeMap<String, usize>,
+    /// `Enabled` orgs whose current key reaches the maximum age within
+    /// [`EXPIRING_SOON`] (and is not rotated by this run).
+    pub keys_expiring_soon: usize,
     /// The dry run's plan: org and action.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub planned: Vec<(OrgId, Action)>,
@@ -210,6 +225,10 @@ impl Summary {
         self.repaired += other.repaired;
         self.mismatches.extend(other.mismatches);
         self.failed.extend(other.failed);
+        for (state, n) in other.orgs_by_state {
+            *self.orgs_by_state.entry(state).or_default() += n;
+        }
+        self.keys_expiring_soon += other.keys_expiring_soon;
         self.planned.extend(other.planned);
         self.duration_ms += other.duration_ms;
     }
@@ -250,8 +269,12 @@ struct OrgOutcome {
     warned: usize,
     repaired: usize,
     mismatches: Vec<String>,
-    failure: Option<String>,
+    /// What failed (see [`OrgFailure::step`]) and why.
+    failure: Option<(&'static str, String)>,
     planned: Vec<Action>,
+    /// The org's key state as the run left it (`None`: not read, or deleted).
+    state: Option<KeyState>,
+    expiring_soon: bool,
 }
 
 /// Runs the sweep over every enrolled org: one org's failure never stops the
@@ -351,12 +374,22 @@ pub async fn sweep_orgs(
         summary.deleted_keys += outcome.deleted_keys;
         summary.warned += outcome.warned;
         summary.repaired += outcome.repaired;
-        summary
-            .mismatches
-            .extend(outcome.mismatches.into_iter().map(|reason| OrgFailure { org_id: org.clone(), reason }));
+        summary.mismatches.extend(outcome.mismatches.into_iter().map(|reason| OrgFailure {
+            org_id: org.clone(),
+            reason,
+            step: String::new(),
+        }));
         summary.planned.extend(outcome.planned.into_iter().map(|a| (org.clone(), a)));
-        if let Some(reason) = outcome.failure {
-            summary.failed.push(OrgFailure { org_id: org.clone(), reason });
+        if let Some((step, reason)) = outcome.failure {
+            summary.failed.push(OrgFailure { org_id: org.clone(), reason, step: step.into() });
+        }
+        // Counted as the run left it: rotated, the key is new; expired, the org is Expired.
+        let state = if outcome.expired { Some(KeyState::Expired) } else { outcome.state };
+        if let Some(state) = state.filter(|_| !outcome.deleted_org) {
+            *summary.orgs_by_state.entry(state.as_str().to_owned()).or_default() += 1;
+        }
+        if outcome.expiring_soon && !outcome.rotated && !outcome.expired {
+            summary.keys_expiring_soon += 1;
         }
     }
     summary.stopped_after = last.map(|i| orgs[i].clone());
@@ -390,10 +423,16 @@ async fn evaluate(
         Ok(Some(planned)) => planned,
         Ok(None) => return outcome, // deleted meanwhile
         Err(e) => {
-            outcome.failure = Some(e.to_string());
+            outcome.failure = Some(("read", e.to_string()));
             return outcome;
         }
     };
+    outcome.state = Some(record.state);
+    outcome.expiring_soon = record.state == KeyState::Enabled
+        && record.current.as_ref().is_some_and(|c| {
+            let expires_at = c.created_at + settings.rotation.max_key_age.to_chrono();
+            req.now < expires_at && expires_at <= req.now + EXPIRING_SOON.to_chrono()
+        });
     if req.dry_run {
         outcome.planned = actions;
         return outcome;
@@ -401,7 +440,8 @@ async fn evaluate(
     if left_for_later(&record) {
         if let Err(e) = housekeep(ports, settings, org).await {
             warn!(error = %e, "could not finish what a rotation left for later");
-            outcome.failure = Some(format!("copy a rotation's audit entries and confirm its deactivation: {e}"));
+            outcome.failure =
+                Some(("housekeep", format!("copy a rotation's audit entries and confirm its deactivation: {e}")));
             return outcome;
         }
     }
@@ -415,7 +455,7 @@ async fn evaluate(
         }
         if let Err(e) = result {
             warn!(error = %e, ?action, "failed");
-            outcome.failure = Some(format!("{}: {e}", action_name(&action)));
+            outcome.failure = Some((action_step(&action), format!("{}: {e}", action_name(&action))));
             break;
         }
     }
@@ -519,6 +559,23 @@ fn action_name(action: &Action) -> &'static str {
         Action::DeletePrevious { .. } => "delete the previous key",
         Action::Expire { .. } => "expire the current key",
         Action::Warn { .. } => "warn of expiry",
+    }
+}
+
+/// An action in a word, as the dry run's plan names it (`rollBack`, `rotate`, …).
+fn action_step(action: &Action) -> &'static str {
+    match action {
+        Action::RollBack { .. } => "rollBack",
+        Action::DeleteUnknownKey { .. } => "deleteUnknownKey",
+        Action::ReportMissingKey { .. } => "reportMissingKey",
+        Action::ReportMissingUser { .. } => "reportMissingUser",
+        Action::RepairVault { .. } => "repairVault",
+        Action::DeleteOrg => "deleteOrg",
+        Action::Rotate => "rotate",
+        Action::DeactivatePrevious { .. } => "deactivatePrevious",
+        Action::DeletePrevious { .. } => "deletePrevious",
+        Action::Expire { .. } => "expire",
+        Action::Warn { .. } => "warn",
     }
 }
 
@@ -956,6 +1013,97 @@ mod tests {
         // Every rotation came a day or two before the 90 days were up, never a year later.
         let gaps: Vec<i64> = rotated_on.windows(2).map(|d| d[1] - d[0]).collect();
         assert!(rotated_on.len() >= 8 && gaps.iter().all(|g| (87..=89).contains(g)), "{rotated_on:?}");
+    }
+
+    /// The summary counts the orgs by key state as the run left them, and the
+    /// keys that reach the maximum age within 14 days and were not rotated.
+    #[tokio::test]
+    async fn the_summary_counts_orgs_by_state_and_keys_expiring_soon() {
+        let w = World::new();
+        let soon = w.org("2000001", None).await; // 90 days at t0 + 90d
+        let rotating = w.org("2000002", Some(7)).await; // due: rotated by the run
+        let disabled = w.org("2000003", None).await;
+        let mut record = w.record(&disabled);
+        record.state = KeyState::Disabled;
+        w.registry.put(record);
+        let expiring = w.org("2000004", None).await;
+        let mut record = w.record(&expiring);
+        record.current.as_mut().unwrap().created_at = t0() - TimeDelta::days(20); // past 90 days at the run
+        w.registry.put(record);
+        let summary = w.run(t0() + TimeDelta::days(80)).await;
+        assert_eq!(summary.rotated, [rotating]);
+        assert_eq!(summary.expired, [expiring]);
+        let by_state: Vec<(&str, usize)> = summary.orgs_by_state.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        assert_eq!(by_state, [("Disabled", 1), ("Enabled", 2), ("Expired", 1)]);
+        assert_eq!(summary.keys_expiring_soon, 1, "only {soon}: the rotated key is new, the expired one is gone");
+        // A day before the 14 days start: none.
+        let w = World::new();
+        w.org("2000005", None).await;
+        assert_eq!(w.run(t0() + TimeDelta::days(75)).await.keys_expiring_soon, 0);
+        assert_eq!(w.run(t0() + TimeDelta::days(76)).await.keys_expiring_soon, 1);
+        // A dry run counts too (the metrics leave dry runs out).
+        let req = SweepRequest {
+            now: t0() + TimeDelta::days(77),
+            dry_run: true,
+            deadline: None,
+            margin: StdDuration::from_secs(1),
+        };
+        let dry = sweep(w.ports(), &w.settings, &req).await.unwrap();
+        assert_eq!((dry.orgs_by_state["Enabled"], dry.keys_expiring_soon), (1, 1));
+        let mut total = Summary::default();
+        total.absorb(dry.clone());
+        total.absorb(dry);
+        assert_eq!((total.orgs_by_state["Enabled"], total.keys_expiring_soon), (2, 2), "parts add up");
+    }
+
+    /// A failed org says which step failed, in the word the metrics use.
+    #[tokio::test]
+    async fn a_failure_names_its_step() {
+        let mut steps = std::collections::BTreeSet::new();
+        for k in 1..=12 {
+            let w = World::new();
+            w.org("2100001", Some(7)).await;
+            w.faults.inject(k, FaultMode::Fail);
+            let req = SweepRequest {
+                now: t0() + TimeDelta::days(8),
+                dry_run: false,
+                deadline: None,
+                margin: StdDuration::from_secs(1),
+            };
+            // A failed listing stops the run before any org: no org failure to name.
+            let Ok(summary) = sweep(w.ports(), &w.settings, &req).await else { continue };
+            for failure in &summary.failed {
+                match failure.step.as_str() {
+                    "rotate" => assert!(failure.reason.starts_with("automatic rotation: "), "{failure:?}"),
+                    "housekeep" => assert!(failure.reason.starts_with("copy a rotation's"), "{failure:?}"),
+                    "read" => {}
+                    other => panic!("k={k}: step {other:?} for a due rotation: {failure:?}"),
+                }
+                steps.insert(failure.step.clone());
+            }
+        }
+        assert!(steps.contains("read") && steps.contains("rotate"), "{steps:?}");
+    }
+
+    #[test]
+    fn a_step_is_the_actions_name_in_the_plan() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let id = || "AKIA".to_string();
+        for action in [
+            Action::RollBack { rotation_id: "r".into(), new_access_key_id: None },
+            Action::DeleteUnknownKey { access_key_id: id() },
+            Action::ReportMissingKey { access_key_id: id() },
+            Action::ReportMissingUser { user: "u".into() },
+            Action::RepairVault { version: "v".into() },
+            Action::DeleteOrg,
+            Action::Rotate,
+            Action::DeactivatePrevious { access_key_id: id() },
+            Action::DeletePrevious { access_key_id: id() },
+            Action::Expire { access_key_id: id() },
+            Action::Warn { access_key_id: id(), threshold: Duration::from_days(1), expires_at: at },
+        ] {
+            assert_eq!(serde_json::to_value(&action).unwrap()["action"], action_step(&action), "{action:?}");
+        }
     }
 
     #[tokio::test]
