@@ -41,6 +41,7 @@ fn world(rt: &tokio::runtime::Runtime, n: usize) -> MemoryWorld {
                 access_key_id: key.access_key_id,
                 created_at: t0(),
                 vault_version: None,
+                expires_at: None,
             });
             if i % 10 == 0 {
                 record.policy = RotationPolicy {

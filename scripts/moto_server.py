@@ -99,6 +99,13 @@ def _user_resource(self):
     authorizes it. moto 5.2.5 authorizes those calls against `*`, which a
     statement whose Resource names users (member-account.yaml's) never matches."""
     names = self.data.get("UserName")
+    if not names and self._get_action() == "GetAccessKeyLastUsed":
+        # Named by its key only: IAM authorizes it against the key's user.
+        key_id = (self.data.get("AccessKeyId") or [""])[0]
+        owner = next((u for u in self.backend.users.values()
+                      if any(k.access_key_id == key_id for k in u.access_keys)), None)
+        if owner is not None:
+            return f"arn:{self.partition}:iam::{self.current_account}:user{owner.path}{owner.name}"
     if not names:
         return _original_iam_resource(self)
     name = names[0]

@@ -15,3 +15,10 @@ if ! cmp -s "$req" "$stamp" 2>/dev/null; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
   cp "$req" "$stamp"
 fi
+# libfaketime (Debian package faketime): the tests start moto under it to make
+# IAM keys with old creation dates (adoption of orgs older than this service).
+if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
+  echo "tools: installing faketime (Debian)" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq faketime >&2
+fi

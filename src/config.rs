@@ -41,6 +41,8 @@ pub struct Config {
     pub key_retention: Duration,
     /// `EXPIRY_WARNINGS`: how long before the maximum age warnings are published.
     pub expiry_warnings: Vec<Duration>,
+    /// `RETIRE_IN_USE`: `report` (default) or `defer` a previous key still in use.
+    pub retire_in_use: crate::core::sweep::RetireInUse,
     /// `SWEEP_CONCURRENCY`: orgs evaluated at once by the scheduled run.
     pub sweep_concurrency: usize,
     /// `DEADLINE_MARGIN`: the scheduled run starts no org this close to its deadline.
@@ -102,11 +104,17 @@ impl Config {
             check_bucket("MANAGED_BUCKET", b)?;
         }
         let org_prefix_template = get("ORG_PREFIX_TEMPLATE").unwrap_or_else(|| "{orgId}/".into());
-        if !org_prefix_template.contains("{orgId}") || org_prefix_template.starts_with('/') {
+        // The org id must be ended by '/', which no org id contains: with
+        // `logs/{orgId}`, org 1234567's prefix would also cover org 12345678's.
+        if org_prefix_template.matches("{orgId}").count() != 1
+            || !org_prefix_template.contains("{orgId}/")
+            || org_prefix_template.starts_with('/')
+        {
             return Err(ConfigError {
                 variable: "ORG_PREFIX_TEMPLATE",
                 problem: format!("is '{org_prefix_template}'"),
-                expected: "a key prefix containing {orgId}, not starting with '/', e.g. {orgId}/",
+                expected: "a key prefix with {orgId} once, followed by '/' (no org id continues past it), not \
+                           starting with '/', e.g. {orgId}/ or logs/{orgId}/",
             });
         }
         let iam_user_path = get("IAM_USER_PATH").unwrap_or_else(|| "/managed-s3/".into());
@@ -187,6 +195,17 @@ impl Config {
             });
         }
         let key_retention = duration("KEY_RETENTION", Duration::from_days(7))?;
+        let retire_in_use = match get("RETIRE_IN_USE").as_deref().map(str::trim) {
+            None | Some("report") => crate::core::sweep::RetireInUse::Report,
+            Some("defer") => crate::core::sweep::RetireInUse::Defer,
+            Some(other) => {
+                return Err(ConfigError {
+                    variable: "RETIRE_IN_USE",
+                    problem: format!("is '{other}'"),
+                    expected: "report or defer",
+                })
+            }
+        };
         let expiry_warnings = match get("EXPIRY_WARNINGS") {
             None => vec![Duration::from_days(14), Duration::from_days(7), Duration::from_days(1)],
             Some(text) => {
@@ -281,6 +300,7 @@ impl Config {
             event_bus_name,
             rotation_grace_period,
             key_retention,
+            retire_in_use,
             expiry_warnings,
             sweep_concurrency,
             deadline_margin,
@@ -334,6 +354,7 @@ impl Config {
             retention: self.key_retention,
             warnings: self.expiry_warnings.clone(),
             concurrency: self.sweep_concurrency,
+            retire_in_use: self.retire_in_use,
         }
     }
 
@@ -407,6 +428,15 @@ mod tests {
             (&[("REGISTRY_BUCKET", "r-b"), ("ROTATIONS_PER_HOUR", "0")], "ROTATIONS_PER_HOUR is '0'"),
             (&[("REGISTRY_BUCKET", "r-b"), ("IAM_USER_PATH", "managed")], "IAM_USER_PATH is 'managed'"),
             (&[("REGISTRY_BUCKET", "r-b"), ("ORG_PREFIX_TEMPLATE", "logs/")], "ORG_PREFIX_TEMPLATE is 'logs/'"),
+            (
+                &[("REGISTRY_BUCKET", "r-b"), ("ORG_PREFIX_TEMPLATE", "logs/{orgId}")],
+                "ORG_PREFIX_TEMPLATE is 'logs/{orgId}'",
+            ),
+            (&[("REGISTRY_BUCKET", "r-b"), ("ORG_PREFIX_TEMPLATE", "{orgId}")], "followed by '/'"),
+            (
+                &[("REGISTRY_BUCKET", "r-b"), ("ORG_PREFIX_TEMPLATE", "{orgId}-logs/")],
+                "ORG_PREFIX_TEMPLATE is '{orgId}-logs/'",
+            ),
             (
                 &[("REGISTRY_BUCKET", "r-b"), ("VERIFY_NEW_KEY", "yes")],
                 "VERIFY_NEW_KEY is 'yes'; expected true or false",

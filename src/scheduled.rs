@@ -346,6 +346,7 @@ mod tests {
             retention: crate::core::duration::Duration::from_days(7),
             warnings: Vec::new(),
             concurrency: 1,
+            retire_in_use: crate::core::sweep::RetireInUse::Report,
         };
         let slice = Slice {
             run_id: "r".into(),

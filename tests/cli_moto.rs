@@ -175,3 +175,27 @@ async fn the_cli_speaks_its_own_words_and_the_audit_trail_reads_to_the_second() 
     let deletion = trail.lines().find(|l| l.contains("schedule-deletion")).expect("the deletion");
     to_the_second(deletion, "deleted after ");
 }
+
+/// A call the caller's identity may not make is reported with AWS's error code
+/// and message (what an operator needs to fix the policy), not a bare status.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_call_is_reported_with_its_error_code_and_message() {
+    let stack = Stack::start().await;
+    let iam = stack.iam_of(None).await;
+    iam.create_user().user_name("no-rights").send().await.unwrap();
+    let key = iam.create_access_key().user_name("no-rights").send().await.unwrap().access_key.unwrap();
+    stack.aws.enforce_auth();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
+        .args(["enroll", "--org", "5550001"])
+        .envs(stack.function_env())
+        .env("AWS_ACCESS_KEY_ID", key.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", key.secret_access_key())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(err.contains("AccessDenied"), "the error code: {err}");
+    assert!(err.contains("no-rights") || err.contains("Access Denied"), "the message: {err}");
+    assert!(!err.contains("HTTP 403"), "{err}");
+    assert!(!err.contains(key.secret_access_key()), "never the secret");
+}

@@ -365,7 +365,7 @@ fn key_metadata(record: &OrgRecord, settings: &PolicySettings) -> Value {
     if let Some(current) = &record.current {
         put("PrimaryKeyVersion", current.version.to_string().into());
         put("PrimaryAccessKeyId", current.access_key_id.clone().into());
-        put("KeyExpirationDate", iso(current.created_at + max_key_age.to_chrono()).into());
+        put("KeyExpirationDate", iso(current.expiry(max_key_age)).into());
     }
     Value::Object(m)
 }

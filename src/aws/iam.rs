@@ -17,7 +17,7 @@ use std::sync::Arc;
 use super::accounts::MemberAccounts;
 use super::classify;
 use crate::core::enrollment::user_policy;
-use crate::core::ports::{AccessKeys, IamKey, IamUser, NewKey, PortError, UserSpec};
+use crate::core::ports::{AccessKeys, IamKey, IamUser, KeyUse, NewKey, PortError, UserSpec};
 
 /// The name of the inline policy that lets an org's user read its prefix.
 pub const POLICY_NAME: &str = "s3-key-rotation-read-own-prefix";
@@ -77,6 +77,21 @@ impl AccessKeys for IamKeys {
             .await
             .map_err(|e| classify("iam", "PutUserPolicy", &e))?;
         Ok(())
+    }
+
+    async fn create_user(&self, spec: &UserSpec) -> Result<Vec<IamKey>, PortError> {
+        let client = self.client(spec.account.as_deref()).await?;
+        let tag =
+            Tag::builder().key("s3-key-rotation:org").value(spec.org.as_str()).build().map_err(|e| {
+                PortError::Unavailable { service: "iam", operation: "CreateUser", detail: e.to_string() }
+            })?;
+        match client.create_user().user_name(&spec.user_name).path(&spec.path).tags(tag).send().await {
+            Ok(_) => Ok(Vec::new()),
+            Err(e) if matches!(e.as_service_error(), Some(CreateUserError::EntityAlreadyExistsException(_))) => {
+                self.list_keys(&IamUser { account: spec.account.clone(), name: spec.user_name.clone() }).await
+            }
+            Err(e) => Err(classify("iam", "CreateUser", &e)),
+        }
     }
 
     async fn list_keys(&self, user: &IamUser) -> Result<Vec<IamKey>, PortError> {
@@ -170,6 +185,40 @@ impl AccessKeys for IamKeys {
             None => Ok(()),
             Some(account) => self.members.check(account).await,
         }
+    }
+
+    async fn last_used(&self, user: &IamUser, access_key_id: &str) -> Result<Option<KeyUse>, PortError> {
+        let client = self.client(user.account.as_deref()).await?;
+        let output = match client.get_access_key_last_used().access_key_id(access_key_id).send().await {
+            Ok(output) => output,
+            // A key that is gone has no use to report.
+            Err(e) if super::error_code(&e) == Some("NoSuchEntity") => return Ok(None),
+            Err(e) => return Err(classify("iam", "GetAccessKeyLastUsed", &e)),
+        };
+        let Some(used) = output.access_key_last_used else { return Ok(None) };
+        let Some(at) = used.last_used_date.and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), d.subsec_nanos()))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(KeyUse { at, service: used.service_name, region: used.region }))
+    }
+
+    async fn other_policies(&self, user: &IamUser) -> Result<Vec<String>, PortError> {
+        let client = self.client(user.account.as_deref()).await?;
+        let mut found = Vec::new();
+        let mut inline = client.list_user_policies().user_name(&user.name).into_paginator().items().send();
+        while let Some(name) = inline.next().await {
+            let name = name.map_err(|e| classify("iam", "ListUserPolicies", &e))?;
+            if name != POLICY_NAME {
+                found.push(format!("inline policy {name}"));
+            }
+        }
+        let mut attached = client.list_attached_user_policies().user_name(&user.name).into_paginator().items().send();
+        while let Some(policy) = attached.next().await {
+            let policy = policy.map_err(|e| classify("iam", "ListAttachedUserPolicies", &e))?;
+            found.push(format!("attached policy {}", policy.policy_arn().unwrap_or("?")));
+        }
+        Ok(found)
     }
 }
 

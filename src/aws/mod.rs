@@ -137,8 +137,12 @@ pub(crate) fn error_code<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Option<&
 }
 
 /// Classifies an SDK error for the core: a lost conditional write, throttling,
-/// or anything else with the service's error code (never its message text,
-/// which may quote request data).
+/// or anything else with the service's error code and message, which is what an
+/// operator needs to act ("AccessDenied: User: arn:… is not authorized to
+/// perform: iam:CreateAccessKey on resource: …"). AWS error messages name
+/// principals, actions and resources, never a secret the request carried; as a
+/// second guard, anything shaped like a secret access key is masked, and the
+/// message is kept to [`MESSAGE_LIMIT`] characters.
 pub(crate) fn classify<E: ProvideErrorMetadata>(
     service: &'static str,
     operation: &'static str,
@@ -152,12 +156,64 @@ pub(crate) fn classify<E: ProvideErrorMetadata>(
     if code.is_some_and(|c| THROTTLING_CODES.contains(&c)) || status == Some(429) {
         return PortError::Throttled { service, operation };
     }
+    let message = match err {
+        SdkError::ServiceError(e) => e.err().message().map(printable_message),
+        _ => None,
+    };
     let detail = match (err, code, status) {
-        (_, Some(code), _) => code.to_owned(),
+        (_, Some(code), _) => match message {
+            Some(message) if !message.is_empty() => format!("{code}: {message}"),
+            _ => code.to_owned(),
+        },
         (SdkError::TimeoutError(_), ..) => "timeout".to_owned(),
         (SdkError::DispatchFailure(_), ..) => "the endpoint could not be reached".to_owned(),
         (_, None, Some(status)) => format!("HTTP {status}"),
         _ => "request failed".to_owned(),
     };
     PortError::Unavailable { service, operation, detail }
+}
+
+/// The longest part of an AWS error message a log line or an answer carries.
+const MESSAGE_LIMIT: usize = 300;
+
+/// An AWS error message made safe to log: one line, at most [`MESSAGE_LIMIT`]
+/// characters, and any run of 40 characters of a secret access key's alphabet
+/// (A-Z a-z 0-9 + /) masked.
+fn printable_message(message: &str) -> String {
+    let line: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut out = String::with_capacity(line.len());
+    let mut run = String::new();
+    let secret_alphabet = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
+    for c in line.chars().chain(std::iter::once(' ')) {
+        if secret_alphabet(c) {
+            run.push(c);
+            continue;
+        }
+        let looks_secret =
+            run.len() >= 40 && run.chars().any(|c| c.is_ascii_lowercase()) && run.chars().any(|c| c.is_ascii_digit());
+        out.push_str(if looks_secret { "***" } else { &run });
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
+    if out.chars().count() > MESSAGE_LIMIT {
+        out = out.chars().take(MESSAGE_LIMIT).collect::<String>() + "…";
+    }
+    out.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable_message;
+
+    #[test]
+    fn an_error_message_is_kept_but_never_a_secret() {
+        let denied = "User: arn:aws:sts::123456789012:assumed-role/rotate-key/fn is not authorized to perform: \
+                      secretsmanager:GetSecretValue on resource: s3-key-rotation/org-1234567";
+        assert_eq!(printable_message(denied), denied);
+        let leaked = "bad value wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY1 in\nthe request";
+        let shown = printable_message(leaked);
+        assert_eq!(shown, "bad value *** in the request");
+        assert!(printable_message(&"x".repeat(1000)).chars().count() <= 301, "bounded");
+    }
 }

@@ -11,7 +11,7 @@ use super::{parse_org, progress, Context, ACTOR};
 use crate::aws::Adapters;
 use crate::config::Config;
 use crate::core::domain::OrgId;
-use crate::core::enrollment::{enroll as enroll_org, grant_vault_reader};
+use crate::core::enrollment::{enroll as enroll_org, grant_vault_reader, Adoption};
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["orgs", "csv"])))]
@@ -28,10 +28,39 @@ pub(super) struct Enroll {
     /// Orgs enrolled at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
+    /// Adopt orgs whose IAM user already exists with live keys: register its keys
+    /// (nothing is created or deleted). With --csv, the columns (by header) are
+    /// orgId, and optionally iamUser, account, expiresAt.
+    #[arg(long, conflicts_with = "reader_principal")]
+    adopt: bool,
+    /// With --adopt: print what would be registered; change nothing.
+    #[arg(long, requires = "adopt")]
+    dry_run: bool,
+    /// With --adopt: let the adopted key expire at this later time (RFC 3339 or
+    /// YYYY-MM-DD), at most adoption plus MAX_KEY_AGE.
+    #[arg(long, requires = "adopt", value_parser = parse_expiry)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// `--expires-at` and the CSV's `expiresAt`: RFC 3339, or a date (midnight UTC).
+pub(super) fn parse_expiry(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text.trim()) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+        .map_err(|_| format!("'{text}' is not a time: expected RFC 3339 (2027-01-31T00:00:00Z) or YYYY-MM-DD"))
 }
 
 pub(super) async fn enroll(ctx: &Context, args: Enroll) -> Result<(), String> {
-    let Enroll { orgs, csv, reader_principal, concurrency } = args;
+    let Enroll { orgs, csv, reader_principal, concurrency, adopt, dry_run, expires_at } = args;
+    if adopt {
+        let wanted = match csv {
+            Some(path) => super::adoption::read_csv(&path)?,
+            None => orgs.into_iter().map(|org| Adoption { org, user_name: None, account: None, expires_at }).collect(),
+        };
+        return super::adoption::adopt_all(ctx, wanted, usize::from(concurrency), dry_run).await;
+    }
     let wanted = match csv {
         Some(path) => read_csv(&path)?,
         None => orgs.into_iter().map(|org| (org, reader_principal.clone())).collect(),

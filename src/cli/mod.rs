@@ -24,6 +24,7 @@
 //! 2 bad usage (clap reports it and exits while parsing).
 
 mod accounts;
+mod adoption;
 mod enrollment;
 mod key_state;
 mod rotation;

@@ -10,7 +10,7 @@ use crate::aws::Adapters;
 use crate::config::Config;
 use crate::core::domain::{OrgId, OrgRecord};
 use crate::core::policy::{automatic_rotation, next_automatic_rotation};
-use crate::core::ports::Registry;
+use crate::core::ports::{AccessKeys, Registry};
 
 #[derive(Debug, Args)]
 pub(super) struct Status {
@@ -40,7 +40,17 @@ pub(super) async fn status(ctx: &Context, Status { org, json }: Status) -> Resul
     if json {
         println!("{}", serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?);
     } else {
-        print_status(&record, &ctx.config, ctx.now);
+        // Each key's last use, as IAM saw it (a failure to ask is shown, not fatal).
+        let mut uses = Vec::new();
+        for id in record.known_key_ids() {
+            let seen = match ctx.adapters.keys.last_used(&record.user(), id).await {
+                Ok(Some(used)) => format!("last used {} ({} in {})", at(used.at), used.service, used.region),
+                Ok(None) => "never used".to_owned(),
+                Err(e) => format!("last use unknown: {e}"),
+            };
+            uses.push((id.to_owned(), seen));
+        }
+        print_status(&record, &ctx.config, ctx.now, &uses);
     }
     Ok(())
 }
@@ -91,7 +101,8 @@ fn days_hours(d: chrono::TimeDelta) -> String {
     }
 }
 
-fn print_status(record: &OrgRecord, config: &Config, now: DateTime<Utc>) {
+fn print_status(record: &OrgRecord, config: &Config, now: DateTime<Utc>, uses: &[(String, String)]) {
+    let used = |id: &str| uses.iter().find(|(k, _)| k == id).map_or(String::new(), |(_, u)| format!("; {u}"));
     println!(
         "org {}  state {}  user {}  reads s3://{}/{}",
         record.org_id,
@@ -102,15 +113,19 @@ fn print_status(record: &OrgRecord, config: &Config, now: DateTime<Utc>) {
     );
     match &record.current {
         Some(c) => {
-            let expires = c.created_at + config.max_key_age.to_chrono();
+            let expires = c.expiry(config.max_key_age);
+            let window = if c.expires_at.is_some() { " (migration window)" } else { "" };
+            let vault =
+                if c.vault_version.is_some() { "" } else { "; secret not held (the next rotation fills the vault)" };
             println!(
-                "current  v{} {} created {} (age {}), expires {} (in {})",
+                "current  v{} {} created {} (age {}), expires {}{window} (in {}){vault}{}",
                 c.version,
                 c.access_key_id,
                 at(c.created_at),
                 days_hours(now - c.created_at),
                 at(expires),
-                days_hours(expires - now)
+                days_hours(expires - now),
+                used(&c.access_key_id)
             );
         }
         None => println!("current  none (the first rotation issues the first key)"),
@@ -120,7 +135,7 @@ fn print_status(record: &OrgRecord, config: &Config, now: DateTime<Utc>) {
             Some(when) => format!("inactive since {}", at(when)),
             None => format!("active until {}", at(p.retire_at)),
         };
-        println!("previous v{} {} {status}", p.key.version, p.key.access_key_id);
+        println!("previous v{} {} {status}{}", p.key.version, p.key.access_key_id, used(&p.key.access_key_id));
     }
     println!("policy   {}", policy_line(record, config));
     if let Some(when) = record.deletion_at {
@@ -173,7 +188,7 @@ async fn status_table(adapters: &Adapters, config: &Config, json: bool, now: Dat
             current.map_or("-".into(), |c| days_hours(now - c.created_at)),
             auto,
             fmt(next_automatic_rotation(&record, &config.rotation_settings())),
-            fmt(current.map(|c| c.created_at + config.max_key_age.to_chrono())),
+            fmt(current.map(|c| c.expiry(config.max_key_age))),
             record.account_id.as_deref().unwrap_or("home"),
         );
     }

@@ -166,6 +166,21 @@ pub async fn place(
     Err(PlacementError::Contended)
 }
 
+/// Counts `org` in `account`, where its user already lives (an adopted org):
+/// no room is chosen and no cap applies. Marker first, as in [`place`].
+pub async fn place_in(registry: &dyn Registry, account: &str, org: &OrgId) -> Result<(), PlacementError> {
+    match registry.put_doc(&marker_key(account, org), "", None).await {
+        Ok(_) => {}
+        Err(PortError::Conflict) => return Ok(()), // counted by an earlier attempt
+        Err(e) => return Err(e.into()),
+    }
+    change_counts(registry, |placement| {
+        *placement.accounts.entry(account.to_owned()).or_default() += 1;
+        Ok(())
+    })
+    .await
+}
+
 /// A short, growing, jittered wait after a lost compare-and-swap of the
 /// counts, so that a crowd of writers spreads out.
 async fn jitter(attempt: u32) {

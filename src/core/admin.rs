@@ -83,7 +83,7 @@ pub async fn enable(
 ) -> Result<StateChange, AdminError> {
     change(ports, org, now, actor, "enable", |record| match record.state {
         KeyState::Disabled => {
-            let too_old = record.current.as_ref().is_some_and(|c| now - c.created_at >= max_key_age.to_chrono());
+            let too_old = record.current.as_ref().is_some_and(|c| c.expiry(max_key_age) <= now);
             record.state = if too_old { KeyState::Expired } else { KeyState::Enabled };
             Ok(true)
         }
@@ -233,6 +233,7 @@ mod tests {
             access_key_id: key.access_key_id.clone(),
             created_at: t0(),
             vault_version: None,
+            expires_at: None,
         });
         world.registry.put(record);
         (world, org, key.access_key_id)

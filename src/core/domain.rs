@@ -158,6 +158,19 @@ pub struct KeyVersion {
     /// was stored there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault_version: Option<String>,
+    /// When the key expires, if not `created_at` plus the maximum age: an
+    /// adopted key's migration window (see [`KeyVersion::expiry`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl KeyVersion {
+    /// When the 90-day rule takes this key away: its creation plus
+    /// `max_key_age`, or the later date an adoption gave it.
+    pub fn expiry(&self, max_key_age: Duration) -> DateTime<Utc> {
+        let by_age = self.created_at + max_key_age.to_chrono();
+        self.expires_at.map_or(by_age, |at| at.max(by_age))
+    }
 }
 
 /// The key that was current before the last rotation.
@@ -276,6 +289,20 @@ pub struct OrgRecord {
     /// [`IDEMPOTENCY_WINDOW_HOURS`] hours: a repeat gets the same answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub idempotent_rotations: Vec<IdempotentRotation>,
+    /// Keys the record does not know that had signed requests: deactivated
+    /// and reported, deleted once KEY_RETENTION has passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<QuarantinedKey>,
+}
+
+/// A key found on the org's user that the record did not know and that had
+/// been used: never deleted before it has been inactive for KEY_RETENTION.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantinedKey {
+    pub access_key_id: String,
+    pub deactivated_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
 }
 
 /// An IAM user in its AWS account: a member account's id, or `None` for the
@@ -376,6 +403,7 @@ impl OrgRecord {
             deletion_at: None,
             audit_outbox: Vec::new(),
             idempotent_rotations: Vec::new(),
+            quarantined: Vec::new(),
         }
     }
 

@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use tracing::info;
 
 use super::accounts::{place, release, MemberRole, PlacementError};
-use super::domain::{OrgId, OrgRecord};
-use super::ports::{AccessKeys, AuditEntry, AuditLog, PortError, Registry, UserSpec};
+use super::domain::{HistoryEntry, IamUser, KeyVersion, OrgId, OrgRecord, PreviousKey};
+use super::duration::Duration;
+use super::ports::{AccessKeys, AuditEntry, AuditLog, IamKey, PortError, Registry, UserSpec};
 use super::rotation::write_audit;
 
 /// Where an org's user lives and what it reads.
@@ -47,6 +48,13 @@ pub enum EnrollError {
     Aws(#[from] PortError),
     #[error("no member account can take the org: {0}")]
     Placement(#[from] PlacementError),
+    #[error(
+        "the IAM user {user} already holds {keys} access key(s): bring the org in with `enroll --adopt`, which \
+         registers its keys (nothing was created or deleted)"
+    )]
+    HasKeys { user: IamUser, keys: usize },
+    #[error("cannot adopt org {org}: {why}")]
+    NotAdoptable { org: OrgId, why: String },
 }
 
 /// Enrolls `org`. Idempotent: enrolling an enrolled org changes nothing.
@@ -87,7 +95,21 @@ pub async fn enroll(
                 Err(e) => return Err(e.into()),
             };
         }
-        match keys.ensure_user(&spec).await {
+        // A user made before this service, with live keys, is adopted, never
+        // taken over here: its keys would look "never delivered" to the sweep.
+        let made = match keys.create_user(&spec).await {
+            Ok(held) if !held.is_empty() => {
+                // The place goes back; the user and its keys stay untouched.
+                if let Some(account) = spec.account.as_deref() {
+                    release(registry, account, org).await;
+                }
+                let user = IamUser { account: spec.account.clone(), name: spec.user_name.clone() };
+                return Err(EnrollError::HasKeys { user, keys: held.len() });
+            }
+            Ok(_) => keys.ensure_user(&spec).await,
+            Err(e) => Err(e),
+        };
+        match made {
             Ok(()) => break,
             Err(e) => {
                 give_back(registry, keys, &spec, None).await;
@@ -129,6 +151,190 @@ pub async fn enroll(
     };
     write_audit(audit, &entry).await;
     Ok(Enrolled { created: true, record })
+}
+
+/// An org whose IAM user exists already, to be adopted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adoption {
+    pub org: OrgId,
+    /// The user's name (`None`: the default `org-{orgId}`).
+    pub user_name: Option<String>,
+    /// The member account the user lives in (`None`: the home account).
+    pub account: Option<String>,
+    /// A later expiry than the migration window's, if wanted.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What adoption needs to know beyond enrollment's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptSettings {
+    pub enroll: EnrollSettings,
+    pub max_key_age: Duration,
+    /// The longest expiry warning: an adopted key expires no earlier than
+    /// adoption plus this, so that every warning reaches the org.
+    pub longest_warning: Duration,
+    /// How long an adopted second key stays active (ROTATION_GRACE_PERIOD).
+    pub grace: Duration,
+}
+
+/// What an adoption found and did (or, in a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    /// `false`: the org was enrolled already and nothing changed.
+    pub created: bool,
+    pub record: OrgRecord,
+    /// Policies on the user besides the project's own: reported, not removed.
+    pub other_policies: Vec<String>,
+}
+
+/// Adopts an org whose IAM user exists with live keys (made before this
+/// service): registers what is there instead of creating anything. The newest
+/// active key becomes the current key version, with its real creation date; a
+/// second key the previous one (an active one retires after the grace period).
+/// The key keeps its real age, but never expires before adoption plus the
+/// longest expiry warning (or `expires_at`, at most adoption plus the maximum
+/// age). The vault holds no secret for it (IAM never shows an existing
+/// secret): the org's first rotation fills it. The user gets the read-only
+/// policy; its other policies are reported. `dry_run`: nothing is written.
+/// Idempotent: an enrolled org is answered with its record.
+#[allow(clippy::too_many_arguments)] // enroll's ports and arguments, and the dry run
+pub async fn adopt(
+    registry: &dyn Registry,
+    keys: &dyn AccessKeys,
+    audit: &dyn AuditLog,
+    settings: &AdoptSettings,
+    adoption: &Adoption,
+    now: DateTime<Utc>,
+    actor: &str,
+    dry_run: bool,
+) -> Result<Adopted, EnrollError> {
+    let org = &adoption.org;
+    let refuse = |why: String| EnrollError::NotAdoptable { org: org.clone(), why };
+    let prefix = settings.enroll.prefix_of(org);
+    if let Some(existing) = registry.load(org).await? {
+        let record = same_place(existing.value, &settings.enroll, &prefix)?.record;
+        return Ok(Adopted { created: false, record, other_policies: Vec::new() });
+    }
+    if let Some(account) = &adoption.account {
+        if !settings.enroll.members.iter().any(|m| &m.account_id == account) {
+            return Err(refuse(format!("account {account} is not one of MEMBER_ACCOUNT_ROLES")));
+        }
+    }
+    let name = adoption.user_name.clone().unwrap_or_else(|| org.user_name());
+    if !name.starts_with("org-") {
+        return Err(refuse(format!(
+            "the user {name} is not named org-*: the functions' roles manage only org-* users under IAM_USER_PATH"
+        )));
+    }
+    let user = IamUser { account: adoption.account.clone(), name: name.clone() };
+    let held = match keys.list_keys(&user).await {
+        Ok(held) => held,
+        Err(PortError::NoSuchUser) => return Err(refuse(format!("the IAM user {user} does not exist; use `enroll`"))),
+        Err(e) => return Err(e.into()),
+    };
+    let mut held: Vec<IamKey> = held.into_iter().filter(|k| k.created_at.is_some()).collect();
+    held.sort_by_key(|k| std::cmp::Reverse((k.active, k.created_at)));
+    let Some(newest) = held.first().filter(|k| k.active).cloned() else {
+        return Err(refuse(format!("the IAM user {user} has no active access key; use `enroll`")));
+    };
+    let created_at = newest.created_at.expect("kept only dated keys");
+    // The migration window: never cut off on the day of adoption.
+    let natural = created_at + settings.max_key_age.to_chrono();
+    let window = now + settings.longest_warning.to_chrono();
+    let latest = now + settings.max_key_age.to_chrono();
+    let expires_at = match adoption.expires_at {
+        Some(at) if at > latest => {
+            return Err(refuse(format!("--expires-at {at} is later than adoption plus MAX_KEY_AGE ({latest})")))
+        }
+        Some(at) if at <= natural.max(window) => {
+            return Err(refuse(format!(
+                "--expires-at {at} is not later than the key's own expiry ({})",
+                natural.max(window)
+            )))
+        }
+        Some(at) => Some(at),
+        None if natural < window => Some(window),
+        None => None,
+    };
+    let second = held.get(1).cloned();
+    let mut record = OrgRecord {
+        iam_user: name.clone(),
+        account_id: adoption.account.clone(),
+        ..OrgRecord::enrolled(org, &settings.enroll.managed_bucket, &prefix, now)
+    };
+    record.history.clear();
+    let first_version = if second.is_some() { 2 } else { 1 };
+    record.previous = second.as_ref().map(|k| PreviousKey {
+        key: KeyVersion {
+            version: 1,
+            access_key_id: k.access_key_id.clone(),
+            created_at: k.created_at.expect("kept only dated keys"),
+            vault_version: None,
+            expires_at: None,
+        },
+        retire_at: if k.active { now + settings.grace.to_chrono() } else { now },
+        deactivated_at: (!k.active).then_some(now),
+        deactivation_unconfirmed: false,
+    });
+    record.current = Some(KeyVersion {
+        version: first_version,
+        access_key_id: newest.access_key_id.clone(),
+        created_at,
+        vault_version: None,
+        expires_at,
+    });
+    let key_ids: Vec<String> = record.known_key_ids().map(str::to_owned).collect();
+    record.record_history(HistoryEntry {
+        at: now,
+        event: "adopted".into(),
+        version: Some(first_version),
+        access_key_id: Some(newest.access_key_id.clone()),
+    });
+    let other_policies = keys.other_policies(&user).await?;
+    if dry_run {
+        return Ok(Adopted { created: true, record, other_policies });
+    }
+    if let Some(account) = &adoption.account {
+        super::accounts::place_in(registry, account, org).await?;
+    }
+    let spec = UserSpec {
+        user_name: name.clone(),
+        account: adoption.account.clone(),
+        path: settings.enroll.iam_user_path.clone(),
+        org: org.clone(),
+        bucket: settings.enroll.managed_bucket.clone(),
+        prefix: prefix.clone(),
+    };
+    keys.ensure_user(&spec).await?;
+    match registry.create(&record).await {
+        Ok(_) => {}
+        Err(PortError::Conflict) => {
+            let existing = registry.load(org).await?.ok_or(PortError::Conflict)?;
+            let record = same_place(existing.value, &settings.enroll, &prefix)?.record;
+            return Ok(Adopted { created: false, record, other_policies });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    info!(org = %org, user = %user, keys = ?key_ids, "adopted");
+    let expiry = record.current.as_ref().map(|c| c.expiry(settings.max_key_age)).unwrap_or(now);
+    let entry = AuditEntry {
+        at: now,
+        org_id: org.clone(),
+        action: "adopt".into(),
+        actor: actor.to_owned(),
+        request_id: None,
+        key_ids,
+        detail: Some(format!(
+            "user {user} with its existing keys; the current key expires at {expiry}{}",
+            if other_policies.is_empty() {
+                String::new()
+            } else {
+                format!("; other policies kept: {}", other_policies.join(", "))
+            }
+        )),
+    };
+    write_audit(audit, &entry).await;
+    Ok(Adopted { created: true, record, other_policies })
 }
 
 /// Whether `e` says a member account's role could not be assumed.
@@ -236,6 +442,97 @@ mod tests {
             members: Vec::new(),
             orgs_per_account: 4500,
         }
+    }
+
+    fn adopt_settings() -> AdoptSettings {
+        AdoptSettings {
+            enroll: settings(),
+            max_key_age: Duration::from_days(90),
+            longest_warning: Duration::from_days(14),
+            grace: Duration::from_hours(24),
+        }
+    }
+
+    fn adoption(org: &OrgId) -> Adoption {
+        Adoption { org: org.clone(), user_name: None, account: None, expires_at: None }
+    }
+
+    /// A user made before the service with one key 100 days old: adopted with
+    /// its real creation date, expiring no earlier than adoption plus the
+    /// longest warning; its other policy reported and kept; nothing created.
+    #[tokio::test]
+    async fn an_existing_user_is_adopted_with_its_keys_and_a_migration_window() {
+        let faults = Arc::new(Faults::default());
+        let (registry, keys, audit) =
+            (MemoryRegistry::new(faults.clone()), MemoryKeys::new(faults.clone()), MemoryAudit::new(faults.clone()));
+        let now = Utc::now();
+        let org = OrgId::parse("4000001").unwrap();
+        let old = now - chrono::TimeDelta::days(100);
+        let ids = keys.existing_user(None, &org.user_name(), &[(old, true)]);
+        let settings = adopt_settings();
+
+        let dry = adopt(&registry, &keys, &audit, &settings, &adoption(&org), now, "op", true).await.unwrap();
+        assert!(dry.created && registry.get(&org).is_none(), "a dry run writes nothing");
+        assert!(audit.entries().is_empty());
+
+        let done = adopt(&registry, &keys, &audit, &settings, &adoption(&org), now, "op", false).await.unwrap();
+        let current = done.record.current.clone().unwrap();
+        assert_eq!((current.access_key_id.as_str(), current.created_at), (ids[0].as_str(), old));
+        assert_eq!(current.vault_version, None, "the vault holds no secret for an adopted key");
+        assert_eq!(current.expiry(settings.max_key_age), now + chrono::TimeDelta::days(14), "the migration window");
+        assert_eq!(done.other_policies, ["legacy-full-access"]);
+        assert_eq!(registry.get(&org).unwrap(), done.record);
+        assert_eq!(keys.keys_of(&org.user_name()).len(), 1, "no key created or deleted");
+        let entry = audit.entries().pop().unwrap();
+        assert_eq!((entry.action.as_str(), entry.key_ids.clone()), ("adopt", ids.clone()));
+
+        let again = adopt(&registry, &keys, &audit, &settings, &adoption(&org), now, "op", false).await.unwrap();
+        assert!(!again.created, "adopting twice changes nothing");
+    }
+
+    /// Two keys: the newest active one is current, the other previous (kept
+    /// active, retiring after the grace period); a key young enough keeps its
+    /// own expiry; `expires_at` may only set a later date within MAX_KEY_AGE.
+    #[tokio::test]
+    async fn two_keys_become_current_and_previous_and_expiry_bounds_are_checked() {
+        let faults = Arc::new(Faults::default());
+        let (registry, keys, audit) =
+            (MemoryRegistry::new(faults.clone()), MemoryKeys::new(faults.clone()), MemoryAudit::new(faults.clone()));
+        let now = Utc::now();
+        let org = OrgId::parse("4000002").unwrap();
+        let (older, newer) = (now - chrono::TimeDelta::days(40), now - chrono::TimeDelta::days(10));
+        let ids = keys.existing_user(None, &org.user_name(), &[(older, true), (newer, true)]);
+        let settings = adopt_settings();
+        let too_late = Adoption { expires_at: Some(now + chrono::TimeDelta::days(91)), ..adoption(&org) };
+        let err = adopt(&registry, &keys, &audit, &settings, &too_late, now, "op", false).await.unwrap_err();
+        assert!(err.to_string().contains("MAX_KEY_AGE"), "{err}");
+        let too_early = Adoption { expires_at: Some(now + chrono::TimeDelta::days(30)), ..adoption(&org) };
+        let err = adopt(&registry, &keys, &audit, &settings, &too_early, now, "op", false).await.unwrap_err();
+        assert!(err.to_string().contains("not later than the key's own expiry"), "{err}");
+        assert!(registry.get(&org).is_none());
+
+        let done = adopt(&registry, &keys, &audit, &settings, &adoption(&org), now, "op", false).await.unwrap();
+        let (current, previous) = (done.record.current.unwrap(), done.record.previous.unwrap());
+        assert_eq!((current.access_key_id.as_str(), current.version), (ids[1].as_str(), 2));
+        assert_eq!(current.expiry(settings.max_key_age), newer + chrono::TimeDelta::days(90), "its own expiry");
+        assert_eq!(previous.key.access_key_id, ids[0]);
+        assert_eq!((previous.deactivated_at, previous.retire_at), (None, now + chrono::TimeDelta::hours(24)));
+    }
+
+    /// A plain enrollment of an org whose user already holds keys is refused
+    /// with a message that names --adopt; nothing is created or deleted.
+    #[tokio::test]
+    async fn a_plain_enrollment_of_a_user_with_keys_is_refused() {
+        let faults = Arc::new(Faults::default());
+        let (registry, keys, audit) =
+            (MemoryRegistry::new(faults.clone()), MemoryKeys::new(faults.clone()), MemoryAudit::new(faults.clone()));
+        let org = OrgId::parse("4000003").unwrap();
+        let ids = keys.existing_user(None, &org.user_name(), &[(Utc::now(), true)]);
+        let err = enroll(&registry, &keys, &audit, &settings(), &org, Utc::now(), "op").await.unwrap_err();
+        assert!(err.to_string().contains("enroll --adopt"), "{err}");
+        assert!(registry.get(&org).is_none());
+        let left: Vec<String> = keys.keys_of(&org.user_name()).into_iter().map(|k| k.access_key_id).collect();
+        assert_eq!(left, ids);
     }
 
     /// Three member accounts of two places: six orgs go round them by room,

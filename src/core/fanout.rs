@@ -440,6 +440,7 @@ mod tests {
             retention: Duration::from_days(7),
             warnings: Vec::new(),
             concurrency: 2,
+            retire_in_use: crate::core::sweep::RetireInUse::Report,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
 use super::domain::{IamUser, OrgId, OrgRecord};
@@ -254,6 +254,10 @@ pub struct MemoryKeys {
 struct MemoryUser {
     account: Option<String>,
     keys: Vec<IamKey>,
+    /// Key id → its last use.
+    used: BTreeMap<String, super::ports::KeyUse>,
+    /// Policies besides the project's own.
+    others: Vec<String>,
 }
 
 impl MemoryKeys {
@@ -283,6 +287,30 @@ impl MemoryKeys {
     }
     pub fn user_exists(&self, user: &str) -> bool {
         lock(&self.users).contains_key(user)
+    }
+    /// A user made outside the service (in `account`), with keys created at
+    /// the times given (`true`: active), as a provider's existing org has it.
+    pub fn existing_user(&self, account: Option<&str>, user: &str, keys: &[(DateTime<Utc>, bool)]) -> Vec<String> {
+        let ids: Vec<String> =
+            keys.iter().map(|_| format!("AKIAOLD{:013}", self.next.fetch_add(1, Ordering::SeqCst))).collect();
+        let keys = ids
+            .iter()
+            .zip(keys)
+            .map(|(id, (at, active))| IamKey { access_key_id: id.clone(), active: *active, created_at: Some(*at) })
+            .collect();
+        let others = vec!["legacy-full-access".to_owned()];
+        lock(&self.users).insert(
+            user.to_owned(),
+            MemoryUser { account: account.map(str::to_owned), keys, used: BTreeMap::new(), others },
+        );
+        ids
+    }
+    /// `access_key_id` signed a request at `at` (IAM records its last use).
+    pub fn mark_used(&self, user: &str, access_key_id: &str, at: DateTime<Utc>) {
+        if let Some(u) = lock(&self.users).get_mut(user) {
+            let seen = super::ports::KeyUse { at, service: "s3".into(), region: "us-east-1".into() };
+            u.used.insert(access_key_id.to_owned(), seen);
+        }
     }
 
     async fn step(&self, operation: &'static str, account: Option<&str>) -> Result<(), PortError> {
@@ -317,7 +345,7 @@ impl AccessKeys for MemoryKeys {
         self.step("iam.ensure_user", spec.account.as_deref()).await?;
         lock(&self.users)
             .entry(spec.user_name.clone())
-            .or_insert_with(|| MemoryUser { account: spec.account.clone(), keys: Vec::new() });
+            .or_insert_with(|| MemoryUser { account: spec.account.clone(), ..MemoryUser::default() });
         Ok(())
     }
     async fn list_keys(&self, user: &IamUser) -> Result<Vec<IamKey>, PortError> {
@@ -359,6 +387,28 @@ impl AccessKeys for MemoryKeys {
     }
     async fn check_account(&self, account: Option<&str>) -> Result<(), PortError> {
         self.reach(account)
+    }
+    async fn create_user(&self, spec: &UserSpec) -> Result<Vec<IamKey>, PortError> {
+        self.step("iam.create_user", spec.account.as_deref()).await?;
+        let mut users = lock(&self.users);
+        match users.get(&spec.user_name) {
+            Some(existing) => Ok(existing.keys.clone()),
+            None => {
+                let user = MemoryUser { account: spec.account.clone(), ..MemoryUser::default() };
+                users.insert(spec.user_name.clone(), user);
+                Ok(Vec::new())
+            }
+        }
+    }
+    async fn last_used(&self, user: &IamUser, access_key_id: &str) -> Result<Option<super::ports::KeyUse>, PortError> {
+        self.step("iam.last_used", user.account.as_deref()).await?;
+        let users = lock(&self.users);
+        Ok(users.get(&user.name).and_then(|u| u.used.get(access_key_id).cloned()))
+    }
+    async fn other_policies(&self, user: &IamUser) -> Result<Vec<String>, PortError> {
+        self.step("iam.other_policies", user.account.as_deref()).await?;
+        let users = lock(&self.users);
+        users.get(&user.name).map(|u| u.others.clone()).ok_or(PortError::NoSuchUser)
     }
 }
 

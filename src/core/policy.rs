@@ -122,10 +122,7 @@ pub fn next_automatic_rotation(record: &OrgRecord, settings: &RotationSettings) 
         return None;
     }
     let by_interval = record.policy.next_rotation_at?;
-    let by_age = record
-        .current
-        .as_ref()
-        .map(|c| c.created_at + settings.max_key_age.to_chrono() - settings.automatic_lead.to_chrono());
+    let by_age = record.current.as_ref().map(|c| c.expiry(settings.max_key_age) - settings.automatic_lead.to_chrono());
     Some(by_age.map_or(by_interval, |cap| by_interval.min(cap)))
 }
 

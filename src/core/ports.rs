@@ -101,11 +101,24 @@ pub struct UserSpec {
     pub prefix: String,
 }
 
+/// When and where IAM last saw an access key sign a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyUse {
+    pub at: DateTime<Utc>,
+    pub service: String,
+    pub region: String,
+}
+
 /// The access keys of the orgs' IAM users, each user in its own account.
 #[async_trait]
 pub trait AccessKeys: Send + Sync {
     /// Creates the user (if missing) and puts its read-only policy. Idempotent.
     async fn ensure_user(&self, spec: &UserSpec) -> Result<(), PortError>;
+    /// Creates the user if missing, changing nothing else; the keys a user
+    /// that existed already holds (none for a user just created). Asked by
+    /// creating, so that the call is authorized against the user's path.
+    async fn create_user(&self, spec: &UserSpec) -> Result<Vec<IamKey>, PortError>;
     async fn list_keys(&self, user: &IamUser) -> Result<Vec<IamKey>, PortError>;
     /// [`PortError::QuotaExceeded`] when the user has two keys already.
     async fn create_key(&self, user: &IamUser) -> Result<NewKey, PortError>;
@@ -118,6 +131,11 @@ pub trait AccessKeys: Send + Sync {
     /// Whether the account can be reached (a member account: its role can be
     /// assumed). The home account (`None`) always can.
     async fn check_account(&self, account: Option<&str>) -> Result<(), PortError>;
+    /// When the key last signed a request (`None`: never, as far as IAM knows).
+    async fn last_used(&self, user: &IamUser, access_key_id: &str) -> Result<Option<KeyUse>, PortError>;
+    /// The user's policies other than the project's own read-only one (inline
+    /// policy names, attached policy ARNs): reported at adoption, never deleted.
+    async fn other_policies(&self, user: &IamUser) -> Result<Vec<String>, PortError>;
 }
 
 /// The key vault: the one place a secret is stored (one secret per org, a

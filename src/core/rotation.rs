@@ -451,7 +451,7 @@ impl Rotation<'_> {
         let now = self.req.now;
         let grace = match &record.current {
             Some(c) => {
-                let left = (c.created_at + self.settings.max_key_age.to_chrono() - now).num_seconds().max(0);
+                let left = (c.expiry(self.settings.max_key_age) - now).num_seconds().max(0);
                 Duration::from_secs(grace.as_secs().min(left as u64))
             }
             None => grace,
@@ -529,7 +529,7 @@ impl Rotation<'_> {
         for entry in &unqueued {
             write_audit(self.ports.audit, entry).await;
         }
-        let expires_at = current.created_at + self.settings.max_key_age.to_chrono();
+        let expires_at = current.expiry(self.settings.max_key_age);
         if let Some(notifier) = self.ports.notifier {
             let event = Notification {
                 detail_type: "Bucket Key Rotated",
@@ -605,6 +605,18 @@ impl Rotation<'_> {
         for key in keys {
             if record.known_key_ids().any(|k| k == key.access_key_id) {
                 kept.push(key);
+            } else if record.quarantined.iter().any(|q| q.access_key_id == key.access_key_id) {
+                // Used, deactivated and reported by the sweep: kept until KEY_RETENTION.
+            } else if let Some(used) = self.ports.keys.last_used(&record.user(), &key.access_key_id).await? {
+                // Someone's key, not a half-made one: never deleted unannounced.
+                warn!(access_key_id = %key.access_key_id, "deactivating a used key the registry does not know");
+                self.ports.keys.set_active(&record.user(), &key.access_key_id, false).await?;
+                record.quarantined.push(super::domain::QuarantinedKey {
+                    access_key_id: key.access_key_id.clone(),
+                    deactivated_at: self.req.now,
+                    last_used_at: used.at,
+                });
+                self.audit("deactivate unknown key (in use)".into(), vec![key.access_key_id]).await;
             } else {
                 warn!(access_key_id = %key.access_key_id, "deleting a key the registry does not know");
                 self.ports.keys.delete_key(&record.user(), &key.access_key_id).await?;
@@ -841,6 +853,7 @@ pub fn commit_rotation(
         access_key_id: new_access_key_id.to_owned(),
         created_at: now,
         vault_version: vault_version.map(str::to_owned),
+        expires_at: None,
     });
     record.warnings_sent.clear();
     record.state = KeyState::Enabled;

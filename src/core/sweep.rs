@@ -36,6 +36,19 @@ pub struct SweepSettings {
     pub warnings: Vec<Duration>,
     /// Orgs evaluated at once.
     pub concurrency: usize,
+    /// What to do with a previous key still in use when its grace period ends.
+    pub retire_in_use: RetireInUse,
+}
+
+/// `RETIRE_IN_USE`: a previous key that signed a request after the rotation
+/// that replaced it (a consumer has not switched) is always reported; with
+/// `Defer`, its retirement also waits one more grace period, never past the
+/// key's own maximum age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetireInUse {
+    #[default]
+    Report,
+    Defer,
 }
 
 /// One thing due for an org.
@@ -98,7 +111,12 @@ pub fn plan(
     let iam = iam.unwrap_or_default();
     for key in iam {
         let known = record.known_key_ids().any(|k| k == key.access_key_id);
-        if !known && Some(key.access_key_id.as_str()) != pending_key {
+        // A used unknown key deactivated by an earlier run waits out KEY_RETENTION.
+        let waiting = record
+            .quarantined
+            .iter()
+            .any(|q| q.access_key_id == key.access_key_id && q.deactivated_at + settings.retention.to_chrono() > now);
+        if !known && !waiting && Some(key.access_key_id.as_str()) != pending_key {
             actions.push(Action::DeleteUnknownKey { access_key_id: key.access_key_id.clone() });
         }
     }
@@ -137,7 +155,7 @@ pub fn plan(
         return actions;
     }
     if let Some(current) = &record.current {
-        let expires_at = current.created_at + settings.rotation.max_key_age.to_chrono();
+        let expires_at = current.expiry(settings.rotation.max_key_age);
         if expires_at <= now {
             actions.push(Action::Expire { access_key_id: current.access_key_id.clone() });
         } else {
@@ -199,6 +217,9 @@ pub struct Summary {
     pub repaired: usize,
     pub mismatches: Vec<OrgFailure>,
     pub failed: Vec<OrgFailure>,
+    /// Orgs whose previous key was still used when its grace period ended.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub still_in_use: Vec<OrgId>,
     /// The orgs evaluated by key state (`Enabled`, `Expired`, …), as the run left them.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub orgs_by_state: BTreeMap<String, usize>,
@@ -225,6 +246,7 @@ impl Summary {
         self.repaired += other.repaired;
         self.mismatches.extend(other.mismatches);
         self.failed.extend(other.failed);
+        self.still_in_use.extend(other.still_in_use);
         for (state, n) in other.orgs_by_state {
             *self.orgs_by_state.entry(state).or_default() += n;
         }
@@ -262,6 +284,7 @@ const CURSOR: &str = "cursor.json";
 #[derive(Debug, Default)]
 struct OrgOutcome {
     rotated: bool,
+    still_in_use: bool,
     retired: usize,
     deleted_keys: usize,
     deleted_org: bool,
@@ -361,6 +384,9 @@ pub async fn sweep_orgs(
         summary.orgs_seen += 1;
         progress(summary.orgs_seen, orgs.len());
         last = last.max(Some(position));
+        if outcome.still_in_use {
+            summary.still_in_use.push(org.clone());
+        }
         if outcome.rotated {
             summary.rotated.push(org.clone());
         }
@@ -638,13 +664,36 @@ async fn execute(
             outcome.repaired += 1;
         }
         Action::DeleteUnknownKey { access_key_id } => {
+            // A key that has ever signed a request is someone's: deactivated
+            // (reversible) and reported, and deleted only after KEY_RETENTION.
+            let user = match ports.registry.load(org).await? {
+                Some(r) => r.value.user(),
+                None => return Ok(()),
+            };
+            let quarantined_at = ports.registry.load(org).await?.and_then(|r| {
+                r.value.quarantined.iter().find(|q| &q.access_key_id == access_key_id).map(|q| q.deactivated_at)
+            });
+            let retention = settings.retention.to_chrono();
+            if quarantined_at.is_none() {
+                if let Some(used) = ports.keys.last_used(&user, access_key_id).await? {
+                    return quarantine(ports, org, &user, access_key_id, &used, now, outcome).await;
+                }
+            } else if quarantined_at.is_some_and(|at| at + retention > now) {
+                return Ok(());
+            }
             // First a conditional write that proves no claim and no key version
             // names it: a rotation that made the key claimed the record before
             // IAM listed the key, so a read after the listing shows that claim
             // (or its commit), and the write fails if one lands meanwhile.
             let proved = modify(ports, org, |r| {
-                let free = r.pending.is_none() && !r.known_key_ids().any(|k| k == access_key_id);
+                let free = r.pending.is_none()
+                    && !r.known_key_ids().any(|k| k == access_key_id)
+                    && r.quarantined
+                        .iter()
+                        .find(|q| &q.access_key_id == access_key_id)
+                        .is_none_or(|q| q.deactivated_at + retention <= now);
                 if free {
+                    r.quarantined.retain(|q| &q.access_key_id != access_key_id);
                     r.record_history(HistoryEntry {
                         at: now,
                         event: "deleted unknown key".into(),
@@ -738,6 +787,9 @@ async fn execute(
             outcome.rotated = true;
         }
         Action::DeactivatePrevious { access_key_id } => {
+            if still_in_use(ports, settings, org, access_key_id, now, outcome).await? {
+                return Ok(()); // deferred one more grace period
+            }
             retire_previous(ports, &settings.rotation, org, access_key_id, now, "schedule").await?;
             outcome.retired += 1;
         }
@@ -858,6 +910,123 @@ async fn execute(
     Ok(())
 }
 
+/// Whether the previous key `access_key_id`, whose grace period is over, was
+/// used after the rotation that replaced it: then it is reported (event
+/// `Bucket Key Still In Use`, the summary's `stillInUse`) and, with
+/// [`RetireInUse::Defer`], its retirement moves one grace period on (never past
+/// its own maximum age): `true`, nothing more to do now.
+async fn still_in_use(
+    ports: Ports<'_>,
+    settings: &SweepSettings,
+    org: &OrgId,
+    access_key_id: &str,
+    now: DateTime<Utc>,
+    outcome: &mut OrgOutcome,
+) -> Result<bool, ActionError> {
+    let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else { return Ok(false) };
+    let (Some(previous), Some(current)) = (record.previous.as_ref(), record.current.as_ref()) else {
+        return Ok(false);
+    };
+    if previous.key.access_key_id != access_key_id {
+        return Ok(false);
+    }
+    let Some(used) = ports.keys.last_used(&record.user(), access_key_id).await? else { return Ok(false) };
+    if used.at <= current.created_at {
+        return Ok(false);
+    }
+    let key_expiry = previous.key.expiry(settings.rotation.max_key_age);
+    let deferred_to = (now + settings.grace.to_chrono()).min(key_expiry);
+    let defer = settings.retire_in_use == RetireInUse::Defer && deferred_to > now;
+    warn!(access_key_id, last_used = %used.at, service = %used.service, defer, "the previous key is still in use");
+    outcome.still_in_use = true;
+    if let Some(notifier) = ports.notifier {
+        let event = Notification {
+            detail_type: "Bucket Key Still In Use",
+            detail: serde_json::json!({
+                "orgId": org,
+                "keyId": record.key_id,
+                "accessKeyId": access_key_id,
+                "lastUsedAt": used.at,
+                "service": used.service,
+                "region": used.region,
+                "retiresAt": if defer { deferred_to } else { now },
+            }),
+        };
+        if let Err(e) = notifier.publish(&[event]).await {
+            warn!(error = %e, "could not publish that the previous key is still in use");
+        }
+    }
+    if !defer {
+        return Ok(false);
+    }
+    modify(ports, org, |r| {
+        let ours = r.pending.is_none()
+            && r.previous.as_ref().is_some_and(|p| p.key.access_key_id == access_key_id && p.deactivated_at.is_none());
+        if let Some(p) = r.previous.as_mut().filter(|_| ours) {
+            p.retire_at = deferred_to;
+        }
+        ours
+    })
+    .await?;
+    Ok(true)
+}
+
+/// An unknown key that has signed requests: the record notes it (a
+/// conditional write that proves no claim or key version names it), then IAM
+/// deactivates it, and the operators are told; it is deleted after KEY_RETENTION.
+async fn quarantine(
+    ports: Ports<'_>,
+    org: &OrgId,
+    user: &super::domain::IamUser,
+    access_key_id: &str,
+    used: &super::ports::KeyUse,
+    now: DateTime<Utc>,
+    outcome: &mut OrgOutcome,
+) -> Result<(), ActionError> {
+    let noted = modify(ports, org, |r| {
+        let free = r.pending.is_none()
+            && !r.known_key_ids().any(|k| k == access_key_id)
+            && !r.quarantined.iter().any(|q| q.access_key_id == access_key_id);
+        if free {
+            r.quarantined.push(super::domain::QuarantinedKey {
+                access_key_id: access_key_id.to_owned(),
+                deactivated_at: now,
+                last_used_at: used.at,
+            });
+        }
+        free
+    })
+    .await?;
+    if noted.is_none() {
+        return Ok(());
+    }
+    ports.keys.set_active(user, access_key_id, false).await?;
+    let reason = format!(
+        "the key {access_key_id}, which the record does not know, was used at {} ({} in {}): deactivated, \
+         deleted after KEY_RETENTION unless the operator reactivates it",
+        used.at.format("%Y-%m-%dT%H:%M:%SZ"),
+        used.service,
+        used.region
+    );
+    warn!(access_key_id, "{reason}");
+    write_audit(
+        ports.audit,
+        &AuditEntry {
+            at: now,
+            org_id: org.clone(),
+            action: "deactivate unknown key (in use)".into(),
+            actor: "schedule".into(),
+            request_id: None,
+            key_ids: vec![access_key_id.to_owned()],
+            detail: Some(reason.clone()),
+        },
+    )
+    .await;
+    outcome.mismatches.push(reason);
+    outcome.repaired += 1;
+    Ok(())
+}
+
 /// Reads the record again right before an IAM change that cannot be undone,
 /// and returns it only if no rotation is under way and `still` holds: the plan
 /// was made from an earlier read. A key IAM listed was created after its
@@ -917,6 +1086,7 @@ mod tests {
             retention: Duration::from_days(7),
             warnings: vec![Duration::from_days(14), Duration::from_days(7), Duration::from_days(1)],
             concurrency: 4,
+            retire_in_use: crate::core::sweep::RetireInUse::Report,
         }
     }
 
@@ -1582,6 +1752,107 @@ mod tests {
             let _ = execute(w.ports(), &w.settings, &org, at, action, &mut outcome).await;
         }
         assert!(outcome.mismatches.is_empty(), "{:?}", outcome.mismatches);
+    }
+
+    /// An org adopted with a key 100 days old: the day's full check leaves it
+    /// alone (no deletion, no vault mismatch, no rotation), every warning goes
+    /// out, the key keeps working until the migration window ends, then the
+    /// 90-day rule takes it.
+    #[tokio::test]
+    async fn an_adopted_org_keeps_its_old_key_through_every_warning_then_expires() {
+        use crate::core::enrollment::{adopt, AdoptSettings, Adoption, EnrollSettings};
+        let w = World::new();
+        let org = OrgId::parse("4100001").unwrap();
+        let ids = w.keys.existing_user(None, &org.user_name(), &[(t0() - TimeDelta::days(100), true)]);
+        let settings = AdoptSettings {
+            enroll: EnrollSettings {
+                iam_user_path: "/managed-s3/".into(),
+                managed_bucket: "logs".into(),
+                prefix_template: "{orgId}/".into(),
+                members: Vec::new(),
+                orgs_per_account: 10,
+            },
+            max_key_age: Duration::from_days(90),
+            longest_warning: Duration::from_days(14),
+            grace: Duration::from_hours(24),
+        };
+        let adoption = Adoption { org: org.clone(), user_name: None, account: None, expires_at: None };
+        adopt(&w.registry, &w.keys, &w.audit, &settings, &adoption, t0(), "op", false).await.unwrap();
+        let day0 = w.run(t0() + TimeDelta::hours(1)).await;
+        assert!(day0.full_check);
+        assert_eq!((day0.deleted_keys, day0.rotated.len(), day0.expired.len()), (0, 0, 0), "{day0:?}");
+        assert!(day0.mismatches.is_empty() && day0.failed.is_empty(), "{day0:?}");
+        assert!(w.works(&org, &ids[0]));
+        let mut warned = day0.warned;
+        for day in [8, 13] {
+            let run = w.run(t0() + TimeDelta::days(day) + TimeDelta::hours(1)).await;
+            assert!(run.expired.is_empty() && run.failed.is_empty(), "day {day}: {run:?}");
+            assert!(w.works(&org, &ids[0]), "day {day}: still reading");
+            warned += run.warned;
+        }
+        assert_eq!(warned, 3, "the 14-, 7- and 1-day warnings");
+        let past = w.run(t0() + TimeDelta::days(14) + TimeDelta::hours(1)).await;
+        assert_eq!(past.expired, vec![org.clone()]);
+        assert!(!w.works(&org, &ids[0]), "past the window the 90-day rule applies");
+    }
+
+    /// The previous key of a rotation with a grace period signs requests after
+    /// the rotation: at the end of its grace it is reported (event, summary);
+    /// `report` deactivates it anyway, `defer` waits another grace period.
+    #[tokio::test]
+    async fn a_previous_key_still_in_use_is_reported_and_deferred_on_request() {
+        for mode in [RetireInUse::Report, RetireInUse::Defer] {
+            let mut w = World::new();
+            w.settings.retire_in_use = mode;
+            let org = w.org("1", None).await;
+            let req = RotationRequest {
+                org: org.clone(),
+                now: t0() + TimeDelta::days(1),
+                trigger: Trigger::Operator,
+                actor: "test".into(),
+                rotation_id: "second".into(),
+                request_id: None,
+                grace: Some(Duration::from_hours(24)),
+            };
+            rotate(w.ports(), &w.settings.rotation, &req).await.unwrap();
+            let previous = w.record(&org).previous.unwrap().key.access_key_id;
+            w.keys.mark_used(&org.user_name(), &previous, t0() + TimeDelta::days(1) + TimeDelta::hours(3));
+            let run = w.run(t0() + TimeDelta::days(2) + TimeDelta::hours(1)).await;
+            assert_eq!(run.still_in_use, vec![org.clone()], "{mode:?}");
+            let event = w.notifier.published().into_iter().find(|n| n.detail_type == "Bucket Key Still In Use");
+            let event = event.expect("the event").detail;
+            assert_eq!(event["accessKeyId"], previous.as_str());
+            assert_eq!(event["service"], "s3");
+            match mode {
+                RetireInUse::Report => assert!(!w.works(&org, &previous), "retired on time"),
+                RetireInUse::Defer => {
+                    assert!(w.works(&org, &previous), "one more grace period");
+                    let retire_at = w.record(&org).previous.unwrap().retire_at;
+                    assert_eq!(retire_at, t0() + TimeDelta::days(3) + TimeDelta::hours(1));
+                }
+            }
+        }
+    }
+
+    /// A key the record does not know: never used, it is deleted; used, it is
+    /// deactivated and reported, and deleted only once KEY_RETENTION has passed.
+    #[tokio::test]
+    async fn an_unknown_key_that_was_used_is_deactivated_and_deleted_only_after_retention() {
+        let w = World::new();
+        let org = w.org("1", None).await;
+        let stray = w.keys.create_key(&IamUser::home(org.user_name())).await.unwrap().access_key_id;
+        w.keys.mark_used(&org.user_name(), &stray, t0() + TimeDelta::hours(2));
+        let first = w.run(t0() + TimeDelta::hours(3)).await;
+        assert!(first.full_check);
+        assert_eq!(first.deleted_keys, 0);
+        assert!(first.mismatches.iter().any(|m| m.reason.contains(&stray) && m.reason.contains("deactivated")));
+        assert!(w.keys.keys_of(&org.user_name()).iter().any(|k| k.access_key_id == stray && !k.active));
+        let within = w.run(t0() + TimeDelta::days(6)).await;
+        assert_eq!(within.deleted_keys, 0, "kept through KEY_RETENTION");
+        let after = w.run(t0() + TimeDelta::days(8)).await;
+        assert_eq!(after.deleted_keys, 1);
+        assert!(!w.keys.keys_of(&org.user_name()).iter().any(|k| k.access_key_id == stray));
+        assert!(w.record(&org).quarantined.is_empty());
     }
 
     #[test]

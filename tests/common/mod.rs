@@ -31,11 +31,45 @@ pub struct LocalAws {
     child: Child,
     _stdin: ChildStdin,
     pub port: u16,
+    /// The libfaketime offset file of a server started with [`LocalAws::start_faked`].
+    clock: Option<tempfile::NamedTempFile>,
 }
 
 impl LocalAws {
     pub fn start() -> Self {
-        let mut child = Command::new(venv_bin().join("python"))
+        Self::spawn(None)
+    }
+
+    /// A server under libfaketime (DESIGN.md's recipe; `scripts/tools.sh`
+    /// installs the Debian package): [`LocalAws::set_clock`] moves its clock
+    /// while it runs, so that IAM gives keys made then their dates.
+    pub fn start_faked() -> Self {
+        let mut file = tempfile::NamedTempFile::new().expect("a clock file");
+        writeln!(file, "+0").expect("write the clock file");
+        Self::spawn(Some(file))
+    }
+
+    /// The faked clock's offset from now, in libfaketime's words (`-100d`, `+0`).
+    pub fn set_clock(&self, offset: &str) {
+        let file = self.clock.as_ref().expect("a server started with start_faked");
+        std::fs::write(file.path(), format!("{offset}\n")).expect("write the clock file");
+    }
+
+    fn spawn(clock: Option<tempfile::NamedTempFile>) -> Self {
+        let mut command = Command::new(venv_bin().join("python"));
+        if let Some(file) = &clock {
+            let library = ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+                .iter()
+                .map(|arch| PathBuf::from(format!("/usr/lib/{arch}/faketime/libfaketime.so.1")))
+                .find(|p| p.exists())
+                .expect("libfaketime (Debian package faketime; scripts/tools.sh installs it)");
+            command
+                .env("LD_PRELOAD", library)
+                .env("FAKETIME_TIMESTAMP_FILE", file.path())
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let mut child = command
             .arg(project_root().join("scripts/moto_server.py"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -50,7 +84,7 @@ impl LocalAws {
             .strip_prefix("PORT ")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("moto said {line:?}"));
-        Self { child, _stdin: stdin, port }
+        Self { child, _stdin: stdin, port, clock }
     }
 
     pub fn endpoint(&self) -> String {
@@ -342,8 +376,18 @@ impl Stack {
         Self::start_with(&[], extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).await
     }
 
+    /// A stack of the home account whose local AWS runs under a clock the
+    /// test moves ([`LocalAws::set_clock`]).
+    pub async fn start_faked(extra_env: &[(&str, &str)]) -> Self {
+        let env = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start_on(LocalAws::start_faked(), &[], env).await
+    }
+
     async fn start_with(members: &[Member], env: Vec<(String, String)>) -> Self {
-        let aws = LocalAws::start();
+        Self::start_on(LocalAws::start(), members, env).await
+    }
+
+    async fn start_on(aws: LocalAws, members: &[Member], env: Vec<(String, String)>) -> Self {
         let bootstrap = Clients::from_sdk(aws.sdk("test", "test"), true);
         for bucket in ["registry", "logs"] {
             bootstrap.s3.create_bucket().bucket(bucket).send().await.expect("create bucket");

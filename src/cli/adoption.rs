@@ -1,0 +1,194 @@
+//! `enroll --adopt`: brings in orgs that existed before this service (an IAM
+//! user with live keys), by `--org` or from a CSV file checked whole first,
+//! a few at a time with a progress bar, then a summary.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use futures::StreamExt;
+
+use super::{at, count, progress, Context, ACTOR};
+use crate::core::domain::OrgId;
+use crate::core::enrollment::{adopt, AdoptSettings, Adopted, Adoption};
+
+/// The CSV of an adoption: a header line naming the columns `orgId` (required),
+/// `iamUser`, `account`, `expiresAt`; every line is checked before anything
+/// is adopted, and every problem is named with its line.
+pub(super) fn read_csv(path: &Path) -> Result<Vec<Adoption>, String> {
+    let shown = path.display();
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let headers = reader.headers().map_err(|e| format!("{shown}: {e}"))?.clone();
+    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let Some(org_column) = column("orgId") else {
+        return Err(format!("{shown}: the first line must name the columns: orgId[,iamUser][,account][,expiresAt]"));
+    };
+    let known = ["orgId", "iamUser", "account", "expiresAt"];
+    if let Some(unknown) = headers.iter().find(|h| !known.iter().any(|k| k.eq_ignore_ascii_case(h))) {
+        return Err(format!("{shown}: unknown column '{unknown}' (columns: {})", known.join(", ")));
+    }
+    let (user_column, account_column, expiry_column) = (column("iamUser"), column("account"), column("expiresAt"));
+    let mut wanted = Vec::new();
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for row in reader.records() {
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        let line = row.position().map_or(0, |p| p.line());
+        let cell = |i: Option<usize>| i.and_then(|i| row.get(i)).filter(|v| !v.is_empty()).map(str::to_owned);
+        let Some(id) = cell(Some(org_column)) else { continue };
+        let org = match OrgId::parse(&id) {
+            Ok(org) => org,
+            Err(e) => {
+                problems.push(format!("line {line}: {e}"));
+                continue;
+            }
+        };
+        if !seen.insert(org.clone()) {
+            problems.push(format!("line {line}: org {org} is listed twice"));
+        }
+        let expires_at = match cell(expiry_column).map(|t| super::enrollment::parse_expiry(&t)).transpose() {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("line {line}: expiresAt {e}"));
+                None
+            }
+        };
+        let account = cell(account_column);
+        if let Some(a) = account.as_deref().filter(|a| a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit())) {
+            problems.push(format!("line {line}: account '{a}' is not a 12-digit AWS account id"));
+        }
+        wanted.push(Adoption { org, user_name: cell(user_column), account, expires_at });
+    }
+    if !problems.is_empty() {
+        let shown_problems: Vec<&String> = problems.iter().take(20).collect();
+        let more = problems.len().saturating_sub(20);
+        return Err(format!(
+            "{shown}: nothing was adopted; {}:\n  {}{}",
+            count(problems.len(), "problem", "problems"),
+            shown_problems.iter().map(|p| p.as_str()).collect::<Vec<_>>().join("\n  "),
+            if more > 0 { format!("\n  … and {more} more") } else { String::new() }
+        ));
+    }
+    if wanted.is_empty() {
+        return Err(format!("{shown}: no orgs in it"));
+    }
+    Ok(wanted)
+}
+
+pub(super) async fn adopt_all(
+    ctx: &Context,
+    wanted: Vec<Adoption>,
+    concurrency: usize,
+    dry_run: bool,
+) -> Result<(), String> {
+    let config = &ctx.config;
+    let settings = AdoptSettings {
+        enroll: config.enroll_settings().map_err(|e| e.to_string())?,
+        max_key_age: config.max_key_age,
+        longest_warning: config
+            .expiry_warnings
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(crate::core::duration::Duration::from_secs(0)),
+        grace: config.rotation_grace_period,
+    };
+    let adapters = &ctx.adapters;
+    let total = wanted.len();
+    let bar = progress(total, if dry_run { "checking" } else { "adopting" });
+    let verbose = total <= 20;
+    let (mut adopted, mut existing, mut failed) = (0, 0, 0);
+    let settings = &settings;
+    let mut outcomes = futures::stream::iter(wanted)
+        .map(|adoption| async move {
+            let done = adopt(
+                &adapters.registry,
+                &adapters.keys,
+                &adapters.audit,
+                settings,
+                &adoption,
+                ctx.now,
+                ACTOR,
+                dry_run,
+            )
+            .await
+            .map_err(|e| e.to_string());
+            (adoption.org, done)
+        })
+        .buffer_unordered(concurrency);
+    while let Some((org, done)) = outcomes.next().await {
+        bar.inc(1);
+        match done {
+            Ok(done) if done.created => {
+                adopted += 1;
+                if verbose || dry_run {
+                    bar.suspend(|| println!("{}", describe(&org, &done, settings, dry_run)));
+                }
+                if !done.other_policies.is_empty() {
+                    bar.suspend(|| {
+                        eprintln!(
+                            "note: org {org}: the user has other policies, kept: {}",
+                            done.other_policies.join(", ")
+                        )
+                    });
+                }
+            }
+            Ok(_) => {
+                existing += 1;
+                if verbose {
+                    bar.suspend(|| println!("org {org} is enrolled already; nothing changed"));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("error: org {org}: {e}"));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let verb = if dry_run { "would be adopted" } else { "adopted" };
+    println!(
+        "{}: {adopted} {verb}, {existing} enrolled already, {failed} failed{}",
+        count(total, "org", "orgs"),
+        if dry_run { " (dry run: nothing was changed)" } else { "" }
+    );
+    if failed > 0 {
+        return Err(format!(
+            "{failed} of {} could not be adopted (running the command again retries them)",
+            count(total, "org", "orgs")
+        ));
+    }
+    Ok(())
+}
+
+/// One line per adopted org: its keys and when the current one expires.
+fn describe(org: &OrgId, done: &Adopted, settings: &AdoptSettings, dry_run: bool) -> String {
+    let record = &done.record;
+    let current = record.current.as_ref().expect("an adopted org has a current key");
+    let expiry = current.expiry(settings.max_key_age);
+    let window = if current.expires_at.is_some() { " (migration window)" } else { "" };
+    let previous = record.previous.as_ref().map_or(String::new(), |p| {
+        let state =
+            if p.deactivated_at.is_some() { "inactive".to_owned() } else { format!("retires {}", at(p.retire_at)) };
+        format!(", previous key {} ({state})", p.key.access_key_id)
+    });
+    format!(
+        "{} org {org}: user {}{}, current key {} created {}, expires {}{window}{previous}; the vault holds no secret \
+         until the first rotation",
+        if dry_run { "would adopt" } else { "adopted" },
+        record.iam_user,
+        record.account_id.as_ref().map(|a| format!(" in account {a}")).unwrap_or_default(),
+        current.access_key_id,
+        at(current.created_at),
+        at(expiry),
+    )
+}
