@@ -792,3 +792,20 @@ fn the_dashboard_shows_what_an_operator_watches_from_metrics_that_are_published(
         Some(true)
     );
 }
+
+/// rotate-key's idempotent replay reads the stored key back from the vault:
+/// its role may read the vault's secrets (and only those).
+#[test]
+fn rotate_key_may_read_back_what_its_replay_answers_with() {
+    let t = template("template.yaml");
+    let function = &t["Resources"]["RotateKeyFunction"];
+    let reading: Vec<Value> = statements_of(function)
+        .into_iter()
+        .filter(|(s, _)| actions_of(s).iter().any(|a| a == "secretsmanager:GetSecretValue"))
+        .map(|(s, _)| s["Resource"].clone())
+        .collect();
+    assert_eq!(
+        reading,
+        [json!({"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${VaultSecretPrefix}*"})]
+    );
+}
