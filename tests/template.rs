@@ -806,6 +806,8 @@ fn rotate_key_may_read_back_what_its_replay_answers_with() {
         .collect();
     assert_eq!(
         reading,
-        [json!({"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${VaultSecretPrefix}*"})]
+        [
+            json!({"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${VaultSecretPrefix}*"})
+        ]
     );
 }
