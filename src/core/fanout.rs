@@ -213,7 +213,18 @@ pub async fn dispatch(
             }
         }
     }
-    let full_check = state.fully_checked_on != Some(now.date_naive());
+    let run = run_id(now, dry_run);
+    // A dispatcher retried with the same event is the same run: it keeps the
+    // run's own decision (its first dispatch may have finished the day's full
+    // check since, which must not turn the run's slices into partial ones).
+    let dispatched_before: Option<Manifest> = match registry.get_state(&manifest_name(&run)).await? {
+        Some(text) => serde_json::from_str(&text).ok(),
+        None => None,
+    };
+    let full_check = match &dispatched_before {
+        Some(before) => before.full_check,
+        None => state.fully_checked_on != Some(now.date_naive()),
+    };
     if full_check && !dry_run {
         // Once a day the counts are made the markers' number again.
         match recount(registry, members).await {
@@ -224,7 +235,6 @@ pub async fn dispatch(
             Err(e) => warn!(error = %e, "could not recount the placement counts; the next full run does"),
         }
     }
-    let run = run_id(now, dry_run);
     let slices: Vec<Slice> = plan_slices(&orgs, &placed, slice_size)
         .into_iter()
         .enumerate()
@@ -563,6 +573,27 @@ mod tests {
                 assert!(w.keys.works(&org.user_name(), &current), "k={k}: {org}'s current key works");
             }
         }
+    }
+
+    /// Lambda retries the dispatcher with the same event after the run's
+    /// slices have finished its full check: the retry is the same run and
+    /// keeps the run's full check, and nothing is swept twice.
+    #[tokio::test]
+    async fn a_dispatcher_retried_with_the_same_event_keeps_its_runs_full_check() {
+        let (w, orgs) = world(4).await;
+        let queue = MemoryQueue::default();
+        let due = t0() + TimeDelta::days(7);
+        let first = dispatch(&w.registry, &queue, &members(), 10, due, false).await.unwrap();
+        assert!(first.full_check);
+        work(&w, &queue.take()).await;
+        let retried = dispatch(&w.registry, &queue, &members(), 10, due, false).await.unwrap();
+        assert_eq!(retried.run_id, first.run_id);
+        assert!(retried.full_check, "the same run: its full check stands");
+        let again = work(&w, &queue.take()).await;
+        assert!(again.iter().all(|r| r.as_ref().unwrap().summary.full_check), "{again:?}");
+        assert_eq!(versions(&w, &orgs), vec![2; 4], "rotated once");
+        let status = run_status(&w.registry, None).await.unwrap().unwrap();
+        assert!(status.finished() && status.manifest.full_check);
     }
 
     /// An org with a stale marker in a second account (one that sorts first,
