@@ -811,3 +811,25 @@ fn rotate_key_may_read_back_what_its_replay_answers_with() {
         ]
     );
 }
+
+/// Every function that publishes may publish only the service's own events
+/// (`source` s3-key-rotation), and only on the configured bus.
+#[test]
+fn events_are_published_only_under_the_services_own_source() {
+    let t = template("template.yaml");
+    let mut publishers = 0;
+    for (name, function) in resources_of_type(&t, "AWS::Serverless::Function") {
+        for (statement, _) in statements_of(function) {
+            if actions_of(statement).iter().any(|a| a.starts_with("events:")) {
+                publishers += 1;
+                assert_eq!(actions_of(statement), ["events:PutEvents"], "{name}");
+                assert_eq!(
+                    statement["Condition"],
+                    json!({"StringEquals": {"events:source": "s3-key-rotation"}}),
+                    "{name}"
+                );
+            }
+        }
+    }
+    assert_eq!(publishers, 3, "rotate-key, scheduled-rotation and sweep-worker publish");
+}
