@@ -7,28 +7,12 @@
 
 mod common;
 
-use std::process::Command;
-
 use chrono::{DateTime, TimeDelta, Utc};
-use common::Stack;
+use common::{cli, Stack};
 use s3_key_rotation::core::domain::OrgId;
 use s3_key_rotation::core::ports::Registry;
 
 const LOG: &str = "2026-11-22.log";
-
-/// The CLI with the stack's environment (the operator's identity).
-fn cli(stack: &Stack, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
-        .args(args)
-        .envs(stack.function_env())
-        .output()
-        .expect("run the CLI");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into(),
-        String::from_utf8_lossy(&output.stderr).into(),
-    )
-}
 
 fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
