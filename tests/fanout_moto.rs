@@ -526,7 +526,12 @@ async fn a_worker_that_dies_mid_rotation_leaves_a_claim_its_redelivery_rolls_bac
     assert_eq!(queues.drain(&stack, redelivery).await, (1, 0));
     let status = status_of(&stack, &manifest).await;
     assert!(status.finished());
-    assert_eq!(status.total.rotated, [org("c02"), org("c03")], "the redelivery finished c02's rotation");
+    assert_eq!(
+        status.total.rotated,
+        [org("c02"), org("c03")],
+        "the redelivery finished c02's rotation: {:#?}",
+        status.total
+    );
     let r = stack.adapters.registry.load(&org("c02")).await.unwrap().unwrap().value;
     assert!(r.pending.is_none(), "the claim rolled back");
     let current = r.current.unwrap();

@@ -403,7 +403,9 @@ impl AccessKeys for MemoryKeys {
     async fn last_used(&self, user: &IamUser, access_key_id: &str) -> Result<Option<super::ports::KeyUse>, PortError> {
         self.step("iam.last_used", user.account.as_deref()).await?;
         let users = lock(&self.users);
-        Ok(users.get(&user.name).and_then(|u| u.used.get(access_key_id).cloned()))
+        // As IAM: a key that no longer exists has no last use to tell.
+        let found = users.get(&user.name).filter(|u| u.keys.iter().any(|k| k.access_key_id == access_key_id));
+        Ok(found.and_then(|u| u.used.get(access_key_id).cloned()))
     }
     async fn other_policies(&self, user: &IamUser) -> Result<Vec<String>, PortError> {
         self.step("iam.other_policies", user.account.as_deref()).await?;

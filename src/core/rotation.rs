@@ -230,7 +230,7 @@ struct Committed {
 
 enum Claim {
     /// The record is ours; `took_over` a crashed rotation's expired claim.
-    Claimed { record: Versioned<OrgRecord>, took_over: bool },
+    Claimed { record: Versioned<OrgRecord>, took_over: Option<String> },
     /// The same request was committed before: answer it again.
     Done { record: OrgRecord, done: IdempotentRotation },
 }
@@ -250,8 +250,7 @@ async fn claim(
         let lease_now = clock.now();
         if landed(&record, &req.rotation_id, None) == Landed::Claimed {
             // Our claim was written and its answer lost (the SDK's retry then lost the race to it).
-            let took_over = false;
-            return Ok(Claim::Claimed { record: Versioned { value: record, etag }, took_over });
+            return Ok(Claim::Claimed { record: Versioned { value: record, etag }, took_over: None });
         }
         let allowed = match record.state {
             KeyState::Enabled => true,
@@ -272,14 +271,14 @@ async fn claim(
                 return Ok(Claim::Done { record, done });
             }
         }
-        let mut took_over = false;
+        let mut took_over = None;
         if let Some(pending) = &record.pending {
             // Judged on the shared clock, never on this request's (event) time.
             if !pending.lease_until.is_over_at(lease_now) {
                 return Err(RotationError::InProgress { org: req.org.clone(), lease_until: pending.lease_until });
             }
             warn!(stale_rotation = %pending.rotation_id, "taking over a rotation whose lease expired");
-            took_over = true;
+            took_over = Some(pending.rotation_id.clone());
         }
         if req.trigger == Trigger::Schedule && next_automatic_rotation(&record, settings).is_none_or(|at| at > req.now)
         {
@@ -397,12 +396,12 @@ impl Rotation<'_> {
         record: &mut OrgRecord,
         etag: &mut String,
         grace: Duration,
-        took_over: bool,
+        took_over: Option<String>,
     ) -> Result<Committed, StepError> {
         let user = record.user();
         // 3. Make room; a crashed rotation may have left a key behind.
-        if took_over {
-            self.reconcile(record).await.map_err(|e| (e, None))?;
+        if let Some(stale) = took_over.as_deref() {
+            self.reconcile(record, Some(stale)).await.map_err(|e| (e, None))?;
         } else {
             self.make_room(record).await.map_err(|e| (e, None))?;
         }
@@ -410,8 +409,8 @@ impl Rotation<'_> {
         // 4. Create the new key (IAM refusing it means keys the record does
         // not know: reconcile and try once more).
         let new_key = match self.ports.keys.create_key(&user).await {
-            Err(PortError::QuotaExceeded) if !took_over => {
-                self.reconcile(record).await.map_err(|e| (e, None))?;
+            Err(PortError::QuotaExceeded) if took_over.is_none() => {
+                self.reconcile(record, None).await.map_err(|e| (e, None))?;
                 self.ports.keys.create_key(&user).await
             }
             created => created,
@@ -598,13 +597,23 @@ impl Rotation<'_> {
 
     /// Step 3 after a crash: deletes every key of the user the record does not
     /// know (never delivered), then, if the user still has two keys, the previous key.
-    async fn reconcile(&self, record: &mut OrgRecord) -> Result<(), RotationError> {
+    async fn reconcile(&self, record: &mut OrgRecord, stale: Option<&str>) -> Result<(), RotationError> {
         let keys = self.ports.keys.list_keys(&record.user()).await?;
+        // The crashed rotation's own key, stored in the vault under its claim's
+        // id: never delivered, though its own check may have signed with it.
+        let stale_key = match (stale, self.ports.vault) {
+            (Some(stale), Some(vault)) => vault.get(&self.req.org, stale).await?.map(|k| k.access_key_id),
+            _ => None,
+        };
         let current = record.current.as_ref().map(|c| c.access_key_id.clone());
         let mut kept = Vec::new();
         for key in keys {
             if record.known_key_ids().any(|k| k == key.access_key_id) {
                 kept.push(key);
+            } else if stale_key.as_deref() == Some(key.access_key_id.as_str()) {
+                warn!(access_key_id = %key.access_key_id, "deleting the key of the rotation taken over");
+                self.ports.keys.delete_key(&record.user(), &key.access_key_id).await?;
+                self.audit("delete unknown key (never delivered)".into(), vec![key.access_key_id]).await;
             } else if record.quarantined.iter().any(|q| q.access_key_id == key.access_key_id) {
                 // Used, deactivated and reported by the sweep: kept until KEY_RETENTION.
             } else if let Some(used) = self.ports.keys.last_used(&record.user(), &key.access_key_id).await? {

@@ -651,16 +651,19 @@ async fn execute(
                 ours
             })
             .await?;
-            if let (Some(Versioned { value: record, .. }), Some(id)) = (changed, new_access_key_id) {
+            // The claim's own key (recorded in it, or in the vault under the
+            // claim's rotation id) was never delivered: it goes, whether or not
+            // the rotation's own check of it signed a request with it.
+            let mut own_key = new_access_key_id.clone();
+            if let (Some(_), None, Some(vault)) = (&changed, &own_key, ports.vault) {
+                own_key = vault.get(org, rotation_id).await?.map(|k| k.access_key_id);
+            }
+            if let (Some(Versioned { value: record, .. }), Some(id)) = (changed, &own_key) {
                 if !record.known_key_ids().any(|k| k == id) {
                     ports.keys.delete_key(&record.user(), id).await?;
                 }
             }
-            write_audit(
-                ports.audit,
-                &audit("roll back an interrupted rotation", new_access_key_id.iter().cloned().collect()),
-            )
-            .await;
+            write_audit(ports.audit, &audit("roll back an interrupted rotation", own_key.into_iter().collect())).await;
             outcome.repaired += 1;
         }
         Action::DeleteUnknownKey { access_key_id } => {
@@ -1853,6 +1856,35 @@ mod tests {
         assert_eq!(after.deleted_keys, 1);
         assert!(!w.keys.keys_of(&org.user_name()).iter().any(|k| k.access_key_id == stray));
         assert!(w.record(&org).quarantined.is_empty());
+    }
+
+    /// A rotation that crashed after its own check of the new key (which
+    /// signed a request with it): the key was never delivered, so the run that
+    /// rolls the claim back deletes it rather than keeping it as someone's.
+    #[tokio::test]
+    async fn a_crashed_rotations_own_key_is_deleted_though_its_check_used_it() {
+        let w = World::new();
+        let org = w.org("1", None).await;
+        w.faults.inject(6, FaultMode::Crash); // load, claim, create, vault put, verify, commit
+        let req = RotationRequest {
+            org: org.clone(),
+            now: t0() + TimeDelta::hours(1),
+            trigger: Trigger::Api,
+            actor: "admin".into(),
+            rotation_id: "crashed".into(),
+            request_id: None,
+            grace: None,
+        };
+        assert!(rotate(w.ports(), &w.settings.rotation, &req).await.is_err());
+        w.faults.clear();
+        let current = w.current_key(&org);
+        let own = w.keys.keys_of(&org.user_name()).into_iter().find(|k| k.access_key_id != current).unwrap();
+        w.keys.mark_used(&org.user_name(), &own.access_key_id, t0() + TimeDelta::hours(1));
+        w.clock.advance(TimeDelta::minutes(10));
+        let run = w.run(t0() + TimeDelta::hours(2)).await;
+        assert!(run.failed.is_empty() && run.mismatches.is_empty(), "{run:?}");
+        assert!(!w.keys.keys_of(&org.user_name()).iter().any(|k| k.access_key_id == own.access_key_id));
+        assert!(w.record(&org).quarantined.is_empty() && w.record(&org).pending.is_none());
     }
 
     #[test]
