@@ -59,6 +59,7 @@ keeps its keys as they were) and once everything settled:
 import json
 import os
 import random
+import re
 import subprocess
 import threading
 import time
@@ -79,8 +80,12 @@ MAX_RECEIVES = 3  # template.yaml's maxReceiveCount
 KILL_POINTS = 8
 SEED = 20261130
 DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)  # the schedule's rate: the next run comes an hour later
 CYCLE = timedelta(days=8)  # from one scenario's run to the next: A's 7-day rotation is due again
 RACES = 3  # unpaused double deliveries
+# The first invocation of a pause scenario waits while the second acts: its SDK must wait too
+# (and its lease be long enough for those timeouts: 5 x 25 s + VERIFY_WITHIN + 10 s).
+PATIENT = {"SDK_ATTEMPT_TIMEOUT": "20s", "SDK_OPERATION_TIMEOUT": "25s", "ROTATION_LEASE": "140s"}
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +114,18 @@ class FanWorker(Worker):
             "SweepQueue": url,
             "MemberAccountRoles": ",".join(member_role_arn(a) for a in stack.members),
             "MemberRoleExternalId": EXTERNAL_ID,
+            # B's key is never rotated: far from the 90-day rule, which would take it away (by design) after
+            # the eleventh scenario of a world (8 days each).
+            "MaxKeyAge": "3650d",
         })
         self.sqs, self.queue_url, self.dead_url, self.queue_arn = sqs, url, dead, self.arn_of(sqs, url)
         self.member_cli_env = dict(self.cli_env, **stack.member_env)
         # The operator's CLI with the deployed functions' settings, straight to the endpoint.
         self.operator_env = dict(self.function_env, **self.deployment.functions["SweepWorkerFunction"].environment)
         self.held = {}  # message id -> the receipt of its latest delivery, while not deleted
+        # The same functions with long SDK timeouts, through the same proxy: the first
+        # invocation of a pause scenario.
+        self.patient = self.functions(self.proxy.endpoint, lambda: self.now, "patient", **PATIENT)
         self.world = None
         self.ops_of = {}  # family -> the clean run's requests that its k counts
         self.second = None
@@ -135,6 +146,7 @@ class FanWorker(Worker):
         return self.second
 
     def close(self):
+        self.patient.close()
         if self.second is not None:
             self.second.close()
             self.second_proxy.close()
@@ -142,7 +154,7 @@ class FanWorker(Worker):
 
     def cold(self):
         """Cold processes for the next invocations, as a new Lambda sandbox: nothing cached."""
-        for gateway in filter(None, (self.gateway, self.second)):
+        for gateway in filter(None, (self.gateway, self.patient, self.second)):
             for function in ("ScheduledRotationFunction", "SweepWorkerFunction"):
                 gateway.runtimes[function].recycle()
 
@@ -365,13 +377,15 @@ class Run:
     of a failed one), then one pass of the event source mapping over the queue, each
     delivery checked. `who` names the function of each request (by the proxy's count)."""
 
-    def __init__(self, worker, at, event=None):
-        self.worker, self.at = worker, at
+    def __init__(self, worker, at, event=None, gateway=None):
+        self.worker, self.at, self.gateway = worker, at, gateway
         self.event = event or worker.event(at)
         self.who = []  # (first request number, label)
         self.problems = []
         self.dispatches = []  # manifests / FunctionErrors
         self.answers = []  # per delivery: (slice index, answer or FunctionError)
+        self.start = {}  # org -> its record when the run started
+        self.reported = Counter()  # (run, slice index) -> failures its result reported so far
         self.failed_orgs = {}  # org -> why, as the slices reported it
         self.crashed = []
         self.killed = False
@@ -384,7 +398,7 @@ class Run:
         worker = self.worker
         for attempt in (1, 2) if retry else (1,):
             self.mark("disp" if attempt == 1 else "disp(retry)")
-            result = worker.dispatch(self.event)
+            result = worker.dispatch(self.event, self.gateway)
             self.dispatches.append(result)
             if not isinstance(result, FunctionError):
                 self.run_id = result["runId"]
@@ -404,8 +418,10 @@ class Run:
             body = json.loads(message["Body"])
             index, run = body["index"], body["runId"]
             self.mark(f"w{index}")
-            records = {org: worker.obs.record(worker.bucket, org) for org in body["orgs"]}
-            before = (worker.slice_result(run, index) or {}).get("summary", {}).get("failed", [])
+            # What the delivery starts from: the run's start, unless the slice was delivered before.
+            again = any(i == index for i, _ in self.answers)
+            records = {org: worker.obs.record(worker.bucket, org) if again or org not in self.start
+                       else self.start[org] for org in body["orgs"]}
             answer = hook(message) if hook else worker.deliver(message)
             self.answers.append((index, answer))
             if isinstance(answer, FunctionError):
@@ -414,8 +430,9 @@ class Run:
                 else:
                     self.crashed.append(f"sweep-worker failed on slice {index}: {str(answer)[:300]}")
             after = (worker.slice_result(run, index) or {}).get("summary", {}).get("failed", [])
+            before, self.reported[(run, index)] = self.reported[(run, index)], len(after)
             # An org whose evaluation failed in this delivery keeps its keys as they were.
-            for failure in after[len(before):] if len(after) > len(before) else []:
+            for failure in after[before:]:
                 org = failure["orgId"]
                 self.failed_orgs[org] = failure["reason"]
                 now = worker.obs.record(worker.bucket, org)
@@ -458,27 +475,49 @@ class Run:
         return out
 
 
-def check_settled(worker, world, at, start_versions, run_ids):
-    """After the redeliveries and the next day's run: (problems of invariants, where it has not
-    converged)."""
+def unfinished(status):
+    """Why a run's status (the manifest and its slices' results) is not finished, or None."""
+    results = {r["index"]: r for r in status["results"]}
+    waiting = [s["index"] for s in status["manifest"]["slices"] if s["index"] not in results]
+    failing = [(i, r.get("error")) for i, r in results.items() if not r["complete"]]
+    return f"waiting {waiting}, failing {failing}" if waiting or failing else None
+
+
+def stored_status(worker, run):
+    """A run's manifest and slice results, read from the registry."""
+    manifest = worker.state(f"runs/{run}/manifest.json")
+    results = [worker.slice_result(run, s["index"]) for s in manifest["slices"]]
+    return {"manifest": manifest, "results": [r for r in results if r]}
+
+
+def check_settled(worker, world, run_id, next_run, start_versions):
+    """After the redeliveries and the next run: (problems of invariants, where it has not
+    converged). `run_id`: the faulted run's (None: it never dispatched)."""
     problems, state = [], []
-    for run in run_ids:
-        code, status = worker.run_status(run)
-        if not isinstance(status, dict):
-            state.append(f"sweep --status --run {run}: exit {code}: {status}")
-            continue
-        finished = not status["waiting"] and all(r["complete"] for r in status["results"])
-        if not finished:
-            state.append(f"run {run} did not finish: waiting {status['waiting']}, failing "
-                         f"{[(r['index'], r.get('error')) for r in status['results'] if not r['complete']]}")
-        if code != 0 and run == run_ids[-1]:
-            state.append(f"sweep --status --run {run}: exit {code}, failed {status['total']['failed']}")
-        mismatches = status["total"]["mismatches"]
+    if run_id:
+        status = stored_status(worker, run_id)
+        if unfinished(status):
+            state.append(f"the run {run_id} did not finish: {unfinished(status)}")
+        mismatches = [m for r in status["results"] for m in r["summary"]["mismatches"]]
         if mismatches:
-            problems.append(f"run {run} reported {[m['reason'][:200] for m in mismatches]}")
-    last = worker.run_status(run_ids[-1])[1] if run_ids else None
-    if isinstance(last, dict) and last["total"]["orgsSeen"] < 3:
-        state.append(f"the next day's run saw {last['total']['orgsSeen']} orgs of 3")
+            problems.append(f"the run reported {[m['reason'][:200] for m in mismatches]}")
+    problems += [f"the next run: {p}" for p in next_run.crashed]
+    if not next_run.run_id:
+        state.append("the next run was not dispatched")
+    else:
+        code, status = worker.run_status(next_run.run_id)
+        if not isinstance(status, dict):
+            state.append(f"sweep --status --run {next_run.run_id}: exit {code}: {status}")
+        else:
+            if unfinished(status):
+                state.append(f"the next run did not finish: {unfinished(status)}")
+            if code != 0 or status["total"]["failed"]:
+                state.append(f"sweep --status of the next run: exit {code}, failed "
+                             f"{[(f['orgId'], f['reason'][:200]) for f in status['total']['failed']]}")
+            if status["total"]["orgsSeen"] != 3:
+                state.append(f"the next run saw {status['total']['orgsSeen']} orgs of 3")
+            if status["total"]["mismatches"]:
+                problems.append(f"the next run reported {[m['reason'][:200] for m in status['total']['mismatches']]}")
     if worker.depth(worker.dead_url):
         state.append(f"{worker.depth(worker.dead_url)} slice(s) in the dead-letter queue")
     h, a, b = orgs_of(world)
@@ -518,8 +557,10 @@ def cycle(worker, spec):
     start = {org: obs.record(worker.bucket, org) for org in (h, a, b)}
     start_versions = {org: (r.get("current") or {}).get("version", 0) for org, r in start.items()}
     worker.cold()
-    run = Run(worker, at)
     family = spec[0] if isinstance(spec[0], str) else "fault"
+    paused = family in ("twice", "disp") and spec[1]
+    run = Run(worker, at, gateway=worker.patient if paused else None)
+    run.start = start
     k, kind, persist, extra = 0, "none", False, None
     seen = {}
     second_logs = []
@@ -552,13 +593,14 @@ def cycle(worker, spec):
             def second_delivery():
                 try:
                     seen["second"] = worker.deliver(again, gateway=second)
+                    seen["second_result"] = worker.slice_result(body["runId"], body["index"])
                     seen["after"] = holds_all(worker, world, "after the second delivery")
                 except BaseException as e:  # noqa: BLE001 -- reported with the scenario
                     seen["error"] = e
 
             if k:
                 worker.proxy.arm(k, None, hook=second_delivery)
-                first = worker.deliver(message)
+                first = worker.deliver(message, gateway=worker.patient)
             else:
                 worker.proxy.reset()
                 thread = threading.Thread(target=second_delivery)
@@ -566,6 +608,7 @@ def cycle(worker, spec):
                 first = worker.deliver(message)
                 thread.join()
             seen["first_log"] = worker.proxy.log()
+            seen["first_result"] = worker.slice_result(body["runId"], body["index"])
             return first
 
         run.dispatch()
@@ -603,6 +646,14 @@ def cycle(worker, spec):
     problems = list(run.problems) + run.crashed + seen.get("after", [])
     if family in ("twice", "disp") and k and "second" not in seen:
         problems.append(f"the first never reached its request {k}")
+    if family == "twice":
+        seen["did"] = f"{did(seen.get('first_result'), a, seen.get('second_result'))}/" \
+                      f"{did(seen.get('second_result'), a)}"
+    # The run is the first of its day: it checks every org in full, and its manifest says so.
+    manifest = worker.state(f"runs/{run.run_id}/manifest.json") if run.run_id else None
+    if manifest and not manifest["fullCheck"]:
+        problems.append(f"the run's manifest says fullCheck false (the day's first run; its slices said "
+                        f"{sorted({r['summary']['fullCheck'] for r in stored_status(worker, run.run_id)['results']})})")
     if isinstance(seen.get("second"), FunctionError):
         problems.append(f"the second invocation failed: {str(seen['second'])[:300]}")
     problems += holds_all(worker, world, "after the run")
@@ -612,23 +663,18 @@ def cycle(worker, spec):
         worker.wait_out_claims((h, a, b))
     redelivered = worker.drain()
     run_ids = [run.run_id] if run.run_id else []
-    # The next day's run, without faults.
-    worker.cold()
-    next_run = Run(worker, at + DAY)
+    # The next run of the schedule, an hour later, without faults.
+    next_run = Run(worker, at + HOUR)
     next_run.dispatch(retry=False)
     next_deliveries = worker.drain()
-    if next_run.problems or not next_run.run_id:
-        problems += [f"the next day's run: {p}" for p in next_run.problems or ["not dispatched"]]
-    else:
-        run_ids.append(next_run.run_id)
-    more, state = check_settled(worker, world, at, start_versions, run_ids)
+    more, state = check_settled(worker, world, run.run_id, next_run, start_versions)
     problems += more
     world["at"] = at + CYCLE
 
     logs = [setup_log, log, worker.proxy.log(), *second_logs]
     first_log = seen.get("first_log", log)
     ops = worker.ops_of.get(family) if k else None
-    load = ("an SDK retry nobody provoked" if disturbed(*logs)
+    load = ("an SDK retry nobody provoked" if any(unprovoked(log) for log in logs)
             else "its requests before the k-th were not the clean run's" if k and ops and diverged(first_log, ops, k)
             else None)
     if load:
@@ -645,7 +691,43 @@ def cycle(worker, spec):
             "family": family, "op": op, "outcome": run.outcome(), "converged": not state, "state": state,
             "problems": problems, "disturbed": load, "ops": [e["kind"] for e in log], "labels": run.labels(log),
             "first_ops": [e["kind"] for e in first_log], "redelivered": redelivered, "next": next_deliveries,
-            "second": seen.get("second"), "swept": seen.get("swept"), "who": run.who}
+            "second": seen.get("second"), "swept": seen.get("swept"), "who": run.who, "did": seen.get("did")}
+
+
+def unprovoked(log):
+    """The retries in `log` that no fault provoked (an SDK attempt timed out on a loaded
+    machine), as `fault_proxy.unprovoked_retries` finds them, but for one kind: a call whose
+    first attempts never reached the proxy because its credentials could not be had (the
+    member role's AssumeRole faulted, in the SDK's credentials provider) retries, provoked."""
+    last_fault = {}
+    sts_faulted = False
+    out = []
+    for entry in log:
+        number = re.search(r"attempt=(\d+)", entry["attempt"] or "")
+        key = entry["invocation"]
+        if number and int(number.group(1)) > 1 and key and not last_fault.get(key) \
+                and not (sts_faulted and key not in last_fault):
+            out.append(entry)
+        last_fault[key] = entry["fault"]
+        sts_faulted |= entry["kind"].startswith("sts:") and bool(entry["fault"])
+    return out
+
+
+def did(result, org, other=None):
+    """What a delivery did to `org`, from the slice result it wrote: rot (rotated), busy
+    (refused: a claim held), undue (no longer due), fail, - (nothing); skip: it wrote nothing
+    (its result is `other`, the other delivery's: the slice was finished)."""
+    if result is None:
+        return "?"
+    if other is not None and result == other:
+        return "skip"
+    summary = result["summary"]
+    if org in summary["rotated"]:
+        return "rot"
+    why = next((f["reason"] for f in summary["failed"] if f["orgId"] == org), None)
+    if why is None:
+        return "-"
+    return "busy" if REFUSED[0] in why else "undue" if REFUSED[1] in why else "fail"
 
 
 def holds_all(worker, world, moment):
@@ -658,6 +740,11 @@ def holds_all(worker, world, moment):
 def scenario(worker, spec):
     settle(worker)
     return cycle(worker, spec)
+
+
+def twice_cell(result):
+    """What each delivery did to A (first/second), '~' / '!' as in `cell`."""
+    return f"{result['did']}{'' if result['converged'] else '~'}{'!' if result['problems'] else ''}"
 
 
 SHORT = {"ok": "ok", "failed": "fail", "busy": "busy", "redo": "redo", "retried": "rtry", "nostart": "nost",
@@ -695,10 +782,14 @@ def test_the_fanned_out_sweep_under_wire_faults_kills_double_deliveries_and_a_re
         scenarios = []
         rng = random.Random(SEED)
         kills = [("kill", rng.randint(1, n), rng.choice(["before", "after"])) for _ in range(KILL_POINTS)]
-        if "kill" in FAMILIES:
-            scenarios += kills  # the longest: each waits out a lease
         if "fault" in FAMILIES:
             scenarios += [(k, kind, persist) for kind, persist in columns for k in range(1, n + 1)]
+        if "kill" in FAMILIES:
+            # The longest (each waits out a lease, idle): early, spread among the others so that
+            # few workers wait at once.
+            step = max(1, len(scenarios) // (2 * len(kills)))
+            for i, kill in enumerate(kills):
+                scenarios.insert(i * (step + 1), kill)
         if "disp" in FAMILIES:
             scenarios += [("disp", k, sweep) for sweep in (True, False) for k in range(1, len(disp_ops) + 1)]
             scenarios += [("disp", 0, True)]
@@ -724,13 +815,15 @@ def test_the_fanned_out_sweep_under_wire_faults_kills_double_deliveries_and_a_re
     twice = {r["k"]: r for r in results if r["family"] == "twice" and r["k"]}
     if twice:
         notes.append(table(f"the {a_slice} slice (A's due rotation) delivered again while its first delivery holds "
-                           "its k-th request; the second delivery runs to its end in the pause",
-                           ["k", "first delivery's request", "twice"],
-                           [[k, op, cell(twice[k], SHORT) if k in twice else "?"]
+                           "its k-th request; the second delivery runs to its end in the pause. Cell: what each "
+                           "did to A: rot, busy (refused: the other's claim), undue (no longer due), - (nothing), "
+                           "skip (the slice's result said finished)",
+                           ["k", "first delivery's request", "first/second"],
+                           [[k, op, twice_cell(twice[k]) if k in twice else "?"]
                             for k, op in enumerate(twice_ops, 1)]))
     races = [r for r in results if r["family"] == "twice" and not r["k"]]
     if races:
-        notes.append("both deliveries at once, unpaused: " + ", ".join(cell(r, SHORT) for r in races))
+        notes.append("both deliveries at once, unpaused: " + ", ".join(twice_cell(r) for r in races))
     disp = {(r["k"], r["kind"]): r for r in results if r["family"] == "disp" and r["k"]}
     if disp:
         notes.append(table("the dispatcher invoked again with the same event (the same run) while the first holds "
@@ -749,5 +842,6 @@ def test_the_fanned_out_sweep_under_wire_faults_kills_double_deliveries_and_a_re
            f"the fanned-out sweep under wire faults: {n} requests (the dispatcher, then each slice's sweep-worker) "
            f"x {len(columns)} fault columns ('+' every retry) = {len(faults)} runs, {len(kill_results)} SIGKILLs "
            f"(seed {SEED}), {len(twice) + len(races)} double deliveries, {len(disp) + len(late)} double dispatches; "
-           f"{WORKERS} workers", clean["labels"], columns if faults else [], results, notes, capsys, SHORT)
+           f"{WORKERS} workers", clean["labels"], columns if faults else [], results, notes, capsys, SHORT,
+           complete=FAMILIES == ["fault", "kill", "twice", "disp"])
     assert not not_converged, "\n".join(not_converged)
