@@ -551,7 +551,7 @@ def cycle(worker, spec):
     k-th request (k 0: both at once, unpaused); ("disp", k, sweep): the dispatcher invoked
     again with the same event while the first holds its k-th request (k 0: after the run
     finished), and with `sweep` the second's slices swept then too. Then the redeliveries
-    and the next day's run, without faults."""
+    and the next run, an hour later, without faults."""
     world = worker.world
     h, a, b = orgs_of(world)
     at = world["at"]
