@@ -184,6 +184,7 @@ class RuntimeApi:
         self.pending = {}  # request id -> queue of the invoker waiting for the answer
         self.taken = {}  # request id -> (sandbox, deadline) once a sandbox took it
         self.running = 0  # invocations taken and not yet answered
+        self.waiting = 0  # sandboxes' requests for work waiting for an invocation
         self.most_running = 0  # the most there ever were at once
         self.lock = threading.Lock()
         self.init_error = None
@@ -196,14 +197,29 @@ class RuntimeApi:
         """The process of the first sandbox (the only one, by default)."""
         return self.sandboxes[0].process
 
-    def _take(self, sandbox):
-        """The next invocation, for `sandbox` (blocks until there is one)."""
+    def _take(self, sandbox, process):
+        """The next invocation, for `sandbox`'s `process` (blocks until there is one), or
+        None once that process is no longer the sandbox's live one (ended by recycle())."""
+        if process is None or process is not sandbox.process or process.poll() is not None:
+            return None
         with self.lock:
             if not self.polled.is_set():
                 self.first_poll = time.perf_counter()
                 self.polled.set()
         sandbox.polled.set()
-        request_id, event, timeout = self.events.get()
+        with self.lock:
+            self.waiting += 1
+        try:
+            taken = self.events.get()
+        finally:
+            with self.lock:
+                self.waiting -= 1
+        if taken is None:  # its process was ended by recycle(): no answer
+            return None
+        if process is not sandbox.process or process.poll() is not None:
+            self.events.put(taken)  # asked for by a process ended since: for a live one
+            return None
+        request_id, event, timeout = taken
         deadline = time.time() + timeout
         with self.lock:
             self.taken[request_id] = (sandbox, deadline)
@@ -249,6 +265,30 @@ class RuntimeApi:
         for sandbox in self.sandboxes:
             if not sandbox.polled.wait(max(0.0, until - time.time())):
                 raise FunctionError(f"{self.function.binary} sandbox {sandbox.index} did not start within {timeout} s")
+
+    def recycle(self, timeout=10):
+        """Ends the function's processes, as Lambda retires its execution environments when
+        it likes: the next invocation starts new ones (a cold start, nothing cached in the
+        process from an earlier invocation). Not while an invocation runs."""
+        with self.lock:
+            if self.taken:
+                raise RuntimeError(f"{self.function.binary}: recycle() while an invocation runs")
+        for sandbox in self.sandboxes:
+            if sandbox.process is not None and sandbox.process.poll() is None:
+                sandbox.process.kill()
+                sandbox.process.wait()
+        # The ended processes' requests for work still wait for an invocation: release them.
+        with self.lock:
+            waiting = self.waiting
+        for _ in range(waiting):
+            self.events.put(None)
+        until = time.time() + timeout
+        while time.time() < until:
+            with self.lock:
+                if self.waiting == 0:
+                    return
+            time.sleep(0.01)
+        raise RuntimeError(f"{self.function.binary}: its ended processes' requests for work did not end")
 
     def invoke(self, event):
         """Runs one invocation; returns the function's JSON answer or raises FunctionError."""
@@ -319,7 +359,11 @@ class _Sandbox:
             def do_GET(self):
                 if self.path != "/2018-06-01/runtime/invocation/next":
                     return self._reply(404)
-                request_id, event, deadline_ms = api._take(sandbox)
+                taken = api._take(sandbox, sandbox.process)
+                if taken is None:  # the sandbox's process was ended (recycle())
+                    self.close_connection = True
+                    return
+                request_id, event, deadline_ms = taken
                 self._reply(200, event, [
                     ("Content-Type", "application/json"),
                     ("Lambda-Runtime-Aws-Request-Id", request_id),
