@@ -387,15 +387,6 @@ KNOWN = {
         "sweep reports the org failed with 'AWS failed during the rotation; nothing changed', although the key was "
         "deactivated and the record says so (harmless; the message is wrong)",
     ),
-    "retry-manifest-full-check": (
-        {"fanout"},
-        lambda r, p: p.startswith("the run's manifest says fullCheck false"),
-        "the dispatcher invoked again with the same event (Lambda's retry: the same run) after that run finished "
-        "its slices, or whose first reads come after that (reading sweep/fanout.json: k<=4), takes the run for the "
-        "day's earlier, finished full check (src/core/fanout.rs `dispatch`: latest_run is its own run) and rewrites "
-        "the run's manifest with fullCheck false; `sweep --status` then says the run made no full check although "
-        "its slices did (its own slices, fullCheck false, are skipped as finished; nothing is swept wrongly)",
-    ),
 }
 
 

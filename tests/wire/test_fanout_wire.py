@@ -60,8 +60,9 @@ keeps its keys as they were) and once everything settled:
 The run is the first of its day (a full check): its manifest must say so.
 
 Findings are listed in harness.KNOWN (`stale-previous`, which the scheduled matrix
-shows too; `retry-manifest-full-check`). WIRE_FAN=fault,kill,twice,disp picks the
-families of scenarios.
+shows too). A dispatcher retried with the same event keeps its run's full check
+(it used to rewrite the manifest with fullCheck false). WIRE_FAN=fault,kill,twice,disp
+picks the families of scenarios.
 """
 import json
 import os
