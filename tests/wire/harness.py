@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
@@ -158,6 +158,21 @@ def known_ids(record):
     if record and record.get("previous"):
         ids.add(record["previous"]["accessKeyId"])
     return ids - {None}
+
+
+def holds(snap):
+    """What must hold for an org at any time: its problems."""
+    problems = []
+    if len(snap.keys) > 2:
+        problems.append(f"IAM holds {len(snap.keys)} keys")
+    if not snap.works(snap.vault):
+        problems.append(f"the vault's current key {(snap.vault or (None,))[0]} does not work")
+    current = snap.vault_of_current()
+    if current is None:
+        problems.append(f"the record's current key {current_id(snap.record)} has no secret in the vault")
+    elif not snap.works(current):
+        problems.append(f"the record's current key {current[0]} does not work")
+    return problems
 
 
 def converged(snap):

@@ -77,7 +77,7 @@ from datetime import timedelta
 
 import pytest
 from harness import (KINDS, SCHEDULED_EVENT, TRIES, FaultProxy, FunctionError, Snapshot, Stack, Worker, cell, cli,
-                     converged, current_id, disturbed, diverged, elapsed, report, run_parallel, table)
+                     converged, disturbed, diverged, elapsed, holds, report, run_parallel, table)
 from local_aws import EXTERNAL_ID, TARGET, member_role_arn
 
 WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))
@@ -354,21 +354,6 @@ def retire_world(worker):
 
 def orgs_of(world):
     return world["h"], world["a"], world["b"]
-
-
-def holds(snap):
-    """What must hold for an org at any time: its problems."""
-    problems = []
-    if len(snap.keys) > 2:
-        problems.append(f"IAM holds {len(snap.keys)} keys")
-    if not snap.works(snap.vault):
-        problems.append(f"the vault's current key {(snap.vault or (None,))[0]} does not work")
-    current = snap.vault_of_current()
-    if current is None:
-        problems.append(f"the record's current key {current_id(snap.record)} has no secret in the vault")
-    elif not snap.works(current):
-        problems.append(f"the record's current key {current[0]} does not work")
-    return problems
 
 
 # A sweep's refusals of an org (not a failure of its evaluation): another rotation holds the

@@ -21,8 +21,8 @@ import time
 from datetime import timedelta
 
 import pytest
-from harness import (KINDS, TRIES, FunctionError, Snapshot, Stack, Worker, cell, cli, converged, current_id, disturbed,
-                     diverged, report, run_parallel)
+from harness import (KINDS, TRIES, FunctionError, Snapshot, Stack, Worker, cell, cli, converged, disturbed,
+                     diverged, holds, report, run_parallel)
 
 WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))
 FULL = os.environ.get("WIRE_FULL") == "1"
@@ -69,21 +69,6 @@ def retire_world(worker):
         worker.obs.s3.delete_object(Bucket=worker.bucket, Key=f"orgs/{org}.json")
     worker.now = world["at"]
     worker.world = None
-
-
-def holds(snap):
-    """What must hold for an org at any time: its problems."""
-    problems = []
-    if len(snap.keys) > 2:
-        problems.append(f"IAM holds {len(snap.keys)} keys")
-    if not snap.works(snap.vault):
-        problems.append(f"the vault's current key {(snap.vault or (None,))[0]} does not work")
-    current = snap.vault_of_current()
-    if current is None:
-        problems.append(f"the record's current key {current_id(snap.record)} has no secret in the vault")
-    elif not snap.works(current):
-        problems.append(f"the record's current key {current[0]} does not work")
-    return problems
 
 
 def outcome_of(result, killed):
