@@ -669,13 +669,10 @@ async fn execute(
         Action::DeleteUnknownKey { access_key_id } => {
             // A key that has ever signed a request is someone's: deactivated
             // (reversible) and reported, and deleted only after KEY_RETENTION.
-            let user = match ports.registry.load(org).await? {
-                Some(r) => r.value.user(),
-                None => return Ok(()),
-            };
-            let quarantined_at = ports.registry.load(org).await?.and_then(|r| {
-                r.value.quarantined.iter().find(|q| &q.access_key_id == access_key_id).map(|q| q.deactivated_at)
-            });
+            let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else { return Ok(()) };
+            let user = record.user();
+            let quarantined_at =
+                record.quarantined.iter().find(|q| &q.access_key_id == access_key_id).map(|q| q.deactivated_at);
             let retention = settings.retention.to_chrono();
             if quarantined_at.is_none() {
                 if let Some(used) = ports.keys.last_used(&user, access_key_id).await? {
