@@ -387,6 +387,7 @@ class RotateKey(Rotations):
         deployment = Deployment({"RegistryBucket": REGISTRY_BUCKET, "ManagedBucketName": MANAGED_BUCKET,
                                  "JwtIssuer": ISSUER, "JwtAudience": AUDIENCE, "RotationsPerHour": calls + 10})
         self.gateway = Gateway(deployment, self.env, SECRET, tempfile.mkdtemp(prefix="bench-logs-"),
+                               credentials=self.aws.function_credentials(self.env, deployment.parameters),
                                binary_dir=build.binaries)
         self.bearer = token(SECRET, ISSUER, AUDIENCE, org=ORG)
         self.cli = build.cli()

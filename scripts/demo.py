@@ -63,13 +63,14 @@ def main():
         step("turning on credential enforcement: from now on only live keys are accepted")
         aws.enforce_credentials()
 
-        step("starting rotate-key under the Lambda Runtime API (cargo lambda watch)")
+        step("starting rotate-key under the Lambda Runtime API (cargo lambda watch), with its template role")
+        function_env = {**env, **aws.function_credentials(env)["RotateKeyFunction"]}
         invoke_port = free_port()
         log = tempfile.NamedTemporaryFile(prefix="rotate-key-", suffix=".log", delete=False)
         watch = subprocess.Popen(
             [str(VENV_BIN / "cargo-lambda"), "lambda", "watch", "--ignore-changes", "--quiet",
              "--invoke-address", "127.0.0.1", "--invoke-port", str(invoke_port)],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            cwd=ROOT, env=function_env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )
         deadline = time.monotonic() + 60
         while True:

@@ -34,7 +34,8 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import jwt
-import yaml
+
+import cfn
 
 from loopback_http import Handler as QuietHandler
 from loopback_http import Server
@@ -45,31 +46,8 @@ ACCOUNT_ID = "123456789012"
 API_ID = "localapi01"
 
 
-class _Intrinsic(dict):
-    """A CloudFormation intrinsic function (`!Ref X` becomes {"Ref": "X"})."""
-
-
-def _template_loader():
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def construct(loader, suffix, node):
-        name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
-        if isinstance(node, yaml.ScalarNode):
-            value = loader.construct_scalar(node)
-        elif isinstance(node, yaml.SequenceNode):
-            value = loader.construct_sequence(node, deep=True)
-        else:
-            value = loader.construct_mapping(node, deep=True)
-        return _Intrinsic({name: value})
-
-    Loader.add_multi_constructor("!", construct)
-    return Loader
-
-
 def load_template(path=TEMPLATE):
-    with open(path) as f:
-        return yaml.load(f, Loader=_template_loader())
+    return cfn.load(path)
 
 
 @dataclass
@@ -88,13 +66,17 @@ class Deployment:
 
     def __init__(self, parameters, template=None):
         self.template = template or load_template()
-        self.parameters = {k: v.get("Default") for k, v in self.template.get("Parameters", {}).items()}
+        declared = self.template.get("Parameters", {})
+        self.parameters = cfn.parameters(self.template, parameters)
         # The stand-in has no queues: a variable naming one (SWEEP_QUEUE_URL) is
         # left unset unless the caller passes the queue, so scheduled-rotation
         # sweeps in-process, as the tests drive it.
         self.parameters.update({name: None for name, r in self.template["Resources"].items()
                                 if r["Type"] == "AWS::SQS::Queue"})
-        self.parameters.update(parameters)
+        self.parameters.update({k: v for k, v in parameters.items() if k not in declared})
+        self.parameters.setdefault("AWS::Partition", "aws")
+        self.parameters.setdefault("AWS::Region", "us-east-1")
+        self.parameters.setdefault("AWS::AccountId", ACCOUNT_ID)
         self.functions = {}
         api = self._http_api()
         self.authorizer = api["Properties"]["Auth"]["Authorizers"]
@@ -134,21 +116,7 @@ class Deployment:
         raise ValueError("the template has no AWS::Serverless::HttpApi")
 
     def resolve(self, value):
-        if isinstance(value, _Intrinsic) and "Ref" in value:
-            ref = value["Ref"]
-            if ref not in self.parameters:
-                raise KeyError(f"no value for {ref!r}: pass it as a parameter")
-            resolved = self.parameters[ref]
-            if self.template.get("Parameters", {}).get(ref, {}).get("Type") == "CommaDelimitedList" \
-                    and isinstance(resolved, str):
-                return resolved.split(",")
-            return resolved
-        if isinstance(value, _Intrinsic) and "Fn::Join" in value:
-            separator, items = value["Fn::Join"]
-            return separator.join(str(self.resolve(item)) for item in self.resolve(items))
-        if isinstance(value, _Intrinsic):
-            raise ValueError(f"unsupported intrinsic {value!r}")
-        return value
+        return cfn.resolve(value, self.parameters, self.template.get("Conditions", {}))
 
     def route(self, method, path):
         for function in self.functions.values():
@@ -429,12 +397,14 @@ def _claim_value(value):
 
 
 class Gateway:
-    """The HTTP side: `Gateway(deployment, environment, jwt_secret, log_dir)`, then `.url`.
+    """The HTTP side: `Gateway(deployment, environment, jwt_secret, log_dir, credentials=…)`, then `.url`.
     `clock` (default: the real time) gives the request time of each event."""
 
-    def __init__(self, deployment, environment, jwt_secret, log_dir, binary_dir=ROOT / "target" / "debug",
+    def __init__(self, deployment, environment, jwt_secret, log_dir, *, credentials, binary_dir=ROOT / "target" / "debug",
                  concurrency=1, clock=None):
-        """`concurrency`: sandboxes per function (see RuntimeApi); 1 runs one invocation at a time."""
+        """`credentials`: {logical id: environment} giving each function its role's credentials
+        (`LocalAws.function_credentials`); `concurrency`: sandboxes per function (see
+        RuntimeApi); 1 runs one invocation at a time."""
         self.deployment = deployment
         self.jwt_secret = jwt_secret
         # The request time API Gateway stamps on each event (a test may move it).
@@ -446,6 +416,7 @@ class Gateway:
         for name, function in deployment.functions.items():
             env = dict(environment)
             env.update(function.environment)
+            env.update(credentials[name])
             self.runtimes[name] = RuntimeApi(function, env, binary_dir, self.log_dir / f"{function.binary}.log",
                                              concurrency=concurrency)
         self.server = Server(("127.0.0.1", 0), self._handler())

@@ -21,6 +21,9 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cfn  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 TARGET = ROOT / "target" / "debug"
@@ -32,6 +35,7 @@ HOME_ACCOUNT = "123456789012"  # moto's default account: the home account
 MEMBER_ROLE = "s3-key-rotation-member"  # member-account.yaml's RoleName default
 ORGANIZATION_ROLE = "OrganizationAccountAccessRole"  # always assumable on scripts/moto_server.py
 EXTERNAL_ID = "s3kr-test-external-id"  # the member roles' ExternalId (MEMBER_ROLE_EXTERNAL_ID)
+OPERATOR = "operator"  # the user provision() makes: the operator's CLI and the tests' own look at AWS
 ADMINISTRATOR = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
 
 
@@ -43,40 +47,6 @@ def member_env(accounts):
     """The functions' (and the CLI's) variables naming the member accounts' roles."""
     return {"MEMBER_ACCOUNT_ROLES": ",".join(member_role_arn(a) for a in accounts),
             "MEMBER_ROLE_EXTERNAL_ID": EXTERNAL_ID}
-
-
-def _resolve(value, parameters, conditions):
-    """member-account.yaml's intrinsics (`Ref`, `Fn::Sub`, `Fn::If`, `Fn::Not`, `Fn::Equals`,
-    `AWS::NoValue`) resolved as CloudFormation does when it creates the stack; `_NO_VALUE` is
-    `AWS::NoValue` (a port of tests/common/mod.rs's `resolve`)."""
-    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("Ref", "Fn::Sub", "Fn::If", "Fn::Not",
-                                                                             "Fn::Equals"):
-        (key, arg), = value.items()
-        if key == "Ref":
-            return _NO_VALUE if arg == "AWS::NoValue" else parameters[arg]
-        if key == "Fn::Sub":
-            text = str(arg)
-            while "${" in text:
-                start = text.index("${")
-                end = text.index("}", start)
-                text = text[:start] + parameters[text[start + 2:end]] + text[end + 1:]
-            return text
-        if key == "Fn::If":
-            name, yes, no = arg
-            holds = _resolve(conditions[name], parameters, conditions) is True
-            return _resolve(yes if holds else no, parameters, conditions)
-        if key == "Fn::Not":
-            return _resolve(arg[0], parameters, conditions) is not True
-        return _resolve(arg[0], parameters, conditions) == _resolve(arg[1], parameters, conditions)
-    if isinstance(value, dict):
-        resolved = {k: _resolve(v, parameters, conditions) for k, v in value.items()}
-        return {k: v for k, v in resolved.items() if v is not _NO_VALUE}
-    if isinstance(value, list):
-        return [v for v in (_resolve(v, parameters, conditions) for v in value) if v is not _NO_VALUE]
-    return value
-
-
-_NO_VALUE = object()
 
 
 class LocalAws:
@@ -100,7 +70,7 @@ class LocalAws:
         return cls(proc, int(line.split()[1]))
 
     def stop(self):
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.stdin.close()
             try:
                 self.proc.wait(timeout=10)
@@ -124,17 +94,18 @@ class LocalAws:
             return self._clients[args]
 
     def provision(self, orgs):
-        """Buckets, one log object per org and the functions' credentials; returns their environment."""
+        """Buckets, one log object per org and an operator who may do anything (the operator's CLI,
+        and the test looking at what the functions did); returns the operator's environment. The
+        functions run under their template roles: `function_credentials(env)`."""
         s3 = self.client("s3")
         for bucket in (REGISTRY_BUCKET, MANAGED_BUCKET):
             s3.create_bucket(Bucket=bucket)
         for org in orgs:
             s3.put_object(Bucket=MANAGED_BUCKET, Key=f"{org}/{LOG_KEY}", Body=f"log lines of org {org}\n".encode())
         iam = self.client("iam")
-        iam.create_user(UserName="rotation-functions")
-        iam.put_user_policy(UserName="rotation-functions", PolicyName="functions", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-        role_key = iam.create_access_key(UserName="rotation-functions")["AccessKey"]
+        iam.create_user(UserName=OPERATOR)
+        iam.put_user_policy(UserName=OPERATOR, PolicyName="administrator", PolicyDocument=json.dumps(ADMINISTRATOR))
+        role_key = iam.create_access_key(UserName=OPERATOR)["AccessKey"]
         return {
             "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
             "HOME": os.environ.get("HOME", "/tmp"),
@@ -147,39 +118,43 @@ class LocalAws:
             "MANAGED_BUCKET": MANAGED_BUCKET,
         }
 
-    def deploy_member_account(self, account, external_id=EXTERNAL_ID):
+    def deploy_member_account(self, account, external_id=EXTERNAL_ID, key=("test", "test")):
         """Deploys member-account.yaml into `account` as an operator does through the AWS
         Organizations role: each resource (a role), its trust policy and inline policies
         resolved with the stack's parameters (HomeAccountId: the home account, ExternalId:
-        `external_id`, the others' defaults). The Organizations role itself gets the policy
-        AWS gives it (`*`), so that a test can still look into the account once credentials
-        are enforced (`organization_key`). Before `enforce_credentials()`."""
-        from cfnlint.decode import decode
-        template, matches = decode(str(ROOT / "member-account.yaml"))
-        assert not matches, matches
-        parameters = {name: p["Default"] for name, p in template["Parameters"].items() if "Default" in p}
-        parameters.update({"AWS::Partition": "aws", "AWS::AccountId": account, "HomeAccountId": HOME_ACCOUNT,
-                           "ExternalId": external_id})
-        iam = self.client("iam", self.organization_key(account, ("test", "test")))
+        `external_id`, the others' defaults). The Organizations role may do anything (as AWS
+        gives it AdministratorAccess; scripts/moto_server.py), so that a test can still look
+        into the account once credentials are enforced (`organization_key`). `key`: who assumes that role (any key before
+        `enforce_credentials()`, the operator's after)."""
+        template = cfn.load(ROOT / "member-account.yaml")
+        values = cfn.parameters(template, {"HomeAccountId": HOME_ACCOUNT, "ExternalId": external_id})
+        values.update({"AWS::Partition": "aws", "AWS::AccountId": account, "AWS::Region": REGION})
+        iam = self.client("iam", self.organization_key(account, key))
         for resource in template["Resources"].values():
             assert resource["Type"] == "AWS::IAM::Role", "only roles are deployed here"
-            properties = _resolve(resource["Properties"], parameters, template.get("Conditions", {}))
+            properties = cfn.resolve(resource["Properties"], values, template.get("Conditions", {}))
             name = properties["RoleName"]
             iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(properties["AssumeRolePolicyDocument"]))
             for policy in properties.get("Policies", []):
                 iam.put_role_policy(RoleName=name, PolicyName=policy["PolicyName"],
                                     PolicyDocument=json.dumps(policy["PolicyDocument"]))
-        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                                                         "Principal": {"AWS": f"arn:aws:iam::{HOME_ACCOUNT}:root"}}]}
-        iam.create_role(RoleName=ORGANIZATION_ROLE, AssumeRolePolicyDocument=json.dumps(trust))
-        iam.put_role_policy(RoleName=ORGANIZATION_ROLE, PolicyName="AdministratorAccess",
-                            PolicyDocument=json.dumps(ADMINISTRATOR))
 
     def organization_key(self, account, key):
         """Credentials (id, secret, token) of `account`'s OrganizationAccountAccessRole, assumed with `key`."""
         credentials = self.client("sts", key).assume_role(
             RoleArn=f"arn:aws:iam::{account}:role/{ORGANIZATION_ROLE}", RoleSessionName="local-aws")["Credentials"]
         return credentials["AccessKeyId"], credentials["SecretAccessKey"], credentials["SessionToken"]
+
+    def function_credentials(self, env, parameters=None):
+        """{logical id: environment} of each function of template.yaml: the credentials of a role
+        holding exactly the function's template statements (its `Policies`, resolved with the
+        template `parameters` the stack is deployed with: by default, those the functions'
+        variables in `env` come from), assumed with the operator's key of `env`. A role is made
+        once per set of statements; works before and after `enforce_credentials()`."""
+        key = (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+        parameters = parameters_from_env(env) if parameters is None else parameters
+        return {name: {"AWS_ACCESS_KEY_ID": k[0], "AWS_SECRET_ACCESS_KEY": k[1], "AWS_SESSION_TOKEN": k[2]}
+                for name, k in function_roles(self, key, parameters).items()}
 
     def enforce_credentials(self):
         request = urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", data=b"0", method="POST",
@@ -195,7 +170,107 @@ class LocalAws:
             return False
 
 
+FUNCTION_ROLE_SESSION_SECONDS = 43200  # a test's stack lives for minutes; the credentials outlive it
+
+
+def parameters_from_env(env, template=None):
+    """The template parameters (and resources) that the functions' variables `env` come from:
+    each Globals variable `VAR: !Ref Parameter` (or `!Join [",", !Ref List]`) set in `env`,
+    REGISTRY_BUCKET and SWEEP_QUEUE_URL as the stack's registry bucket and sweep queue."""
+    template = template or cfn.load(ROOT / "template.yaml")
+    given = {}
+    for var, expression in template["Globals"]["Function"]["Environment"]["Variables"].items():
+        if var not in env or not isinstance(expression, dict):
+            continue
+        if "Ref" in expression:
+            given[expression["Ref"]] = env[var]
+        elif "Fn::Join" in expression and isinstance(expression["Fn::Join"][1], dict):
+            given[expression["Fn::Join"][1]["Ref"]] = env[var]
+    if env.get("SWEEP_QUEUE_URL"):
+        given["SweepQueue"] = env["SWEEP_QUEUE_URL"]
+    return given
+
+
+def template_values(parameters, template):
+    """What template.yaml's `Ref`s, `Sub`s and `GetAtt`s name on the local stack: `parameters`
+    (template parameters, and the registry bucket and sweep queue by logical id), else the
+    parameters' defaults; the pseudo parameters of the home account."""
+    values = cfn.parameters(template, parameters)
+    registry = parameters.get("RegistryBucket") or REGISTRY_BUCKET
+    queue_url = parameters.get("SweepQueue") or f"http://127.0.0.1/{HOME_ACCOUNT}/sweep"
+    values.update({
+        "AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": HOME_ACCOUNT,
+        "RegistryBucket": registry, "RegistryBucket.Arn": f"arn:aws:s3:::{registry}",
+        "SweepQueue": queue_url, "SweepQueue.Arn": f"arn:aws:sqs:{REGION}:{HOME_ACCOUNT}:{queue_url.rsplit('/', 1)[-1]}",
+    })
+    return values
+
+
+def function_policies(parameters, template=None):
+    """{logical id: [policy document]}: each function's template statements, resolved with `parameters`."""
+    template = template or cfn.load(ROOT / "template.yaml")
+    values = template_values(parameters, template)
+    out = {}
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        policies = cfn.resolve(resource["Properties"].get("Policies", []), values, template.get("Conditions", {}))
+        assert all(isinstance(p, dict) and "Statement" in p for p in policies), f"{name}: inline documents only"
+        out[name] = policies
+    return out
+
+
+def function_roles(aws, key, parameters):
+    """{logical id: (id, secret, token)} of each function's role on `aws` (see LocalAws.function_credentials)."""
+    import hashlib
+    iam, sts = aws.client("iam", key), aws.client("sts", key)
+    operator = sts.get_caller_identity()["Arn"]
+    # SAM's trust policy (the Lambda service), and the operator standing in for the service.
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {
+        "Service": "lambda.amazonaws.com", "AWS": operator}}]}
+    out = {}
+    for name, policies in function_policies(parameters).items():
+        digest = hashlib.sha256(json.dumps(policies, sort_keys=True).encode()).hexdigest()[:8]
+        role = f"{name}Role-{digest}"
+        try:
+            iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust),
+                            MaxSessionDuration=FUNCTION_ROLE_SESSION_SECONDS)
+            for i, policy in enumerate(policies):
+                iam.put_role_policy(RoleName=role, PolicyName=f"{name}Policy{i}", PolicyDocument=json.dumps(policy))
+        except iam.exceptions.EntityAlreadyExistsException:
+            pass
+        credentials = sts.assume_role(RoleArn=f"arn:aws:iam::{HOME_ACCOUNT}:role/{role}", RoleSessionName=name,
+                                      DurationSeconds=FUNCTION_ROLE_SESSION_SECONDS)["Credentials"]
+        out[name] = (credentials["AccessKeyId"], credentials["SecretAccessKey"], credentials["SessionToken"])
+    return out
+
+
 def cli(env, *args, capture=False):
     """Runs the operator CLI built by `cargo build --bins`."""
     return subprocess.run([str(TARGET / "s3-key-rotation"), *args], env=env, check=True,
                           capture_output=capture, text=True)
+
+
+def main():
+    """For the Rust test harness (tests/common/mod.rs), on a running endpoint:
+    `local_aws.py function-credentials PORT` reads the functions' environment (a JSON
+    object) on stdin and prints `function_credentials` as JSON;
+    `local_aws.py deploy-member-account PORT ACCOUNT` deploys member-account.yaml there, as
+    the operator whose environment it reads on stdin (`{}`: before credentials are enforced)."""
+    import argparse
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["function-credentials", "deploy-member-account"])
+    parser.add_argument("port", type=int)
+    parser.add_argument("account", nargs="?")
+    args = parser.parse_args()
+    aws = LocalAws(None, args.port)
+    if args.command == "function-credentials":
+        print(json.dumps(aws.function_credentials(json.load(sys.stdin))))
+    else:
+        env = json.load(sys.stdin)
+        key = (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) if env else ("test", "test")
+        aws.deploy_member_account(args.account, key=key)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,11 +9,20 @@ Differences from a plain `moto_server`:
 - STS `AssumeRole` is refused (AccessDenied) unless the role exists in its
   account and its trust policy's `sts:ExternalId` condition, if any, is met
   (moto 5.2.5 hands out credentials for any ARN). `OrganizationAccountAccessRole`
-  stands for the role AWS Organizations creates in every member account: the
-  tests assume it to deploy member-account.yaml's role into a member account.
+  stands for the role AWS Organizations creates in every member account, with
+  AdministratorAccess: anyone may assume it and it may do anything; the tests
+  assume it to deploy member-account.yaml into a member account.
 - IAM calls on a user are authorized against the user's ARN (moto 5.2.5 uses
   `*`), so the member role's policy, scoped to the org users under the path,
   is evaluated as IAM does.
+- Secrets Manager calls are authorized against the secret's ARN, EventBridge
+  `PutEvents` against the event bus's ARN (moto 5.2.5 uses `*` for both, which a
+  statement naming a resource never matches), and SQS batch calls by the single
+  call's action (`SendMessageBatch` needs `sqs:SendMessage`), as AWS does.
+  Policy conditions moto does not evaluate (all but a trust policy's
+  `StringEquals`) are treated as met: the template tests check them as documents.
+- With S3KR_CALLS_LOG set, what each assumed role was allowed or refused is
+  appended to that file (see `CallLog`).
 It exits when its standard input closes, so it never outlives its parent.
 
 For the benchmarks it counts the AWS requests it serves and the time it spends
@@ -28,6 +37,7 @@ with ` → 412` appended when the answer was not a success.
 import argparse
 import io
 import json
+import os
 import re
 import sys
 import threading
@@ -37,7 +47,9 @@ from urllib.parse import parse_qs, parse_qsl, unquote
 
 from moto.iam import access_control
 from moto.iam.models import iam_backends
+from moto.events.responses import EventsHandler
 from moto.iam.responses import IamResponse
+from moto.secretsmanager.responses import SecretsManagerResponse
 from moto.sts.exceptions import STSClientError
 from moto.sts.models import STSBackend
 from moto.moto_server.werkzeug_app import (
@@ -119,6 +131,107 @@ def _user_resource(self):
 
 
 IamResponse._determine_resource = _user_resource
+
+
+def _secret_resource(self):
+    """The secret a Secrets Manager call acts on, by its ARN, as Secrets Manager authorizes it
+    (moto 5.2.5 uses `*`, which a statement naming the vault's secrets never matches). A secret
+    that does not exist yet (CreateSecret) is `…:secret:{name}-??????`, the ARN it will have."""
+    try:
+        params = json.loads(self.body or "{}")
+    except ValueError:
+        return "*"
+    secret = params.get("SecretId") or params.get("Name")
+    if not secret:
+        return "*"
+    if secret.startswith("arn:"):
+        return secret
+    found = self.backend.secrets.get(secret)
+    if found is not None:
+        return found.arn
+    return f"arn:{self.partition}:secretsmanager:{self.region}:{self.current_account}:secret:{secret}-??????"
+
+
+SecretsManagerResponse._determine_resource = _secret_resource
+
+
+def _event_bus_resource(self):
+    """The event bus a PutEvents puts on (moto 5.2.5 uses `*`): EventBridge authorizes it
+    against `arn:…:event-bus/{name}`, `default` when an entry names none."""
+    if self._get_action() != "PutEvents":
+        return "*"
+    try:
+        entries = json.loads(self.body or "{}").get("Entries") or [{}]
+    except ValueError:
+        return "*"
+    bus = entries[0].get("EventBusName") or "default"
+    if bus.startswith("arn:"):
+        return bus
+    return f"arn:{self.partition}:events:{self.region}:{self.current_account}:event-bus/{bus}"
+
+
+EventsHandler._determine_resource = _event_bus_resource
+
+# SQS authorizes a batch call by the single call's action (there is no sqs:SendMessageBatch).
+SQS_BATCH_ACTIONS = {"sqs:SendMessageBatch": "sqs:SendMessage", "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+                     "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility"}
+_original_request_init = access_control.IAMRequestBase.__init__
+
+
+def _single_call_action(self, *args, **kwargs):
+    _original_request_init(self, *args, **kwargs)
+    self._action = SQS_BATCH_ACTIONS.get(self._action, self._action)
+
+
+access_control.IAMRequestBase.__init__ = _single_call_action
+
+
+class CallLog:
+    """What each role was allowed or refused, for the check that every function's role grants
+    what the function calls and nothing it never calls (tests/permissions). With
+    S3KR_CALLS_LOG set, each new (role, action, answer) is appended to that file as a JSON
+    line: {"role": name, "account": id, "action": "s3:GetObject", "allowed": true}. Only
+    assumed roles are logged (the functions' and the member accounts' roles), not users."""
+
+    def __init__(self, path):
+        self.path = path
+        self.seen = set()
+        self.lock = threading.Lock()
+
+    def record(self, request, allowed):
+        arn = getattr(getattr(request, "_access_key", None), "arn", "") or ""
+        if ":assumed-role/" not in arn:
+            return
+        account, role = arn.split(":")[4], arn.split(":assumed-role/")[1].split("/")[0]
+        entry = (role, account, request._action, allowed)
+        with self.lock:
+            if entry in self.seen:
+                return
+            self.seen.add(entry)
+            line = json.dumps({"role": role, "account": account, "action": request._action, "allowed": allowed})
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+
+
+CALLS = CallLog(os.environ["S3KR_CALLS_LOG"]) if os.environ.get("S3KR_CALLS_LOG") else None
+_original_check = access_control.IAMRequestBase.check_action_permitted
+
+
+def _logged_check(self, resource):
+    arn = getattr(getattr(self, "_access_key", None), "arn", "") or ""
+    if f":assumed-role/{ORGANIZATION_ROLE}/" in arn:
+        return  # AWS Organizations' role: AdministratorAccess in every member account
+    try:
+        _original_check(self, resource)
+    except Exception:
+        if CALLS is not None:
+            CALLS.record(self, False)
+        raise
+    if CALLS is not None:
+        CALLS.record(self, True)
+
+
+access_control.IAMRequestBase.check_action_permitted = _logged_check
 
 
 SERVICES = {"s3": "S3", "iam": "IAM", "secretsmanager": "SecretsManager", "events": "EventBridge",

@@ -12,9 +12,17 @@ export PATH="$PWD/.venv/bin:$PATH"
 # The function binaries as `cargo lambda watch` runs them (without the
 # dev-dependencies' features), built once here rather than inside a test.
 cargo build --locked --bins
+# Every AWS action each template role was allowed or refused, over all the suites
+# below (scripts/moto_server.py records them), for tests/permissions: granted = used.
+export S3KR_CALLS_LOG="$PWD/target/aws-calls.jsonl"
+rm -f "$S3KR_CALLS_LOG"
 cargo test --locked "$@"
 # SAM as a deployment builds it: the arm64 `bootstrap` of each function, by
 # cargo-lambda with zig (both from .venv); tests/package checks the artefacts.
 rustup target add aarch64-unknown-linux-gnu >&2
 SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 sam build --beta-features
 .venv/bin/python -m pytest tests/sdk tests/package tests/wire -q -p no:cacheprovider
+# Last: it needs the calls of the whole suite (a filtered `cargo test` run sees only part).
+if [ $# -eq 0 ]; then
+  .venv/bin/python -m pytest tests/permissions -q -p no:cacheprovider
+fi

@@ -60,6 +60,14 @@ pub struct Config {
     pub member_roles: Vec<MemberRole>,
     /// `MEMBER_ROLE_EXTERNAL_ID`: the external id the member roles require.
     pub member_external_id: Option<String>,
+    /// `MEMBER_ENROLLMENT_ROLE`: the name of the role through which the
+    /// operator's `enroll` creates and adopts org users in a member account
+    /// (member-account.yaml's EnrollmentRole; the functions' role there may not).
+    pub member_enrollment_role: String,
+    /// `ORG_USER_BOUNDARY`: the ARN of the permissions boundary every org user
+    /// is created with (template.yaml's OrgUserBoundary); a member account's
+    /// user gets the policy of the same name in its own account. Unset: none.
+    pub org_user_boundary: Option<String>,
     /// `ORGS_PER_ACCOUNT`: the most orgs placed in one member account (IAM
     /// allows 5,000 users an account).
     pub orgs_per_account: usize,
@@ -281,6 +289,33 @@ impl Config {
             }
             member_roles.push(role);
         }
+        let member_enrollment_role =
+            get("MEMBER_ENROLLMENT_ROLE").unwrap_or_else(|| "s3-key-rotation-enrollment".to_owned());
+        if member_enrollment_role.is_empty()
+            || member_enrollment_role.len() > 64
+            || !member_enrollment_role.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+        {
+            return Err(ConfigError {
+                variable: "MEMBER_ENROLLMENT_ROLE",
+                problem: format!("is '{member_enrollment_role}'"),
+                expected: "an IAM role name (1 to 64 of letters, digits and +=,.@_-)",
+            });
+        }
+        let org_user_boundary = get("ORG_USER_BOUNDARY").filter(|v| !v.is_empty());
+        if let Some(arn) = &org_user_boundary {
+            let fields: Vec<&str> = arn.splitn(6, ':').collect();
+            let ok = matches!(fields.as_slice(), ["arn", partition, "iam", "", account, resource]
+                if !partition.is_empty() && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+                    && resource.starts_with("policy/"));
+            if !ok {
+                return Err(ConfigError {
+                    variable: "ORG_USER_BOUNDARY",
+                    problem: format!("is '{arn}'"),
+                    expected:
+                        "an IAM policy ARN, e.g. arn:aws:iam::123456789012:policy/s3-key-rotation-org-user-boundary",
+                });
+            }
+        }
         let orgs_per_account =
             whole("ORGS_PER_ACCOUNT", 4500, 5000, "a whole number from 1 to 5000 (IAM's users per account)")?;
         let sweep_slice_size = whole("SWEEP_SLICE_SIZE", 1000, 5000, "a whole number from 1 to 5000")?;
@@ -309,10 +344,31 @@ impl Config {
             endpoint_url: get("AWS_ENDPOINT_URL"),
             member_roles,
             member_external_id: get("MEMBER_ROLE_EXTERNAL_ID"),
+            member_enrollment_role,
+            org_user_boundary,
             orgs_per_account,
             sweep_queue_url: get("SWEEP_QUEUE_URL"),
             sweep_slice_size,
         })
+    }
+
+    /// The configuration of the operator's `enroll`: each member account
+    /// reached through its enrollment role (`MEMBER_ENROLLMENT_ROLE`, in the
+    /// account and partition of its MEMBER_ACCOUNT_ROLES role) instead of the
+    /// functions' role, which may not create users.
+    pub fn for_enrollment(&self) -> Self {
+        let member_roles = self
+            .member_roles
+            .iter()
+            .map(|m| {
+                let partition = m.role_arn.split(':').nth(1).unwrap_or("aws");
+                MemberRole {
+                    account_id: m.account_id.clone(),
+                    role_arn: format!("arn:{partition}:iam::{}:role/{}", m.account_id, self.member_enrollment_role),
+                }
+            })
+            .collect();
+        Self { member_roles, ..self.clone() }
     }
 
     /// How the HTTP functions read the caller from the JWT authorizer's claims.

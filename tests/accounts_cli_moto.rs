@@ -8,7 +8,6 @@ mod common;
 
 use std::process::Command;
 
-use aws_config::sts::AssumeRoleProvider;
 use common::Stack;
 use s3_key_rotation::core::ports::Registry;
 
@@ -20,33 +19,12 @@ fn role_arn(account: &str) -> String {
     format!("arn:aws:iam::{account}:role/{ROLE}")
 }
 
-/// The member role of member-account.yaml in `account`, created as the
-/// account's administrator (AWS Organizations' role, which the local endpoint
-/// lets anyone assume).
-async fn deploy_member_role(stack: &Stack, account: &str) {
-    let sdk = stack
-        .aws
-        .sdk("test", "test")
-        .into_builder()
-        .time_source(aws_smithy_async::time::SystemTimeSource::new())
-        .build();
-    let admin = AssumeRoleProvider::builder(format!("arn:aws:iam::{account}:role/OrganizationAccountAccessRole"))
-        .session_name("stackset")
-        .configure(&sdk)
-        .build()
-        .await;
-    let iam =
-        aws_sdk_iam::Client::from_conf(aws_sdk_iam::config::Builder::from(&sdk).credentials_provider(admin).build());
-    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":"sts:AssumeRole"}]}"#;
-    iam.create_role().role_name(ROLE).assume_role_policy_document(trust).send().await.expect("the member role");
-}
-
 /// The CLI with the stack's environment, two member accounts (one whose role
 /// was never deployed) and room for `cap` orgs in each.
 fn cli(stack: &Stack, cap: &str, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
         .args(args)
-        .envs(stack.function_env())
+        .envs(stack.operator_env())
         .env("MEMBER_ACCOUNT_ROLES", format!("{},{}", role_arn(NOT_DEPLOYED), role_arn(DEPLOYED)))
         .env("ORGS_PER_ACCOUNT", cap)
         .output()
@@ -61,7 +39,7 @@ fn cli(stack: &Stack, cap: &str, args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn accounts_show_placement_room_and_which_roles_can_be_assumed() {
     let stack = Stack::start().await;
-    deploy_member_role(&stack, DEPLOYED).await;
+    stack.deploy_member_account(DEPLOYED);
 
     // Both have the same room, and the first listed is the one whose role
     // cannot be assumed: it is passed over, and the line says where the org went.
@@ -80,7 +58,7 @@ async fn accounts_show_placement_room_and_which_roles_can_be_assumed() {
 
     // Once both are assumable, enrollments go round them by room, and each
     // line says where the org went.
-    deploy_member_role(&stack, NOT_DEPLOYED).await;
+    stack.deploy_member_account(NOT_DEPLOYED);
     let (ok, out, err) = cli(&stack, "1", &["enroll", "--org", "1000002", "--org", "1000003"]);
     assert!(!ok, "the second new org finds no room: {out}");
     assert_eq!(out.matches(&format!(" in account {NOT_DEPLOYED}: ")).count(), 1, "{out}");
@@ -103,7 +81,7 @@ async fn accounts_show_placement_room_and_which_roles_can_be_assumed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bucket_policy_names_the_member_accounts_and_keeps_the_other_statements() {
     let stack = Stack::start().await;
-    let s3 = stack.aws.s3("test", "test");
+    let s3 = stack.aws.s3(&stack.admin.0, &stack.admin.1);
     let other = r#"{"Version":"2012-10-17","Statement":[{"Sid":"ProviderWrites","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":"s3:PutObject","Resource":"arn:aws:s3:::logs/*"}]}"#;
     s3.put_bucket_policy().bucket("logs").policy(other).send().await.unwrap();
 
@@ -144,8 +122,8 @@ async fn sweep_status_before_any_fanned_out_run_says_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn accounts_recount_brings_a_drifted_count_back_to_the_orgs_placed() {
     let stack = Stack::start().await;
-    deploy_member_role(&stack, DEPLOYED).await;
-    deploy_member_role(&stack, NOT_DEPLOYED).await;
+    stack.deploy_member_account(DEPLOYED);
+    stack.deploy_member_account(NOT_DEPLOYED);
     let (ok, _, err) = cli(&stack, "5", &["enroll", "--org", "1000001", "--org", "1000002"]);
     assert!(ok, "{err}");
     let registry = &stack.adapters.registry;

@@ -187,7 +187,7 @@ async fn a_denied_call_is_reported_with_its_error_code_and_message() {
     stack.aws.enforce_auth();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
         .args(["enroll", "--org", "5550001"])
-        .envs(stack.function_env())
+        .envs(stack.operator_env())
         .env("AWS_ACCESS_KEY_ID", key.access_key_id())
         .env("AWS_SECRET_ACCESS_KEY", key.secret_access_key())
         .output()

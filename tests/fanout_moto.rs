@@ -14,7 +14,7 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{project_root, Member, Stack};
+use common::{project_root, Function, Member, Stack};
 use lambda_runtime::{Context, LambdaEvent};
 use s3_key_rotation::aws::queue::SqsSlices;
 use s3_key_rotation::core::domain::{LeaseTime, OrgId, OrgRecord, Trigger};
@@ -88,8 +88,9 @@ impl Queues {
         attributes[&QueueAttributeName::QueueArn].clone()
     }
 
-    fn slices(&self) -> SqsSlices {
-        SqsSlices::new(self.sqs.clone(), &self.url)
+    /// The queue as `function` reaches it: with its role's credentials.
+    fn slices(&self, stack: &Stack, function: Function) -> SqsSlices {
+        SqsSlices::new(aws_sdk_sqs::Client::new(&stack.function_sdk(function)), &self.url)
     }
 
     /// Messages in the queue: (visible, in flight).
@@ -213,7 +214,7 @@ impl Queues {
                 }
                 continue;
             };
-            let slices = self.slices();
+            let slices = self.slices(stack, Function::SweepWorker);
             let answer =
                 handle_slices(self.event(&message), ports, Some(&slices), &settings, margin).await.expect("an answer");
             deliveries += 1;
@@ -232,7 +233,9 @@ async fn dispatch_at(stack: &Stack, queues: &Queues, at: DateTime<Utc>) -> Manif
     let event: EventBridgeEvent<SweepDetail> = serde_json::from_value(value).unwrap();
     let event = LambdaEvent::new(event, Context::default());
     let c = &stack.config;
-    handle_dispatch(event, &stack.adapters.registry, &queues.slices(), &c.member_roles, c.sweep_slice_size)
+    let dispatcher = stack.function(Function::ScheduledRotation);
+    let slices = queues.slices(stack, Function::ScheduledRotation);
+    handle_dispatch(event, &dispatcher.registry, &slices, &c.member_roles, c.sweep_slice_size)
         .await
         .expect("dispatched")
 }
@@ -316,7 +319,7 @@ async fn every_org_is_swept_exactly_once_per_run_across_the_slices_and_a_repeate
     assert_eq!(by_account, expected.iter().zip([3, 3, 3, 3, 2, 2, 2, 2]).map(|(a, n)| (*a, n)).collect::<Vec<_>>());
     assert_eq!(queues.depth(&queues.url).await, (8, 0), "one message a slice");
 
-    let (deliveries, failures) = queues.drain(&stack, stack.adapters.ports()).await;
+    let (deliveries, failures) = queues.drain(&stack, stack.function(Function::SweepWorker).ports()).await;
 
     assert_eq!((deliveries, failures), (8, 0));
     let status = status_of(&stack, &manifest).await;
@@ -354,7 +357,11 @@ async fn every_org_is_swept_exactly_once_per_run_across_the_slices_and_a_repeate
         .send()
         .await
         .unwrap();
-    assert_eq!(queues.drain(&stack, stack.adapters.ports()).await, (1, 0), "answered as a success");
+    assert_eq!(
+        queues.drain(&stack, stack.function(Function::SweepWorker).ports()).await,
+        (1, 0),
+        "answered as a success"
+    );
     let again = records(&stack, &all).await;
     for (b, a) in after.iter().zip(&again) {
         assert_eq!(a.etag, b.etag, "org {}: not written again", a.value.org_id);
@@ -410,9 +417,9 @@ impl Passthrough for Freezing<'_> {
 /// `registry` freezes; the message comes back after its visibility timeout.
 async fn crash_after(stack: &Stack, queues: &Queues, registry: &Freezing<'_>, done: &str, stops: usize) {
     let message = queues.receive().await.expect("the slice");
-    let ports = Ports { registry, ..stack.adapters.ports() };
+    let ports = Ports { registry, ..stack.function(Function::SweepWorker).ports() };
     let settings = stack.config.sweep_settings();
-    let slices = queues.slices();
+    let slices = queues.slices(stack, Function::SweepWorker);
     let worker = handle_slices(queues.event(&message), ports, Some(&slices), &settings, Duration::from_secs(20));
     let there = async {
         loop {
@@ -443,14 +450,14 @@ async fn a_worker_that_dies_between_two_orgs_leaves_the_rest_of_the_slice_to_the
     let manifest = dispatch_at(&stack, &queues, due()).await;
     assert_eq!(manifest.slices.len(), 1);
 
-    let frozen = Freezing::new(&stack.adapters.registry, &["c02", "c03"], None);
+    let frozen = Freezing::new(&stack.function(Function::SweepWorker).registry, &["c02", "c03"], None);
     crash_after(&stack, &queues, &frozen, "c01", 2).await;
     let partway = records(&stack, &all).await;
     assert_eq!(partway.iter().map(|r| r.value.current.as_ref().unwrap().version).collect::<Vec<_>>(), [2, 1, 1]);
     assert!(status_of(&stack, &manifest).await.waiting == [0], "no result yet");
 
     // The message comes back after its visibility timeout; the redelivery finishes the slice.
-    assert_eq!(queues.drain(&stack, stack.adapters.ports()).await, (1, 0));
+    assert_eq!(queues.drain(&stack, stack.function(Function::SweepWorker).ports()).await, (1, 0));
     let after = records(&stack, &all).await;
     rotated_exactly_once(&after);
     assert_eq!(after[0].etag, partway[0].etag, "the org done before the crash is not written again");
@@ -465,7 +472,7 @@ async fn a_worker_that_dies_between_two_orgs_leaves_the_rest_of_the_slice_to_the
     // The next run has nothing to do.
     let next = dispatch_at(&stack, &queues, due() + TimeDelta::hours(1)).await;
     assert!(!next.full_check, "the day's full check is done");
-    assert_eq!(queues.drain(&stack, stack.adapters.ports()).await, (1, 0));
+    assert_eq!(queues.drain(&stack, stack.function(Function::SweepWorker).ports()).await, (1, 0));
     let status = status_of(&stack, &next).await;
     assert!(status.finished());
     assert_eq!((status.total.orgs_seen, status.total.rotated.len(), status.total.repaired), (3, 0, 0));
@@ -499,7 +506,7 @@ async fn a_worker_that_dies_mid_rotation_leaves_a_claim_its_redelivery_rolls_bac
     let queues = Queues::create(&stack, 3).await;
     let manifest = dispatch_at(&stack, &queues, due()).await;
 
-    let frozen = Freezing::new(&stack.adapters.registry, &["c03"], Some("c02"));
+    let frozen = Freezing::new(&stack.function(Function::SweepWorker).registry, &["c03"], Some("c02"));
     crash_after(&stack, &queues, &frozen, "c01", 1).await;
     let claimed = stack.adapters.registry.load(&org("c02")).await.unwrap().unwrap().value;
     let pending = claimed.pending.clone().expect("c02's rotation claimed the record");
@@ -522,7 +529,7 @@ async fn a_worker_that_dies_mid_rotation_leaves_a_claim_its_redelivery_rolls_bac
     assert!(pending.lease_until > LeaseTime::from_utc(Utc::now()), "the claim's lease runs on the real clock");
 
     let after_visibility_timeout = Later(TimeDelta::minutes(90));
-    let redelivery = Ports { clock: &after_visibility_timeout, ..stack.adapters.ports() };
+    let redelivery = Ports { clock: &after_visibility_timeout, ..stack.function(Function::SweepWorker).ports() };
     assert_eq!(queues.drain(&stack, redelivery).await, (1, 0));
     let status = status_of(&stack, &manifest).await;
     assert!(status.finished());
@@ -552,7 +559,7 @@ async fn the_slices_of_an_account_whose_role_cannot_be_assumed_end_in_the_dead_l
     let queues = Queues::create(&stack, 2).await;
 
     let manifest = dispatch_at(&stack, &queues, due()).await;
-    let (deliveries, failures) = queues.drain(&stack, stack.adapters.ports()).await;
+    let (deliveries, failures) = queues.drain(&stack, stack.function(Function::SweepWorker).ports()).await;
 
     let of_a2: Vec<usize> =
         manifest.slices.iter().filter(|s| s.account.as_deref() == Some(A2)).map(|s| s.index).collect();
@@ -593,7 +600,7 @@ async fn the_first_run_of_a_day_checks_every_org_fully_and_once_it_finished_the_
     // The first run has not finished: the next one checks fully too.
     let second = dispatch_at(&stack, &queues, day + TimeDelta::minutes(30)).await;
     assert!(second.full_check);
-    assert_eq!(queues.drain(&stack, stack.adapters.ports()).await, (4, 0));
+    assert_eq!(queues.drain(&stack, stack.function(Function::SweepWorker).ports()).await, (4, 0));
     let status = status_of(&stack, &second).await;
     assert!(status.finished() && status.total.full_check, "{status:#?}");
 
@@ -602,16 +609,16 @@ async fn the_first_run_of_a_day_checks_every_org_fully_and_once_it_finished_the_
     assert!(!third.full_check, "the day's full check finished");
     // The heartbeat: the dispatch that recorded it names the run (its metric says 1).
     assert_eq!(third.full_check_completed.as_ref(), Some(&second.run_id));
-    queues.drain(&stack, stack.adapters.ports()).await;
+    queues.drain(&stack, stack.function(Function::SweepWorker).ports()).await;
     assert!(!status_of(&stack, &third).await.total.full_check);
     let later = dispatch_at(&stack, &queues, day + TimeDelta::hours(2)).await;
     assert!(!later.full_check);
     assert_eq!(later.full_check_completed, None, "once a day");
-    queues.drain(&stack, stack.adapters.ports()).await;
+    queues.drain(&stack, stack.function(Function::SweepWorker).ports()).await;
 
     let next_day = dispatch_at(&stack, &queues, day + TimeDelta::days(1)).await;
     assert!(next_day.full_check, "a new day");
-    queues.drain(&stack, stack.adapters.ports()).await;
+    queues.drain(&stack, stack.function(Function::SweepWorker).ports()).await;
     assert!(status_of(&stack, &next_day).await.finished());
     let recorded = dispatch_at(&stack, &queues, day + TimeDelta::days(1) + TimeDelta::hours(1)).await;
     assert!(!recorded.full_check);

@@ -8,7 +8,7 @@
 mod common;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{Member, Stack, MEMBER_ROLE};
+use common::{Function, Member, Stack, MEMBER_ROLE};
 use s3_key_rotation::core::accounts::{load_placement, placed_orgs};
 use s3_key_rotation::core::domain::{KeyState, OrgId, Trigger};
 use s3_key_rotation::core::enrollment::enroll;
@@ -65,7 +65,9 @@ async fn rotate_at(stack: &Stack, id: &str, at: DateTime<Utc>) -> Rotated {
         request_id: None,
         grace: None,
     };
-    rotate(stack.adapters.ports(), &stack.config.rotation_settings(), &request).await.expect("rotated")
+    rotate(stack.function(Function::RotateKey).ports(), &stack.config.rotation_settings(), &request)
+        .await
+        .expect("rotated")
 }
 
 fn key_of(rotated: &Rotated) -> (String, String) {
@@ -74,7 +76,8 @@ fn key_of(rotated: &Rotated) -> (String, String) {
 
 async fn run(stack: &Stack, at: DateTime<Utc>) -> Summary {
     let request = SweepRequest { now: at, dry_run: false, deadline: None, margin: std::time::Duration::ZERO };
-    let summary = sweep(stack.adapters.ports(), &stack.config.sweep_settings(), &request).await.unwrap();
+    let summary =
+        sweep(stack.function(Function::SweepWorker).ports(), &stack.config.sweep_settings(), &request).await.unwrap();
     assert!(summary.failed.is_empty() && summary.mismatches.is_empty(), "{summary:?}");
     summary
 }
@@ -180,7 +183,7 @@ async fn a_member_account_orgs_key_rotates_retires_and_expires_under_the_member_
     assert!(stack.can_read((&second_key.0, &second_key.1), id).await, "the new key works");
 
     // Automatic rotation by the sweep when due, with its 24 h grace period.
-    let a = &stack.adapters;
+    let a = stack.function(Function::RotationPolicy);
     let change = PolicyChange::enable("30d".parse().unwrap()).unwrap();
     update_policy(&a.registry, &a.audit, &org(id), change, t1, "admin", None).await.unwrap();
     let due = t1 + TimeDelta::days(30);
@@ -271,18 +274,19 @@ async fn an_account_whose_role_cannot_be_assumed_is_passed_over_by_enrollments_a
     let stack =
         Stack::with_members(&[Member::Deployed(A1), Member::Deployed(A2)], 10, &[("SWEEP_SLICE_SIZE", "2")]).await;
     stack.enroll(&["3001", "3002", "3003", "3004", "3005"], t0()).await;
-    let a = &stack.adapters;
+    let a = stack.function(Function::RotationPolicy);
     for id in ["3001", "3002", "3003", "3004", "3005"] {
         rotate_at(&stack, id, t0()).await;
         let change = PolicyChange::enable("30d".parse().unwrap()).unwrap();
         update_policy(&a.registry, &a.audit, &org(id), change, t0(), "admin", None).await.unwrap();
     }
+    let (dispatcher, a) = (stack.function(Function::ScheduledRotation), stack.function(Function::SweepWorker));
     stack.remove_member_role(A2).await;
     stack.aws.enforce_auth();
 
     let queue = s3_key_rotation::core::memory::MemoryQueue::default();
     let due = t0() + TimeDelta::days(30);
-    let manifest = dispatch(&a.registry, &queue, &stack.config.member_roles, 2, due, false).await.unwrap();
+    let manifest = dispatch(&dispatcher.registry, &queue, &stack.config.member_roles, 2, due, false).await.unwrap();
     assert_eq!(manifest.orgs, 5);
     let slices = queue.take();
     assert_eq!(slices.len(), manifest.slices.len());

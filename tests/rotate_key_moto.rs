@@ -4,7 +4,7 @@
 mod common;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{event, later, parts, Stack, ORG_A, ORG_B};
+use common::{event, later, parts, Function, Stack, ORG_A, ORG_B};
 use s3_key_rotation::api::rotate_key::{handle, RotateKeySettings};
 use s3_key_rotation::core::domain::OrgId;
 use s3_key_rotation::core::ports::Registry;
@@ -26,7 +26,8 @@ async fn rotate(
     name: &str,
     patch: impl FnOnce(&mut serde_json::Value),
 ) -> ((String, String), serde_json::Value) {
-    let (status, body, headers) = parts(handle(event(name, patch), stack.adapters.ports(), &settings(stack)).await);
+    let (status, body, headers) =
+        parts(handle(event(name, patch), stack.function(Function::RotateKey).ports(), &settings(stack)).await);
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["cache-control"], "no-store");
     let key = (body["accessKeyId"].as_str().unwrap().to_owned(), body["secretAccessKey"].as_str().unwrap().to_owned());
@@ -79,7 +80,8 @@ async fn an_org_without_key_info_gets_the_reference_not_found() {
     let request =
         event("rotate-key.json", |e| e["requestContext"]["authorizer"]["jwt"]["claims"]["org_id"] = "999".into());
 
-    let (status, body, _) = parts(handle(request, stack.adapters.ports(), &settings(&stack)).await);
+    let (status, body, _) =
+        parts(handle(request, stack.function(Function::RotateKey).ports(), &settings(&stack)).await);
 
     assert_eq!(status, 404);
     assert_eq!(
@@ -136,7 +138,8 @@ async fn a_grace_period_keeps_the_old_key_working_until_it_is_retired() {
 
     let org = OrgId::parse(ORG_A).unwrap();
     let settings = stack.config.rotation_settings();
-    let ports = stack.adapters.ports();
+    // Retirement is the sweep's.
+    let ports = stack.function(Function::SweepWorker).ports();
     let just_before = rotated_at + TimeDelta::hours(24) - TimeDelta::seconds(1);
     assert!(!retire_if_due(ports, &settings, &org, just_before).await.unwrap());
     assert!(stack.can_read((&first.0, &first.1), ORG_A).await, "still works a second before");
@@ -156,7 +159,8 @@ async fn refusals_change_nothing() {
         ("rotate-key-wrong-scope.json", 403, "lacks the required scope"),
         ("rotate-key-not-json.json", 415, "must be application/json"),
     ] {
-        let (got, body, _) = parts(handle(event(name, later(60)), stack.adapters.ports(), &settings(&stack)).await);
+        let (got, body, _) =
+            parts(handle(event(name, later(60)), stack.function(Function::RotateKey).ports(), &settings(&stack)).await);
         assert_eq!(got, status, "{name}: {body}");
         assert!(body["error"].as_str().unwrap().contains(says), "{name}: {body}");
         assert_eq!(body["path"], "/iam/rotate-key");
@@ -184,8 +188,10 @@ async fn an_aws_failure_answers_503_and_leaves_the_record_as_it_was() {
     admin.iam.delete_access_key().user_name("org-1234567").access_key_id(&first.0).send().await.unwrap();
     admin.iam.delete_user().user_name("org-1234567").send().await.unwrap();
 
-    let (status, body, _) =
-        parts(handle(event("rotate-key.json", later(60)), stack.adapters.ports(), &settings(&stack)).await);
+    let (status, body, _) = parts(
+        handle(event("rotate-key.json", later(60)), stack.function(Function::RotateKey).ports(), &settings(&stack))
+            .await,
+    );
 
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("AWS failed"), "{body}");

@@ -4,7 +4,7 @@
 mod common;
 
 use chrono::Utc;
-use common::{event, Stack, ORG_A, ORG_B};
+use common::{event, Function, Stack, ORG_A, ORG_B};
 use s3_key_rotation::api::rotation_policy::{handle, PolicyPorts};
 use s3_key_rotation::core::domain::{OrgId, Trigger};
 use s3_key_rotation::core::ports::Registry;
@@ -12,7 +12,8 @@ use s3_key_rotation::core::rotation::{rotate, RotationRequest};
 
 async fn call(stack: &Stack, name: &str, patch: impl FnOnce(&mut serde_json::Value)) -> (u16, String) {
     let settings = stack.config.policy_settings();
-    let ports = PolicyPorts { registry: &stack.adapters.registry, audit: &stack.adapters.audit };
+    let function = stack.function(Function::RotationPolicy);
+    let ports = PolicyPorts { registry: &function.registry, audit: &function.audit };
     let response = handle(event(name, patch), ports, &settings).await;
     (response.status().as_u16(), String::from_utf8(response.body().as_ref().to_vec()).unwrap())
 }

@@ -12,10 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{project_root, venv_bin, Stack, ORG_A, ORG_B};
+use common::{project_root, venv_bin, Function, Stack, ORG_A, ORG_B};
 
 /// `cargo lambda watch` on a free loopback port, with the deployment's
-/// environment; its whole process group is stopped when dropped.
+/// environment and one function's role (its template statements, credentials
+/// enforced): the function's binary is the one invoked through it. Its whole
+/// process group is stopped when dropped.
 struct Emulator {
     child: Child,
     port: u16,
@@ -23,7 +25,7 @@ struct Emulator {
 }
 
 impl Emulator {
-    fn start(stack: &Stack, log: PathBuf) -> Self {
+    fn start(stack: &Stack, function: Function, log: PathBuf) -> Self {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let path = format!("{}:{}", venv_bin().display(), std::env::var("PATH").unwrap_or_default());
         let out = File::create(&log).unwrap();
@@ -40,7 +42,7 @@ impl Emulator {
                     .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
             )
             .env("PATH", path)
-            .envs(stack.function_env())
+            .envs(stack.function_env(function))
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -97,7 +99,9 @@ async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
     stack.enroll(&[ORG_A, ORG_B], Utc::now()).await;
     stack.aws.enforce_auth();
     let dir = tempfile::tempdir().unwrap();
-    let emulator = Emulator::start(&stack, dir.path().join("watch.log"));
+    let emulator = Emulator::start(&stack, Function::RotateKey, dir.path().join("rotate-key.log"));
+    let policy = Emulator::start(&stack, Function::RotationPolicy, dir.path().join("rotation-policy.log"));
+    let scheduled = Emulator::start(&stack, Function::ScheduledRotation, dir.path().join("scheduled-rotation.log"));
 
     let first = emulator.invoke("rotate-key", "rotate-key.json");
     assert_eq!(first["statusCode"], 200, "{first}");
@@ -140,10 +144,10 @@ async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
         ("policy-list-key-versions-json-body.json", 200),
         ("policy-update-rotation-policy-form.json", 200),
     ] {
-        let response = emulator.invoke("rotation-policy", file);
+        let response = policy.invoke("rotation-policy", file);
         assert_eq!(response["statusCode"], status, "{file}: {response}");
     }
-    let described = emulator.invoke("rotation-policy", "policy-describe-key.json");
+    let described = policy.invoke("rotation-policy", "policy-describe-key.json");
     let metadata = body(&described)["KeyMetadata"].clone();
     assert_eq!(metadata["PrimaryKeyVersion"], "3");
     assert_eq!(metadata["RotationInterval"], "604800s", "the SDK-style update stored its interval");
@@ -153,23 +157,23 @@ async fn the_functions_handle_the_event_files_through_the_lambda_runtime_api() {
         ("policy-list-key-versions-xml.json", "<ListKeyVersionsResponse><KeyVersions><KeyVersion>"),
         ("policy-update-rotation-policy-xml.json", "<UpdateRotationPolicyResponse><RequestId>"),
     ] {
-        let xml = emulator.invoke("rotation-policy", file);
+        let xml = policy.invoke("rotation-policy", file);
         assert_eq!(xml["statusCode"], 200, "{file}: {xml}");
         assert_eq!(xml["headers"]["content-type"], "application/xml", "{file}");
         assert!(xml["body"].as_str().unwrap().contains(root), "{file}: {xml}");
     }
 
     // scheduled-rotation with the Scheduled Event: nothing is due yet.
-    let summary = emulator.invoke("scheduled-rotation", "scheduled-event.json");
+    let summary = scheduled.invoke("scheduled-rotation", "scheduled-event.json");
     assert_eq!(summary["evaluatedAt"], "2026-11-22T05:00:00Z", "{summary}");
     assert_eq!(summary["complete"], true, "{summary}");
     assert_eq!(summary["orgsSeen"], 2);
     assert_eq!(summary["failed"], serde_json::json!([]));
-    let dry = emulator.invoke("scheduled-rotation", "scheduled-event-dry-run.json");
+    let dry = scheduled.invoke("scheduled-rotation", "scheduled-event-dry-run.json");
     assert_eq!(dry["dryRun"], true, "{dry}");
 
     // The functions logged their work, and no secret.
-    let log = emulator.log_text();
+    let log = [&emulator, &policy, &scheduled].map(Emulator::log_text).concat();
     assert!(log.contains("committed the rotation"), "{log}");
     assert!(log.contains("sweep finished"), "{log}");
     assert!(log.contains("\"CloudWatchMetrics\""), "an embedded-metric line: {log}");
@@ -203,9 +207,10 @@ async fn the_dispatcher_queues_the_slice_the_worker_sweeps_from_the_sqs_event_fi
     stack.env.push(("SWEEP_QUEUE_URL".into(), queue.clone()));
     stack.aws.enforce_auth();
     let dir = tempfile::tempdir().unwrap();
-    let emulator = Emulator::start(&stack, dir.path().join("watch.log"));
+    let dispatcher = Emulator::start(&stack, Function::ScheduledRotation, dir.path().join("scheduled-rotation.log"));
+    let worker = Emulator::start(&stack, Function::SweepWorker, dir.path().join("sweep-worker.log"));
 
-    let manifest = emulator.invoke("scheduled-rotation", "scheduled-event.json");
+    let manifest = dispatcher.invoke("scheduled-rotation", "scheduled-event.json");
     assert_eq!(manifest["runId"], "20261122T050000Z", "{manifest}");
     assert_eq!(manifest["orgs"], 2);
     assert_eq!(manifest["fullCheck"], true);
@@ -221,13 +226,13 @@ async fn the_dispatcher_queues_the_slice_the_worker_sweeps_from_the_sqs_event_fi
     let registry = &stack.adapters.registry;
     assert_eq!(run_status(registry, Some("20261122T050000Z")).await.unwrap().expect("the run").waiting, [0]);
 
-    let answer = emulator.invoke("sweep-worker", "sweep-slice-sqs.json");
+    let answer = worker.invoke("sweep-worker", "sweep-slice-sqs.json");
     assert_eq!(answer, serde_json::json!({"batchItemFailures": []}));
     let status = run_status(registry, Some("20261122T050000Z")).await.unwrap().expect("the run");
     assert!(status.finished(), "{status:?}");
     assert_eq!((status.results.len(), status.results[0].deliveries), (1, 1));
     assert_eq!(status.total.orgs_seen, 2);
     assert!(status.total.failed.is_empty() && status.total.mismatches.is_empty(), "{:?}", status.total);
-    let log = emulator.log_text();
+    let log = dispatcher.log_text() + &worker.log_text();
     assert!(log.contains("run dispatched") && log.contains("slice swept"), "{log}");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{Stack, ORG_A};
+use common::{Function, Stack, ORG_A};
 use s3_key_rotation::aws::Clients;
 use s3_key_rotation::core::domain::{KeyState, OrgId, Trigger};
 use s3_key_rotation::core::policy::{update_policy, PolicyChange};
@@ -40,12 +40,15 @@ async fn rotate_now(stack: &Stack, at: DateTime<Utc>, trigger: Trigger) -> Rotat
         request_id: None,
         grace: None,
     };
-    rotate(stack.adapters.ports(), &stack.config.rotation_settings(), &request).await.unwrap()
+    // An API rotation runs in rotate-key, an automatic one in the sweep.
+    let function = if trigger == Trigger::Api { Function::RotateKey } else { Function::SweepWorker };
+    rotate(stack.function(function).ports(), &stack.config.rotation_settings(), &request).await.unwrap()
 }
 
 async fn run(stack: &Stack, at: DateTime<Utc>) -> Summary {
     let request = SweepRequest { now: at, dry_run: false, deadline: None, margin: std::time::Duration::ZERO };
-    let summary = sweep(stack.adapters.ports(), &stack.config.sweep_settings(), &request).await.unwrap();
+    let summary =
+        sweep(stack.function(Function::SweepWorker).ports(), &stack.config.sweep_settings(), &request).await.unwrap();
     assert!(summary.failed.is_empty(), "{summary:?}");
     summary
 }
@@ -74,7 +77,7 @@ async fn vault_current(stack: &Stack) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_rotates_automatically_when_due_and_its_predecessor_works_only_during_the_grace_period() {
     let (stack, first) = stack_with_a_key().await;
-    let a = &stack.adapters;
+    let a = stack.function(Function::RotationPolicy);
     let change = PolicyChange::enable("30d".parse().unwrap()).unwrap();
     update_policy(&a.registry, &a.audit, &org(), change, t0(), "admin", None).await.unwrap();
     stack.aws.enforce_auth();
@@ -105,7 +108,7 @@ async fn a_key_rotates_automatically_when_due_and_its_predecessor_works_only_dur
 async fn at_the_maximum_age_the_org_loses_access_while_the_log_writer_keeps_writing_until_a_manual_rotation() {
     let (stack, first) = stack_with_a_key().await;
     // The log writer: a separate principal that puts the org's logs.
-    let admin = Clients::from_sdk(stack.aws.sdk("test", "test"), true);
+    let admin = Clients::from_sdk(stack.aws.sdk(&stack.admin.0, &stack.admin.1), true);
     admin.iam.create_user().user_name("log-writer").send().await.unwrap();
     admin
         .iam

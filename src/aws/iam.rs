@@ -28,6 +28,9 @@ pub const POLICY_NAME: &str = "s3-key-rotation-read-own-prefix";
 pub struct IamKeys {
     client: aws_sdk_iam::Client,
     members: Arc<MemberAccounts>,
+    /// `ORG_USER_BOUNDARY`: the permissions boundary of every org user (its
+    /// ARN in the home account; a member account's has that account's id).
+    boundary: Option<String>,
 }
 
 impl IamKeys {
@@ -38,7 +41,26 @@ impl IamKeys {
     }
 
     pub fn with_members(client: aws_sdk_iam::Client, members: Arc<MemberAccounts>) -> Self {
-        Self { client, members }
+        Self { client, members, boundary: None }
+    }
+
+    /// Org users are created (and adopted users given) the permissions
+    /// boundary `arn`, the policy of that name in each user's account.
+    pub fn with_boundary(self, arn: Option<String>) -> Self {
+        Self { boundary: arn, ..self }
+    }
+
+    /// The boundary of a user of `account` (`None`: the home account).
+    fn boundary_for(&self, account: Option<&str>) -> Option<String> {
+        let arn = self.boundary.as_deref()?;
+        let Some(account) = account else { return Some(arn.to_owned()) };
+        let fields: Vec<&str> = arn.splitn(6, ':').collect();
+        Some(match fields.as_slice() {
+            [arn, partition, service, region, _, resource] => {
+                format!("{arn}:{partition}:{service}:{region}:{account}:{resource}")
+            }
+            _ => arn.to_owned(),
+        })
     }
 
     /// The client of the user's account.
@@ -54,10 +76,12 @@ impl IamKeys {
 impl AccessKeys for IamKeys {
     async fn ensure_user(&self, spec: &UserSpec) -> Result<(), PortError> {
         let client = self.client(spec.account.as_deref()).await?;
+        let boundary = self.boundary_for(spec.account.as_deref());
         let created = client
             .create_user()
             .user_name(&spec.user_name)
             .path(&spec.path)
+            .set_permissions_boundary(boundary.clone())
             .tags(Tag::builder().key("s3-key-rotation:org").value(spec.org.as_str()).build().map_err(|e| {
                 PortError::Unavailable { service: "iam", operation: "CreateUser", detail: e.to_string() }
             })?)
@@ -65,7 +89,20 @@ impl AccessKeys for IamKeys {
             .await;
         match created {
             Ok(_) => {}
-            Err(e) if matches!(e.as_service_error(), Some(CreateUserError::EntityAlreadyExistsException(_))) => {}
+            Err(e) if matches!(e.as_service_error(), Some(CreateUserError::EntityAlreadyExistsException(_))) => {
+                // A user made before (an adopted one, or an enrollment run again):
+                // it gets the boundary before any policy is written to it, as the
+                // roles' iam:PermissionsBoundary conditions require.
+                if let Some(boundary) = &boundary {
+                    client
+                        .put_user_permissions_boundary()
+                        .user_name(&spec.user_name)
+                        .permissions_boundary(boundary)
+                        .send()
+                        .await
+                        .map_err(|e| classify("iam", "PutUserPermissionsBoundary", &e))?;
+                }
+            }
             Err(e) => return Err(classify("iam", "CreateUser", &e)),
         }
         client
@@ -85,7 +122,16 @@ impl AccessKeys for IamKeys {
             Tag::builder().key("s3-key-rotation:org").value(spec.org.as_str()).build().map_err(|e| {
                 PortError::Unavailable { service: "iam", operation: "CreateUser", detail: e.to_string() }
             })?;
-        match client.create_user().user_name(&spec.user_name).path(&spec.path).tags(tag).send().await {
+        let boundary = self.boundary_for(spec.account.as_deref());
+        let created = client
+            .create_user()
+            .user_name(&spec.user_name)
+            .path(&spec.path)
+            .set_permissions_boundary(boundary)
+            .tags(tag)
+            .send()
+            .await;
+        match created {
             Ok(_) => Ok(Vec::new()),
             Err(e) if matches!(e.as_service_error(), Some(CreateUserError::EntityAlreadyExistsException(_))) => {
                 self.list_keys(&IamUser { account: spec.account.clone(), name: spec.user_name.clone() }).await

@@ -95,7 +95,8 @@ impl Adapters {
                     &config.member_roles,
                     config.member_external_id.clone(),
                 )),
-            ),
+            )
+            .with_boundary(config.org_user_boundary.clone()),
             verifier: config.verify_new_key.then(|| {
                 verifier::S3Verifier::new(clients.sdk.clone(), clients.force_path_style, config.verify_within)
             }),

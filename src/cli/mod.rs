@@ -118,7 +118,9 @@ impl Cli {
 }
 
 async fn dispatch(command: Command) -> Result<(), String> {
-    let ctx = Context::from_env().await?;
+    // Only `enroll` creates or adopts org users: through the member accounts'
+    // enrollment roles (the functions' roles there may not).
+    let ctx = Context::from_env(matches!(command, Command::Enroll(_))).await?;
     match command {
         Command::Enroll(args) => enrollment::enroll(&ctx, args).await,
         Command::Status(args) => status::status(&ctx, args).await,
@@ -144,8 +146,9 @@ struct Context {
 }
 
 impl Context {
-    async fn from_env() -> Result<Self, String> {
+    async fn from_env(enrollment: bool) -> Result<Self, String> {
         let config = Config::from_env().map_err(|e| e.to_string())?;
+        let config = if enrollment { config.for_enrollment() } else { config };
         let clients = Clients::from_env(&config).await;
         let adapters = Adapters::new(&clients, &config);
         Ok(Self { config, clients, adapters, now: Utc::now() })

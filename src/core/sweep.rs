@@ -674,6 +674,13 @@ async fn execute(
             let quarantined_at =
                 record.quarantined.iter().find(|q| &q.access_key_id == access_key_id).map(|q| q.deactivated_at);
             let retention = settings.retention.to_chrono();
+            // The plan's listing may be old: an earlier action of this run (a
+            // rollback deleting its own key) or another actor may have deleted
+            // the key since. IAM refuses a scoped role the last use of a key that
+            // no longer exists (it cannot tell whose it was), so look first.
+            if !ports.keys.list_keys(&user).await?.iter().any(|k| &k.access_key_id == access_key_id) {
+                return Ok(());
+            }
             if quarantined_at.is_none() {
                 if let Some(used) = ports.keys.last_used(&user, access_key_id).await? {
                     return quarantine(ports, org, &user, access_key_id, &used, now, outcome).await;

@@ -93,6 +93,11 @@ impl LocalAws {
 
     /// SDK configuration for this endpoint with the given credentials.
     pub fn sdk(&self, access_key_id: &str, secret: &str) -> SdkConfig {
+        self.sdk_session(access_key_id, secret, None)
+    }
+
+    /// [`LocalAws::sdk`] with a session token (an assumed role's credentials).
+    pub fn sdk_session(&self, access_key_id: &str, secret: &str, token: Option<&str>) -> SdkConfig {
         SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
@@ -103,7 +108,7 @@ impl LocalAws {
             .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(Credentials::new(
                 access_key_id,
                 secret,
-                None,
+                token.map(str::to_owned),
                 None,
                 "test",
             )))
@@ -195,72 +200,48 @@ impl Member {
     }
 }
 
-/// member-account.yaml as cfn-lint reads it (intrinsics as `{"Ref": …}`), read once.
-fn member_template() -> &'static serde_json::Value {
-    static TEMPLATE: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
-    TEMPLATE.get_or_init(|| {
-        let script = "import json; from cfnlint.decode import decode; \
-                      t, m = decode('member-account.yaml'); assert not m, m; print(json.dumps(t, default=str))";
-        let output = Command::new(venv_bin().join("python"))
-            .args(["-c", script])
-            .current_dir(project_root())
-            .output()
-            .expect("run python");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).expect("template JSON")
-    })
+/// Runs `scripts/local_aws.py` (the one reader of the templates, shared with the
+/// Python suites) on this endpoint with `args`, `stdin` on its standard input;
+/// returns its standard output.
+fn local_aws(aws: &LocalAws, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(venv_bin().join("python"))
+        .arg(project_root().join("scripts/local_aws.py"))
+        .args(args.iter().take(1))
+        .arg(aws.port.to_string())
+        .args(args.iter().skip(1))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run scripts/local_aws.py");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let output = child.wait_with_output().expect("scripts/local_aws.py");
+    assert!(output.status.success(), "local_aws.py {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8")
 }
 
-/// Resolves the intrinsics member-account.yaml uses (`Ref`, `Fn::Sub`,
-/// `Fn::If`, `Fn::Not`, `Fn::Equals`, `AWS::NoValue`) with `parameters`, as
-/// CloudFormation does when it creates the stack; `None` is `AWS::NoValue`.
-fn resolve(
-    value: &serde_json::Value,
-    parameters: &std::collections::BTreeMap<String, String>,
-    conditions: &serde_json::Value,
-) -> Option<serde_json::Value> {
-    use serde_json::Value;
-    let param = |name: &str| -> String {
-        parameters.get(name).cloned().unwrap_or_else(|| panic!("the template refers to {name}, which has no value"))
-    };
-    match value {
-        Value::Object(map)
-            if map.len() == 1 && map.keys().next().is_some_and(|k| k == "Ref" || k.starts_with("Fn::")) =>
-        {
-            let (key, arg) = map.iter().next().unwrap();
-            match key.as_str() {
-                "Ref" if arg == "AWS::NoValue" => None,
-                "Ref" => Some(Value::String(param(arg.as_str().expect("Ref of a name")))),
-                "Fn::Sub" => {
-                    let mut text = arg.as_str().expect("Fn::Sub of a string").to_owned();
-                    while let Some(start) = text.find("${") {
-                        let end = start + text[start..].find('}').expect("a closed ${");
-                        let name = text[start + 2..end].to_owned();
-                        text.replace_range(start..=end, &param(&name));
-                    }
-                    Some(Value::String(text))
-                }
-                "Fn::If" => {
-                    let [name, yes, no] = arg.as_array().expect("Fn::If of a list").as_slice() else {
-                        panic!("Fn::If of three items")
-                    };
-                    let holds = resolve(&conditions[name.as_str().unwrap()], parameters, conditions);
-                    resolve(if holds == Some(Value::Bool(true)) { yes } else { no }, parameters, conditions)
-                }
-                "Fn::Not" => Some(Value::Bool(resolve(&arg[0], parameters, conditions) != Some(Value::Bool(true)))),
-                "Fn::Equals" => Some(Value::Bool(
-                    resolve(&arg[0], parameters, conditions) == resolve(&arg[1], parameters, conditions),
-                )),
-                other => panic!("{other} is not resolved by the harness"),
-            }
+/// A function of template.yaml. In the tests each runs under a role holding
+/// exactly its template statements ([`Stack::function`], [`Stack::function_env`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Function {
+    RotateKey,
+    RotationPolicy,
+    ScheduledRotation,
+    SweepWorker,
+}
+
+impl Function {
+    pub const ALL: [Function; 4] =
+        [Function::RotateKey, Function::RotationPolicy, Function::ScheduledRotation, Function::SweepWorker];
+
+    /// The function's logical id in template.yaml.
+    pub fn logical_id(self) -> &'static str {
+        match self {
+            Function::RotateKey => "RotateKeyFunction",
+            Function::RotationPolicy => "RotationPolicyFunction",
+            Function::ScheduledRotation => "ScheduledRotationFunction",
+            Function::SweepWorker => "SweepWorkerFunction",
         }
-        Value::Object(map) => Some(Value::Object(
-            map.iter().filter_map(|(k, v)| resolve(v, parameters, conditions).map(|v| (k.clone(), v))).collect(),
-        )),
-        Value::Array(items) => {
-            Some(Value::Array(items.iter().filter_map(|v| resolve(v, parameters, conditions)).collect()))
-        }
-        other => Some(other.clone()),
     }
 }
 
@@ -273,79 +254,23 @@ async fn assumed_iam(base: &SdkConfig, role_arn: &str) -> aws_sdk_iam::Client {
     aws_sdk_iam::Client::from_conf(aws_sdk_iam::config::Builder::from(base).credentials_provider(provider).build())
 }
 
-/// "Deploys" member-account.yaml into `account`, as an operator does through
-/// the AWS Organizations role: every resource of the template (a role), its
-/// trust policy and inline policies resolved with the stack's parameters
-/// (HomeAccountId: the home account, ExternalId: [`EXTERNAL_ID`], the others'
-/// defaults). The Organizations role itself gets the policy AWS gives it
-/// (`*`), so that the test can still look into the account once credentials
-/// are enforced.
-async fn deploy_member_account(bootstrap: &SdkConfig, account: &str) {
-    let template = member_template();
-    let iam = assumed_iam(bootstrap, &organization_role_arn(account)).await;
-    let mut parameters: std::collections::BTreeMap<String, String> = template["Parameters"]
-        .as_object()
-        .expect("Parameters")
-        .iter()
-        .filter_map(|(name, p)| p["Default"].as_str().map(|d| (name.clone(), d.to_owned())))
-        .collect();
-    parameters.insert("AWS::Partition".into(), "aws".into());
-    parameters.insert("AWS::AccountId".into(), account.into());
-    parameters.insert("HomeAccountId".into(), HOME_ACCOUNT.into());
-    parameters.insert("ExternalId".into(), EXTERNAL_ID.into());
-    let conditions = &template["Conditions"];
-    for resource in template["Resources"].as_object().expect("Resources").values() {
-        assert_eq!(resource["Type"], "AWS::IAM::Role", "the harness deploys roles only");
-        let properties = resolve(&resource["Properties"], &parameters, conditions).expect("properties");
-        let name = properties["RoleName"].as_str().expect("RoleName");
-        assert_eq!(name, MEMBER_ROLE);
-        iam.create_role()
-            .role_name(name)
-            .assume_role_policy_document(properties["AssumeRolePolicyDocument"].to_string())
-            .send()
-            .await
-            .expect("create the member role");
-        for policy in properties["Policies"].as_array().into_iter().flatten() {
-            iam.put_role_policy()
-                .role_name(name)
-                .policy_name(policy["PolicyName"].as_str().expect("PolicyName"))
-                .policy_document(policy["PolicyDocument"].to_string())
-                .send()
-                .await
-                .expect("the member role's policy");
-        }
-    }
-    let trust = format!(
-        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{HOME_ACCOUNT}:root"}},"Action":"sts:AssumeRole"}}]}}"#
-    );
-    iam.create_role()
-        .role_name("OrganizationAccountAccessRole")
-        .assume_role_policy_document(trust)
-        .send()
-        .await
-        .expect("the Organizations role");
-    iam.put_role_policy()
-        .role_name("OrganizationAccountAccessRole")
-        .policy_name("AdministratorAccess")
-        .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#)
-        .send()
-        .await
-        .expect("the Organizations role's policy");
-}
-
 /// A local AWS with the registry and managed buckets, a log object per org,
-/// and an administrator (standing in for the functions' role) whose key
-/// signs every call of the functions.
+/// an operator (`admin`, who may do anything: the CLI, and the test's own look
+/// at AWS), and each function's template role ([`Stack::function`]); credential
+/// enforcement is on once it has started.
 pub struct Stack {
     pub aws: LocalAws,
     pub config: Config,
     pub admin: (String, String),
+    /// The operator's adapters: enrollment, and the test's own look at the registry.
     pub adapters: Adapters,
     /// Variables of this stack beyond the defaults (member accounts, …), in
     /// its config and in [`Stack::function_env`].
     pub env: Vec<(String, String)>,
     /// The member accounts, as MEMBER_ACCOUNT_ROLES lists them.
     pub members: Vec<Member>,
+    /// Each function's role: its credentials (id, secret, session token) and adapters.
+    roles: Vec<(Function, (String, String, String), Adapters)>,
 }
 
 pub const ORG_A: &str = "1234567";
@@ -418,13 +343,69 @@ impl Stack {
         let admin = (key.access_key_id, key.secret_access_key);
         for member in members {
             if let Member::Deployed(account) = member {
-                deploy_member_account(&aws.sdk("test", "test"), account).await;
+                local_aws(&aws, &["deploy-member-account", account], "{}");
             }
         }
         let config = config_with(&aws.endpoint(), &env);
         let clients = Clients::from_sdk(aws.sdk(&admin.0, &admin.1), true);
         let adapters = Adapters::new(&clients, &config);
-        Self { aws, config, admin, adapters, env, members: members.to_vec() }
+        let mut stack = Self { aws, config, admin, adapters, env, members: members.to_vec(), roles: Vec::new() };
+        // Each function's role, for the variables this stack's functions have.
+        let operator: serde_json::Map<String, serde_json::Value> =
+            stack.operator_env().into_iter().map(|(k, v)| (k, v.into())).collect();
+        let credentials: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
+            serde_json::from_str(&local_aws(
+                &stack.aws,
+                &["function-credentials"],
+                &serde_json::Value::from(operator).to_string(),
+            ))
+            .expect("the functions' credentials");
+        for function in Function::ALL {
+            let env = &credentials[function.logical_id()];
+            let key = (
+                env["AWS_ACCESS_KEY_ID"].clone(),
+                env["AWS_SECRET_ACCESS_KEY"].clone(),
+                env["AWS_SESSION_TOKEN"].clone(),
+            );
+            let clients = Clients::from_sdk(stack.aws.sdk_session(&key.0, &key.1, Some(&key.2)), true);
+            let adapters = Adapters::new(&clients, &stack.config);
+            stack.roles.push((function, key, adapters));
+        }
+        stack.aws.enforce_auth();
+        stack
+    }
+
+    /// Deploys member-account.yaml into `account` (after the stack started, as
+    /// an operator adding an account does), through its Organizations role.
+    pub fn deploy_member_account(&self, account: &str) {
+        let operator: serde_json::Map<String, serde_json::Value> =
+            self.operator_env().into_iter().map(|(k, v)| (k, v.into())).collect();
+        local_aws(&self.aws, &["deploy-member-account", account], &serde_json::Value::from(operator).to_string());
+    }
+
+    /// The adapters `function` runs with: its template role's credentials.
+    pub fn function(&self, function: Function) -> &Adapters {
+        &self.roles.iter().find(|(f, _, _)| *f == function).expect("every function has a role").2
+    }
+
+    /// SDK configuration with `function`'s role's credentials.
+    pub fn function_sdk(&self, function: Function) -> SdkConfig {
+        let (_, key, _) = self.roles.iter().find(|(f, _, _)| *f == function).expect("every function has a role");
+        self.aws.sdk_session(&key.0, &key.1, Some(&key.2))
+    }
+
+    /// The environment `function`'s binary runs with on this stack: its
+    /// template role's credentials and the settings.
+    pub fn function_env(&self, function: Function) -> Vec<(String, String)> {
+        let (_, key, _) = self.roles.iter().find(|(f, _, _)| *f == function).expect("every function has a role");
+        let mut env = self.operator_env();
+        for (name, value) in
+            [("AWS_ACCESS_KEY_ID", &key.0), ("AWS_SECRET_ACCESS_KEY", &key.1), ("AWS_SESSION_TOKEN", &key.2)]
+        {
+            env.retain(|(k, _)| k != name);
+            env.push((name.to_owned(), value.clone()));
+        }
+        env
     }
 
     /// An IAM client of `account` (`None`: the home account) that may do
@@ -481,9 +462,9 @@ impl Stack {
         }
     }
 
-    /// The environment a deployed function (or the operator's CLI) has on
-    /// this stack: the functions' role's credentials and the settings.
-    pub fn function_env(&self) -> Vec<(String, String)> {
+    /// The environment of the operator's CLI on this stack: the operator's
+    /// credentials (who may do anything) and the settings.
+    pub fn operator_env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = [
             ("AWS_ENDPOINT_URL", self.aws.endpoint()),
             ("AWS_ACCESS_KEY_ID", self.admin.0.clone()),
@@ -512,7 +493,7 @@ impl Stack {
 pub fn cli(stack: &Stack, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_s3-key-rotation"))
         .args(args)
-        .envs(stack.function_env())
+        .envs(stack.operator_env())
         .output()
         .expect("run the CLI");
     (

@@ -54,7 +54,9 @@ def running_stack(log_dir, orgs, enrolled, concurrency=1):
             "JwtIssuer": ISSUER,
             "JwtAudience": AUDIENCE,
         })
-        gateway = Gateway(deployment, env, JWT_SECRET, log_dir, concurrency=concurrency)
+        # Each function under its template role, credentials enforced.
+        credentials = aws.function_credentials(env, deployment.parameters)
+        gateway = Gateway(deployment, env, JWT_SECRET, log_dir, credentials=credentials, concurrency=concurrency)
         yield Stack(aws, gateway, env)
     finally:
         if gateway is not None:

@@ -233,6 +233,8 @@ class Worker:
         env.setdefault("ROTATION_LEASE", f"{max(LEASE_SECONDS, 5 * operation_timeout + VERIFY_WITHIN + 10)}s")
         self.function_env = dict(stack.env, SDK_ATTEMPT_TIMEOUT=f"{attempt_timeout}s",
                                  SDK_OPERATION_TIMEOUT=f"{operation_timeout}s", **env)
+        # Each function under its template role (for this deployment's parameters), credentials enforced.
+        self.credentials = stack.aws.function_credentials(stack.env, self.deployment.parameters)
         self.gateway = self.functions(self.proxy.endpoint, lambda: self.now)
         self.session = requests.Session()
         self.secrets = {}  # access key id -> secret, of every key handed out to a caller
@@ -246,7 +248,7 @@ class Worker:
         log_dir = self.stack.log_dir / self.name / (name or "")
         log_dir.mkdir(parents=True, exist_ok=True)
         return Gateway(self.deployment, dict(self.function_env, AWS_ENDPOINT_URL=endpoint, **env), JWT_SECRET,
-                       log_dir, clock=clock, concurrency=concurrency)
+                       log_dir, credentials=self.credentials, clock=clock, concurrency=concurrency)
 
     def close(self):
         self.gateway.close()

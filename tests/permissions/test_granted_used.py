@@ -1,0 +1,86 @@
+"""Granted = used, both ways: each role of the templates grants what the functions
+were seen to call under it, and nothing they were never seen to call, but for the
+grants listed in UNCALLED with the reason they stay.
+
+The calls are those the local AWS endpoint authorized during the whole suite: with
+S3KR_CALLS_LOG set (scripts/test.sh sets it before the Rust and Python suites and
+runs this file last), scripts/moto_server.py appends each (role, action, allowed or
+refused) it sees; every function binary and every in-process function in the tests
+runs under its template role (tests/common/mod.rs, scripts/local_aws.py)."""
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import cfn  # noqa: E402
+from local_aws import MEMBER_ROLE, function_policies  # noqa: E402
+
+LOG = os.environ.get("S3KR_CALLS_LOG")
+pytestmark = pytest.mark.skipif(not LOG, reason="needs the calls of the whole suite: run by scripts/test.sh")
+
+# Granted, never called by the suite, and kept: (role, action) -> why.
+UNCALLED = {
+}
+
+
+def granted():
+    """{role: {action}}: the actions each template role allows."""
+    out = {}
+    # With member accounts (the statements that only then exist: sts:AssumeRole on their roles).
+    for name, policies in function_policies({"MemberAccountRoles": f"arn:aws:iam::111111111111:role/{MEMBER_ROLE}"}).items():
+        out[name] = {action for p in policies for s in p["Statement"] if s["Effect"] == "Allow"
+                     for action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    member = cfn.load(ROOT / "member-account.yaml")
+    for resource in member["Resources"].values():
+        if resource["Type"] != "AWS::IAM::Role":
+            continue
+        name = resource["Properties"]["RoleName"]
+        name = MEMBER_ROLE if name == {"Ref": "RoleName"} else name
+        out[name] = {action for p in resource["Properties"].get("Policies", [])
+                     for s in p["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"
+                     for action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    return out
+
+
+def called():
+    """{role: {action: allowed}} from the log; a function's role is named `{logical id}Role-{digest}`."""
+    out = defaultdict(dict)
+    roles = granted()
+    with open(LOG) as f:
+        for line in f:
+            entry = json.loads(line)
+            role = entry["role"]
+            for name in roles:
+                if role == name or role.startswith(f"{name}Role-"):
+                    out[name][entry["action"]] = out[name].get(entry["action"], True) and entry["allowed"]
+    return out
+
+
+def test_the_suite_recorded_the_calls_of_every_role():
+    assert Path(LOG).exists(), f"{LOG}: no call was recorded"
+    seen = called()
+    assert set(granted()) - set(seen) == set(), "roles the suite never ran under"
+
+
+def test_every_action_a_function_called_is_granted():
+    # A call refused for its resource alone (a test deletes an org's user: IAM then authorizes
+    # the call against a path-less ARN and refuses it) is the test's doing; an action the
+    # role does not grant at all is a missing statement.
+    roles = granted()
+    missing = {(role, action) for role, actions in called().items() for action in actions
+               if action not in roles[role]}
+    assert missing == set(), "actions the functions call that their template role does not grant"
+
+
+def test_every_grant_was_called_or_is_listed_with_its_reason():
+    seen = called()
+    unused = {(role, action) for role, actions in granted().items() for action in actions
+              if action not in seen.get(role, {})}
+    assert unused - set(UNCALLED) == set(), "granted and never called: remove it, or list it in UNCALLED with why"
+    stale = set(UNCALLED) - unused
+    assert stale == set(), "listed in UNCALLED but called (or no longer granted): take it off the list"
