@@ -33,6 +33,16 @@ pub struct Config {
     pub verify_within: Duration,
     /// `VAULT_SECRET_PREFIX`: the key vault's secret of an org is `{prefix}{orgId}`.
     pub vault_secret_prefix: String,
+    /// `VAULT_KMS_KEY_ID`: the customer-managed KMS key (id, ARN, alias or
+    /// alias ARN) every new secret of the vault is encrypted with; unset, the
+    /// AWS-managed key `aws/secretsmanager`, which no other account can use.
+    pub vault_kms_key_id: Option<String>,
+    /// `VAULT_RECOVERY_WINDOW`: how long a deleted org's secret can still be
+    /// restored (Secrets Manager's `RecoveryWindowInDays`, 7 to 30 days).
+    pub vault_recovery_window: Duration,
+    /// `ARN_PARTITION`: the partition of the ARNs the service writes (`aws`,
+    /// `aws-cn`, `aws-us-gov`, …); the template sets it from `AWS::Partition`.
+    pub partition: String,
     /// `EVENT_BUS_NAME`: where the notifications go.
     pub event_bus_name: String,
     /// `ROTATION_GRACE_PERIOD`: how long an automatically rotated key's predecessor stays active.
@@ -193,6 +203,37 @@ impl Config {
                 expected: "a Secrets Manager name prefix of A-Z a-z 0-9 / _ + = . @ -",
             });
         }
+        let vault_kms_key_id = get("VAULT_KMS_KEY_ID").map(|k| k.trim().to_owned());
+        if let Some(key) = &vault_kms_key_id {
+            if !is_kms_key_id(key) {
+                return Err(ConfigError {
+                    variable: "VAULT_KMS_KEY_ID",
+                    problem: format!("is '{key}'"),
+                    expected: "a KMS key id, key ARN, alias/NAME or alias ARN",
+                });
+            }
+        }
+        let vault_recovery_window = duration("VAULT_RECOVERY_WINDOW", Duration::from_days(30))?;
+        let whole_days = vault_recovery_window.as_secs() % Duration::from_days(1).as_secs() == 0;
+        if !whole_days || !(Duration::from_days(7)..=Duration::from_days(30)).contains(&vault_recovery_window) {
+            return Err(ConfigError {
+                variable: "VAULT_RECOVERY_WINDOW",
+                problem: format!("is {vault_recovery_window}"),
+                expected: "a whole number of days from 7d to 30d (Secrets Manager's recovery window)",
+            });
+        }
+        let partition = get("ARN_PARTITION").map(|p| p.trim().to_owned()).unwrap_or_else(|| "aws".into());
+        let partition_ok = partition == "aws"
+            || partition
+                .strip_prefix("aws-")
+                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
+        if !partition_ok {
+            return Err(ConfigError {
+                variable: "ARN_PARTITION",
+                problem: format!("is '{partition}'"),
+                expected: "an AWS partition such as aws, aws-cn or aws-us-gov",
+            });
+        }
         let event_bus_name = get("EVENT_BUS_NAME").unwrap_or_else(|| "default".into());
         let rotation_grace_period = duration("ROTATION_GRACE_PERIOD", Duration::from_hours(24))?;
         if rotation_grace_period > Duration::from_days(7) {
@@ -332,6 +373,9 @@ impl Config {
             verify_new_key,
             verify_within,
             vault_secret_prefix,
+            vault_kms_key_id,
+            vault_recovery_window,
+            partition,
             event_bus_name,
             rotation_grace_period,
             key_retention,
@@ -431,6 +475,23 @@ impl Config {
     }
 }
 
+/// A key id (`1234abcd-…`, `mrk-…`), a key or alias ARN, or `alias/NAME`:
+/// the forms Secrets Manager's `KmsKeyId` takes.
+fn is_kms_key_id(key: &str) -> bool {
+    let arn = key.strip_prefix("arn:").is_some_and(|rest| {
+        let parts: Vec<&str> = rest.splitn(5, ':').collect();
+        parts.len() == 5
+            && parts[0].starts_with("aws")
+            && parts[1] == "kms"
+            && (parts[4].starts_with("key/") || parts[4].starts_with("alias/"))
+    });
+    let alias = key
+        .strip_prefix("alias/")
+        .is_some_and(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b)));
+    let id = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    key.len() <= 2048 && !key.contains(char::is_whitespace) && (arn || alias || id)
+}
+
 fn check_bucket(variable: &'static str, name: &str) -> Result<(), ConfigError> {
     let ok = (3..=63).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
@@ -515,11 +576,59 @@ mod tests {
             ),
             (&[("REGISTRY_BUCKET", "r-b"), ("ORGS_PER_ACCOUNT", "5001")], "ORGS_PER_ACCOUNT is '5001'"),
             (&[("REGISTRY_BUCKET", "r-b"), ("SWEEP_SLICE_SIZE", "0")], "SWEEP_SLICE_SIZE is '0'"),
+            (&[("REGISTRY_BUCKET", "r-b"), ("VAULT_KMS_KEY_ID", "my key")], "VAULT_KMS_KEY_ID is 'my key'"),
+            (
+                &[("REGISTRY_BUCKET", "r-b"), ("VAULT_KMS_KEY_ID", "arn:aws:s3:::logs")],
+                "VAULT_KMS_KEY_ID is 'arn:aws:s3:::logs'; expected a KMS key id",
+            ),
+            (&[("REGISTRY_BUCKET", "r-b"), ("ARN_PARTITION", "azure")], "ARN_PARTITION is 'azure'"),
         ];
         for (vars, expected) in cases {
             let err = config(vars).unwrap_err().to_string();
             assert!(err.contains(expected), "{vars:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_vault_key_and_recovery_window_default_to_the_managed_key_and_30_days() {
+        let c = config(&[("REGISTRY_BUCKET", "r-b")]).unwrap();
+        assert_eq!(c.vault_kms_key_id, None, "unset: the AWS-managed key, as before");
+        assert_eq!(c.vault_recovery_window, Duration::from_days(30));
+        assert_eq!(c.partition, "aws");
+        for key in [
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            "mrk-1234abcd12ab34cd56ef1234567890ab",
+            "alias/s3-key-rotation-vault",
+            "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws-cn:kms:cn-north-1:123456789012:alias/s3-key-rotation-vault",
+        ] {
+            let c = config(&[("REGISTRY_BUCKET", "r-b"), ("VAULT_KMS_KEY_ID", key)]).unwrap();
+            assert_eq!(c.vault_kms_key_id.as_deref(), Some(key));
+        }
+        for (window, days) in [("7d", 7), ("168h", 7), ("30d", 30), ("2592000s", 30)] {
+            let c = config(&[("REGISTRY_BUCKET", "r-b"), ("VAULT_RECOVERY_WINDOW", window)]).unwrap();
+            assert_eq!(c.vault_recovery_window, Duration::from_days(days), "{window}");
+        }
+        let c = config(&[("REGISTRY_BUCKET", "r-b"), ("ARN_PARTITION", "aws-us-gov")]).unwrap();
+        assert_eq!(c.partition, "aws-us-gov");
+    }
+
+    #[test]
+    fn a_recovery_window_outside_7_to_30_whole_days_is_refused_at_start_up() {
+        for window in ["6d", "31d", "0s", "170h", "7"] {
+            let err = config(&[("REGISTRY_BUCKET", "r-b"), ("VAULT_RECOVERY_WINDOW", window)]).unwrap_err();
+            assert_eq!(err.variable, "VAULT_RECOVERY_WINDOW", "{window}");
+            let text = err.to_string();
+            assert!(text.contains("VAULT_RECOVERY_WINDOW is"), "{window}: {text}");
+        }
+        let err = config(&[("REGISTRY_BUCKET", "r-b"), ("VAULT_RECOVERY_WINDOW", "6d")]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "configuration: VAULT_RECOVERY_WINDOW is 6d; expected a whole number of days from 7d to 30d (Secrets \
+             Manager's recovery window)"
+        );
+        let err = config(&[("REGISTRY_BUCKET", "r-b"), ("VAULT_RECOVERY_WINDOW", "31d")]).unwrap_err().to_string();
+        assert!(err.starts_with("configuration: VAULT_RECOVERY_WINDOW is 31d; expected"), "{err}");
     }
 
     #[test]

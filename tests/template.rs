@@ -833,3 +833,170 @@ fn events_are_published_only_under_the_services_own_source() {
     }
     assert_eq!(publishers, 3, "rotate-key, scheduled-rotation and sweep-worker publish");
 }
+
+const VAULT_SECRETS: &str =
+    "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${VaultSecretPrefix}*";
+
+fn sub(text: &str) -> Value {
+    json!({"Fn::Sub": text})
+}
+
+/// The functions whose roles write the vault (a KeyVault statement that puts secret values).
+fn vault_writers(t: &Value) -> Vec<String> {
+    let mut writers: Vec<String> = resources_of_type(t, "AWS::Serverless::Function")
+        .into_iter()
+        .filter(|(_, f)| {
+            statements_of(f).iter().any(|(s, _)| actions_of(s).iter().any(|a| a == "secretsmanager:PutSecretValue"))
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    writers.sort();
+    writers
+}
+
+/// The statements of the vault key's policy by `Sid`.
+fn key_statements(t: &Value) -> std::collections::BTreeMap<String, Value> {
+    let statements = t["Resources"]["VaultKey"]["Properties"]["KeyPolicy"]["Statement"].as_array().unwrap();
+    statements.iter().map(|s| (s["Sid"].as_str().unwrap().to_owned(), s.clone())).collect()
+}
+
+#[test]
+fn the_vault_key_is_the_stacks_own_rotated_and_kept_with_the_secrets() {
+    let t = template("template.yaml");
+    let key = &t["Resources"]["VaultKey"];
+    assert_eq!(key["Type"], "AWS::KMS::Key");
+    assert_eq!((&key["DeletionPolicy"], &key["UpdateReplacePolicy"]), (&json!("Retain"), &json!("Retain")));
+    let properties = &key["Properties"];
+    assert_eq!(properties["EnableKeyRotation"], true);
+    assert_eq!(
+        (&properties["KeySpec"], &properties["KeyUsage"]),
+        (&json!("SYMMETRIC_DEFAULT"), &json!("ENCRYPT_DECRYPT"))
+    );
+    let alias = &t["Resources"]["VaultKeyAlias"];
+    assert_eq!(alias["Type"], "AWS::KMS::Alias");
+    assert_eq!(alias["Properties"]["TargetKeyId"], json!({"Ref": "VaultKey"}));
+    // Every function finds the key, the recovery window and the partition in its environment.
+    let env = &t["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(env["VAULT_KMS_KEY_ID"], json!({"Fn::GetAtt": ["VaultKey", "Arn"]}));
+    assert_eq!(env["VAULT_RECOVERY_WINDOW"], json!({"Ref": "VaultRecoveryWindow"}));
+    assert_eq!(env["ARN_PARTITION"], json!({"Ref": "AWS::Partition"}));
+    assert_eq!(t["Outputs"]["VaultKeyArn"]["Value"], json!({"Fn::GetAtt": ["VaultKey", "Arn"]}));
+}
+
+#[test]
+fn the_recovery_window_parameter_takes_7_to_30_whole_days_and_defaults_to_30() {
+    let t = template("template.yaml");
+    let parameter = &t["Parameters"]["VaultRecoveryWindow"];
+    assert_eq!(parameter["Default"], "30d");
+    let pattern = parameter["AllowedPattern"].as_str().unwrap();
+    // CloudFormation matches the whole value; Python's fullmatch does the same.
+    let script = format!(
+        "import re, json; p = re.compile({pattern:?}); \
+         print(json.dumps([w for w in ['6d', '7d', '19d', '30d', '31d', '70d', '30', '720h', '0d'] if p.fullmatch(w)]))"
+    );
+    let output = Command::new(venv_bin().join("python")).args(["-c", &script]).output().expect("run python");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let accepted: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(accepted, json!(["7d", "19d", "30d"]));
+}
+
+/// The key policy, statement by statement: the account administers the key
+/// (AWS's default statement, so it can never become unmanageable); the
+/// functions that write the vault use it, and only through Secrets Manager
+/// for a vault secret; any reader may only decrypt, only through Secrets
+/// Manager, only a vault secret. Nothing else.
+#[test]
+fn the_vault_key_policy_lets_the_writers_and_readers_use_it_only_through_secrets_manager() {
+    let t = template("template.yaml");
+    let statements = key_statements(&t);
+    assert_eq!(
+        statements.keys().collect::<Vec<_>>(),
+        [
+            "AccountAdministersTheKey",
+            "FunctionsUseTheKeyThroughSecretsManager",
+            "ReadersDecryptTheirOwnSecretThroughSecretsManager"
+        ]
+    );
+    for statement in statements.values() {
+        assert_eq!(statement["Effect"], "Allow", "{statement}");
+        assert_eq!(statement["Resource"], "*", "in a key policy, * is the key itself: {statement}");
+    }
+
+    let admin = &statements["AccountAdministersTheKey"];
+    assert_eq!(admin["Principal"], json!({"AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")}));
+    assert_eq!(admin["Action"], "kms:*");
+    assert!(admin.get("Condition").is_none());
+
+    let through_secrets_manager = json!({
+        "StringEquals": {"kms:ViaService": sub("secretsmanager.${AWS::Region}.amazonaws.com")},
+        "StringLike": {"kms:EncryptionContext:SecretARN": sub(VAULT_SECRETS)}
+    });
+    let functions = &statements["FunctionsUseTheKeyThroughSecretsManager"];
+    let roles: Vec<Value> =
+        vault_writers(&t).iter().map(|f| json!({"Fn::GetAtt": [format!("{f}Role"), "Arn"]})).collect();
+    assert_eq!(
+        vault_writers(&t),
+        ["RotateKeyFunction", "ScheduledRotationFunction", "SweepWorkerFunction"],
+        "the functions that store keys in the vault"
+    );
+    let mut named = as_list(&functions["Principal"]["AWS"]);
+    named.sort_by_key(|v| v.to_string());
+    assert_eq!(named, roles, "exactly the roles of the functions that write the vault");
+    assert_eq!(actions_of(functions), ["kms:GenerateDataKey", "kms:Decrypt"]);
+    assert_eq!(functions["Condition"], through_secrets_manager);
+
+    let readers = &statements["ReadersDecryptTheirOwnSecretThroughSecretsManager"];
+    assert_eq!(readers["Principal"], json!({"AWS": "*"}), "readers are enrolled one by one, after deployment");
+    assert_eq!(actions_of(readers), ["kms:Decrypt"], "a reader never encrypts, nor manages the key");
+    assert_eq!(readers["Condition"], through_secrets_manager);
+}
+
+/// The other half of a reader's access: the resource policy enrollment puts
+/// on its org's secret names that one principal, for reading only. With the
+/// key usable only through Secrets Manager, a reader decrypts exactly the
+/// secrets whose GetSecretValue it is granted: its own org's.
+#[test]
+fn the_secrets_resource_policy_lets_only_its_reader_read_it() {
+    let reader = "arn:aws:iam::210987654321:role/log-reader";
+    let policy = s3_key_rotation::aws::vault::reader_policy(reader);
+    assert_eq!(policy["Version"], "2012-10-17");
+    let statements = policy["Statement"].as_array().unwrap();
+    assert_eq!(statements.len(), 1);
+    let statement = &statements[0];
+    assert_eq!(statement["Effect"], "Allow");
+    assert_eq!(statement["Principal"], json!({"AWS": reader}), "the one reader, never a wildcard");
+    assert_eq!(actions_of(statement), ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]);
+    assert_eq!(statement["Resource"], "*", "in a resource policy, * is the secret itself");
+    assert!(statement.get("Condition").is_none());
+    let keys: Vec<&String> = statement.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["Sid", "Effect", "Principal", "Action", "Resource"], "no NotPrincipal, NotAction");
+}
+
+/// A deleted org's secret waits out its recovery window; the functions that
+/// write the vault may restore it (an org enrolled again meanwhile), those that
+/// delete orgs schedule the deletion and revoke the reader; none grants a reader.
+#[test]
+fn the_vault_writers_may_restore_a_secret_and_the_deleters_revoke_its_reader() {
+    let t = template("template.yaml");
+    for name in vault_writers(&t) {
+        let statements = statements_of(&t["Resources"][&name]);
+        let vault: Vec<&Value> = statements.iter().map(|(s, _)| *s).filter(|s| s["Sid"] == "KeyVault").collect();
+        assert_eq!(vault.len(), 1, "{name}");
+        assert_eq!(vault[0]["Resource"], sub(VAULT_SECRETS), "{name}");
+        let actions = actions_of(vault[0]);
+        assert!(actions.iter().any(|a| a == "secretsmanager:RestoreSecret"), "{name}: {actions:?}");
+        let deletes = actions.iter().any(|a| a == "secretsmanager:DeleteSecret");
+        let revokes = actions.iter().any(|a| a == "secretsmanager:DeleteResourcePolicy");
+        assert_eq!(deletes, revokes, "{name}: a deletion revokes the reader first");
+        assert_eq!(deletes, name != "RotateKeyFunction", "{name}: the sweeping functions delete orgs");
+        for (statement, _) in &statements {
+            for action in actions_of(statement) {
+                assert!(
+                    !matches!(action.as_str(), "secretsmanager:PutResourcePolicy" | "secretsmanager:UpdateSecret")
+                        && !action.starts_with("kms:"),
+                    "{name}: {action} (readers are granted by the operator; the key policy names the roles)"
+                );
+            }
+        }
+    }
+}

@@ -28,20 +28,22 @@ pub const POLICY_NAME: &str = "s3-key-rotation-read-own-prefix";
 pub struct IamKeys {
     client: aws_sdk_iam::Client,
     members: Arc<MemberAccounts>,
+    /// The partition of the ARNs in the users' policies (`ARN_PARTITION`).
+    partition: String,
     /// `ORG_USER_BOUNDARY`: the permissions boundary of every org user (its
     /// ARN in the home account; a member account's has that account's id).
     boundary: Option<String>,
 }
 
 impl IamKeys {
-    /// The home account only.
+    /// The home account only, in the `aws` partition.
     pub fn new(client: aws_sdk_iam::Client) -> Self {
         let members = MemberAccounts::new(aws_config::SdkConfig::builder().build(), &[], None);
-        Self::with_members(client, Arc::new(members))
+        Self::with_members(client, Arc::new(members), "aws")
     }
 
-    pub fn with_members(client: aws_sdk_iam::Client, members: Arc<MemberAccounts>) -> Self {
-        Self { client, members, boundary: None }
+    pub fn with_members(client: aws_sdk_iam::Client, members: Arc<MemberAccounts>, partition: &str) -> Self {
+        Self { client, members, partition: partition.to_owned(), boundary: None }
     }
 
     /// Org users are created (and adopted users given) the permissions
@@ -109,7 +111,7 @@ impl AccessKeys for IamKeys {
             .put_user_policy()
             .user_name(&spec.user_name)
             .policy_name(POLICY_NAME)
-            .policy_document(user_policy(&spec.bucket, &spec.prefix).to_string())
+            .policy_document(user_policy(&self.partition, &spec.bucket, &spec.prefix).to_string())
             .send()
             .await
             .map_err(|e| classify("iam", "PutUserPolicy", &e))?;

@@ -95,12 +95,15 @@ impl Adapters {
                     &config.member_roles,
                     config.member_external_id.clone(),
                 )),
+                &config.partition,
             )
             .with_boundary(config.org_user_boundary.clone()),
             verifier: config.verify_new_key.then(|| {
                 verifier::S3Verifier::new(clients.sdk.clone(), clients.force_path_style, config.verify_within)
             }),
-            vault: vault::SecretsVault::new(clients.secrets.clone(), &config.vault_secret_prefix),
+            vault: vault::SecretsVault::new(clients.secrets.clone(), &config.vault_secret_prefix)
+                .encrypted_with(config.vault_kms_key_id.clone())
+                .recoverable_for(config.vault_recovery_window),
             events: events::EventBus::new(clients.events.clone(), &config.event_bus_name),
             slices: config.sweep_queue_url.as_ref().map(|url| queue::SqsSlices::new(clients.sqs.clone(), url)),
         }

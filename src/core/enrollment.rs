@@ -372,8 +372,9 @@ fn same_place(record: OrgRecord, settings: &EnrollSettings, prefix: &str) -> Res
 }
 
 /// The inline policy of an org's user: list its prefix, read its objects,
-/// nothing else.
-pub fn user_policy(bucket: &str, prefix: &str) -> serde_json::Value {
+/// nothing else. `partition` is the ARNs' (`aws`, `aws-cn`, …): the
+/// managed bucket's, which is the partition the service runs in.
+pub fn user_policy(partition: &str, bucket: &str, prefix: &str) -> serde_json::Value {
     serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [
@@ -381,14 +382,14 @@ pub fn user_policy(bucket: &str, prefix: &str) -> serde_json::Value {
                 "Sid": "ListOwnPrefix",
                 "Effect": "Allow",
                 "Action": "s3:ListBucket",
-                "Resource": format!("arn:aws:s3:::{bucket}"),
+                "Resource": format!("arn:{partition}:s3:::{bucket}"),
                 "Condition": { "StringLike": { "s3:prefix": [prefix, format!("{prefix}*")] } }
             },
             {
                 "Sid": "ReadOwnObjects",
                 "Effect": "Allow",
                 "Action": "s3:GetObject",
-                "Resource": format!("arn:aws:s3:::{bucket}/{prefix}*")
+                "Resource": format!("arn:{partition}:s3:::{bucket}/{prefix}*")
             }
         ]
     })
@@ -572,7 +573,7 @@ mod tests {
 
     #[test]
     fn the_policy_reads_only_the_orgs_prefix() {
-        let policy = user_policy("logs", "42/");
+        let policy = user_policy("aws", "logs", "42/");
         let statements = policy["Statement"].as_array().unwrap();
         assert_eq!(statements.len(), 2);
         assert_eq!(statements[0]["Action"], "s3:ListBucket");
@@ -583,6 +584,13 @@ mod tests {
         let text = policy.to_string();
         assert!(!text.contains("\"*\""), "no wildcard action or resource: {text}");
         assert!(!text.contains("Put") && !text.contains("Delete"), "read only: {text}");
+    }
+
+    #[test]
+    fn the_policy_names_the_bucket_in_the_partition_the_service_runs_in() {
+        let policy = user_policy("aws-cn", "logs", "42/");
+        assert_eq!(policy["Statement"][0]["Resource"], "arn:aws-cn:s3:::logs");
+        assert_eq!(policy["Statement"][1]["Resource"], "arn:aws-cn:s3:::logs/42/*");
     }
 
     #[tokio::test]

@@ -153,7 +153,9 @@ pub trait KeyVault: Send + Sync {
     async fn get(&self, org: &OrgId, version: &str) -> Result<Option<NewKey>, PortError>;
     /// The version that is current now, if any.
     async fn current_version(&self, org: &OrgId) -> Result<Option<String>, PortError>;
-    /// Deletes the org's secret; a secret that does not exist is not an error.
+    /// Deletes the org's secret (recoverably, for the vault's recovery
+    /// window) and revokes its reader; a secret that does not exist, or is
+    /// deleted already, is not an error.
     async fn delete(&self, org: &OrgId) -> Result<(), PortError>;
     /// Lets `principal` (an AWS principal ARN of the org's own) read the org's
     /// secret: a resource policy on it. Idempotent.
