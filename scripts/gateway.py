@@ -73,6 +73,11 @@ class Deployment:
         # sweeps in-process, as the tests drive it.
         self.parameters.update({name: None for name, r in self.template["Resources"].items()
                                 if r["Type"] == "AWS::SQS::Queue"})
+        # The stack's other resources (the vault's key, the boundary policy) are
+        # left out of the functions' environment unless the caller names them.
+        for name, resource in self.template["Resources"].items():
+            self.parameters.setdefault(name, None)
+            self.parameters.setdefault(f"{name}.Arn", None)
         self.parameters.update({k: v for k, v in parameters.items() if k not in declared})
         self.parameters.setdefault("AWS::Partition", "aws")
         self.parameters.setdefault("AWS::Region", "us-east-1")

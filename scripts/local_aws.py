@@ -35,6 +35,7 @@ HOME_ACCOUNT = "123456789012"  # moto's default account: the home account
 MEMBER_ROLE = "s3-key-rotation-member"  # member-account.yaml's RoleName default
 ORGANIZATION_ROLE = "OrganizationAccountAccessRole"  # always assumable on scripts/moto_server.py
 EXTERNAL_ID = "s3kr-test-external-id"  # the member roles' ExternalId (MEMBER_ROLE_EXTERNAL_ID)
+STACK_NAME = "s3-key-rotation"  # the home stack's name (member-account.yaml's HomeStackName default)
 OPERATOR = "operator"  # the user provision() makes: the operator's CLI and the tests' own look at AWS
 ADMINISTRATOR = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
 
@@ -106,6 +107,7 @@ class LocalAws:
         iam.create_user(UserName=OPERATOR)
         iam.put_user_policy(UserName=OPERATOR, PolicyName="administrator", PolicyDocument=json.dumps(ADMINISTRATOR))
         role_key = iam.create_access_key(UserName=OPERATOR)["AccessKey"]
+        boundary = home_boundary(self, ("test", "test"))
         return {
             "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
             "HOME": os.environ.get("HOME", "/tmp"),
@@ -116,6 +118,7 @@ class LocalAws:
             "AWS_EC2_METADATA_DISABLED": "true",
             "REGISTRY_BUCKET": REGISTRY_BUCKET,
             "MANAGED_BUCKET": MANAGED_BUCKET,
+            "ORG_USER_BOUNDARY": boundary,
         }
 
     def deploy_member_account(self, account, external_id=EXTERNAL_ID, key=("test", "test")):
@@ -127,17 +130,12 @@ class LocalAws:
         into the account once credentials are enforced (`organization_key`). `key`: who assumes that role (any key before
         `enforce_credentials()`, the operator's after)."""
         template = cfn.load(ROOT / "member-account.yaml")
-        values = cfn.parameters(template, {"HomeAccountId": HOME_ACCOUNT, "ExternalId": external_id})
-        values.update({"AWS::Partition": "aws", "AWS::AccountId": account, "AWS::Region": REGION})
         iam = self.client("iam", self.organization_key(account, key))
-        for resource in template["Resources"].values():
-            assert resource["Type"] == "AWS::IAM::Role", "only roles are deployed here"
-            properties = cfn.resolve(resource["Properties"], values, template.get("Conditions", {}))
-            name = properties["RoleName"]
-            iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(properties["AssumeRolePolicyDocument"]))
-            for policy in properties.get("Policies", []):
-                iam.put_role_policy(RoleName=name, PolicyName=policy["PolicyName"],
-                                    PolicyDocument=json.dumps(policy["PolicyDocument"]))
+        operator = self.client("sts", key).get_caller_identity()["Arn"] if key != ("test", "test") else ""
+        values = cfn.parameters(template, {"HomeAccountId": HOME_ACCOUNT, "ExternalId": external_id,
+                                           "ManagedBucketName": MANAGED_BUCKET, "OperatorPrincipals": operator})
+        values.update({"AWS::Partition": "aws", "AWS::AccountId": account, "AWS::Region": REGION})
+        deploy_resources(iam, template, values, account)
 
     def organization_key(self, account, key):
         """Credentials (id, secret, token) of `account`'s OrganizationAccountAccessRole, assumed with `key`."""
@@ -171,6 +169,44 @@ class LocalAws:
 
 
 FUNCTION_ROLE_SESSION_SECONDS = 43200  # a test's stack lives for minutes; the credentials outlive it
+
+
+def deploy_resources(iam, template, values, account):
+    """Creates a template's IAM resources (managed policies first, then roles) with `iam`, as
+    CloudFormation does; `values` gets each resource's `Ref` (a policy's ARN, a role's name)."""
+    conditions = template.get("Conditions", {})
+    resources = template["Resources"]
+    for name, resource in resources.items():
+        if resource["Type"] == "AWS::IAM::ManagedPolicy":
+            policy_name = cfn.resolve(resource["Properties"].get("ManagedPolicyName", name), values, conditions)
+            values[name] = f"arn:aws:iam::{account}:policy/{policy_name}"
+    for name, resource in resources.items():
+        if resource["Type"] == "AWS::IAM::Role":
+            values[name] = cfn.resolve(resource["Properties"]["RoleName"], values, conditions)
+    for name, resource in sorted(resources.items(), key=lambda r: r[1]["Type"] != "AWS::IAM::ManagedPolicy"):
+        properties = cfn.resolve(resource["Properties"], values, conditions)
+        if resource["Type"] == "AWS::IAM::ManagedPolicy":
+            iam.create_policy(PolicyName=values[name].rsplit("/", 1)[1],
+                              PolicyDocument=json.dumps(properties["PolicyDocument"]))
+        else:
+            assert resource["Type"] == "AWS::IAM::Role", f"{name}: only managed policies and roles are deployed here"
+            role = properties["RoleName"]
+            iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(properties["AssumeRolePolicyDocument"]))
+            for policy in properties.get("Policies", []):
+                iam.put_role_policy(RoleName=role, PolicyName=policy["PolicyName"],
+                                    PolicyDocument=json.dumps(policy["PolicyDocument"]))
+
+
+def home_boundary(aws, key):
+    """Creates template.yaml's OrgUserBoundary in the home account; returns its ARN (ORG_USER_BOUNDARY)."""
+    template = cfn.load(ROOT / "template.yaml")
+    values = cfn.parameters(template, {"ManagedBucketName": MANAGED_BUCKET})
+    values.update({"AWS::Partition": "aws", "AWS::AccountId": HOME_ACCOUNT, "AWS::Region": REGION})
+    resource = template["Resources"]["OrgUserBoundary"]
+    properties = cfn.resolve(resource["Properties"], values, template.get("Conditions", {}))
+    created = aws.client("iam", key).create_policy(PolicyName=properties["ManagedPolicyName"],
+                                                   PolicyDocument=json.dumps(properties["PolicyDocument"]))
+    return created["Policy"]["Arn"]
 
 
 def parameters_from_env(env, template=None):
@@ -231,7 +267,7 @@ def function_roles(aws, key, parameters):
     out = {}
     for name, policies in function_policies(parameters).items():
         digest = hashlib.sha256(json.dumps(policies, sort_keys=True).encode()).hexdigest()[:8]
-        role = f"{name}Role-{digest}"
+        role = f"{STACK_NAME}-{name}Role-{digest}"  # as SAM names it: {stack}-{Function}Role-{suffix}
         try:
             iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust),
                             MaxSessionDuration=FUNCTION_ROLE_SESSION_SECONDS)
@@ -255,16 +291,19 @@ def main():
     """For the Rust test harness (tests/common/mod.rs), on a running endpoint:
     `local_aws.py function-credentials PORT` reads the functions' environment (a JSON
     object) on stdin and prints `function_credentials` as JSON;
-    `local_aws.py deploy-member-account PORT ACCOUNT` deploys member-account.yaml there, as
+    `local_aws.py home-boundary PORT` creates the org users' boundary (before credentials are
+    enforced) and prints its ARN; `local_aws.py deploy-member-account PORT ACCOUNT` deploys member-account.yaml there, as
     the operator whose environment it reads on stdin (`{}`: before credentials are enforced)."""
     import argparse
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["function-credentials", "deploy-member-account"])
+    parser.add_argument("command", choices=["function-credentials", "deploy-member-account", "home-boundary"])
     parser.add_argument("port", type=int)
     parser.add_argument("account", nargs="?")
     args = parser.parse_args()
     aws = LocalAws(None, args.port)
-    if args.command == "function-credentials":
+    if args.command == "home-boundary":
+        print(home_boundary(aws, ("test", "test")))
+    elif args.command == "function-credentials":
         print(json.dumps(aws.function_credentials(json.load(sys.stdin))))
     else:
         env = json.load(sys.stdin)

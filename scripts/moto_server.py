@@ -7,14 +7,18 @@ Differences from a plain `moto_server`:
   accepts inactive keys), so "the old key stops working" can be observed when
   credential enforcement is on (`POST /moto-api/reset-auth`, body `0`).
 - STS `AssumeRole` is refused (AccessDenied) unless the role exists in its
-  account and its trust policy's `sts:ExternalId` condition, if any, is met
-  (moto 5.2.5 hands out credentials for any ARN). `OrganizationAccountAccessRole`
+  account and its trust policy's `sts:ExternalId` (StringEquals) and
+  `aws:PrincipalArn` (ArnLike, ArnEquals) conditions, if any, are met by the
+  caller (moto 5.2.5 hands out credentials for any ARN). `OrganizationAccountAccessRole`
   stands for the role AWS Organizations creates in every member account, with
   AdministratorAccess: anyone may assume it and it may do anything; the tests
   assume it to deploy member-account.yaml into a member account.
 - IAM calls on a user are authorized against the user's ARN (moto 5.2.5 uses
   `*`), so the member role's policy, scoped to the org users under the path,
   is evaluated as IAM does.
+- A user's permissions boundary is kept: `CreateUser` with `PermissionsBoundary`
+  and `PutUserPermissionsBoundary` (moto 5.2.5 drops the one and lacks the
+  other) set it, and `GetUser` shows it. moto does not evaluate boundaries.
 - Secrets Manager calls are authorized against the secret's ARN, EventBridge
   `PutEvents` against the event bus's ARN (moto 5.2.5 uses `*` for both, which a
   statement naming a resource never matches), and SQS batch calls by the single
@@ -35,6 +39,7 @@ n-th request on (n as counted by the stats), a kind being e.g.
 with ` → 412` appended when the answer was not a success.
 """
 import argparse
+import fnmatch
 import io
 import json
 import os
@@ -48,10 +53,12 @@ from urllib.parse import parse_qs, parse_qsl, unquote
 from moto.iam import access_control
 from moto.iam.models import iam_backends
 from moto.events.responses import EventsHandler
+from moto.core.responses import EmptyResult
 from moto.iam.responses import IamResponse
 from moto.secretsmanager.responses import SecretsManagerResponse
 from moto.sts.exceptions import STSClientError
 from moto.sts.models import STSBackend
+from moto.sts.responses import TokenResponse as STSResponse
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -84,6 +91,27 @@ _original_assume_role = STSBackend.assume_role
 ORGANIZATION_ROLE = "OrganizationAccountAccessRole"
 
 
+_CALLER = threading.local()  # the principal of the AssumeRole being served (set by _assume_role_caller)
+
+
+def _principal_arn(arn):
+    """aws:PrincipalArn of a caller: a role session's is its role's ARN."""
+    if ":assumed-role/" in arn:
+        head, rest = arn.split(":assumed-role/", 1)
+        return f"{head.replace(':sts:', ':iam:')}:role/{rest.split('/')[0]}"
+    return arn
+
+
+def _condition_values(trust, operator, key):
+    """The values a trust policy's statements give `key` under `operator` (one list per statement that has it)."""
+    out = []
+    for statement in trust.get("Statement", []):
+        value = statement.get("Condition", {}).get(operator, {}).get(key)
+        if value:
+            out.append(value if isinstance(value, list) else [value])
+    return out
+
+
 def _assumable_roles_only(self, region_name, role_session_name, role_arn, policy, duration, external_id):
     account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
     if not role_arn.endswith(f":role/{ORGANIZATION_ROLE}"):
@@ -92,14 +120,35 @@ def _assumable_roles_only(self, region_name, role_session_name, role_arn, policy
         except Exception:
             raise _AccessDenied(f"Not authorized to perform sts:AssumeRole on {role_arn}")
         trust = json.loads(unquote(role.assume_role_policy_document or "{}"))
-        wanted = [s.get("Condition", {}).get("StringEquals", {}).get("sts:ExternalId")
-                  for s in trust.get("Statement", [])]
-        wanted = [w for w in wanted if w]
+        wanted = [w for ws in _condition_values(trust, "StringEquals", "sts:ExternalId") for w in ws]
         if wanted and external_id not in wanted:
             raise _AccessDenied(f"Not authorized to perform sts:AssumeRole on {role_arn} (external id)")
+        caller = getattr(_CALLER, "arn", None)
+        for patterns in _condition_values(trust, "ArnLike", "aws:PrincipalArn") + \
+                _condition_values(trust, "ArnEquals", "aws:PrincipalArn"):
+            if caller is not None and not any(fnmatch.fnmatchcase(caller, p) for p in patterns):
+                raise _AccessDenied(f"User: {caller} is not authorized to perform sts:AssumeRole on {role_arn} "
+                                    "(aws:PrincipalArn)")
     return _original_assume_role(self, region_name, role_session_name, role_arn, policy, duration, external_id)
 
 
+_original_assume_role_response = STSResponse.assume_role
+
+
+def _assume_role_caller(self):
+    """Notes who calls AssumeRole, for the trust policy's aws:PrincipalArn (moto 5.2.5 ignores it)."""
+    try:
+        _, arn, _ = self.backend.get_caller_identity(self.get_access_key(), self.region)
+        _CALLER.arn = _principal_arn(arn)
+    except Exception:
+        _CALLER.arn = None
+    try:
+        return _original_assume_role_response(self)
+    finally:
+        _CALLER.arn = None
+
+
+STSResponse.assume_role = _assume_role_caller
 STSBackend.assume_role = _assumable_roles_only
 
 
@@ -131,6 +180,33 @@ def _user_resource(self):
 
 
 IamResponse._determine_resource = _user_resource
+
+
+def _boundary(arn):
+    return {"PermissionsBoundaryType": "PermissionsBoundaryPolicy", "PermissionsBoundaryArn": arn}
+
+
+_original_create_user = IamResponse.create_user
+
+
+def _create_user_with_boundary(self):
+    """CreateUser keeps its PermissionsBoundary (moto 5.2.5 drops it), which GetUser then shows."""
+    result = _original_create_user(self)
+    boundary = self._get_param("PermissionsBoundary")
+    if boundary:
+        self.backend.get_user(self._get_param("UserName")).permissions_boundary = _boundary(boundary)
+    return result
+
+
+def _put_user_permissions_boundary(self):
+    """PutUserPermissionsBoundary (not in moto 5.2.5)."""
+    self.backend.get_user(self._get_param("UserName")).permissions_boundary = \
+        _boundary(self._get_param("PermissionsBoundary"))
+    return EmptyResult()
+
+
+IamResponse.create_user = _create_user_with_boundary
+IamResponse.put_user_permissions_boundary = _put_user_permissions_boundary
 
 
 def _secret_resource(self):

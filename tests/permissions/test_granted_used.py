@@ -48,7 +48,7 @@ def granted():
 
 
 def called():
-    """{role: {action: allowed}} from the log; a function's role is named `{logical id}Role-{digest}`."""
+    """{role: {action: allowed}} from the log; a function's role is named `{stack}-{logical id}Role-{digest}`."""
     out = defaultdict(dict)
     roles = granted()
     with open(LOG) as f:
@@ -56,7 +56,7 @@ def called():
             entry = json.loads(line)
             role = entry["role"]
             for name in roles:
-                if role == name or role.startswith(f"{name}Role-"):
+                if role == name or f"-{name}Role-" in role:
                     out[name][entry["action"]] = out[name].get(entry["action"], True) and entry["allowed"]
     return out
 
