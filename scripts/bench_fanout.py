@@ -70,7 +70,7 @@ from gateway import ACCOUNT_ID, Function, RuntimeApi
 from local_aws import REGION, REGISTRY_BUCKET, ROOT, LocalAws
 
 MEMBER_ROLE = "s3-key-rotation-member"
-ORGANIZATION_ROLE = "OrganizationAccountAccessRole"
+ENROLLMENT_ROLE = "s3-key-rotation-enrollment"  # member-account.yaml's EnrollmentRoleName
 EXTERNAL_ID = "bench-fanout-external-id"
 USER_PATH = "/managed-s3/"
 USER_POLICY = "s3-key-rotation-read-own-prefix"  # src/aws/iam.rs POLICY_NAME
@@ -222,27 +222,15 @@ class Stack:
         self.seed_seconds = time.perf_counter() - started
 
     def _member_roles(self):
-        """member-account.yaml's role in each member account, deployed through OrganizationAccountAccessRole."""
-        with open(ROOT / "member-account.yaml") as f:
-            text = f.read()
-        actions = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- iam:")]
-        trust = {"Version": "2012-10-17", "Statement": [{
-            "Sid": "HomeAccount", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"},
-            "Action": "sts:AssumeRole", "Condition": {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}}}]}
-        sts = boto(self.aws, "sts")
+        """member-account.yaml in each member account (scripts/local_aws.py deploys it through
+        OrganizationAccountAccessRole, as the operator)."""
+        operator = (self.env["AWS_ACCESS_KEY_ID"], self.env["AWS_SECRET_ACCESS_KEY"])
+        sts = boto(self.aws, "sts", {"AccessKeyId": operator[0], "SecretAccessKey": operator[1]})
         self.member_iam = {}
         for account in self.accounts:
-            admin = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/{ORGANIZATION_ROLE}",
-                                    RoleSessionName="bench-fanout-deploy")["Credentials"]
-            iam = boto(self.aws, "iam", admin)
-            iam.create_role(RoleName=MEMBER_ROLE, AssumeRolePolicyDocument=json.dumps(trust),
-                            Description="s3-key-rotation - the home account manages the org users of this account.")
-            iam.put_role_policy(RoleName=MEMBER_ROLE, PolicyName="s3-key-rotation-org-users", PolicyDocument=json.dumps({
-                "Version": "2012-10-17", "Statement": [{
-                    "Sid": "OrgUsers", "Effect": "Allow", "Action": actions,
-                    "Resource": f"arn:aws:iam::{account}:user{USER_PATH}org-*"}]}))
-            # The seeding goes through the member role, as the functions do.
-            member = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/{MEMBER_ROLE}",
+            self.aws.deploy_member_account(account, operator, external_id=EXTERNAL_ID)
+            # The seeding creates the org users through the enrollment role, as `enroll` does.
+            member = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/{ENROLLMENT_ROLE}",
                                      RoleSessionName="bench-fanout-seed", ExternalId=EXTERNAL_ID)["Credentials"]
             self.member_iam[account] = boto(self.aws, "iam", member)
 
@@ -291,7 +279,7 @@ class Stack:
             iam = self.member_iam[self.account_of[org]]
             user = f"org-{org}"
             if org != first:
-                iam.create_user(UserName=user, Path=USER_PATH, Tags=[{"Key": "s3-key-rotation:org", "Value": org}])
+                iam.create_user(UserName=user, Path=USER_PATH, PermissionsBoundary=f"arn:aws:iam::{self.account_of[org]}:policy/s3-key-rotation-org-user-boundary", Tags=[{"Key": "s3-key-rotation:org", "Value": org}])
                 iam.put_user_policy(UserName=user, PolicyName=USER_POLICY, PolicyDocument=json.dumps({
                     "Version": "2012-10-17", "Statement": [
                         {"Sid": "ListOwnPrefix", "Effect": "Allow", "Action": "s3:ListBucket",

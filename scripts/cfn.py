@@ -3,7 +3,7 @@
 `load(path)` parses template.yaml or member-account.yaml (short-form intrinsics
 `!Ref X` become {"Ref": "X"}); `resolve(value, values, conditions)` evaluates
 the intrinsics the templates use (`Ref`, `Fn::Sub`, `Fn::GetAtt`, `Fn::Join`,
-`Fn::If`, `Fn::Not`, `Fn::Equals`, `Fn::And`, `Fn::Or`, `AWS::NoValue`) as
+`Fn::Split`, `Fn::If`, `Fn::Not`, `Fn::Equals`, `Fn::And`, `Fn::Or`, `AWS::NoValue`) as
 CloudFormation does when it creates the stack. `values` maps what a `Ref` or
 `${…}` names (a parameter, a pseudo parameter such as `AWS::Partition`, a
 resource's logical id) and what a `GetAtt` names (`Resource.Attribute`) to its
@@ -47,7 +47,7 @@ def load(path):
         return yaml.load(f, Loader=_loader())
 
 
-_FUNCTIONS = ("Ref", "Fn::Sub", "Fn::GetAtt", "Fn::Join", "Fn::If", "Fn::Not", "Fn::Equals", "Fn::And", "Fn::Or",
+_FUNCTIONS = ("Ref", "Fn::Sub", "Fn::GetAtt", "Fn::Join", "Fn::Split", "Fn::If", "Fn::Not", "Fn::Equals", "Fn::And", "Fn::Or",
               "Condition")
 
 
@@ -87,7 +87,10 @@ def resolve(value, values, conditions=None):
             separator, items = arg
             items = resolve(items, values, conditions)
             return separator.join(str(i) for i in (items if isinstance(items, list) else [items]))
-        if key in ("Fn::If",):
+        if key == "Fn::Split":
+            separator, text = arg
+            return str(resolve(text, values, conditions)).split(separator)
+        if key == "Fn::If":
             name, yes, no = arg
             return resolve(yes if holds(name, values, conditions) else no, values, conditions)
         if key == "Condition":

@@ -121,17 +121,17 @@ class LocalAws:
             "ORG_USER_BOUNDARY": boundary,
         }
 
-    def deploy_member_account(self, account, external_id=EXTERNAL_ID, key=("test", "test")):
+    def deploy_member_account(self, account, key, external_id=EXTERNAL_ID):
         """Deploys member-account.yaml into `account` as an operator does through the AWS
         Organizations role: each resource (a role), its trust policy and inline policies
         resolved with the stack's parameters (HomeAccountId: the home account, ExternalId:
         `external_id`, the others' defaults). The Organizations role may do anything (as AWS
         gives it AdministratorAccess; scripts/moto_server.py), so that a test can still look
-        into the account once credentials are enforced (`organization_key`). `key`: who assumes that role (any key before
-        `enforce_credentials()`, the operator's after)."""
+        into the account once credentials are enforced (`organization_key`). `key`: the operator's,
+        who deploys it and whom its OperatorPrincipals name."""
         template = cfn.load(ROOT / "member-account.yaml")
         iam = self.client("iam", self.organization_key(account, key))
-        operator = self.client("sts", key).get_caller_identity()["Arn"] if key != ("test", "test") else ""
+        operator = self.client("sts", key).get_caller_identity()["Arn"]
         values = cfn.parameters(template, {"HomeAccountId": HOME_ACCOUNT, "ExternalId": external_id,
                                            "ManagedBucketName": MANAGED_BUCKET, "OperatorPrincipals": operator})
         values.update({"AWS::Partition": "aws", "AWS::AccountId": account, "AWS::Region": REGION})
@@ -293,7 +293,7 @@ def main():
     object) on stdin and prints `function_credentials` as JSON;
     `local_aws.py home-boundary PORT` creates the org users' boundary (before credentials are
     enforced) and prints its ARN; `local_aws.py deploy-member-account PORT ACCOUNT` deploys member-account.yaml there, as
-    the operator whose environment it reads on stdin (`{}`: before credentials are enforced)."""
+    the operator whose environment it reads on stdin."""
     import argparse
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("command", choices=["function-credentials", "deploy-member-account", "home-boundary"])
@@ -307,8 +307,7 @@ def main():
         print(json.dumps(aws.function_credentials(json.load(sys.stdin))))
     else:
         env = json.load(sys.stdin)
-        key = (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) if env else ("test", "test")
-        aws.deploy_member_account(args.account, key=key)
+        aws.deploy_member_account(args.account, (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ fn cli(stack: &Stack, cap: &str, args: &[&str]) -> (bool, String, String) {
         .envs(stack.operator_env())
         .env("MEMBER_ACCOUNT_ROLES", format!("{},{}", role_arn(NOT_DEPLOYED), role_arn(DEPLOYED)))
         .env("ORGS_PER_ACCOUNT", cap)
+        .env("MEMBER_ROLE_EXTERNAL_ID", common::EXTERNAL_ID)
         .output()
         .expect("run the CLI");
     (

@@ -21,6 +21,12 @@ async fn enrolling_creates_a_read_only_user_and_a_keyless_record_and_twice_chang
     let iam = s3_key_rotation::aws::Clients::from_sdk(stack.aws.sdk(&stack.admin.0, &stack.admin.1), true).iam;
     let user = iam.get_user().user_name("org-1234567").send().await.unwrap().user.unwrap();
     assert_eq!(user.path, "/managed-s3/");
+    let boundary = user.permissions_boundary.expect("the org user is created under a permissions boundary");
+    assert_eq!(
+        boundary.permissions_boundary_arn.as_deref(),
+        Some("arn:aws:iam::123456789012:policy/s3-key-rotation-org-user-boundary"),
+        "template.yaml's OrgUserBoundary"
+    );
     let policy = iam
         .get_user_policy()
         .user_name("org-1234567")

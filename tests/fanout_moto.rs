@@ -249,7 +249,8 @@ async fn status_of(stack: &Stack, manifest: &Manifest) -> RunStatus {
 /// at t0 and turns automatic rotation on (every 30 days).
 async fn prepare(stack: &Stack, ids: &[String], home: bool) {
     let (home_adapters, home_config) = stack.home_only_adapters();
-    let (a, config) = if home { (&home_adapters, &home_config) } else { (&stack.adapters, &stack.config) };
+    let enrollment = stack.enrollment_adapters();
+    let (a, config) = if home { (&home_adapters, &home_config) } else { (&enrollment, &stack.config) };
     let settings = config.enroll_settings().unwrap();
     for id in ids {
         enroll(&a.registry, &a.keys, &a.audit, &settings, &org(id), t0(), "test").await.unwrap();

@@ -8,7 +8,7 @@
 mod common;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{Function, Member, Stack, MEMBER_ROLE};
+use common::{Function, Member, Stack};
 use s3_key_rotation::core::accounts::{load_placement, placed_orgs};
 use s3_key_rotation::core::domain::{KeyState, OrgId, Trigger};
 use s3_key_rotation::core::enrollment::enroll;
@@ -48,7 +48,7 @@ async fn put_logs(stack: &Stack, orgs: &[&str]) {
 
 async fn try_enroll(stack: &Stack, id: &str) -> Result<(), String> {
     let settings = stack.config.enroll_settings().unwrap();
-    let a = &stack.adapters;
+    let a = &stack.enrollment_adapters();
     enroll(&a.registry, &a.keys, &a.audit, &settings, &org(id), t0(), "test")
         .await
         .map(|_| ())
@@ -167,6 +167,12 @@ async fn a_member_account_orgs_key_rotates_retires_and_expires_under_the_member_
     let id = common::ORG_A;
     stack.enroll(&[id], t0()).await;
     assert_eq!(record(&stack, id).await.account_id.as_deref(), Some(A1));
+    let user = stack.iam_of(Some(A1)).await.get_user().user_name(format!("org-{id}")).send().await.unwrap();
+    assert_eq!(
+        user.user.unwrap().permissions_boundary.and_then(|b| b.permissions_boundary_arn),
+        Some(format!("arn:aws:iam::{A1}:policy/s3-key-rotation-org-user-boundary")),
+        "created through the enrollment role, under the boundary of its own account"
+    );
 
     // The first key, issued by a manual rotation, reads the org's prefix.
     let first = rotate_at(&stack, id, t0()).await;
@@ -263,7 +269,8 @@ async fn an_account_whose_role_cannot_be_assumed_is_passed_over_by_enrollments_a
     // When no other account can take the org, the refusal is the answer, named.
     let alone = Stack::with_members(&[Member::Undeployed(GONE)], 10, &[]).await;
     let err = try_enroll(&alone, "3004").await.unwrap_err();
-    let role = format!("arn:aws:iam::{GONE}:role/{MEMBER_ROLE}");
+    // Enrollment goes through the account's enrollment role.
+    let role = format!("arn:aws:iam::{GONE}:role/s3-key-rotation-enrollment");
     assert!(err.contains(&format!("the role {role} of account {GONE} could not be assumed")), "{err}");
     assert!(err.contains("AccessDenied") || err.contains("Not authorized"), "STS's reason: {err}");
     assert!(alone.adapters.registry.load(&org("3004")).await.unwrap().is_none(), "no record");
@@ -323,4 +330,40 @@ async fn an_account_whose_role_cannot_be_assumed_is_passed_over_by_enrollments_a
     for id in ["3002", "3004"] {
         assert_eq!(record(&stack, id).await.current.unwrap().version, 1, "org {id} of {A2} untouched");
     }
+}
+
+/// No function can create a user in a member account: the runtime role they
+/// assume may not, and the enrollment role (which may, under the boundary)
+/// trusts only the operators.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_functions_can_neither_create_a_user_nor_assume_the_enrollment_role() {
+    use aws_credential_types::provider::ProvideCredentials;
+    let stack = Stack::with_members(&[Member::Deployed(A1)], 10, &[]).await;
+    for function in Function::ALL {
+        let sdk = stack.function_sdk(function);
+        let assume = |role: String| {
+            let sdk = sdk.clone();
+            async move {
+                let provider = aws_config::sts::AssumeRoleProvider::builder(role)
+                    .session_name("test")
+                    .external_id(common::EXTERNAL_ID)
+                    .configure(&sdk)
+                    .build()
+                    .await;
+                provider.provide_credentials().await.map(|_| provider)
+            }
+        };
+        let enrollment = assume(format!("arn:aws:iam::{A1}:role/s3-key-rotation-enrollment")).await;
+        assert!(enrollment.is_err(), "{function:?} assumed the enrollment role");
+        if let Ok(runtime) = assume(common::member_role_arn(A1)).await {
+            let iam = aws_sdk_iam::Client::from_conf(
+                aws_sdk_iam::config::Builder::from(&sdk).credentials_provider(runtime).build(),
+            );
+            let created = iam.create_user().user_name("org-9999999").path("/managed-s3/").send().await;
+            let err = created.expect_err("the runtime role created a user");
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            assert_eq!(status, Some(403), "{function:?}: refused, not failed otherwise: {err:?}");
+        }
+    }
+    assert!(!stack.users_of(Some(A1)).await.contains(&"org-9999999".to_owned()));
 }

@@ -218,42 +218,17 @@ fn iam_actions_of_the_code() -> Vec<String> {
     actions
 }
 
-#[test]
-fn the_member_role_trusts_only_the_home_account() {
-    let t = template("member-account.yaml");
-    let home = template("template.yaml");
-    let parameters = &t["Parameters"];
-    assert_eq!(parameters["HomeAccountId"]["AllowedPattern"], "^[0-9]{12}$");
-    assert_eq!(parameters["ExternalId"]["Default"], "");
-    for field in ["Default", "AllowedPattern"] {
-        assert_eq!(parameters["IamUserPath"][field], home["Parameters"]["IamUserPath"][field], "{field}");
-    }
-    assert_eq!(parameters["RoleName"]["Default"], "s3-key-rotation-member");
-    assert_eq!(t["Conditions"]["HasExternalId"], json!({"Fn::Not": [{"Fn::Equals": [{"Ref": "ExternalId"}, ""]}]}));
-
-    let roles = resources_of_type(&t, "AWS::IAM::Role");
-    assert_eq!(roles.len(), 1, "one role");
-    assert_eq!(t["Resources"].as_object().unwrap().len(), 1, "nothing but the role");
-    let (name, role) = roles[0];
-    let role = &role["Properties"];
-    assert_eq!(role["RoleName"], json!({"Ref": "RoleName"}));
-    let trust = role["AssumeRolePolicyDocument"]["Statement"].as_array().unwrap();
-    assert_eq!(trust.len(), 1, "{trust:?}");
-    assert_eq!(trust[0]["Effect"], "Allow");
-    assert_eq!(trust[0]["Action"], "sts:AssumeRole");
-    assert_eq!(trust[0]["Principal"], json!({"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${HomeAccountId}:root"}}));
-    assert_eq!(
-        trust[0]["Condition"],
-        json!({"Fn::If": ["HasExternalId", {"StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}}}, {"Ref": "AWS::NoValue"}]}),
-        "the external id, when there is one"
-    );
-    assert!(role.get("ManagedPolicyArns").is_none(), "no managed policies");
-
-    let mut actions = Vec::new();
+/// The Allow statements' actions of a role's inline policies (each scoped to
+/// the org users under the path), and its Deny statements.
+fn role_actions(role: &Value) -> (Vec<String>, Vec<&Value>) {
+    let (mut allowed, mut denied) = (Vec::new(), Vec::new());
     for policy in role["Policies"].as_array().unwrap() {
         for statement in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
-            assert_eq!(statement["Effect"], "Allow");
             assert!(statement.get("NotAction").is_none() && statement.get("NotResource").is_none());
+            if statement["Effect"] == "Deny" {
+                denied.push(statement);
+                continue;
+            }
             assert_eq!(
                 statement["Resource"],
                 json!({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:user${IamUserPath}org-*"}),
@@ -261,13 +236,163 @@ fn the_member_role_trusts_only_the_home_account() {
             );
             for action in actions_of(statement) {
                 assert!(action.starts_with("iam:") && !action.contains('*'), "{action}");
-                actions.push(action);
+                allowed.push(action);
             }
         }
     }
+    allowed.sort();
+    (allowed, denied)
+}
+
+/// The trust statement of a member account's role: the home account, only the
+/// principals `principals` names (aws:PrincipalArn), and the external id.
+fn assert_trusts(role: &Value, principals: Value) {
+    let trust = role["AssumeRolePolicyDocument"]["Statement"].as_array().unwrap();
+    assert_eq!(trust.len(), 1, "{trust:?}");
+    assert_eq!(trust[0]["Effect"], "Allow");
+    assert_eq!(trust[0]["Action"], "sts:AssumeRole");
+    assert_eq!(trust[0]["Principal"], json!({"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${HomeAccountId}:root"}}));
+    assert_eq!(trust[0]["Condition"]["ArnLike"]["aws:PrincipalArn"], principals, "who may assume it");
+    assert_eq!(
+        trust[0]["Condition"]["StringEquals"],
+        json!({"Fn::If": ["HasExternalId", {"sts:ExternalId": {"Ref": "ExternalId"}}, {"Ref": "AWS::NoValue"}]}),
+        "the external id, when there is one"
+    );
+    assert!(role.get("ManagedPolicyArns").is_none(), "no managed policies");
+}
+
+#[test]
+fn a_member_account_has_a_runtime_role_an_enrollment_role_for_operators_and_the_boundary() {
+    let t = template("member-account.yaml");
+    let home = template("template.yaml");
+    let parameters = &t["Parameters"];
+    assert_eq!(parameters["HomeAccountId"]["AllowedPattern"], "^[0-9]{12}$");
+    assert_eq!(parameters["ExternalId"]["Default"], "");
+    for (field, of) in
+        [("Default", "IamUserPath"), ("AllowedPattern", "IamUserPath"), ("Default", "BoundaryPolicyName")]
+    {
+        assert_eq!(parameters[of][field], home["Parameters"][of][field], "{of} {field}");
+    }
+    assert_eq!(parameters["RoleName"]["Default"], "s3-key-rotation-member");
+    assert_eq!(parameters["EnrollmentRoleName"]["Default"], home["Parameters"]["MemberEnrollmentRoleName"]["Default"]);
+    let mut kinds: Vec<&str> =
+        t["Resources"].as_object().unwrap().values().map(|r| r["Type"].as_str().unwrap()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["AWS::IAM::ManagedPolicy", "AWS::IAM::Role", "AWS::IAM::Role"]);
+
+    // The runtime role: the home stack's functions and the operators; the key
+    // calls, and the sweep's deletion of a user; nothing that creates or grants.
+    let runtime = &t["Resources"]["MemberRole"]["Properties"];
+    assert_eq!(runtime["RoleName"], json!({"Ref": "RoleName"}));
+    assert_trusts(
+        runtime,
+        json!({"Fn::Split": [",", {"Fn::Join": [",", [
+            {"Fn::Sub": "arn:${AWS::Partition}:iam::${HomeAccountId}:role/${HomeStackName}-*"},
+            {"Fn::If": ["HasOperators", {"Fn::Join": [",", {"Ref": "OperatorPrincipals"}]}, {"Ref": "AWS::NoValue"}]}
+        ]]}]}),
+    );
+    let (actions, denied) = role_actions(runtime);
+    assert!(denied.is_empty());
+    assert_eq!(
+        actions,
+        [
+            "iam:CreateAccessKey",
+            "iam:DeleteAccessKey",
+            "iam:DeleteUser",
+            "iam:DeleteUserPolicy",
+            "iam:GetAccessKeyLastUsed",
+            "iam:ListAccessKeys",
+            "iam:UpdateAccessKey"
+        ]
+    );
+    assert_eq!(t["Outputs"]["RoleArn"]["Value"], json!({"Fn::GetAtt": ["MemberRole", "Arn"]}));
+
+    // The enrollment role: the operators only; a user is created, and a policy
+    // written to it, only with the boundary, which is never lifted.
+    let enrollment = &t["Resources"]["EnrollmentRole"]["Properties"];
+    assert_trusts(
+        enrollment,
+        json!({"Fn::If": ["HasOperators", {"Ref": "OperatorPrincipals"},
+            {"Fn::Sub": "arn:${AWS::Partition}:iam::${HomeAccountId}:role/no-operator-named"}]}),
+    );
+    let (mut actions, denied) = role_actions(enrollment);
+    for statement in enrollment["Policies"][0]["PolicyDocument"]["Statement"].as_array().unwrap() {
+        let grants = actions_of(statement);
+        let writes = grants
+            .iter()
+            .any(|a| ["iam:CreateUser", "iam:PutUserPolicy", "iam:PutUserPermissionsBoundary"].contains(&a.as_str()));
+        if statement["Effect"] == "Allow" && writes {
+            assert_eq!(
+                statement["Condition"],
+                json!({"StringEquals": {"iam:PermissionsBoundary": {"Ref": "OrgUserBoundary"}}}),
+                "{grants:?} only under the boundary"
+            );
+            assert_eq!(grants.len(), 3, "nothing else in the conditioned statement: {grants:?}");
+        }
+    }
+    assert_eq!(denied.len(), 1);
+    assert_eq!(actions_of(denied[0]), ["iam:DeleteUserPermissionsBoundary", "iam:AttachUserPolicy"]);
+    // Together the two roles make exactly the IAM calls of src/aws/iam.rs.
+    actions.extend(role_actions(runtime).0);
+    actions.push("iam:PutUserPermissionsBoundary".into());
     actions.sort();
-    assert_eq!(actions, iam_actions_of_the_code(), "exactly the IAM calls of src/aws/iam.rs");
-    assert_eq!(t["Outputs"]["RoleArn"]["Value"], json!({"Fn::GetAtt": [name, "Arn"]}));
+    actions.dedup();
+    let mut code = iam_actions_of_the_code();
+    code.push("iam:PutUserPermissionsBoundary".into());
+    code.sort();
+    code.dedup();
+    assert_eq!(actions, code, "exactly the IAM calls of src/aws/iam.rs");
+
+    // The boundary: reading the managed bucket, nothing else.
+    let boundary = &t["Resources"]["OrgUserBoundary"]["Properties"];
+    assert_eq!(boundary["ManagedPolicyName"], json!({"Ref": "BoundaryPolicyName"}));
+    assert_eq!(boundary["PolicyDocument"], home["Resources"]["OrgUserBoundary"]["Properties"]["PolicyDocument"]);
+    let statements = boundary["PolicyDocument"]["Statement"].as_array().unwrap();
+    let granted: Vec<(String, Value)> =
+        statements.iter().flat_map(|s| actions_of(s).into_iter().map(|a| (a, s["Resource"].clone()))).collect();
+    assert_eq!(
+        granted,
+        [
+            ("s3:GetObject".to_owned(), json!({"Fn::Sub": "arn:${AWS::Partition}:s3:::${ManagedBucketName}/*"})),
+            ("s3:ListBucket".to_owned(), json!({"Fn::Sub": "arn:${AWS::Partition}:s3:::${ManagedBucketName}"}))
+        ]
+    );
+}
+
+#[test]
+fn in_the_home_account_users_are_created_only_under_the_boundary_and_no_function_may() {
+    let t = template("template.yaml");
+    let env = &t["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(env["ORG_USER_BOUNDARY"], json!({"Ref": "OrgUserBoundary"}));
+    assert_eq!(env["MEMBER_ENROLLMENT_ROLE"], json!({"Ref": "MemberEnrollmentRoleName"}));
+    let policy = &t["Resources"]["EnrollmentPolicy"]["Properties"]["PolicyDocument"]["Statement"];
+    for statement in policy.as_array().unwrap() {
+        let actions = actions_of(statement);
+        if statement["Effect"] == "Allow" && actions.iter().any(|a| a == "iam:CreateUser" || a == "iam:PutUserPolicy") {
+            assert_eq!(
+                statement["Condition"],
+                json!({"StringEquals": {"iam:PermissionsBoundary": {"Ref": "OrgUserBoundary"}}})
+            );
+        }
+    }
+    let creating = [
+        "iam:CreateUser",
+        "iam:PutUserPolicy",
+        "iam:PutUserPermissionsBoundary",
+        "iam:AttachUserPolicy",
+        "iam:CreateRole",
+        "iam:PutRolePolicy",
+        "iam:AttachRolePolicy",
+        "iam:CreatePolicyVersion",
+        "iam:TagUser",
+    ];
+    for (name, function) in resources_of_type(&t, "AWS::Serverless::Function") {
+        for (statement, _) in statements_of(function) {
+            for action in actions_of(statement) {
+                assert!(!creating.contains(&action.as_str()), "{name} may {action}");
+            }
+        }
+    }
 }
 
 #[test]

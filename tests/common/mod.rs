@@ -341,11 +341,16 @@ impl Stack {
         let key = bootstrap.iam.create_access_key().user_name("rotation-admin").send().await.expect("admin key");
         let key = key.access_key.expect("key");
         let admin = (key.access_key_id, key.secret_access_key);
+        let operator = serde_json::json!({"AWS_ACCESS_KEY_ID": admin.0, "AWS_SECRET_ACCESS_KEY": admin.1}).to_string();
         for member in members {
             if let Member::Deployed(account) = member {
-                local_aws(&aws, &["deploy-member-account", account], "{}");
+                local_aws(&aws, &["deploy-member-account", account], &operator);
             }
         }
+        // The org users' permissions boundary (template.yaml's OrgUserBoundary).
+        let mut env = env;
+        let boundary = local_aws(&aws, &["home-boundary"], "");
+        env.push(("ORG_USER_BOUNDARY".to_owned(), boundary.trim().to_owned()));
         let config = config_with(&aws.endpoint(), &env);
         let clients = Clients::from_sdk(aws.sdk(&admin.0, &admin.1), true);
         let adapters = Adapters::new(&clients, &config);
@@ -450,10 +455,17 @@ impl Stack {
         names
     }
 
+    /// The operator's adapters for `enroll`: a member account's users are
+    /// created through its enrollment role (`MEMBER_ENROLLMENT_ROLE`).
+    pub fn enrollment_adapters(&self) -> Adapters {
+        let clients = Clients::from_sdk(self.aws.sdk(&self.admin.0, &self.admin.1), true);
+        Adapters::new(&clients, &self.config.for_enrollment())
+    }
+
     /// Enrolls `orgs` through the core, as the operator's CLI does, at `at`.
     pub async fn enroll(&self, orgs: &[&str], at: chrono::DateTime<chrono::Utc>) {
         let settings = self.config.enroll_settings().expect("MANAGED_BUCKET is set");
-        let a = &self.adapters;
+        let a = &self.enrollment_adapters();
         for org in orgs {
             let org = s3_key_rotation::core::domain::OrgId::parse(org).expect("a valid org id");
             s3_key_rotation::core::enrollment::enroll(&a.registry, &a.keys, &a.audit, &settings, &org, at, "test")

@@ -64,8 +64,10 @@ class Stack:
         self.member_env = member_env(self.members) if self.members else {}
         try:
             self.env = self.aws.provision([])
+            operator = (self.env["AWS_ACCESS_KEY_ID"], self.env["AWS_SECRET_ACCESS_KEY"])
             for account in self.members:
-                self.aws.deploy_member_account(account)
+                # As the operator: member-account.yaml's OperatorPrincipals names them.
+                self.aws.deploy_member_account(account, key=operator)
             self.aws.enforce_credentials()
         except Exception:
             self.aws.stop()
