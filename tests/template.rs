@@ -476,10 +476,8 @@ fn the_sweep_worker_takes_one_slice_a_message_from_the_sweep_queue() {
 
     // The dispatcher only dispatches: it reads the orgs and writes none, touches
     // no org user, no secret, no notification; the sweep's rights are the worker's.
-    let dispatcher: Vec<String> = statements_of(&t["Resources"]["ScheduledRotationFunction"])
-        .iter()
-        .flat_map(|(s, _)| actions_of(s))
-        .collect();
+    let dispatcher: Vec<String> =
+        statements_of(&t["Resources"]["ScheduledRotationFunction"]).iter().flat_map(|(s, _)| actions_of(s)).collect();
     for action in &dispatcher {
         assert!(action.starts_with("s3:") || action == "sqs:SendMessage", "the dispatcher may {action}");
     }
