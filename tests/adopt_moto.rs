@@ -90,6 +90,12 @@ async fn an_org_with_a_key_older_than_the_maximum_age_is_adopted_and_cut_off_onl
     assert!(ok, "{err}");
     assert!(out.contains("1 org: 1 adopted"), "{out}");
     assert!(err.contains("inline policy legacy-read"), "the user's other policy is reported: {err}");
+    let user = stack.iam_of(None).await.get_user().user_name(format!("org-{org}")).send().await.unwrap().user.unwrap();
+    assert_eq!(
+        user.permissions_boundary.and_then(|b| b.permissions_boundary_arn),
+        Some("arn:aws:iam::123456789012:policy/s3-key-rotation-org-user-boundary".to_owned()),
+        "the adopted user is put under the org users' boundary"
+    );
     let record = registry.load(&OrgId::parse(org).unwrap()).await.unwrap().unwrap().value;
     let current = record.current.clone().unwrap();
     assert_eq!(current.access_key_id, key.0);

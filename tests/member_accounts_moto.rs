@@ -339,8 +339,9 @@ async fn an_account_whose_role_cannot_be_assumed_is_passed_over_by_enrollments_a
 async fn the_functions_can_neither_create_a_user_nor_assume_the_enrollment_role() {
     use aws_credential_types::provider::ProvideCredentials;
     let stack = Stack::with_members(&[Member::Deployed(A1)], 10, &[]).await;
-    // The functions that may assume the member accounts' roles (rotation-policy may assume none).
-    for function in [Function::RotateKey, Function::ScheduledRotation, Function::SweepWorker] {
+    // The functions that may assume the member accounts' roles (the dispatcher
+    // and rotation-policy may assume none).
+    for function in [Function::RotateKey, Function::SweepWorker] {
         let sdk = stack.function_sdk(function);
         let assume = |role: String| {
             let sdk = sdk.clone();
