@@ -401,6 +401,17 @@ def _claim_value(value):
     return json.dumps(value)
 
 
+def in_process_role(name, env):
+    """The role function `name` runs under with the variables `env`: its own, but for
+    scheduled-rotation without SWEEP_QUEUE_URL. The template always sets that variable (the
+    function only dispatches, and its role holds only what dispatching needs); without it the
+    binary sweeps every org in process, which is the sweep-worker's work, so it runs under the
+    sweep-worker's role (as the tests that drive that mode run it)."""
+    if name == "ScheduledRotationFunction" and not env.get("SWEEP_QUEUE_URL"):
+        return "SweepWorkerFunction"
+    return name
+
+
 class Gateway:
     """The HTTP side: `Gateway(deployment, environment, jwt_secret, log_dir, credentials=…)`, then `.url`.
     `clock` (default: the real time) gives the request time of each event."""
@@ -421,7 +432,7 @@ class Gateway:
         for name, function in deployment.functions.items():
             env = dict(environment)
             env.update(function.environment)
-            env.update(credentials[name])
+            env.update(credentials[in_process_role(name, env)])
             self.runtimes[name] = RuntimeApi(function, env, binary_dir, self.log_dir / f"{function.binary}.log",
                                              concurrency=concurrency)
         self.server = Server(("127.0.0.1", 0), self._handler())

@@ -262,12 +262,17 @@ def _single_call_action(self, *args, **kwargs):
 access_control.IAMRequestBase.__init__ = _single_call_action
 
 
+PROBE_SESSION = "refusal-probe"
+
+
 class CallLog:
     """What each role was allowed or refused, for the check that every function's role grants
     what the function calls and nothing it never calls (tests/permissions). With
     S3KR_CALLS_LOG set, each new (role, action, answer) is appended to that file as a JSON
     line: {"role": name, "account": id, "action": "s3:GetObject", "allowed": true}. Only
-    assumed roles are logged (the functions' and the member accounts' roles), not users."""
+    assumed roles are logged (the functions' and the member accounts' roles), not users, and
+    not a session named `refusal-probe`: a test that checks a role is refused something
+    assumes it under that name."""
 
     def __init__(self, path):
         self.path = path
@@ -276,7 +281,7 @@ class CallLog:
 
     def record(self, request, allowed):
         arn = getattr(getattr(request, "_access_key", None), "arn", "") or ""
-        if ":assumed-role/" not in arn:
+        if ":assumed-role/" not in arn or arn.endswith(f"/{PROBE_SESSION}"):
             return
         account, role = arn.split(":")[4], arn.split(":assumed-role/")[1].split("/")[0]
         entry = (role, account, request._action, allowed)

@@ -339,13 +339,16 @@ async fn an_account_whose_role_cannot_be_assumed_is_passed_over_by_enrollments_a
 async fn the_functions_can_neither_create_a_user_nor_assume_the_enrollment_role() {
     use aws_credential_types::provider::ProvideCredentials;
     let stack = Stack::with_members(&[Member::Deployed(A1)], 10, &[]).await;
-    for function in Function::ALL {
+    // The functions that may assume the member accounts' roles (rotation-policy may assume none).
+    for function in [Function::RotateKey, Function::ScheduledRotation, Function::SweepWorker] {
         let sdk = stack.function_sdk(function);
         let assume = |role: String| {
             let sdk = sdk.clone();
             async move {
+                // A session the local endpoint leaves out of the granted = used record:
+                // its refusals are this test's probes, not missing statements.
                 let provider = aws_config::sts::AssumeRoleProvider::builder(role)
-                    .session_name("test")
+                    .session_name("refusal-probe")
                     .external_id(common::EXTERNAL_ID)
                     .configure(&sdk)
                     .build()
@@ -355,7 +358,8 @@ async fn the_functions_can_neither_create_a_user_nor_assume_the_enrollment_role(
         };
         let enrollment = assume(format!("arn:aws:iam::{A1}:role/s3-key-rotation-enrollment")).await;
         assert!(enrollment.is_err(), "{function:?} assumed the enrollment role");
-        if let Ok(runtime) = assume(common::member_role_arn(A1)).await {
+        let runtime = assume(common::member_role_arn(A1)).await.expect("the runtime role");
+        {
             let iam = aws_sdk_iam::Client::from_conf(
                 aws_sdk_iam::config::Builder::from(&sdk).credentials_provider(runtime).build(),
             );

@@ -439,7 +439,7 @@ fn the_member_roles_are_assumable_only_when_there_are_any() {
         }
     }
     assuming.sort();
-    assert_eq!(assuming, ["RotateKeyFunction", "ScheduledRotationFunction", "SweepWorkerFunction"]);
+    assert_eq!(assuming, ["RotateKeyFunction", "SweepWorkerFunction"], "the dispatcher touches no org user");
 }
 
 #[test]
@@ -474,13 +474,19 @@ fn the_sweep_worker_takes_one_slice_a_message_from_the_sweep_queue() {
     assert_eq!(dead["MessageRetentionPeriod"], 1209600);
     assert_eq!(dead["SqsManagedSseEnabled"], true);
 
-    // The worker does what the in-process sweep does, and gives a deleted org's place back.
-    let worker_actions: Vec<String> = statements_of(worker).iter().flat_map(|(s, _)| actions_of(s)).collect();
-    for (statement, _) in statements_of(&t["Resources"]["ScheduledRotationFunction"]) {
-        for action in actions_of(statement).into_iter().filter(|a| !a.starts_with("sqs:")) {
-            assert!(worker_actions.contains(&action), "the worker lacks {action}");
-        }
+    // The dispatcher only dispatches: it reads the orgs and writes none, touches
+    // no org user, no secret, no notification; the sweep's rights are the worker's.
+    let dispatcher: Vec<String> =
+        statements_of(&t["Resources"]["ScheduledRotationFunction"]).iter().flat_map(|(s, _)| actions_of(s)).collect();
+    for action in &dispatcher {
+        assert!(action.starts_with("s3:") || action == "sqs:SendMessage", "the dispatcher may {action}");
     }
+    let records = statements_of(&t["Resources"]["ScheduledRotationFunction"])
+        .into_iter()
+        .filter(|(s, _)| s["Resource"] == json!({"Fn::Sub": "${RegistryBucket.Arn}/orgs/*"}))
+        .flat_map(|(s, _)| actions_of(s))
+        .collect::<Vec<_>>();
+    assert_eq!(records, ["s3:GetObject"], "the dispatcher reads the org records only");
     let placement = statements_of(worker)
         .into_iter()
         .find(|(s, _)| s["Resource"] == json!({"Fn::Sub": "${RegistryBucket.Arn}/placement.json"}))
@@ -956,7 +962,7 @@ fn events_are_published_only_under_the_services_own_source() {
             }
         }
     }
-    assert_eq!(publishers, 3, "rotate-key, scheduled-rotation and sweep-worker publish");
+    assert_eq!(publishers, 2, "rotate-key and sweep-worker publish (the dispatcher only dispatches)");
 }
 
 const VAULT_SECRETS: &str =
@@ -1061,7 +1067,7 @@ fn the_vault_key_policy_lets_the_writers_and_readers_use_it_only_through_secrets
         vault_writers(&t).iter().map(|f| json!({"Fn::GetAtt": [format!("{f}Role"), "Arn"]})).collect();
     assert_eq!(
         vault_writers(&t),
-        ["RotateKeyFunction", "ScheduledRotationFunction", "SweepWorkerFunction"],
+        ["RotateKeyFunction", "SweepWorkerFunction"],
         "the functions that store keys in the vault"
     );
     let mut named = as_list(&functions["Principal"]["AWS"]);

@@ -401,9 +401,15 @@ impl Stack {
 
     /// The environment `function`'s binary runs with on this stack: its
     /// template role's credentials and the settings.
+    /// scheduled-rotation without SWEEP_QUEUE_URL (not a template configuration:
+    /// the template always sets it, and its role only dispatches) sweeps every
+    /// org in process, the sweep-worker's work: it runs under that role.
     pub fn function_env(&self, function: Function) -> Vec<(String, String)> {
-        let (_, key, _) = self.roles.iter().find(|(f, _, _)| *f == function).expect("every function has a role");
         let mut env = self.operator_env();
+        let in_process = !env.iter().any(|(k, v)| k == "SWEEP_QUEUE_URL" && !v.is_empty());
+        let function =
+            if function == Function::ScheduledRotation && in_process { Function::SweepWorker } else { function };
+        let (_, key, _) = self.roles.iter().find(|(f, _, _)| *f == function).expect("every function has a role");
         for (name, value) in
             [("AWS_ACCESS_KEY_ID", &key.0), ("AWS_SECRET_ACCESS_KEY", &key.1), ("AWS_SESSION_TOKEN", &key.2)]
         {

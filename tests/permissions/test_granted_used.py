@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import cfn  # noqa: E402
-from local_aws import MEMBER_ROLE, function_policies  # noqa: E402
+from local_aws import MEMBER_ROLE, function_policies  # noqa: E402  (the runtime role's default name)
 
 LOG = os.environ.get("S3KR_CALLS_LOG")
 pytestmark = pytest.mark.skipif(not LOG, reason="needs the calls of the whole suite: run by scripts/test.sh")
@@ -39,8 +39,7 @@ def granted():
     for resource in member["Resources"].values():
         if resource["Type"] != "AWS::IAM::Role":
             continue
-        name = resource["Properties"]["RoleName"]
-        name = MEMBER_ROLE if name == {"Ref": "RoleName"} else name
+        name = cfn.resolve(resource["Properties"]["RoleName"], cfn.parameters(member))
         out[name] = {action for p in resource["Properties"].get("Policies", [])
                      for s in p["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"
                      for action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
