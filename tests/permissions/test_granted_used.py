@@ -63,7 +63,8 @@ def called():
 def test_the_suite_recorded_the_calls_of_every_role():
     assert Path(LOG).exists(), f"{LOG}: no call was recorded"
     seen = called()
-    assert set(granted()) - set(seen) == set(), "roles the suite never ran under"
+    never = set(granted()) - set(seen)
+    assert not never, f"roles the suite never ran under: {sorted(never)}"
 
 
 def test_every_action_a_function_called_is_granted():
@@ -73,13 +74,17 @@ def test_every_action_a_function_called_is_granted():
     roles = granted()
     missing = {(role, action) for role, actions in called().items() for action in actions
                if action not in roles[role]}
-    assert missing == set(), "actions the functions call that their template role does not grant"
+    assert not missing, "actions the functions call that their template role does not grant:\n" + \
+        "\n".join(f"  {role}: {action}" for role, action in sorted(missing))
 
 
 def test_every_grant_was_called_or_is_listed_with_its_reason():
     seen = called()
     unused = {(role, action) for role, actions in granted().items() for action in actions
               if action not in seen.get(role, {})}
-    assert unused - set(UNCALLED) == set(), "granted and never called: remove it, or list it in UNCALLED with why"
+    unexplained = unused - set(UNCALLED)
+    assert not unexplained, "granted and never called: remove it, or list it in UNCALLED with why:\n" + \
+        "\n".join(f"  {role}: {action}" for role, action in sorted(unexplained))
     stale = set(UNCALLED) - unused
-    assert stale == set(), "listed in UNCALLED but called (or no longer granted): take it off the list"
+    assert not stale, "listed in UNCALLED but called (or no longer granted): take it off the list:\n" + \
+        "\n".join(f"  {role}: {action}" for role, action in sorted(stale))
