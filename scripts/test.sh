@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, property tests, integration tests against a
 # local AWS endpoint (moto server, started by the tests themselves), the real
-# binaries under the Lambda Runtime API (cargo lambda), cfn-lint, and the
-# Python suite in tests/sdk that drives the functions only through the
-# reference APIs' own SDKs (Cisco Secure Access, Alibaba Cloud KMS), behind the
-# API Gateway stand-in scripts/gateway.py.
+# binaries under the Lambda Runtime API (cargo lambda), cfn-lint, checkov over
+# both templates (tests/package), and the Python suite in tests/sdk that drives
+# the functions only through the reference APIs' own SDKs (Cisco Secure Access,
+# Alibaba Cloud KMS), behind the API Gateway stand-in scripts/gateway.py.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/tools.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the project's Python tools (moto server, cargo-lambda, cfn-lint) into
+# Installs the project's Python tools (moto server, cargo-lambda, cfn-lint, checkov) into
 # the project-local virtualenv .venv. Idempotent: a second run only checks.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
