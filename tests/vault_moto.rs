@@ -23,18 +23,18 @@ fn secret_of(org: &str) -> String {
 }
 
 /// The vault's key on the stack's endpoint as the template makes it (a
-/// symmetric key with rotation on, and an alias): its ARN.
+/// symmetric key with rotation on, and an alias), made by the operator: its ARN.
 fn create_vault_key(stack: &Stack) -> String {
     let script = "import sys, boto3\n\
                   kms = boto3.client('kms', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
-                  \x20   aws_access_key_id='test', aws_secret_access_key='test')\n\
+                  \x20   aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])\n\
                   key = kms.create_key(Description='s3-key-rotation key vault', KeySpec='SYMMETRIC_DEFAULT',\n\
                   \x20   KeyUsage='ENCRYPT_DECRYPT')['KeyMetadata']\n\
                   kms.enable_key_rotation(KeyId=key['KeyId'])\n\
                   kms.create_alias(AliasName='alias/s3-key-rotation-vault', TargetKeyId=key['KeyId'])\n\
                   print(key['Arn'])\n";
     let output = Command::new(venv_bin().join("python"))
-        .args(["-c", script, &stack.aws.endpoint()])
+        .args(["-c", script, &stack.aws.endpoint(), &stack.admin.0, &stack.admin.1])
         .current_dir(project_root())
         .output()
         .expect("run python");
