@@ -40,6 +40,8 @@ UNCALLED = {
     ("s3-key-rotation-enrollment", "iam:TagUser"): _TAGS.format("CreateUser"),
     ("RotateKeyFunction", "secretsmanager:RestoreSecret"): _RESTORE,
     ("SweepWorkerFunction", "secretsmanager:RestoreSecret"): _RESTORE,
+    ("RotateKeyFunction", "iam:GetAccessKeyLastUsed"): "a takeover of a crashed rotation asks an unknown key's "
+                                                        "last use (the wire matrices' faults reach it)",
     ("RotateKeyFunction", "iam:ListAccessKeys"): "a takeover of a crashed rotation lists the user's keys (the wire "
                                                   "matrices' SIGKILLs reach it)",
     ("SweepWorkerFunction", "secretsmanager:CreateSecret"): "an automatic rotation of an org whose vault secret does "
