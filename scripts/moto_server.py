@@ -14,6 +14,8 @@ Differences from a plain `moto_server`:
 - IAM calls on a user are authorized against the user's ARN (moto 5.2.5 uses
   `*`), so the member role's policy, scoped to the org users under the path,
   is evaluated as IAM does.
+- SQS `SendMessageBatch` keeps each entry's message system attributes
+  (`AWSTraceHeader`), as `SendMessage` does (moto 5.2.5 drops them in a batch).
 It exits when its standard input closes, so it never outlives its parent.
 
 For the benchmarks it counts the AWS requests it serves and the time it spends
@@ -38,6 +40,7 @@ from urllib.parse import parse_qs, parse_qsl, unquote
 from moto.iam import access_control
 from moto.iam.models import iam_backends
 from moto.iam.responses import IamResponse
+from moto.sqs.models import SQSBackend
 from moto.sts.exceptions import STSClientError
 from moto.sts.models import STSBackend
 from moto.moto_server.werkzeug_app import (
@@ -119,6 +122,25 @@ def _user_resource(self):
 
 
 IamResponse._determine_resource = _user_resource
+
+
+_original_send_message_batch = SQSBackend.send_message_batch
+
+
+def _batch_keeps_system_attributes(self, queue_name, entries):
+    """SendMessageBatch with each entry's `MessageSystemAttributes` (`AWSTraceHeader`, the
+    trace the sender's span continues) kept on its message, as SQS keeps them; moto 5.2.5
+    keeps them for SendMessage only."""
+    messages, failed = _original_send_message_batch(self, queue_name, entries)
+    by_id = {entry["Id"]: entry for entry in entries.values()}
+    for message in messages:
+        attributes = by_id.get(getattr(message, "user_id", None), {}).get("MessageSystemAttributes")
+        if attributes:
+            message.system_attributes = attributes
+    return messages, failed
+
+
+SQSBackend.send_message_batch = _batch_keeps_system_attributes
 
 
 SERVICES = {"s3": "S3", "iam": "IAM", "secretsmanager": "SecretsManager", "events": "EventBridge",
