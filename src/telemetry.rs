@@ -84,36 +84,30 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Sets up the logs and, when an OTLP endpoint is configured, the traces.
-    /// A setting the exporter refuses (an endpoint that is no URL) is logged
+    /// Sets up the logs and, when an OTLP endpoint is configured, the traces
+    /// (from within the function's Tokio runtime, whose threads carry the
+    /// exporter's connections). A setting the exporter refuses (an endpoint that is no URL) is logged
     /// and leaves the function without traces: telemetry never stops it.
     pub fn init() -> Self {
-        let Some(settings) = ExportSettings::from_env(|name| std::env::var(name).ok()) else {
-            lambda_runtime::tracing::init_default_subscriber();
-            return Self { provider: None };
+        let settings = ExportSettings::from_env(|name| std::env::var(name).ok());
+        let (provider, failed) = match settings.as_ref().map(tracer_provider) {
+            Some(Ok(provider)) => (Some(provider), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
         };
-        let provider = match tracer_provider(&settings) {
-            Ok(provider) => provider,
-            Err(e) => {
-                lambda_runtime::tracing::init_default_subscriber();
-                warn!(error = %e, "traces are not exported: the OTLP exporter could not be set up");
-                return Self { provider: None };
-            }
-        };
-        let tracer = provider.tracer("s3-key-rotation");
-        tracing_subscriber::registry()
-            .with(log_layer())
-            .with(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(Exported))
-            .init();
-        for warning in settings.warnings {
+        // One subscriber either way (the logs' layer, the traces' when exported):
+        // one copy of the logging code in the binary.
+        let traces = provider
+            .as_ref()
+            .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("s3-key-rotation")).with_filter(Exported));
+        tracing_subscriber::registry().with(log_layer()).with(traces).init();
+        if let Some(e) = failed {
+            warn!(error = %e, "traces are not exported: the OTLP exporter could not be set up");
+        }
+        for warning in settings.map(|s| s.warnings).unwrap_or_default() {
             warn!("{warning}");
         }
-        Self { provider: Some(provider) }
-    }
-
-    /// Whether spans are exported.
-    pub fn exports(&self) -> bool {
-        self.provider.is_some()
+        Self { provider }
     }
 
     /// Runs the function's runtime with the runtime's own tracing layer (a
@@ -217,7 +211,8 @@ fn tracer_provider(settings: &ExportSettings) -> Result<SdkTracerProvider, opent
         .build();
     let client = OnRuntime {
         client: opentelemetry_http::hyper::HyperClient::new(connector, settings.timeout, None),
-        runtime: tokio::runtime::Handle::current(),
+        runtime: tokio::runtime::Handle::try_current()
+            .map_err(|e| opentelemetry_otlp::ExporterBuildError::InternalFailure(e.to_string()))?,
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -254,7 +249,8 @@ where
     }
 }
 
-/// The log layer of `lambda_runtime::tracing::init_default_subscriber()`.
+/// The logs as `lambda_runtime::tracing::init_default_subscriber()` makes them
+/// (`AWS_LAMBDA_LOG_FORMAT`, `AWS_LAMBDA_LOG_LEVEL` or `RUST_LOG`, no target, no time).
 fn log_layer<S>() -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
@@ -279,7 +275,9 @@ fn exported(meta: &Metadata<'_>) -> bool {
     if meta.target().starts_with("opentelemetry") {
         false
     } else if meta.is_span() {
-        ours || meta.fields().field("rpc.system").is_some() || *meta.level() <= Level::INFO
+        (ours && *meta.level() <= Level::DEBUG)
+            || meta.fields().field("rpc.system").is_some()
+            || *meta.level() <= Level::INFO
     } else {
         *meta.level() <= if ours { Level::INFO } else { Level::WARN }
     }
@@ -302,7 +300,8 @@ impl<S> Filter<S> for Exported {
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(LevelFilter::TRACE)
+        // The SDK's operation spans and this crate's step spans are `DEBUG`.
+        Some(LevelFilter::DEBUG)
     }
 }
 
