@@ -205,11 +205,8 @@ impl ExportSettings {
 }
 
 fn tracer_provider(settings: &ExportSettings) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
-    // Plain HTTP to a collector next to the function (the ADOT layer's
-    // localhost:4318): a TLS connector of its own would take the bootstrap
-    // past 8 MiB.
-    let client = OnRuntime {
-        client: opentelemetry_http::hyper::HyperClient::with_default_connector(settings.timeout, None),
+    let client = Http1Client {
+        timeout: settings.timeout,
         runtime: tokio::runtime::Handle::try_current()
             .map_err(|e| opentelemetry_otlp::ExporterBuildError::InternalFailure(e.to_string()))?,
     };
@@ -228,24 +225,46 @@ fn tracer_provider(settings: &ExportSettings) -> Result<SdkTracerProvider, opent
         .build())
 }
 
-/// The exporter's HTTP client, run on the function's Tokio runtime: the batch
-/// processor exports from a thread of its own, outside the runtime, while
-/// hyper's connections are Tokio tasks.
+/// The exporter's HTTP client: one HTTP/1.1 connection per export (a batch
+/// per invocation) with hyper's connection API, to a collector next to the
+/// function (plain `http://`, e.g. the ADOT layer's `localhost:4318`). Not
+/// hyper-util's pooled client, and no TLS connector of its own: either took
+/// the arm64 bootstrap past 8 MiB. The whole exchange, connecting included,
+/// is bounded by the export timeout; it runs on the function's Tokio runtime
+/// (the batch processor exports from a thread of its own, outside it).
 #[derive(Debug)]
-struct OnRuntime<C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static> {
-    client: opentelemetry_http::hyper::HyperClient<C>,
+struct Http1Client {
+    timeout: Duration,
     runtime: tokio::runtime::Handle,
 }
 
 #[async_trait::async_trait]
-impl<C> HttpClient for OnRuntime<C>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + std::fmt::Debug + 'static,
-{
+impl HttpClient for Http1Client {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let client = self.client.clone();
-        self.runtime.spawn(async move { client.send_bytes(request).await }).await?
+        let timeout = self.timeout;
+        self.runtime.spawn(async move { tokio::time::timeout(timeout, post(request)).await? }).await?
     }
+}
+
+async fn post(request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = request.into_parts();
+    if parts.uri.scheme_str() != Some("http") {
+        return Err(format!("{}: only http:// collectors are supported", parts.uri).into());
+    }
+    let host = parts.uri.host().ok_or("the collector's URL has no host")?.to_owned();
+    let port = parts.uri.port_u16().unwrap_or(80);
+    let authority = parts.uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_else(|| host.clone());
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    // Drives the connection; it ends with the exchange (the sender dropped).
+    tokio::spawn(connection);
+    // The connection API sends the URI as given: the path, and the authority as Host.
+    parts.uri = parts.uri.path_and_query().map_or("/", |p| p.as_str()).parse()?;
+    parts.headers.insert(http::header::HOST, authority.parse()?);
+    let response = sender.send_request(Request::from_parts(parts, http_body_util::Full::new(body))).await?;
+    let (parts, body) = response.into_parts();
+    Ok(Response::from_parts(parts, body.collect().await?.to_bytes()))
 }
 
 /// The logs as `lambda_runtime::tracing::init_default_subscriber()` makes them
