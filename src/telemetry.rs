@@ -32,10 +32,11 @@
 //! a collector that cannot be reached costs an invocation at most that
 //! timeout, after its answer.
 //!
-//! The exporter's HTTP client is hyper 1 (the AWS SDK's), plain HTTP: the
-//! collector is expected next to the function (the ADOT Lambda layer on
-//! `http://localhost:4318`); an `https://` endpoint is refused at each export
-//! (logged), as a TLS connector of its own would not fit the 8 MiB budget.
+//! The exporter's HTTP client is the Lambda runtime's own (hyper 1, plain
+//! HTTP): the collector is expected next to the function (the ADOT Lambda
+//! layer on `http://localhost:4318`); an `https://` endpoint is refused at
+//! each export (logged), as a TLS client of the exporter's own would not fit
+//! the 8 MiB budget.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -205,10 +206,11 @@ impl ExportSettings {
 }
 
 fn tracer_provider(settings: &ExportSettings) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
-    let client = Http1Client {
+    let client = CollectorClient {
         timeout: settings.timeout,
         runtime: tokio::runtime::Handle::try_current()
             .map_err(|e| opentelemetry_otlp::ExporterBuildError::InternalFailure(e.to_string()))?,
+        client: std::sync::OnceLock::new(),
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -225,46 +227,45 @@ fn tracer_provider(settings: &ExportSettings) -> Result<SdkTracerProvider, opent
         .build())
 }
 
-/// The exporter's HTTP client: one HTTP/1.1 connection per export (a batch
-/// per invocation) with hyper's connection API, to a collector next to the
-/// function (plain `http://`, e.g. the ADOT layer's `localhost:4318`). Not
-/// hyper-util's pooled client, and no TLS connector of its own: either took
-/// the arm64 bootstrap past 8 MiB. The whole exchange, connecting included,
-/// is bounded by the export timeout; it runs on the function's Tokio runtime
-/// (the batch processor exports from a thread of its own, outside it).
+/// The exporter's HTTP client: the Lambda runtime's own client of the Runtime
+/// API (hyper-util's pooled HTTP/1.1 client, plain HTTP) pointed at the
+/// collector, which sits next to the function (the ADOT layer's
+/// `localhost:4318`). The binaries hold that client's code once: a client of
+/// the exporter's own (hyper-util's with another connector or body, or a TLS
+/// connector) took the arm64 bootstrap past 8 MiB. Each exchange, connecting
+/// included, is bounded by the export timeout; it runs on the function's
+/// Tokio runtime (the batch processor exports from a thread of its own).
 #[derive(Debug)]
-struct Http1Client {
+struct CollectorClient {
     timeout: Duration,
     runtime: tokio::runtime::Handle,
+    client: std::sync::OnceLock<std::sync::Arc<lambda_runtime_api_client::PooledClient>>,
 }
 
 #[async_trait::async_trait]
-impl HttpClient for Http1Client {
+impl HttpClient for CollectorClient {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let uri = request.uri();
+        let (Some("http"), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(format!("{uri}: only http:// collectors are supported").into());
+        };
+        let base: http::Uri = format!("http://{authority}").parse()?;
+        let client = self
+            .client
+            .get_or_init(|| {
+                std::sync::Arc::new(lambda_runtime_api_client::PooledClient::builder().with_endpoint(base).build())
+            })
+            .clone();
+        let (parts, body) = request.into_parts();
+        let request = Request::from_parts(parts, lambda_runtime_api_client::body::Body::from(body));
         let timeout = self.timeout;
-        self.runtime.spawn(async move { tokio::time::timeout(timeout, post(request)).await? }).await?
+        let exchange = async move {
+            use http_body_util::BodyExt;
+            let (parts, body) = client.call(request).await?.into_parts();
+            Ok::<_, HttpError>(Response::from_parts(parts, body.collect().await?.to_bytes()))
+        };
+        self.runtime.spawn(async move { tokio::time::timeout(timeout, exchange).await? }).await?
     }
-}
-
-async fn post(request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-    use http_body_util::BodyExt;
-    let (mut parts, body) = request.into_parts();
-    if parts.uri.scheme_str() != Some("http") {
-        return Err(format!("{}: only http:// collectors are supported", parts.uri).into());
-    }
-    let host = parts.uri.host().ok_or("the collector's URL has no host")?.to_owned();
-    let port = parts.uri.port_u16().unwrap_or(80);
-    let authority = parts.uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_else(|| host.clone());
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    // Drives the connection; it ends with the exchange (the sender dropped).
-    tokio::spawn(connection);
-    // The connection API sends the URI as given: the path, and the authority as Host.
-    parts.uri = parts.uri.path_and_query().map_or("/", |p| p.as_str()).parse()?;
-    parts.headers.insert(http::header::HOST, authority.parse()?);
-    let response = sender.send_request(Request::from_parts(parts, http_body_util::Full::new(body))).await?;
-    let (parts, body) = response.into_parts();
-    Ok(Response::from_parts(parts, body.collect().await?.to_bytes()))
 }
 
 /// The logs as `lambda_runtime::tracing::init_default_subscriber()` makes them
