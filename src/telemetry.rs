@@ -122,18 +122,27 @@ impl Telemetry {
     where
         S: Service<LambdaInvocation, Response = (), Error = Error>,
     {
-        let runtime = runtime.layer(TracingLayer::new());
-        let Some(provider) = self.provider else {
-            return runtime.run().await;
-        };
         let faas_trigger = match trigger {
             Trigger::Http => OpenTelemetryFaasTrigger::Http,
             Trigger::Timer => OpenTelemetryFaasTrigger::Timer,
             Trigger::PubSub => OpenTelemetryFaasTrigger::PubSub,
         };
+        // The same layers whether traces are exported or not (one copy of the
+        // runtime's loop in the binary): without them, the root span is
+        // recorded by nobody (the logs leave it out) and nothing is flushed.
+        let continues = self.provider.is_some();
+        let provider = self.provider;
         runtime
-            .layer(OpenTelemetryLayer::new(move || flush(&provider)).with_trigger(faas_trigger))
-            .layer(ContinueTrace { from_messages: trigger == Trigger::PubSub })
+            .layer(TracingLayer::new())
+            .layer(
+                OpenTelemetryLayer::new(move || {
+                    if let Some(provider) = &provider {
+                        flush(provider)
+                    }
+                })
+                .with_trigger(faas_trigger),
+            )
+            .layer(ContinueTrace { continues, from_messages: trigger == Trigger::PubSub })
             .run()
             .await
     }
@@ -277,6 +286,11 @@ where
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL").or_else(|_| std::env::var("RUST_LOG"));
     let level = LevelFilter::from_str(level.as_deref().unwrap_or("INFO")).unwrap_or(LevelFilter::INFO);
     let filter = EnvFilter::builder().with_default_directive(level.into()).from_env_lossy();
+    // The root span of the runtime's OpenTelemetryLayer is the traces', not the logs'.
+    let filter = match "lambda_runtime::layers::otel=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let layer = tracing_subscriber::fmt::layer().with_target(false).without_time();
     if std::env::var("AWS_LAMBDA_LOG_FORMAT").unwrap_or_default().eq_ignore_ascii_case("json") {
         layer.json().with_filter(filter).boxed()
@@ -329,6 +343,8 @@ impl<S> Filter<S> for Exported {
 /// gets it as parent.
 #[derive(Debug, Clone, Copy)]
 struct ContinueTrace {
+    /// Traces are exported.
+    continues: bool,
     /// Continue the trace of the batch's messages (their `AWSTraceHeader`)
     /// when they all carry the same one.
     from_messages: bool,
@@ -338,12 +354,13 @@ impl<S> Layer<S> for ContinueTrace {
     type Service = ContinueTraceService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ContinueTraceService { inner, from_messages: self.from_messages }
+        ContinueTraceService { inner, continues: self.continues, from_messages: self.from_messages }
     }
 }
 
 struct ContinueTraceService<S> {
     inner: S,
+    continues: bool,
     from_messages: bool,
 }
 
@@ -360,6 +377,9 @@ where
     }
 
     fn call(&mut self, invocation: LambdaInvocation) -> Self::Future {
+        if !self.continues {
+            return self.inner.call(invocation);
+        }
         let header = self
             .from_messages
             .then(|| messages_trace_header(&invocation.body))
