@@ -30,6 +30,15 @@ pub struct SweepDetail {
     pub dry_run: bool,
 }
 
+/// What `scheduled-rotation` answers: the sweep's summary (swept in
+/// process) or, fanned out, the run's manifest; as JSON, either one as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RunAnswer {
+    Swept(Summary),
+    Dispatched(Manifest),
+}
+
 /// Runs the sweep for one scheduled event. "Now" is the event's `time`; the
 /// run stops starting orgs `margin` before the invocation's deadline (or a
 /// quarter of the time it has, if that is less: a short timeout still works).
