@@ -35,7 +35,7 @@ pub struct SweepDetail {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum RunAnswer {
-    Swept(Summary),
+    Swept(Box<Summary>),
     Dispatched(Manifest),
 }
 

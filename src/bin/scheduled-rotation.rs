@@ -29,7 +29,7 @@ async fn main() -> Result<(), Error> {
                     .await
                     .map(RunAnswer::Dispatched)
             }
-            None => handle(event, adapters.ports(), settings, margin).await.map(RunAnswer::Swept),
+            None => handle(event, adapters.ports(), settings, margin).await.map(|s| RunAnswer::Swept(Box::new(s))),
         }
     });
     telemetry.run(Runtime::new(handler), Trigger::Timer).await
