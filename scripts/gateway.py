@@ -161,6 +161,10 @@ class RuntimeApi:
         self.most_running = 0  # the most there ever were at once
         self.lock = threading.Lock()
         self.init_error = None
+        # Each invocation's X-Ray trace header (Lambda-Runtime-Trace-Id), in the order invoked:
+        # [(request id, header)]; its Root is the trace the invocation's spans continue.
+        self.traces = []
+        self.trace_of = {}  # request id -> its header
         self.polled = threading.Event()
         self.first_poll = None
         self.sandboxes = [_Sandbox(self, i) for i in range(concurrency)]
@@ -195,10 +199,12 @@ class RuntimeApi:
         request_id, event, timeout = taken
         deadline = time.time() + timeout
         with self.lock:
+            trace = self.trace_of.get(request_id, "")
+        with self.lock:
             self.taken[request_id] = (sandbox, deadline)
             self.running += 1
             self.most_running = max(self.most_running, self.running)
-        return request_id, event, int(deadline * 1000)
+        return request_id, event, int(deadline * 1000), trace
 
     def _answer(self, request_id, kind, body):
         with self.lock:
@@ -263,13 +269,17 @@ class RuntimeApi:
             time.sleep(0.01)
         raise RuntimeError(f"{self.function.binary}: its ended processes' requests for work did not end")
 
-    def invoke(self, event):
-        """Runs one invocation; returns the function's JSON answer or raises FunctionError."""
+    def invoke(self, event, trace=None):
+        """Runs one invocation; returns the function's JSON answer or raises FunctionError.
+        `trace`: its X-Ray trace header (Lambda-Runtime-Trace-Id), a new sampled root by default."""
         self._ensure_running()
         request_id = str(uuid.uuid4())
         waiter = queue.Queue()
+        trace = trace or xray_trace_header()
         with self.lock:
             self.pending[request_id] = waiter
+            self.traces.append((request_id, trace))
+            self.trace_of[request_id] = trace
         queued_until = time.time() + self.queue_timeout
         self.events.put((request_id, json.dumps(event).encode(), self.function.timeout))
         try:
@@ -336,14 +346,14 @@ class _Sandbox:
                 if taken is None:  # the sandbox's process was ended (recycle())
                     self.close_connection = True
                     return
-                request_id, event, deadline_ms = taken
+                request_id, event, deadline_ms, trace = taken
                 self._reply(200, event, [
                     ("Content-Type", "application/json"),
                     ("Lambda-Runtime-Aws-Request-Id", request_id),
                     ("Lambda-Runtime-Deadline-Ms", str(deadline_ms)),
                     ("Lambda-Runtime-Invoked-Function-Arn",
                      f"arn:aws:lambda:us-east-1:{ACCOUNT_ID}:function:{api.function.binary}"),
-                    ("Lambda-Runtime-Trace-Id", f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}"),
+                    ("Lambda-Runtime-Trace-Id", trace),
                 ])
 
             def do_POST(self):
@@ -390,6 +400,13 @@ class _Sandbox:
                 self.process.kill()
         self.server.shutdown()
         self.server.server_close()
+
+
+def xray_trace_header(sampled=True):
+    """A new X-Ray trace header as Lambda passes it with active tracing:
+    `Root=1-<epoch seconds, 8 hex>-<24 hex>;Parent=<16 hex>;Sampled=1`."""
+    return (f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};"
+            f"Sampled={int(sampled)}")
 
 
 def _claim_value(value):

@@ -27,6 +27,8 @@ Differences from a plain `moto_server`:
   `StringEquals`) are treated as met: the template tests check them as documents.
 - With S3KR_CALLS_LOG set, what each assumed role was allowed or refused is
   appended to that file (see `CallLog`).
+- SQS `SendMessageBatch` keeps each entry's message system attributes
+  (`AWSTraceHeader`), as `SendMessage` does (moto 5.2.5 drops them in a batch).
 It exits when its standard input closes, so it never outlives its parent.
 
 For the benchmarks it counts the AWS requests it serves and the time it spends
@@ -56,6 +58,7 @@ from moto.events.responses import EventsHandler
 from moto.core.responses import EmptyResult
 from moto.iam.responses import IamResponse
 from moto.secretsmanager.responses import SecretsManagerResponse
+from moto.sqs.models import SQSBackend
 from moto.sts.exceptions import STSClientError
 from moto.sts.models import STSBackend
 from moto.sts.responses import TokenResponse as STSResponse
@@ -313,6 +316,25 @@ def _logged_check(self, resource):
 
 
 access_control.IAMRequestBase.check_action_permitted = _logged_check
+
+
+_original_send_message_batch = SQSBackend.send_message_batch
+
+
+def _batch_keeps_system_attributes(self, queue_name, entries):
+    """SendMessageBatch with each entry's `MessageSystemAttributes` (`AWSTraceHeader`, the
+    trace the sender's span continues) kept on its message, as SQS keeps them; moto 5.2.5
+    keeps them for SendMessage only."""
+    messages, failed = _original_send_message_batch(self, queue_name, entries)
+    by_id = {entry["Id"]: entry for entry in entries.values()}
+    for message in messages:
+        attributes = by_id.get(getattr(message, "user_id", None), {}).get("MessageSystemAttributes")
+        if attributes:
+            message.system_attributes = attributes
+    return messages, failed
+
+
+SQSBackend.send_message_batch = _batch_keeps_system_attributes
 
 
 SERVICES = {"s3": "S3", "iam": "IAM", "secretsmanager": "SecretsManager", "events": "EventBridge",

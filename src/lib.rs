@@ -7,7 +7,8 @@
 //! - [`scheduled`]: EventBridge glue of the scheduled evaluation;
 //! - [`cli`]: the operator CLI's commands, one file a group of them;
 //! - [`metrics`]: CloudWatch metrics as embedded-metric-format log lines;
-//! - [`config`]: the environment, read once at start-up.
+//! - [`config`]: the environment, read once at start-up;
+//! - [`telemetry`]: logs and OpenTelemetry traces, set up once for every function.
 
 pub mod api;
 pub mod aws;
@@ -16,3 +17,4 @@ pub mod config;
 pub mod core;
 pub mod metrics;
 pub mod scheduled;
+pub mod telemetry;

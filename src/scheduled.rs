@@ -12,7 +12,7 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use crate::core::accounts::MemberRole;
 use crate::core::domain::{is_event_time, Trigger};
@@ -28,6 +28,15 @@ use crate::metrics::{rotation_line, Line};
 pub struct SweepDetail {
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// What `scheduled-rotation` answers: the sweep's summary (swept in
+/// process) or, fanned out, the run's manifest; as JSON, either one as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RunAnswer {
+    Swept(Box<Summary>),
+    Dispatched(Manifest),
 }
 
 /// Runs the sweep for one scheduled event. "Now" is the event's `time`; the
@@ -149,10 +158,17 @@ pub async fn handle_slices(
                 continue;
             }
         };
-        match sweep_slice(ports, settings, &slice, deadline, margin).await {
+        // The slice's span: in the dispatcher's trace, which the invocation
+        // continues (the message's `AWSTraceHeader`); it links Lambda's own
+        // trace of the invocation, and the message's when the invocation's
+        // batch held several traces (see `crate::telemetry`).
+        let account = slice.account.as_deref().unwrap_or("home");
+        let span = tracing::debug_span!("sweep.slice", run = %slice.run_id, slice = slice.index, account);
+        crate::telemetry::link_trace(&span, message.attributes.get("AWSTraceHeader").map(String::as_str));
+        crate::telemetry::link_trace(&span, context.xray_trace_id.as_deref());
+        match sweep_slice(ports, settings, &slice, deadline, margin).instrument(span).await {
             Ok(result) => {
                 let summary = &result.summary;
-                let account = slice.account.as_deref().unwrap_or("home");
                 info!(
                     run = %slice.run_id,
                     slice = slice.index,

@@ -1,7 +1,8 @@
 //! `template.yaml`: cfn-lint clean, every function built by cargo-lambda for
 //! arm64 on provided.al2023, the registry bucket locked down, every IAM
 //! statement naming its actions and resources, the member accounts' roles
-//! assumable only when there are any, and the sweep fanned out over SweepQueue.
+//! assumable only when there are any, the sweep fanned out over SweepQueue, and
+//! X-Ray active tracing on every function.
 //! `member-account.yaml`: cfn-lint clean, a role that trusts only the home
 //! account and may touch only the org users under the path.
 
@@ -24,6 +25,17 @@ fn template(file: &str) -> Value {
         .expect("run python");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("template JSON")
+}
+
+#[test]
+fn every_function_traces_actively_with_x_ray() {
+    let t = template("template.yaml");
+    assert_eq!(t["Globals"]["Function"]["Tracing"], "Active");
+    for (name, function) in resources_of_type(&t, "AWS::Serverless::Function") {
+        // A function's own setting would override the Globals'.
+        let own = &function["Properties"]["Tracing"];
+        assert!(own.is_null() || *own == "Active", "{name}: Tracing {own}");
+    }
 }
 
 fn resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a String, &'a Value)> {

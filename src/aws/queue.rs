@@ -1,7 +1,17 @@
 //! The queue of the sweep's slices (SQS).
+//!
+//! Each message carries the dispatcher's trace in the `AWSTraceHeader`
+//! message system attribute (X-Ray's header: `Root=…;Parent=…;Sampled=…`),
+//! the attribute SQS and X-Ray themselves use: it counts against neither the
+//! message's size nor its ten message attributes, and Lambda's event source
+//! mapping hands it to sweep-worker in the record's `attributes`, whose
+//! invocation continues that trace (see `crate::telemetry`). Without traces
+//! (none exported) the attribute is not sent.
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_sqs::types::{
+    MessageSystemAttributeNameForSends, MessageSystemAttributeValue, SendMessageBatchRequestEntry,
+};
 
 use super::classify;
 use crate::core::fanout::SliceQueue;
@@ -56,6 +66,21 @@ impl SliceQueue for SqsSlices {
     }
 
     async fn send(&self, bodies: &[String]) -> Result<(), PortError> {
+        let unavailable = |e: aws_sdk_sqs::error::BuildError| PortError::Unavailable {
+            service: "sqs",
+            operation: "SendMessageBatch",
+            detail: e.to_string(),
+        };
+        let trace = match crate::telemetry::trace_header() {
+            Some(header) => Some(
+                MessageSystemAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(header)
+                    .build()
+                    .map_err(unavailable)?,
+            ),
+            None => None,
+        };
         for batch in batches(bodies) {
             let mut pending: Vec<(String, &String)> =
                 batch.iter().enumerate().map(|(i, body)| (i.to_string(), body)).collect();
@@ -66,13 +91,19 @@ impl SliceQueue for SqsSlices {
                 }
                 let entries = pending
                     .iter()
-                    .map(|(id, body)| SendMessageBatchRequestEntry::builder().id(id).message_body(*body).build())
+                    .map(|(id, body)| {
+                        let entry = SendMessageBatchRequestEntry::builder().id(id).message_body(*body);
+                        match &trace {
+                            Some(trace) => entry.message_system_attributes(
+                                MessageSystemAttributeNameForSends::AwsTraceHeader,
+                                trace.clone(),
+                            ),
+                            None => entry,
+                        }
+                        .build()
+                    })
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| PortError::Unavailable {
-                        service: "sqs",
-                        operation: "SendMessageBatch",
-                        detail: e.to_string(),
-                    })?;
+                    .map_err(unavailable)?;
                 let output = self
                     .client
                     .send_message_batch()

@@ -1,20 +1,23 @@
 //! Lambda function `rotate-key`: API Gateway HTTP API (payload v2),
 //! `POST /iam/rotate-key` and `POST /admin/v2/iam/rotateKey`.
 
-use lambda_http::{run, service_fn, Error, Request};
+use lambda_http::{service_fn, Error, Request};
 use s3_key_rotation::api::rotate_key::{handle, RotateKeySettings};
 use s3_key_rotation::aws::{Adapters, Clients};
 use s3_key_rotation::config::Config;
+use s3_key_rotation::telemetry::{Telemetry, Trigger};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_http::tracing::init_default_subscriber();
+    let telemetry = Telemetry::init();
     // Configuration and clients once per cold start; a bad setting stops here.
     let config = Config::from_env()?;
     let clients = Clients::from_env(&config).await;
     let adapters = Adapters::new(&clients, &config);
     let settings = RotateKeySettings { caller: config.caller_rules(), rotation: config.rotation_settings() };
     let (adapters, settings) = (&adapters, &settings);
-    run(service_fn(move |req: Request| async move { Ok::<_, Error>(handle(req, adapters.ports(), settings).await) }))
-        .await
+    let handler =
+        service_fn(move |req: Request| async move { Ok::<_, Error>(handle(req, adapters.ports(), settings).await) });
+    // What `lambda_http::run` runs: the handler adapted to the runtime's events.
+    telemetry.run(lambda_http::lambda_runtime::Runtime::new(lambda_http::Adapter::from(handler)), Trigger::Http).await
 }

@@ -6,28 +6,31 @@
 use std::time::Duration;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
-use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use lambda_runtime::{service_fn, Error, LambdaEvent, Runtime};
 use s3_key_rotation::aws::{Adapters, Clients};
 use s3_key_rotation::config::Config;
-use s3_key_rotation::scheduled::{handle, handle_dispatch, SweepDetail};
+use s3_key_rotation::scheduled::{handle, handle_dispatch, RunAnswer, SweepDetail};
+use s3_key_rotation::telemetry::{Telemetry, Trigger};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    let telemetry = Telemetry::init();
     let config = Config::from_env()?;
     let clients = Clients::from_env(&config).await;
     let adapters = Adapters::new(&clients, &config);
     let settings = config.sweep_settings();
     let margin = Duration::from_secs(config.deadline_margin.as_secs());
     let (adapters, settings, config) = (&adapters, &settings, &config);
-    if let Some(queue) = &adapters.slices {
-        return run(service_fn(move |event: LambdaEvent<EventBridgeEvent<SweepDetail>>| async move {
-            handle_dispatch(event, &adapters.registry, queue, &config.member_roles, config.sweep_slice_size).await
-        }))
-        .await;
-    }
-    run(service_fn(move |event: LambdaEvent<EventBridgeEvent<SweepDetail>>| async move {
-        handle(event, adapters.ports(), settings, margin).await
-    }))
-    .await
+    // One handler either way (one copy of the runtime in the binary).
+    let handler = service_fn(move |event: LambdaEvent<EventBridgeEvent<SweepDetail>>| async move {
+        match &adapters.slices {
+            Some(queue) => {
+                handle_dispatch(event, &adapters.registry, queue, &config.member_roles, config.sweep_slice_size)
+                    .await
+                    .map(RunAnswer::Dispatched)
+            }
+            None => handle(event, adapters.ports(), settings, margin).await.map(|s| RunAnswer::Swept(Box::new(s))),
+        }
+    });
+    telemetry.run(Runtime::new(handler), Trigger::Timer).await
 }

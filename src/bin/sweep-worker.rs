@@ -5,24 +5,25 @@
 use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsEvent;
-use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use lambda_runtime::{service_fn, Error, LambdaEvent, Runtime};
 use s3_key_rotation::aws::{Adapters, Clients};
 use s3_key_rotation::config::Config;
 use s3_key_rotation::core::fanout::SliceQueue;
 use s3_key_rotation::scheduled::handle_slices;
+use s3_key_rotation::telemetry::{Telemetry, Trigger};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    let telemetry = Telemetry::init();
     let config = Config::from_env()?;
     let clients = Clients::from_env(&config).await;
     let adapters = Adapters::new(&clients, &config);
     let settings = config.sweep_settings();
     let margin = Duration::from_secs(config.deadline_margin.as_secs());
     let (adapters, settings) = (&adapters, &settings);
-    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+    let handler = service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let queue = adapters.slices.as_ref().map(|q| q as &dyn SliceQueue);
         handle_slices(event, adapters.ports(), queue, settings, margin).await
-    }))
-    .await
+    });
+    telemetry.run(Runtime::new(handler), Trigger::PubSub).await
 }

@@ -181,7 +181,9 @@ pub fn plan_slices(
 }
 
 /// Dispatches the run of the scheduled event at `now`: lists the orgs,
-/// slices them, writes the manifest, queues one message per slice.
+/// slices them, writes the manifest, queues one message per slice (each
+/// message carries the trace of the span `sweep.dispatch`, see `crate::aws::queue`).
+#[tracing::instrument(name = "sweep.dispatch", level = "debug", skip_all, fields(dry_run = dry_run))]
 pub async fn dispatch(
     registry: &dyn Registry,
     queue: &dyn SliceQueue,

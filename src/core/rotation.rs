@@ -20,10 +20,18 @@
 //! The requests of one rotation of an org with a previous key (the README's
 //! request table): registry read and claim, IAM delete and create, vault put,
 //! verify, commit, vault stage move, IAM deactivate, event: ten.
+//!
+//! The rotation is the span `rotate_idempotent` (the org, the trigger); each
+//! step is a span in it (`DEBUG`, so not in the logs by default; in the
+//! traces, see `crate::telemetry`): `rotation.claim`, `rotation.make_room`
+//! (or `rotation.reconcile`), `rotation.create`, `rotation.verify`,
+//! `rotation.commit`, then `rotation.finish`, or `rotation.abort`; a repeated
+//! request answered again is `rotation.replay`. Their fields are ids, never a
+//! secret.
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
-use tracing::{error, info, warn};
+use tracing::{debug_span, error, info, warn, Instrument};
 
 use super::domain::{
     HistoryEntry, IdempotentRotation, KeyState, KeyVersion, LeaseTime, OrgId, OrgRecord, PendingRotation, PreviousKey,
@@ -235,6 +243,7 @@ enum Claim {
     Done { record: OrgRecord, done: IdempotentRotation },
 }
 
+#[tracing::instrument(name = "rotation.claim", level = "debug", skip_all)]
 async fn claim(
     registry: &dyn Registry,
     clock: &dyn Clock,
@@ -345,6 +354,7 @@ fn landed(record: &OrgRecord, rotation_id: &str, new_key: Option<&str>) -> Lande
 
 /// The answer of a committed rotation, again: its key from the vault, its
 /// previous key as the record shows it now.
+#[tracing::instrument(name = "rotation.replay", level = "debug", skip_all)]
 async fn replay(
     ports: Ports<'_>,
     settings: &RotationSettings,
@@ -407,39 +417,49 @@ impl Rotation<'_> {
         }
 
         // 4. Create the new key (IAM refusing it means keys the record does
-        // not know: reconcile and try once more).
-        let new_key = match self.ports.keys.create_key(&user).await {
-            Err(PortError::QuotaExceeded) if took_over.is_none() => {
-                self.reconcile(record, None).await.map_err(|e| (e, None))?;
-                self.ports.keys.create_key(&user).await
+        // not know: reconcile and try once more) ...
+        let (new_key, vault_version) = async {
+            let new_key = match self.ports.keys.create_key(&user).await {
+                Err(PortError::QuotaExceeded) if took_over.is_none() => {
+                    self.reconcile(record, None).await.map_err(|e| (e, None))?;
+                    self.ports.keys.create_key(&user).await
+                }
+                created => created,
             }
-            created => created,
-        }
-        .map_err(|e| (e.into(), None))?;
-        let new_id = new_key.access_key_id.clone();
-        info!(access_key_id = %new_id, "created the new key");
+            .map_err(|e| (e.into(), None))?;
+            let new_id = new_key.access_key_id.clone();
+            info!(access_key_id = %new_id, "created the new key");
 
-        // ... and record it at once: the vault keeps it (with its secret) as the
-        // version the claim names; without a vault, the record keeps its id.
-        let vault_version = match self.ports.vault {
-            Some(vault) => match vault.put_pending(&self.req.org, &self.req.rotation_id, &new_key).await {
-                Ok(()) => Some(self.req.rotation_id.as_str()),
-                Err(e) => return Err((e.into(), Some(new_key.clone()))),
-            },
-            None => {
-                let with_id = |r: &mut OrgRecord| {
-                    if let Some(p) = r.pending.as_mut() {
-                        p.new_access_key_id = Some(new_id.clone());
-                    }
-                };
-                self.write_claimed(record, etag, with_id, None).await.map_err(|e| (e, Some(new_key.clone())))?;
-                None
-            }
-        };
+            // ... and record it at once: the vault keeps it (with its secret) as the
+            // version the claim names; without a vault, the record keeps its id.
+            let vault_version = match self.ports.vault {
+                Some(vault) => match vault.put_pending(&self.req.org, &self.req.rotation_id, &new_key).await {
+                    Ok(()) => Some(self.req.rotation_id.as_str()),
+                    Err(e) => return Err((e.into(), Some(new_key.clone()))),
+                },
+                None => {
+                    let with_id = |r: &mut OrgRecord| {
+                        if let Some(p) = r.pending.as_mut() {
+                            p.new_access_key_id = Some(new_id.clone());
+                        }
+                    };
+                    self.write_claimed(record, etag, with_id, None).await.map_err(|e| (e, Some(new_key.clone())))?;
+                    None
+                }
+            };
+            Ok::<_, StepError>((new_key, vault_version))
+        }
+        .instrument(debug_span!("rotation.create"))
+        .await?;
+        let new_id = new_key.access_key_id.clone();
 
         // 5. Verify the new key against the bucket.
         if let Some(verifier) = self.ports.verifier {
-            if let Err(e) = verifier.verify(&new_key, &record.bucket, &record.prefix).await {
+            let verified = verifier
+                .verify(&new_key, &record.bucket, &record.prefix)
+                .instrument(debug_span!("rotation.verify", access_key_id = %new_id))
+                .await;
+            if let Err(e) = verified {
                 warn!(access_key_id = %new_id, error = %e, "the new key failed verification");
                 return Err((RotationError::VerificationFailed(self.req.org.clone()), Some(new_key.clone())));
             }
@@ -464,16 +484,26 @@ impl Rotation<'_> {
                 remember(r, idem, version, now);
             }
         };
-        if let Err(e) = self.write_claimed(record, etag, commit, Some(&new_id)).await {
-            // The commit may have been written though no answer came (every retry lost): look.
-            match self.ports.registry.load(&self.req.org).await {
-                Ok(Some(fresh)) if landed(&fresh.value, &self.req.rotation_id, Some(&new_id)) == Landed::Committed => {
-                    warn!(error = %e, "the commit's answer was lost; it was written");
-                    *record = fresh.value;
-                    *etag = fresh.etag;
+        let committed = async {
+            if let Err(e) = self.write_claimed(record, etag, commit, Some(&new_id)).await {
+                // The commit may have been written though no answer came (every retry lost): look.
+                match self.ports.registry.load(&self.req.org).await {
+                    Ok(Some(fresh))
+                        if landed(&fresh.value, &self.req.rotation_id, Some(&new_id)) == Landed::Committed =>
+                    {
+                        warn!(error = %e, "the commit's answer was lost; it was written");
+                        *record = fresh.value;
+                        *etag = fresh.etag;
+                    }
+                    _ => return Err(e),
                 }
-                _ => return Err((e, Some(new_key.clone()))),
             }
+            Ok(())
+        }
+        .instrument(debug_span!("rotation.commit", access_key_id = %new_id))
+        .await;
+        if let Err(e) = committed {
+            return Err((e, Some(new_key.clone())));
         }
         info!(access_key_id = %new_id, "committed the rotation");
         Ok(Committed { new_key, unqueued, replaced_vault_version })
@@ -481,6 +511,7 @@ impl Rotation<'_> {
 
     /// Step 7, after the commit: the vault, the old key, the event (and the
     /// audit entries the record had no room for). Failures are left to the next sweep.
+    #[tracing::instrument(name = "rotation.finish", level = "debug", skip_all)]
     async fn finish(&self, record: &mut OrgRecord, committed: Committed) -> Rotated {
         let Committed { new_key, unqueued, replaced_vault_version } = committed;
         let (user, new_id, now) = (record.user(), new_key.access_key_id.clone(), self.req.now);
@@ -587,6 +618,7 @@ impl Rotation<'_> {
 
     /// Step 3 in the usual case: the previous key is deleted, so that the new
     /// one fits under IAM's 2-key quota. The record says which it is.
+    #[tracing::instrument(name = "rotation.make_room", level = "debug", skip_all)]
     async fn make_room(&self, record: &OrgRecord) -> Result<(), RotationError> {
         if let Some(previous) = &record.previous {
             info!(access_key_id = %previous.key.access_key_id, "deleting the previous key to make room");
@@ -597,6 +629,7 @@ impl Rotation<'_> {
 
     /// Step 3 after a crash: deletes every key of the user the record does not
     /// know (never delivered), then, if the user still has two keys, the previous key.
+    #[tracing::instrument(name = "rotation.reconcile", level = "debug", skip_all)]
     async fn reconcile(&self, record: &mut OrgRecord, stale: Option<&str>) -> Result<(), RotationError> {
         let keys = self.ports.keys.list_keys(&record.user()).await?;
         // The crashed rotation's own key, stored in the vault under its claim's
@@ -688,6 +721,7 @@ impl Rotation<'_> {
     /// can no longer land; only then is the new key deleted. What it cannot do
     /// now, the next attempt or sweep does (a key the record does not know is
     /// deleted; an unreleased claim expires with its lease).
+    #[tracing::instrument(name = "rotation.abort", level = "debug", skip_all)]
     async fn abort(&self, new_key: Option<&str>) -> Option<OrgRecord> {
         for _ in 0..self.settings.cas_attempts {
             let Versioned { value: mut record, etag } = match self.ports.registry.load(&self.req.org).await {

@@ -1,7 +1,7 @@
 """The SAM side of the project: the template validates with `sam validate
 --lint`, and `sam build` (run by scripts/test.sh just before this suite) left one
-arm64 Linux executable `bootstrap` per function of the template, which the
-built template deploys."""
+arm64 Linux executable `bootstrap` per function of the template, each under
+8 MiB, which the built template deploys."""
 import os
 import struct
 import subprocess
@@ -16,6 +16,7 @@ from gateway import load_template  # noqa: E402
 
 BUILD = ROOT / ".aws-sam" / "build"
 EM_AARCH64 = 0xB7
+MAX_BOOTSTRAP_BYTES = 8 * 1024 * 1024  # Lambda bills cold starts by the package: each bootstrap stays under 8 MiB
 SAM_ENV = dict(os.environ, SAM_CLI_TELEMETRY="0", AWS_DEFAULT_REGION="us-east-1")
 
 
@@ -44,6 +45,14 @@ def test_sam_build_left_an_arm64_executable_bootstrap(function):
     (e_type, e_machine) = struct.unpack("<HH", header[16:20])
     assert e_type in (2, 3), "not an executable"  # ET_EXEC or ET_DYN (position-independent)
     assert e_machine == EM_AARCH64, f"machine {e_machine:#x}, not arm64"
+
+
+@pytest.mark.parametrize("function", functions())
+def test_each_bootstrap_is_under_8_mib(function):
+    bootstrap = BUILD / function / "bootstrap"
+    assert bootstrap.is_file(), f"{bootstrap} missing: run `sam build --beta-features` (scripts/test.sh does)"
+    size = bootstrap.stat().st_size
+    assert size < MAX_BOOTSTRAP_BYTES, f"{function}: bootstrap is {size / 2**20:.2f} MiB, not under 8 MiB"
 
 
 def test_the_built_template_deploys_the_built_bootstraps():
