@@ -169,6 +169,8 @@ def secrets_of(world, *orgs):
     """Every secret a trace must never hold: the keys handed to callers, the vault's, the functions' own."""
     worker = world["worker"]
     found = set(worker.secrets.values()) | {worker.function_env["AWS_SECRET_ACCESS_KEY"]}
+    for role in worker.credentials.values():  # each function's own role credentials
+        found |= {role["AWS_SECRET_ACCESS_KEY"], role["AWS_SESSION_TOKEN"]}
     secrets = world["stack"].observer.secrets
     for org in orgs:
         name = f"s3-key-rotation/org-{org}"
