@@ -164,7 +164,6 @@ class RuntimeApi:
         # Each invocation's X-Ray trace header (Lambda-Runtime-Trace-Id), in the order invoked:
         # [(request id, header)]; its Root is the trace the invocation's spans continue.
         self.traces = []
-        self.trace_of = {}  # request id -> its header
         self.polled = threading.Event()
         self.first_poll = None
         self.sandboxes = [_Sandbox(self, i) for i in range(concurrency)]
@@ -196,10 +195,8 @@ class RuntimeApi:
         if process is not sandbox.process or process.poll() is not None:
             self.events.put(taken)  # asked for by a process ended since: for a live one
             return None
-        request_id, event, timeout = taken
+        request_id, event, timeout, trace = taken
         deadline = time.time() + timeout
-        with self.lock:
-            trace = self.trace_of.get(request_id, "")
         with self.lock:
             self.taken[request_id] = (sandbox, deadline)
             self.running += 1
@@ -279,9 +276,8 @@ class RuntimeApi:
         with self.lock:
             self.pending[request_id] = waiter
             self.traces.append((request_id, trace))
-            self.trace_of[request_id] = trace
         queued_until = time.time() + self.queue_timeout
-        self.events.put((request_id, json.dumps(event).encode(), self.function.timeout))
+        self.events.put((request_id, json.dumps(event).encode(), self.function.timeout, trace))
         try:
             while True:
                 try:

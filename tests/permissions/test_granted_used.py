@@ -32,6 +32,8 @@ _RESTORE = ("only on a secret scheduled for deletion, which moto 5.2.5 writes wi
 _DELETION = ("the deletion of an org past its deletion window; cli_moto drives it through the operator's sweep, "
              "the wire matrices under this role when their scenarios reach it")
 _MEMBER_DELETION = "the deletion of an org whose user lives in a member account (the same code as the home account's)"
+_ADOPT_POLICIES = "enroll --adopt in a member account reports the user's other policies"
+_OPERATOR_REMOVAL = "an org's user in a member account removed by the operator"
 UNCALLED = {
     ("RotateKeyFunction", "s3:ListBucket"): _NOT_FOUND,
     ("RotationPolicyFunction", "s3:ListBucket"): _NOT_FOUND,
@@ -60,12 +62,10 @@ UNCALLED = {
     ("s3-key-rotation-member", "iam:DeleteUserPolicy"): _MEMBER_DELETION,
     ("s3-key-rotation-enrollment", "iam:ListAccessKeys"): "enroll finds the keys of a user that exists already "
                                                           "(refused, or adopted) in a member account",
-    ("s3-key-rotation-enrollment", "iam:ListUserPolicies"): "enroll --adopt in a member account reports the "
-                                                            "user's other policies",
-    ("s3-key-rotation-enrollment", "iam:ListAttachedUserPolicies"): "enroll --adopt in a member account reports "
-                                                                    "the user's other policies",
-    ("s3-key-rotation-enrollment", "iam:DeleteUser"): "an org's user in a member account removed by the operator",
-    ("s3-key-rotation-enrollment", "iam:DeleteUserPolicy"): "an org's user in a member account removed by the operator",
+    ("s3-key-rotation-enrollment", "iam:ListUserPolicies"): _ADOPT_POLICIES,
+    ("s3-key-rotation-enrollment", "iam:ListAttachedUserPolicies"): _ADOPT_POLICIES,
+    ("s3-key-rotation-enrollment", "iam:DeleteUser"): _OPERATOR_REMOVAL,
+    ("s3-key-rotation-enrollment", "iam:DeleteUserPolicy"): _OPERATOR_REMOVAL,
 }
 
 
@@ -101,6 +101,11 @@ def called():
     return out
 
 
+def listed(pairs):
+    """(role, action) pairs, one per line, for a failure's message."""
+    return "\n".join(f"  {role}: {action}" for role, action in sorted(pairs))
+
+
 def test_the_suite_recorded_the_calls_of_every_role():
     assert Path(LOG).exists(), f"{LOG}: no call was recorded"
     seen = called()
@@ -115,20 +120,17 @@ def test_every_action_a_function_called_is_granted():
     roles = granted()
     missing = {(role, action) for role, actions in called().items() for action in actions
                if action not in roles[role]}
-    assert not missing, "actions the functions call that their template role does not grant:\n" + \
-        "\n".join(f"  {role}: {action}" for role, action in sorted(missing))
+    assert not missing, "actions the functions call that their template role does not grant:\n" + listed(missing)
 
 
 def test_every_grant_was_called_or_is_listed_with_its_reason():
-    seen = called()
-    unused = {(role, action) for role, actions in granted().items() for action in actions
+    seen, roles = called(), granted()
+    unused = {(role, action) for role, actions in roles.items() for action in actions
               if action not in seen.get(role, {})}
     unexplained = unused - set(UNCALLED)
     assert not unexplained, "granted and never called: remove it, or list it in UNCALLED with why:\n" + \
-        "\n".join(f"  {role}: {action}" for role, action in sorted(unexplained))
+        listed(unexplained)
     # A listed grant may be called after all (some paths are reached only by some runs of
     # the wire matrices); one no longer granted is a stale line.
-    roles = granted()
     stale = {(role, action) for role, action in UNCALLED if action not in roles.get(role, set())}
-    assert not stale, "listed in UNCALLED but no longer granted: take it off the list:\n" + \
-        "\n".join(f"  {role}: {action}" for role, action in sorted(stale))
+    assert not stale, "listed in UNCALLED but no longer granted: take it off the list:\n" + listed(stale)
