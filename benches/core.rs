@@ -81,7 +81,7 @@ fn bench_rotation(c: &mut Criterion) {
             |world| {
                 let request = RotationRequest {
                     org: OrgId::parse("1000000").unwrap(),
-                    now: t0() + chrono::Duration::days(1),
+                    now: s3_key_rotation::core::domain::DecisionTime::from(t0() + chrono::Duration::days(1)),
                     trigger: Trigger::Api,
                     actor: "bench".into(),
                     rotation_id: uuid::Uuid::new_v4().to_string(),
@@ -105,7 +105,7 @@ fn bench_sweep(c: &mut Criterion) {
             || world(&rt, 1000),
             |world| {
                 let request = SweepRequest {
-                    now: t0() + chrono::Duration::days(8),
+                    now: s3_key_rotation::core::domain::DecisionTime::from(t0() + chrono::Duration::days(8)),
                     dry_run: false,
                     deadline: None,
                     margin: std::time::Duration::ZERO,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn, Instrument};
 
 use crate::core::accounts::MemberRole;
-use crate::core::domain::{is_event_time, Trigger};
+use crate::core::domain::{DecisionTime, Trigger};
 use crate::core::fanout::{dispatch, sweep_slice, Manifest, Slice, SliceQueue, AFTER_DEADLINE_STOP};
 use crate::core::ports::Registry;
 use crate::core::rotation::Ports;
@@ -49,7 +49,7 @@ pub async fn handle(
     margin: StdDuration,
 ) -> Result<Summary, Diagnostic> {
     let (event, context) = event.into_parts();
-    let now = event_time(&event);
+    let now = DecisionTime::of_scheduled_event(event.time);
     let (deadline, margin) = deadline_of(&context, margin);
     let request = SweepRequest { now, dry_run: event.detail.dry_run, deadline, margin };
     let summary = sweep(ports, settings, &request).await.map_err(|e| Diagnostic {
@@ -79,19 +79,6 @@ pub async fn handle(
     Ok(summary)
 }
 
-/// "Now" of a scheduled event: its `time` (a retried event decides as the
-/// first delivery did), or the clock's when it has none EventBridge sends.
-fn event_time(event: &EventBridgeEvent<SweepDetail>) -> chrono::DateTime<Utc> {
-    match event.time {
-        Some(time) if is_event_time(time) => time,
-        Some(time) => {
-            warn!(%time, "the event's time is none EventBridge sends; evaluating at the clock's");
-            Utc::now()
-        }
-        None => Utc::now(),
-    }
-}
-
 /// When to start no more orgs: `margin` before the invocation's deadline, or
 /// a quarter of the time it has if that is less (a short timeout still works).
 fn deadline_of(context: &lambda_runtime::Context, margin: StdDuration) -> (Option<tokio::time::Instant>, StdDuration) {
@@ -109,7 +96,7 @@ pub async fn handle_dispatch(
     members: &[MemberRole],
     slice_size: usize,
 ) -> Result<Manifest, Diagnostic> {
-    let now = event_time(&event.payload);
+    let now = DecisionTime::of_scheduled_event(event.payload.time);
     let manifest =
         dispatch(registry, queue, members, slice_size, now, event.payload.detail.dry_run).await.map_err(|e| {
             Diagnostic {

@@ -17,6 +17,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::{project_root, Function, Member, Stack};
 use lambda_runtime::{Context, LambdaEvent};
 use s3_key_rotation::aws::queue::SqsSlices;
+use s3_key_rotation::core::domain::DecisionTime;
 use s3_key_rotation::core::domain::{LeaseTime, OrgId, OrgRecord, Trigger};
 use s3_key_rotation::core::enrollment::enroll;
 use s3_key_rotation::core::fanout::{run_status, Manifest, RunStatus, Slice};
@@ -259,7 +260,7 @@ async fn prepare(stack: &Stack, ids: &[String], home: bool) {
     for id in ids {
         let request = RotationRequest {
             org: org(id),
-            now: t0(),
+            now: DecisionTime::from(t0()),
             trigger: Trigger::Api,
             actor: "admin@example.com".into(),
             rotation_id: uuid::Uuid::new_v4().to_string(),

@@ -10,6 +10,7 @@ mod common;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{Function, Member, Stack};
 use s3_key_rotation::core::accounts::{load_placement, placed_orgs};
+use s3_key_rotation::core::domain::DecisionTime;
 use s3_key_rotation::core::domain::{KeyState, OrgId, Trigger};
 use s3_key_rotation::core::enrollment::enroll;
 use s3_key_rotation::core::policy::{update_policy, PolicyChange};
@@ -58,7 +59,7 @@ async fn try_enroll(stack: &Stack, id: &str) -> Result<(), String> {
 async fn rotate_at(stack: &Stack, id: &str, at: DateTime<Utc>) -> Rotated {
     let request = RotationRequest {
         org: org(id),
-        now: at,
+        now: DecisionTime::from(at),
         trigger: Trigger::Api,
         actor: "admin@example.com".into(),
         rotation_id: uuid::Uuid::new_v4().to_string(),
@@ -75,7 +76,8 @@ fn key_of(rotated: &Rotated) -> (String, String) {
 }
 
 async fn run(stack: &Stack, at: DateTime<Utc>) -> Summary {
-    let request = SweepRequest { now: at, dry_run: false, deadline: None, margin: std::time::Duration::ZERO };
+    let request =
+        SweepRequest { now: DecisionTime::from(at), dry_run: false, deadline: None, margin: std::time::Duration::ZERO };
     let summary =
         sweep(stack.function(Function::SweepWorker).ports(), &stack.config.sweep_settings(), &request).await.unwrap();
     assert!(summary.failed.is_empty() && summary.mismatches.is_empty(), "{summary:?}");
@@ -293,7 +295,10 @@ async fn an_account_whose_role_cannot_be_assumed_is_passed_over_by_enrollments_a
 
     let queue = s3_key_rotation::core::memory::MemoryQueue::default();
     let due = t0() + TimeDelta::days(30);
-    let manifest = dispatch(&dispatcher.registry, &queue, &stack.config.member_roles, 2, due, false).await.unwrap();
+    let manifest =
+        dispatch(&dispatcher.registry, &queue, &stack.config.member_roles, 2, DecisionTime::from(due), false)
+            .await
+            .unwrap();
     assert_eq!(manifest.orgs, 5);
     let slices = queue.take();
     assert_eq!(slices.len(), manifest.slices.len());

@@ -6,9 +6,10 @@ mod common;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{event, later, parts, Function, Stack, ORG_A, ORG_B};
 use s3_key_rotation::api::rotate_key::{handle, RotateKeySettings};
+use s3_key_rotation::core::domain::DecisionTime;
 use s3_key_rotation::core::domain::OrgId;
 use s3_key_rotation::core::ports::Registry;
-use s3_key_rotation::core::rotation::retire_if_due;
+use s3_key_rotation::core::sweep::{sweep, SweepRequest};
 
 fn settings(stack: &Stack) -> RotateKeySettings {
     RotateKeySettings { caller: stack.config.caller_rules(), rotation: stack.config.rotation_settings() }
@@ -136,14 +137,25 @@ async fn a_grace_period_keeps_the_old_key_working_until_it_is_retired() {
     assert!(stack.can_read((&first.0, &first.1), ORG_A).await, "old key works during the grace period");
     assert!(stack.can_read((&second.0, &second.1), ORG_A).await);
 
-    let org = OrgId::parse(ORG_A).unwrap();
-    let settings = stack.config.rotation_settings();
     // Retirement is the sweep's.
+    let settings = stack.config.sweep_settings();
     let ports = stack.function(Function::SweepWorker).ports();
+    let sweep_at = |now| {
+        let settings = settings.clone();
+        async move {
+            let request = SweepRequest {
+                now: DecisionTime::from(now),
+                dry_run: false,
+                deadline: None,
+                margin: std::time::Duration::ZERO,
+            };
+            sweep(ports, &settings, &request).await.unwrap()
+        }
+    };
     let just_before = rotated_at + TimeDelta::hours(24) - TimeDelta::seconds(1);
-    assert!(!retire_if_due(ports, &settings, &org, just_before).await.unwrap());
+    assert_eq!(sweep_at(just_before).await.retired, 0);
     assert!(stack.can_read((&first.0, &first.1), ORG_A).await, "still works a second before");
-    assert!(retire_if_due(ports, &settings, &org, rotated_at + TimeDelta::hours(24)).await.unwrap());
+    assert_eq!(sweep_at(rotated_at + TimeDelta::hours(24)).await.retired, 1);
     assert!(!stack.can_read((&first.0, &first.1), ORG_A).await, "retired when due");
     assert!(stack.can_read((&second.0, &second.1), ORG_A).await);
 }

@@ -6,6 +6,7 @@ mod common;
 use chrono::Utc;
 use common::{event, Function, Stack, ORG_A, ORG_B};
 use s3_key_rotation::api::rotation_policy::{handle, PolicyPorts};
+use s3_key_rotation::core::domain::DecisionTime;
 use s3_key_rotation::core::domain::{OrgId, Trigger};
 use s3_key_rotation::core::ports::Registry;
 use s3_key_rotation::core::rotation::{rotate, RotationRequest};
@@ -23,7 +24,9 @@ async fn stack_with_a_rotated_org() -> Stack {
     stack.enroll(&[ORG_A, ORG_B], Utc::now()).await;
     let request = RotationRequest {
         org: OrgId::parse(ORG_A).unwrap(),
-        now: chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z").unwrap().with_timezone(&Utc),
+        now: DecisionTime::from(
+            chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z").unwrap().with_timezone(&Utc),
+        ),
         trigger: Trigger::Operator,
         actor: "test".into(),
         rotation_id: uuid::Uuid::new_v4().to_string(),

@@ -7,6 +7,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{Function, Stack, ORG_A};
 use s3_key_rotation::aws::Clients;
+use s3_key_rotation::core::domain::DecisionTime;
 use s3_key_rotation::core::domain::{KeyState, OrgId, Trigger};
 use s3_key_rotation::core::policy::{update_policy, PolicyChange};
 use s3_key_rotation::core::ports::Registry;
@@ -33,7 +34,7 @@ async fn stack_with_a_key() -> (Stack, Rotated) {
 async fn rotate_now(stack: &Stack, at: DateTime<Utc>, trigger: Trigger) -> Rotated {
     let request = RotationRequest {
         org: org(),
-        now: at,
+        now: DecisionTime::from(at),
         trigger,
         actor: "admin@example.com".into(),
         rotation_id: uuid::Uuid::new_v4().to_string(),
@@ -46,7 +47,8 @@ async fn rotate_now(stack: &Stack, at: DateTime<Utc>, trigger: Trigger) -> Rotat
 }
 
 async fn run(stack: &Stack, at: DateTime<Utc>) -> Summary {
-    let request = SweepRequest { now: at, dry_run: false, deadline: None, margin: std::time::Duration::ZERO };
+    let request =
+        SweepRequest { now: DecisionTime::from(at), dry_run: false, deadline: None, margin: std::time::Duration::ZERO };
     let summary =
         sweep(stack.function(Function::SweepWorker).ports(), &stack.config.sweep_settings(), &request).await.unwrap();
     assert!(summary.failed.is_empty(), "{summary:?}");

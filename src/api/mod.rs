@@ -6,27 +6,22 @@ pub mod caller;
 pub mod rotate_key;
 pub mod rotation_policy;
 
-use chrono::{DateTime, Utc};
 use lambda_http::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use lambda_http::http::{HeaderMap, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
 
-use crate::core::domain::is_event_time;
+use crate::core::domain::DecisionTime;
 
-/// The time of the request as API Gateway received it (`requestContext.timeEpoch`),
-/// so that a handler is deterministic and replayable; the clock only when the
-/// event has none (or one no API Gateway sends, see [`is_event_time`]).
-pub fn request_time(req: &Request) -> DateTime<Utc> {
-    match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(ctx)) if ctx.time_epoch > 0 => {
-            DateTime::<Utc>::from_timestamp_millis(ctx.time_epoch)
-                .filter(|t| is_event_time(*t))
-                .unwrap_or_else(Utc::now)
-        }
-        _ => Utc::now(),
-    }
+/// The decision time of a request: when API Gateway received it
+/// (`requestContext.timeEpoch`), see [`DecisionTime::of_api_request`].
+pub fn request_time(req: &Request) -> DecisionTime {
+    let sent = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => Some(ctx.time_epoch),
+        _ => None,
+    };
+    DecisionTime::of_api_request(sent)
 }
 
 /// API Gateway's request id, else the Lambda request id.

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::caller::CallerRules;
 use super::{is_json, json_response, request_id, request_time};
-use crate::core::domain::Trigger;
+use crate::core::domain::{DecisionTime, Trigger};
 use crate::core::duration::Duration;
 use crate::core::ports::PortError;
 use crate::core::rotation::{
@@ -174,7 +174,8 @@ pub async fn handle(req: Request, ports: Ports<'_>, settings: &RotateKeySettings
     response
 }
 
-async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, now: DateTime<Utc>) -> Response<Body> {
+async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, when: DecisionTime) -> Response<Body> {
+    let now = when.at();
     let path = req.uri().path();
     if !ROUTES.iter().any(|route| path.ends_with(route)) {
         return error(StatusCode::NOT_FOUND, "Not Found", now);
@@ -202,7 +203,7 @@ async fn respond(req: &Request, ports: Ports<'_>, settings: &RotateKeySettings, 
     };
     let request = RotationRequest {
         org: caller.org.clone(),
-        now,
+        now: when,
         trigger: Trigger::Api,
         actor: caller.subject,
         rotation_id: uuid::Uuid::new_v4().to_string(),

@@ -223,7 +223,7 @@ pub async fn handle(req: Request, ports: PolicyPorts<'_>, settings: &PolicySetti
     // A body that cannot be read is refused in the format the query string or Accept asks for.
     let format = format_of(params.as_ref().unwrap_or(&query_parameters(&req)), req.headers()).unwrap_or(Format::Json);
     let result = match params {
-        Ok(params) => respond(&req, &params, ports, settings, now, &request_id).await,
+        Ok(params) => respond(&req, &params, ports, settings, now.at(), &request_id).await,
         Err(e) => Err(e),
     };
     let response = match result {

@@ -116,7 +116,7 @@ pub(super) async fn adopt_all(
                 &adapters.audit,
                 settings,
                 &adoption,
-                ctx.now,
+                ctx.now.at(),
                 ACTOR,
                 dry_run,
             )

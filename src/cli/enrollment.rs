@@ -65,7 +65,7 @@ pub(super) async fn enroll(ctx: &Context, args: Enroll) -> Result<(), String> {
         Some(path) => read_csv(&path)?,
         None => orgs.into_iter().map(|org| (org, reader_principal.clone())).collect(),
     };
-    enroll_all(&ctx.config, &ctx.adapters, wanted, usize::from(concurrency), ctx.now).await
+    enroll_all(&ctx.config, &ctx.adapters, wanted, usize::from(concurrency), ctx.now.at()).await
 }
 
 /// `orgId[,readerPrincipal]` per line; blank lines and a header line are skipped.

@@ -24,22 +24,22 @@ pub(super) struct ScheduleDeletion {
 }
 
 pub(super) async fn disable(ctx: &Context, Org { org }: Org) -> Result<(), String> {
-    report(admin::disable(ports(ctx), &org, ctx.now, ACTOR).await, "disabled")
+    report(admin::disable(ports(ctx), &org, ctx.now.at(), ACTOR).await, "disabled")
 }
 
 pub(super) async fn enable(ctx: &Context, Org { org }: Org) -> Result<(), String> {
-    report(admin::enable(ports(ctx), &org, ctx.now, ctx.config.max_key_age, ACTOR).await, "enabled")
+    report(admin::enable(ports(ctx), &org, ctx.now.at(), ctx.config.max_key_age, ACTOR).await, "enabled")
 }
 
 pub(super) async fn schedule_deletion(
     ctx: &Context,
     ScheduleDeletion { org, days }: ScheduleDeletion,
 ) -> Result<(), String> {
-    report(admin::schedule_deletion(ports(ctx), &org, ctx.now, days, ACTOR).await, "scheduled for deletion")
+    report(admin::schedule_deletion(ports(ctx), &org, ctx.now.at(), days, ACTOR).await, "scheduled for deletion")
 }
 
 pub(super) async fn cancel_deletion(ctx: &Context, Org { org }: Org) -> Result<(), String> {
-    report(admin::cancel_deletion(ports(ctx), &org, ctx.now, ACTOR).await, "no longer scheduled for deletion")
+    report(admin::cancel_deletion(ports(ctx), &org, ctx.now.at(), ACTOR).await, "no longer scheduled for deletion")
 }
 
 fn ports(ctx: &Context) -> AdminPorts<'_> {

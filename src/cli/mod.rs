@@ -39,7 +39,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::aws::{Adapters, Clients};
 use crate::config::Config;
-use crate::core::domain::{OrgId, OrgRecord};
+use crate::core::domain::{DecisionTime, OrgId, OrgRecord};
 use crate::core::policy::{automatic_rotation, next_automatic_rotation};
 
 /// Who the audit trail says made the CLI's changes.
@@ -142,7 +142,8 @@ struct Context {
     config: Config,
     clients: Clients,
     adapters: Adapters,
-    now: DateTime<Utc>,
+    /// The decision time of every command: the operator's clock when it started.
+    now: DecisionTime,
 }
 
 impl Context {
@@ -151,7 +152,7 @@ impl Context {
         let config = if enrollment { config.for_enrollment() } else { config };
         let clients = Clients::from_env(&config).await;
         let adapters = Adapters::new(&clients, &config);
-        Ok(Self { config, clients, adapters, now: Utc::now() })
+        Ok(Self { config, clients, adapters, now: DecisionTime::of_operator(None) })
     }
 }
 

@@ -85,12 +85,12 @@ pub(super) async fn policy(ctx: &Context, Policy { org, enable, interval, .. }: 
         (true, Some(interval)) => PolicyChange::enable(interval).map_err(|e| e.to_string())?,
         _ => PolicyChange::Disable,
     };
-    let record = update_policy(&ctx.adapters.registry, &ctx.adapters.audit, &org, change, ctx.now, ACTOR, None)
+    let record = update_policy(&ctx.adapters.registry, &ctx.adapters.audit, &org, change, ctx.now.at(), ACTOR, None)
         .await
         .map_err(|e| match e {
-        PolicyError::KeyNotFound => not_found(&org),
-        e => e.to_string(),
-    })?;
+            PolicyError::KeyNotFound => not_found(&org),
+            e => e.to_string(),
+        })?;
     println!("org {org}: {}", policy_line(&record, &ctx.config));
     Ok(())
 }

@@ -35,7 +35,7 @@ pub(super) struct Audit {
 }
 
 pub(super) async fn status(ctx: &Context, Status { org, json }: Status) -> Result<(), String> {
-    let Some(org) = org else { return status_table(&ctx.adapters, &ctx.config, json, ctx.now).await };
+    let Some(org) = org else { return status_table(&ctx.adapters, &ctx.config, json, ctx.now.at()).await };
     let record = load(&ctx.adapters, &org).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?);
@@ -50,7 +50,7 @@ pub(super) async fn status(ctx: &Context, Status { org, json }: Status) -> Resul
             };
             uses.push((id.to_owned(), seen));
         }
-        print_status(&record, &ctx.config, ctx.now, &uses);
+        print_status(&record, &ctx.config, ctx.now.at(), &uses);
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::{progress, Context};
+use crate::core::domain::DecisionTime;
 use crate::core::fanout;
 use crate::core::sweep::{sweep_with_progress, SweepRequest};
 
@@ -33,8 +34,12 @@ pub(super) async fn sweep(ctx: &Context, Sweep { at, dry_run, status, run, json 
     if status {
         return run_status(ctx, run.as_deref(), json).await;
     }
-    let request =
-        SweepRequest { now: at.unwrap_or(ctx.now), dry_run, deadline: None, margin: std::time::Duration::ZERO };
+    let request = SweepRequest {
+        now: at.map_or(ctx.now, |at| DecisionTime::of_operator(Some(at))),
+        dry_run,
+        deadline: None,
+        margin: std::time::Duration::ZERO,
+    };
     // The summary comes at the end; on a terminal a bar shows the orgs evaluated meanwhile.
     let bar = progress(0, if dry_run { "evaluating (dry run)" } else { "sweeping" });
     let result = sweep_with_progress(ctx.adapters.ports(), &ctx.config.sweep_settings(), &request, |done, total| {

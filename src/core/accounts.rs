@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::domain::OrgId;
+use async_trait::async_trait;
+
 use super::ports::{PortError, Registry};
+use super::update::{update, update_from, Decision, Document, UpdateError, Updated, WriteId, ATTEMPTS};
 
 /// A member account and the role the functions assume in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +54,9 @@ impl MemberRole {
 pub struct Placement {
     #[serde(default)]
     pub accounts: BTreeMap<String, usize>,
+    /// The write that stored these counts (see `core::update`).
+    #[serde(default, skip_serializing_if = "WriteId::is_none")]
+    pub write_id: WriteId,
 }
 
 /// The registry document of the counts.
@@ -101,25 +107,51 @@ pub async fn load_placement(registry: &dyn Registry) -> Result<(Placement, Optio
     }
 }
 
-/// Changes the counts with `change` by compare-and-swap, retrying when another
-/// writer came first; `change` returns an error to give up.
+/// The placement counts as a [`Document`]: changed only through `core::update`.
+struct Counts<'a>(&'a dyn Registry);
+
+#[async_trait]
+impl Document for Counts<'_> {
+    type Value = Placement;
+    async fn read(&self) -> Result<Option<(Placement, Option<String>)>, PortError> {
+        match load_placement(self.0).await {
+            Ok((placement, version)) => Ok(Some((placement, version))),
+            Err(PlacementError::Port(e)) => Err(e),
+            Err(e) => Err(PortError::Unavailable { service: "registry", operation: "read", detail: e.to_string() }),
+        }
+    }
+    async fn write(&self, value: &Placement, version: Option<&str>) -> Result<String, PortError> {
+        let text = serde_json::to_string_pretty(value).expect("counts serialize");
+        self.0.put_doc(PLACEMENT, &text, version).await
+    }
+    fn write_id(value: &Placement) -> Option<&str> {
+        value.write_id.as_deref()
+    }
+    fn set_write_id(value: &mut Placement, id: String) {
+        value.write_id = WriteId(Some(id));
+    }
+}
+
+impl From<UpdateError<PlacementError>> for PlacementError {
+    fn from(e: UpdateError<PlacementError>) -> Self {
+        match e {
+            UpdateError::Refused(e) => e,
+            UpdateError::Port(e) => Self::Port(e),
+            UpdateError::Contended => Self::Contended,
+        }
+    }
+}
+
+/// Changes the counts with `change` (decided again on every lost race);
+/// `change` returns an error to give up.
 async fn change_counts<T>(
     registry: &dyn Registry,
     mut change: impl FnMut(&mut Placement) -> Result<T, PlacementError>,
 ) -> Result<T, PlacementError> {
-    const ATTEMPTS: u32 = 50;
-    for attempt in 0..ATTEMPTS {
-        let (mut placement, etag) = load_placement(registry).await?;
-        let outcome = change(&mut placement)?;
-        let text = serde_json::to_string_pretty(&placement).expect("counts serialize");
-        match registry.put_doc(PLACEMENT, &text, etag.as_deref()).await {
-            Ok(_) => return Ok(outcome),
-            // Someone else enrolled at the same moment: read again.
-            Err(PortError::Conflict) => jitter(attempt).await,
-            Err(e) => return Err(e.into()),
-        }
+    match update(&Counts(registry), |p| change(p).map(Decision::Write)).await? {
+        Updated::Written { out, .. } | Updated::Unchanged { out, .. } => Ok(out),
+        Updated::Missing => unreachable!("the counts start out empty, never missing"),
     }
-    Err(PlacementError::Contended)
 }
 
 /// Takes a place for `org` in the member account with the most room and
@@ -135,13 +167,15 @@ pub async fn place(
     cap: usize,
     org: &OrgId,
 ) -> Result<MemberRole, PlacementError> {
-    const ATTEMPTS: u32 = 50;
+    let counts = Counts(registry);
     let mut marked: Option<String> = None;
-    for attempt in 0..ATTEMPTS {
-        let (mut placement, etag) = load_placement(registry).await?;
+    for _ in 0..ATTEMPTS {
+        let (placement, version) = load_placement(registry).await?;
         let Some(chosen) = placement.choose(members, cap).cloned() else {
             if let Some(account) = &marked {
-                let _ = registry.delete_doc(&marker_key(account, org)).await;
+                if let Err(e) = registry.delete_doc(&marker_key(account, org)).await {
+                    warn!(error = %e, %account, %org, "could not remove the marker of an org that found no room; the next recount counts it");
+                }
             }
             return Err(PlacementError::Full { accounts: members.len(), cap });
         };
@@ -155,13 +189,20 @@ pub async fn place(
                 Err(e) => return Err(e.into()),
             }
         }
-        *placement.accounts.entry(chosen.account_id.clone()).or_default() += 1;
-        let text = serde_json::to_string_pretty(&placement).expect("counts serialize");
-        match registry.put_doc(PLACEMENT, &text, etag.as_deref()).await {
-            Ok(_) => return Ok(chosen),
-            Err(PortError::Conflict) => jitter(attempt).await,
-            Err(e) => return Err(e.into()),
+        // The place is taken on the counts just read, and on every fresher read
+        // while the chosen account is still the one with the most room.
+        let taken = update_from(&counts, Some((placement, version)), |p| {
+            if p.choose(members, cap).map(|m| &m.account_id) != Some(&chosen.account_id) {
+                return Ok(Decision::Keep(false));
+            }
+            *p.accounts.entry(chosen.account_id.clone()).or_default() += 1;
+            Ok::<_, PlacementError>(Decision::Write(true))
+        })
+        .await?;
+        if matches!(taken, Updated::Written { .. }) {
+            return Ok(chosen);
         }
+        // Another account has more room now, or none has: choose again.
     }
     Err(PlacementError::Contended)
 }
@@ -179,13 +220,6 @@ pub async fn place_in(registry: &dyn Registry, account: &str, org: &OrgId) -> Re
         Ok(())
     })
     .await
-}
-
-/// A short, growing, jittered wait after a lost compare-and-swap of the
-/// counts, so that a crowd of writers spreads out.
-async fn jitter(attempt: u32) {
-    let wait = 5 + u64::from(attempt) * 3 + (uuid::Uuid::new_v4().as_u128() % 20) as u64;
-    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
 }
 
 /// Gives back an org's place (its enrollment lost a race, or it was deleted):
@@ -219,9 +253,9 @@ pub async fn recount(
     registry: &dyn Registry,
     members: &[MemberRole],
 ) -> Result<(Placement, Placement), PlacementError> {
-    const ATTEMPTS: u32 = 20;
-    for attempt in 0..ATTEMPTS {
-        let (before, etag) = load_placement(registry).await?;
+    let counts = Counts(registry);
+    for _ in 0..ATTEMPTS {
+        let (before, version) = load_placement(registry).await?;
         let mut after = Placement::default();
         for member in members {
             let placed = placed_orgs(registry, &member.account_id).await?;
@@ -234,11 +268,18 @@ pub async fn recount(
         if after == before {
             return Ok((before, after));
         }
-        let text = serde_json::to_string_pretty(&after).expect("counts serialize");
-        match registry.put_doc(PLACEMENT, &text, etag.as_deref()).await {
-            Ok(_) => return Ok((before, after)),
-            Err(PortError::Conflict) => jitter(attempt).await,
-            Err(e) => return Err(e.into()),
+        // Written only on the counts read before the markers were listed: on
+        // any other, the markers are listed again.
+        let written = update_from(&counts, Some((before.clone(), version)), |p| {
+            if p.accounts != before.accounts {
+                return Ok::<_, PlacementError>(Decision::Keep(false));
+            }
+            p.accounts = after.accounts.clone();
+            Ok(Decision::Write(true))
+        })
+        .await?;
+        if let Updated::Written { .. } = written {
+            return Ok((before, after));
         }
     }
     Err(PlacementError::Contended)

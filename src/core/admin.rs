@@ -13,6 +13,7 @@ use super::domain::{HistoryEntry, KeyState, OrgId, OrgRecord};
 use super::duration::Duration;
 use super::ports::{AccessKeys, AuditEntry, AuditLog, PortError, Registry};
 use super::rotation::write_audit;
+use super::update::{update_record, Decision, UpdateError, Updated};
 
 /// The deletion window an operator may choose, in days (KMS: 7 to 30).
 pub const DELETION_WINDOW_DAYS: std::ops::RangeInclusive<u32> = 7..=30;
@@ -27,6 +28,8 @@ pub enum AdminError {
         "a rotation of org {0} is in progress (or was interrupted and awaits repair by the sweep); try again later"
     )]
     RotationInProgress(OrgId),
+    #[error("the record of org {0} kept changing; try again")]
+    Contended(OrgId),
     #[error("the deletion window must be 7 to 30 days, not {0}")]
     InvalidWindow(u32),
     #[error(transparent)]
@@ -145,32 +148,41 @@ async fn change(
     action: &'static str,
     apply: impl Fn(&mut OrgRecord) -> Result<bool, AdminError>,
 ) -> Result<StateChange, AdminError> {
-    let loaded = ports.registry.load(org).await?.ok_or_else(|| AdminError::NotEnrolled(org.clone()))?;
-    let mut record = loaded.value;
-    if record.pending.is_some() {
-        return Err(AdminError::RotationInProgress(org.clone()));
-    }
-    let changed = apply(&mut record)?;
-    // Keys inactive in every state but Enabled; only the current key is ever
-    // (re)activated: a previous key stays retired.
-    let active_wanted = record.state == KeyState::Enabled;
-    let mut deactivated_previous = false;
-    if !active_wanted {
-        if let Some(previous) = record.previous.as_mut().filter(|p| p.deactivated_at.is_none()) {
-            previous.deactivated_at = Some(now);
-            previous.retire_at = previous.retire_at.min(now);
-            deactivated_previous = true;
+    let updated = update_record(ports.registry, org, |record| {
+        if record.pending.is_some() {
+            return Err(AdminError::RotationInProgress(org.clone()));
         }
-    }
-    if changed || deactivated_previous {
+        let changed = apply(record)?;
+        // Keys inactive in every state but Enabled; only the current key is ever
+        // (re)activated: a previous key stays retired.
+        let mut deactivated_previous = false;
+        if record.state != KeyState::Enabled {
+            if let Some(previous) = record.previous.as_mut().filter(|p| p.deactivated_at.is_none()) {
+                previous.deactivated_at = Some(now);
+                previous.retire_at = previous.retire_at.min(now);
+                deactivated_previous = true;
+            }
+        }
+        if !(changed || deactivated_previous) {
+            return Ok(Decision::Keep(changed));
+        }
         record.record_history(HistoryEntry {
             at: now,
             event: format!("{action}: {}", record.state),
             version: record.current.as_ref().map(|c| c.version),
             access_key_id: record.current.as_ref().map(|c| c.access_key_id.clone()),
         });
-        ports.registry.update(&record, &loaded.etag).await?;
-    }
+        Ok(Decision::Write(changed))
+    })
+    .await;
+    let (record, changed) = match updated {
+        Ok(Updated::Written { value, out, .. } | Updated::Unchanged { value, out, .. }) => (value, out),
+        Ok(Updated::Missing) => return Err(AdminError::NotEnrolled(org.clone())),
+        Err(UpdateError::Refused(e)) => return Err(e),
+        Err(UpdateError::Port(e)) => return Err(e.into()),
+        Err(UpdateError::Contended) => return Err(AdminError::Contended(org.clone())),
+    };
+    let active_wanted = record.state == KeyState::Enabled;
 
     let mut outcome = StateChange { record, changed, activated: Vec::new(), deactivated: Vec::new() };
     let record = &outcome.record;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::duration::Duration;
+use super::update::WriteId;
 
 /// 9000-01-01T00:00:00Z, in milliseconds since the epoch.
 const EVENT_TIME_END_MS: i64 = 221_845_392_000_000;
@@ -17,6 +18,69 @@ const EVENT_TIME_END_MS: i64 = 221_845_392_000_000;
 /// of the ISO 8601 dates the functions answer with.
 pub fn is_event_time(t: DateTime<Utc>) -> bool {
     (0..EVENT_TIME_END_MS).contains(&t.timestamp_millis())
+}
+
+/// The time a decision about an org's life is made at, "the run's time": whether
+/// a rotation is due, a key expired, a warning owed, a grace period over, and
+/// every date a decision writes. It comes from the event that asked for the
+/// decision, so that a handler is deterministic and a retried event decides as
+/// its first delivery did; the clock stands in only where the event has none.
+/// Each source has its constructor here, and nowhere else is "now" made for a
+/// decision. Leases are never judged in it (see [`LeaseTime`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DecisionTime(DateTime<Utc>);
+
+impl DecisionTime {
+    /// An API request: API Gateway's `requestContext.timeEpoch` (milliseconds),
+    /// or the clock's when the event has none (or one no API Gateway sends).
+    pub fn of_api_request(time_epoch_ms: Option<i64>) -> Self {
+        let sent = time_epoch_ms.filter(|ms| *ms > 0).and_then(DateTime::<Utc>::from_timestamp_millis);
+        Self(sent.filter(|t| is_event_time(*t)).unwrap_or_else(Utc::now))
+    }
+
+    /// A scheduled event: EventBridge's `time`, or the clock's when the event
+    /// has none (or one EventBridge never sends, which is logged).
+    pub fn of_scheduled_event(time: Option<DateTime<Utc>>) -> Self {
+        match time {
+            Some(time) if is_event_time(time) => Self(time),
+            Some(time) => {
+                tracing::warn!(%time, "the event's time is none EventBridge sends; deciding at the clock's");
+                Self(Utc::now())
+            }
+            None => Self(Utc::now()),
+        }
+    }
+
+    /// A slice of a fanned-out run: the time its dispatcher decided at, which
+    /// every slice of the run shares however late it is delivered.
+    pub fn of_slice(evaluated_at: DateTime<Utc>) -> Self {
+        Self(evaluated_at)
+    }
+
+    /// The operator's command: `--at` when given (a dry run of a future day),
+    /// else the operator's clock when the command started.
+    pub fn of_operator(at: Option<DateTime<Utc>>) -> Self {
+        Self(at.unwrap_or_else(Utc::now))
+    }
+
+    /// The time itself, for the decision's arithmetic.
+    pub fn at(self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
+/// A time given as it is: a test's, a replay's.
+impl From<DateTime<Utc>> for DecisionTime {
+    fn from(t: DateTime<Utc>) -> Self {
+        Self(t)
+    }
+}
+
+impl fmt::Display for DecisionTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A time on the clock every actor shares: the real clock of the process,
@@ -293,6 +357,11 @@ pub struct OrgRecord {
     /// and reported, deleted once KEY_RETENTION has passed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<QuarantinedKey>,
+    /// The id of the write that stored this version of the record, so that a
+    /// writer whose answer was lost can tell its own write from another
+    /// actor's (see `core::update`).
+    #[serde(default, skip_serializing_if = "WriteId::is_none")]
+    pub write_id: WriteId,
 }
 
 /// A key found on the org's user that the record did not know and that had
@@ -404,6 +473,7 @@ impl OrgRecord {
             audit_outbox: Vec::new(),
             idempotent_rotations: Vec::new(),
             quarantined: Vec::new(),
+            write_id: WriteId::default(),
         }
     }
 

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::accounts::{marker_key, placed_orgs, recount, MemberRole};
-use super::domain::OrgId;
+use super::domain::{DecisionTime, OrgId};
 use super::ports::{PortError, Registry};
 use super::rotation::Ports;
 use super::sweep::{sweep_orgs, Summary, SweepRequest, SweepSettings};
@@ -189,9 +189,10 @@ pub async fn dispatch(
     queue: &dyn SliceQueue,
     members: &[MemberRole],
     slice_size: usize,
-    now: DateTime<Utc>,
+    when: DecisionTime,
     dry_run: bool,
 ) -> Result<Manifest, PortError> {
+    let now = when.at();
     let started = std::time::Instant::now();
     let orgs = registry.list_orgs().await?;
     let mut placed = BTreeMap::new();
@@ -340,7 +341,8 @@ pub async fn sweep_slice(
         Some(after) => slice.orgs.partition_point(|o| o <= after),
         None => 0,
     };
-    let req = SweepRequest { now: slice.evaluated_at, dry_run: slice.dry_run, deadline, margin };
+    let req =
+        SweepRequest { now: DecisionTime::of_slice(slice.evaluated_at), dry_run: slice.dry_run, deadline, margin };
     let part = sweep_orgs(ports, settings, &req, &slice.orgs[from..], slice.full_check, |_, _| {}).await;
     result.complete = part.complete;
     result.stopped_after = if part.complete { None } else { part.stopped_after.clone().or(result.stopped_after) };
@@ -478,7 +480,7 @@ mod tests {
             w.registry.put(record);
             let req = RotationRequest {
                 org: org.clone(),
-                now: t0(),
+                now: DecisionTime::from(t0()),
                 trigger: Trigger::Operator,
                 actor: "test".into(),
                 rotation_id: format!("first-{i}"),
@@ -511,7 +513,7 @@ mod tests {
         let (w, orgs) = world(20).await;
         let queue = MemoryQueue::default();
         let due = t0() + TimeDelta::days(7);
-        let manifest = dispatch(&w.registry, &queue, &members(), 3, due, false).await.unwrap();
+        let manifest = dispatch(&w.registry, &queue, &members(), 3, DecisionTime::from(due), false).await.unwrap();
         let slices = queue.take();
         assert_eq!(manifest.orgs, 20);
         assert_eq!(slices.len(), manifest.slices.len());
@@ -553,7 +555,7 @@ mod tests {
             let (w, orgs) = world(6).await;
             let queue = MemoryQueue::default();
             let due = t0() + TimeDelta::days(7);
-            dispatch(&w.registry, &queue, &[], 10, due, false).await.unwrap();
+            dispatch(&w.registry, &queue, &[], 10, DecisionTime::from(due), false).await.unwrap();
             let slices = queue.take();
             assert_eq!(slices.len(), 1);
             w.faults.inject(k, FaultMode::Crash);
@@ -563,7 +565,9 @@ mod tests {
             let redelivered = work(&w, &slices).await;
             assert!(redelivered[0].as_ref().unwrap().complete, "k={k}");
             w.clock.advance(TimeDelta::minutes(10)); // past any claim's lease
-            dispatch(&w.registry, &queue, &[], 10, due + TimeDelta::minutes(10), false).await.unwrap();
+            dispatch(&w.registry, &queue, &[], 10, DecisionTime::from(due + TimeDelta::minutes(10)), false)
+                .await
+                .unwrap();
             work(&w, &queue.take()).await;
             assert_eq!(versions(&w, &orgs), vec![2; 6], "k={k}: every org rotated exactly once");
             for org in &orgs {
@@ -585,10 +589,10 @@ mod tests {
         let (w, orgs) = world(4).await;
         let queue = MemoryQueue::default();
         let due = t0() + TimeDelta::days(7);
-        let first = dispatch(&w.registry, &queue, &members(), 10, due, false).await.unwrap();
+        let first = dispatch(&w.registry, &queue, &members(), 10, DecisionTime::from(due), false).await.unwrap();
         assert!(first.full_check);
         work(&w, &queue.take()).await;
-        let retried = dispatch(&w.registry, &queue, &members(), 10, due, false).await.unwrap();
+        let retried = dispatch(&w.registry, &queue, &members(), 10, DecisionTime::from(due), false).await.unwrap();
         assert_eq!(retried.run_id, first.run_id);
         assert!(retried.full_check, "the same run: its full check stands");
         let again = work(&w, &queue.take()).await;
@@ -612,7 +616,9 @@ mod tests {
         w.registry.put_doc("placement.json", &to_json(&counts), etag.as_deref()).await.unwrap();
         w.keys.set_unreachable(ACCOUNTS[0], true);
         let queue = MemoryQueue::default();
-        dispatch(&w.registry, &queue, &members(), 10, t0() + TimeDelta::days(7), false).await.unwrap();
+        dispatch(&w.registry, &queue, &members(), 10, DecisionTime::from(t0() + TimeDelta::days(7)), false)
+            .await
+            .unwrap();
         let slices = queue.take();
         let holding: Vec<Option<&str>> =
             slices.iter().filter(|s| s.orgs.contains(org)).map(|s| s.account.as_deref()).collect();
@@ -634,7 +640,7 @@ mod tests {
         w.keys.set_unreachable(ACCOUNTS[1], true);
         let queue = MemoryQueue::default();
         let due = t0() + TimeDelta::days(7);
-        dispatch(&w.registry, &queue, &members(), 2, due, false).await.unwrap();
+        dispatch(&w.registry, &queue, &members(), 2, DecisionTime::from(due), false).await.unwrap();
         let slices = queue.take();
         let results = work(&w, &slices).await;
         for (slice, result) in slices.iter().zip(&results) {
@@ -667,18 +673,25 @@ mod tests {
         let (w, _) = world(4).await;
         let queue = MemoryQueue::default();
         let at = t0() + TimeDelta::hours(1);
-        assert!(dispatch(&w.registry, &queue, &members(), 2, at, false).await.unwrap().full_check);
+        assert!(dispatch(&w.registry, &queue, &members(), 2, DecisionTime::from(at), false).await.unwrap().full_check);
         let first = queue.take();
         // Not finished yet: the next run checks in full again.
         assert!(
-            dispatch(&w.registry, &queue, &members(), 2, at + TimeDelta::hours(1), false).await.unwrap().full_check
+            dispatch(&w.registry, &queue, &members(), 2, DecisionTime::from(at + TimeDelta::hours(1)), false)
+                .await
+                .unwrap()
+                .full_check
         );
         work(&w, &queue.take()).await;
         work(&w, &first).await;
-        let later = dispatch(&w.registry, &queue, &members(), 2, at + TimeDelta::hours(2), false).await.unwrap();
+        let later = dispatch(&w.registry, &queue, &members(), 2, DecisionTime::from(at + TimeDelta::hours(2)), false)
+            .await
+            .unwrap();
         assert!(!later.full_check, "the day's full check is done");
         work(&w, &queue.take()).await;
-        let tomorrow = dispatch(&w.registry, &queue, &members(), 2, at + TimeDelta::days(1), false).await.unwrap();
+        let tomorrow = dispatch(&w.registry, &queue, &members(), 2, DecisionTime::from(at + TimeDelta::days(1)), false)
+            .await
+            .unwrap();
         assert!(tomorrow.full_check);
     }
 
@@ -692,7 +705,10 @@ mod tests {
         let at = t0() + TimeDelta::hours(1);
         let run = |hours: i64, dry_run: bool| {
             let (w, queue) = (&w, &queue);
-            async move { dispatch(&w.registry, queue, &members(), 2, at + TimeDelta::hours(hours), dry_run).await }
+            async move {
+                dispatch(&w.registry, queue, &members(), 2, DecisionTime::from(at + TimeDelta::hours(hours)), dry_run)
+                    .await
+            }
         };
         let first = run(0, false).await.unwrap();
         assert_eq!(first.full_check_completed, None);
@@ -724,7 +740,7 @@ mod tests {
     async fn a_delivery_reports_only_its_own_work() {
         let (w, orgs) = world(6).await;
         let queue = MemoryQueue::default();
-        dispatch(&w.registry, &queue, &[], 10, t0() + TimeDelta::days(7), false).await.unwrap();
+        dispatch(&w.registry, &queue, &[], 10, DecisionTime::from(t0() + TimeDelta::days(7)), false).await.unwrap();
         let slices = queue.take();
         let first = work(&w, &slices).await.remove(0).unwrap();
         let delivery = first.delivery.clone().expect("this delivery's part");

@@ -13,3 +13,4 @@ pub mod policy;
 pub mod ports;
 pub mod rotation;
 pub mod sweep;
+pub mod update;

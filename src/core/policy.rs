@@ -6,8 +6,9 @@ use tracing::info;
 
 use super::domain::{KeyState, OrgId, OrgRecord};
 use super::duration::Duration;
-use super::ports::{AuditEntry, AuditLog, PortError, Registry, Versioned};
+use super::ports::{AuditEntry, AuditLog, PortError, Registry};
 use super::rotation::{write_audit, RotationSettings};
+use super::update::{update_record, Decision, UpdateError, Updated};
 
 /// The shortest and longest automatic rotation intervals.
 pub const MIN_INTERVAL: Duration = Duration::from_days(7);
@@ -60,7 +61,7 @@ pub fn apply_policy(record: &mut OrgRecord, change: PolicyChange, now: DateTime<
     }
 }
 
-/// Stores a policy change (compare-and-swap, re-read on a lost race) and
+/// Stores a policy change (through `core::update`: decided again on a lost race) and
 /// audits it. Allowed in every key state: `Disabled` and `PendingDeletion`
 /// keep rotation suspended until the key is `Enabled` again.
 pub async fn update_policy(
@@ -72,43 +73,39 @@ pub async fn update_policy(
     actor: &str,
     request_id: Option<String>,
 ) -> Result<OrgRecord, PolicyError> {
-    for _ in 0..5 {
-        let Some(Versioned { value: mut record, etag }) = registry.load(org).await? else {
-            return Err(PolicyError::KeyNotFound);
-        };
-        apply_policy(&mut record, change, now);
-        match registry.update(&record, &etag).await {
-            Ok(_) => {
-                let detail = match change {
-                    PolicyChange::Enable { interval } => {
-                        format!(
-                            "automatic rotation every {interval}, next at {}",
-                            record
-                                .policy
-                                .next_rotation_at
-                                .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-                        )
-                    }
-                    PolicyChange::Disable => "automatic rotation disabled".to_owned(),
-                };
-                info!(org = %org, %detail, "rotation policy updated");
-                let entry = AuditEntry {
-                    at: now,
-                    org_id: org.clone(),
-                    action: "update rotation policy".into(),
-                    actor: actor.to_owned(),
-                    request_id,
-                    key_ids: Vec::new(),
-                    detail: Some(detail),
-                };
-                write_audit(audit, &entry).await;
-                return Ok(record);
-            }
-            Err(PortError::Conflict) => continue,
-            Err(e) => return Err(e.into()),
+    let updated = update_record(registry, org, |record| {
+        apply_policy(record, change, now);
+        Ok::<_, std::convert::Infallible>(Decision::Write(()))
+    })
+    .await;
+    let record = match updated {
+        Ok(Updated::Written { value, .. } | Updated::Unchanged { value, .. }) => value,
+        Ok(Updated::Missing) => return Err(PolicyError::KeyNotFound),
+        Err(UpdateError::Port(e)) => return Err(e.into()),
+        Err(UpdateError::Contended) => return Err(PolicyError::Contended(org.clone())),
+        Err(UpdateError::Refused(never)) => match never {},
+    };
+    let detail = match change {
+        PolicyChange::Enable { interval } => {
+            format!(
+                "automatic rotation every {interval}, next at {}",
+                record.policy.next_rotation_at.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            )
         }
-    }
-    Err(PolicyError::Contended(org.clone()))
+        PolicyChange::Disable => "automatic rotation disabled".to_owned(),
+    };
+    info!(org = %org, %detail, "rotation policy updated");
+    let entry = AuditEntry {
+        at: now,
+        org_id: org.clone(),
+        action: "update rotation policy".into(),
+        actor: actor.to_owned(),
+        request_id,
+        key_ids: Vec::new(),
+        detail: Some(detail),
+    };
+    write_audit(audit, &entry).await;
+    Ok(record)
 }
 
 /// When automatic rotation will really rotate the key: the policy's date (the

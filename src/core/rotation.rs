@@ -34,8 +34,8 @@ use secrecy::SecretString;
 use tracing::{debug_span, error, info, warn, Instrument};
 
 use super::domain::{
-    HistoryEntry, IdempotentRotation, KeyState, KeyVersion, LeaseTime, OrgId, OrgRecord, PendingRotation, PreviousKey,
-    Trigger, AUDIT_OUTBOX_LIMIT, IDEMPOTENCY_WINDOW_HOURS,
+    DecisionTime, HistoryEntry, IdempotentRotation, KeyState, KeyVersion, LeaseTime, OrgId, OrgRecord, PendingRotation,
+    PreviousKey, Trigger, AUDIT_OUTBOX_LIMIT, IDEMPOTENCY_WINDOW_HOURS,
 };
 use super::duration::Duration;
 use super::policy::next_automatic_rotation;
@@ -43,6 +43,7 @@ use super::ports::{
     AccessKeys, AuditEntry, AuditLog, Clock, KeyVault, KeyVerifier, NewKey, Notification, Notifier, PortError,
     Registry, Versioned,
 };
+use super::update::{update_record, update_record_from, Decision, UpdateError, Updated};
 
 /// The services a rotation uses.
 #[derive(Clone, Copy)]
@@ -71,8 +72,6 @@ pub struct RotationSettings {
     pub max_key_age: Duration,
     /// The longest grace period a caller may ask for.
     pub max_grace: Duration,
-    /// How many times a lost compare-and-swap is re-read and retried.
-    pub cas_attempts: u32,
     /// Automatic rotation happens at the latest this long before the key's
     /// maximum age, whatever the interval (see [`super::policy::next_automatic_rotation`]).
     pub automatic_lead: Duration,
@@ -85,7 +84,6 @@ impl Default for RotationSettings {
             rotations_per_hour: 5,
             max_key_age: Duration::from_days(90),
             max_grace: Duration::from_days(7),
-            cas_attempts: 5,
             automatic_lead: Duration::from_days(2),
         }
     }
@@ -98,7 +96,7 @@ pub struct RotationRequest {
     /// The run's time (the triggering event's): every decision about the
     /// org's life and every date written come from it; leases do not (they
     /// come from [`Ports::clock`]).
-    pub now: DateTime<Utc>,
+    pub now: DecisionTime,
     pub trigger: Trigger,
     /// Who asked (for the audit trail): a subject claim, `schedule`, `operator`.
     pub actor: String,
@@ -252,14 +250,11 @@ async fn claim(
     idempotency: Option<&Idempotency>,
 ) -> Result<Claim, RotationError> {
     let hour = chrono::TimeDelta::hours(1);
-    for _ in 0..settings.cas_attempts {
-        let Some(Versioned { value: mut record, etag }) = registry.load(&req.org).await? else {
-            return Err(RotationError::NotEnrolled(req.org.clone()));
-        };
+    let decided = update_record(registry, &req.org, |record| {
         let lease_now = clock.now();
-        if landed(&record, &req.rotation_id, None) == Landed::Claimed {
-            // Our claim was written and its answer lost (the SDK's retry then lost the race to it).
-            return Ok(Claim::Claimed { record: Versioned { value: record, etag }, took_over: None });
+        if landed(record, &req.rotation_id, None) == Landed::Claimed {
+            // Our claim was written by an earlier attempt of this very request.
+            return Ok(Decision::Keep(Claiming::Ours { took_over: None }));
         }
         let allowed = match record.state {
             KeyState::Enabled => true,
@@ -271,13 +266,12 @@ async fn claim(
         }
         if let Some(idem) = idempotency {
             let window = chrono::TimeDelta::hours(IDEMPOTENCY_WINDOW_HOURS);
-            let done = record.idempotent_rotations.iter().find(|d| d.key == idem.key && d.at + window > req.now);
+            let done = record.idempotent_rotations.iter().find(|d| d.key == idem.key && d.at + window > req.now.at());
             if let Some(done) = done {
                 if done.fingerprint != idem.fingerprint {
                     return Err(RotationError::IdempotencyMismatch { key: idem.key.clone() });
                 }
-                let done = done.clone();
-                return Ok(Claim::Done { record, done });
+                return Ok(Decision::Keep(Claiming::Done(done.clone())));
             }
         }
         let mut took_over = None;
@@ -289,7 +283,8 @@ async fn claim(
             warn!(stale_rotation = %pending.rotation_id, "taking over a rotation whose lease expired");
             took_over = Some(pending.rotation_id.clone());
         }
-        if req.trigger == Trigger::Schedule && next_automatic_rotation(&record, settings).is_none_or(|at| at > req.now)
+        if req.trigger == Trigger::Schedule
+            && next_automatic_rotation(record, settings).is_none_or(|at| at > req.now.at())
         {
             // Planned from an older read: another actor rotated since.
             return Err(RotationError::NotDue(req.org.clone()));
@@ -298,34 +293,50 @@ async fn claim(
             // Entries older than an hour are dropped by the commit, not here, so
             // that a rotation that fails leaves the record exactly as it was.
             let recent: Vec<DateTime<Utc>> =
-                record.recent_rotations.iter().copied().filter(|t| *t + hour > req.now).collect();
+                record.recent_rotations.iter().copied().filter(|t| *t + hour > req.now.at()).collect();
             if recent.len() >= settings.rotations_per_hour as usize {
-                let oldest = recent.iter().min().copied().unwrap_or(req.now);
+                let oldest = recent.iter().min().copied().unwrap_or(req.now.at());
                 // At most the hour: a request timed before the rotations it counts
                 // (an event replayed, calls' times out of order) waits no longer.
-                let wait = (oldest + hour - req.now).num_seconds().clamp(1, hour.num_seconds()) as u64;
+                let wait = (oldest + hour - req.now.at()).num_seconds().clamp(1, hour.num_seconds()) as u64;
                 return Err(RotationError::RateLimited {
                     org: req.org.clone(),
                     limit: settings.rotations_per_hour,
                     retry_after: Duration::from_secs(wait),
                 });
             }
-            record.recent_rotations.push(req.now);
+            record.recent_rotations.push(req.now.at());
         }
         record.pending = Some(PendingRotation {
             rotation_id: req.rotation_id.clone(),
             trigger: req.trigger,
-            started_at: req.now,
+            started_at: req.now.at(),
             lease_until: lease_now.after(settings.lease),
             new_access_key_id: None,
         });
-        match registry.update(&record, &etag).await {
-            Ok(etag) => return Ok(Claim::Claimed { record: Versioned { value: record, etag }, took_over }),
-            Err(PortError::Conflict) => continue, // the next read tells whether it was ours
-            Err(e) => return Err(e.into()),
+        Ok(Decision::Write(Claiming::Ours { took_over }))
+    })
+    .await;
+    match decided {
+        Ok(Updated::Written { value, version, out: Claiming::Ours { took_over } })
+        | Ok(Updated::Unchanged { value, version: Some(version), out: Claiming::Ours { took_over } }) => {
+            Ok(Claim::Claimed { record: Versioned { value, etag: version }, took_over })
         }
+        Ok(Updated::Unchanged { value, out: Claiming::Done(done), .. }) => Ok(Claim::Done { record: value, done }),
+        Ok(Updated::Written { .. } | Updated::Unchanged { .. }) => unreachable!("a claim is written, or found"),
+        Ok(Updated::Missing) => Err(RotationError::NotEnrolled(req.org.clone())),
+        Err(UpdateError::Refused(e)) => Err(e),
+        Err(UpdateError::Port(e)) => Err(e.into()),
+        Err(UpdateError::Contended) => Err(RotationError::Contended(req.org.clone())),
     }
-    Err(RotationError::Contended(req.org.clone()))
+}
+
+/// What the claim's decision found.
+enum Claiming {
+    /// The record is ours (`took_over`: a crashed rotation's expired claim).
+    Ours { took_over: Option<String> },
+    /// The same request was committed before.
+    Done(IdempotentRotation),
 }
 
 /// What a record shows of one rotation's own writes.
@@ -467,7 +478,7 @@ impl Rotation<'_> {
 
         // 6. Commit, with the audit entries of the change. The old key retires
         // no later than its maximum age, whatever grace was asked for.
-        let now = self.req.now;
+        let now = self.req.now.at();
         let grace = match &record.current {
             Some(c) => {
                 let left = (c.expiry(self.settings.max_key_age) - now).num_seconds().max(0);
@@ -514,13 +525,13 @@ impl Rotation<'_> {
     #[tracing::instrument(name = "rotation.finish", level = "debug", skip_all)]
     async fn finish(&self, record: &mut OrgRecord, committed: Committed) -> Rotated {
         let Committed { new_key, unqueued, replaced_vault_version } = committed;
-        let (user, new_id, now) = (record.user(), new_key.access_key_id.clone(), self.req.now);
+        let (user, new_id, now) = (record.user(), new_key.access_key_id.clone(), self.req.now.at());
         let current = record.current.clone().expect("commit sets the current key");
 
         let mut vault_current = true;
         if self.ports.vault.is_some() {
             let replacing = replaced_vault_version.as_deref();
-            match make_vault_current(self.ports, self.settings, &self.req.org, &self.req.rotation_id, replacing).await {
+            match make_vault_current(self.ports, &self.req.org, &self.req.rotation_id, replacing).await {
                 Ok(true) => {}
                 Ok(false) => {
                     warn!("a later rotation committed before the vault was moved; the vault follows it");
@@ -655,7 +666,7 @@ impl Rotation<'_> {
                 self.ports.keys.set_active(&record.user(), &key.access_key_id, false).await?;
                 record.quarantined.push(super::domain::QuarantinedKey {
                     access_key_id: key.access_key_id.clone(),
-                    deactivated_at: self.req.now,
+                    deactivated_at: self.req.now.at(),
                     last_used_at: used.at,
                 });
                 self.audit("deactivate unknown key (in use)".into(), vec![key.access_key_id]).await;
@@ -685,34 +696,31 @@ impl Rotation<'_> {
         mut change: impl FnMut(&mut OrgRecord),
         commits: Option<&str>,
     ) -> Result<(), RotationError> {
-        change(record);
-        for _ in 0..self.settings.cas_attempts {
-            match self.ports.registry.update(record, etag).await {
-                Ok(new_etag) => {
-                    *etag = new_etag;
-                    return Ok(());
+        let read = Versioned { value: record.clone(), etag: etag.clone() };
+        let written = update_record_from(self.ports.registry, read, |fresh| {
+            match landed(fresh, &self.req.rotation_id, commits) {
+                // The commit's answer was lost: it is there.
+                Landed::Committed => Ok(Decision::Keep(())),
+                Landed::Claimed => {
+                    change(fresh);
+                    Ok(Decision::Write(()))
                 }
-                Err(PortError::Conflict) => {
-                    let Some(fresh) = self.ports.registry.load(&self.req.org).await? else {
-                        return Err(RotationError::NotEnrolled(self.req.org.clone()));
-                    };
-                    match landed(&fresh.value, &self.req.rotation_id, commits) {
-                        Landed::Committed => {
-                            *record = fresh.value;
-                            *etag = fresh.etag;
-                            return Ok(());
-                        }
-                        Landed::Claimed => {}
-                        Landed::Neither => return Err(RotationError::Contended(self.req.org.clone())),
-                    }
-                    *record = fresh.value;
-                    *etag = fresh.etag;
-                    change(record);
-                }
-                Err(e) => return Err(e.into()),
+                // Released, or taken over by another actor: this rotation is over.
+                Landed::Neither => Err(RotationError::Contended(self.req.org.clone())),
             }
+        })
+        .await;
+        match written {
+            Ok(Updated::Written { value, version, .. } | Updated::Unchanged { value, version: Some(version), .. }) => {
+                *record = value;
+                *etag = version;
+                Ok(())
+            }
+            Ok(Updated::Unchanged { .. } | Updated::Missing) => Err(RotationError::NotEnrolled(self.req.org.clone())),
+            Err(UpdateError::Refused(e)) => Err(e),
+            Err(UpdateError::Port(e)) => Err(e.into()),
+            Err(UpdateError::Contended) => Err(RotationError::Contended(self.req.org.clone())),
         }
-        Err(RotationError::Contended(self.req.org.clone()))
     }
 
     /// Undoes a failed rotation as far as it safely can, or finds that its
@@ -723,47 +731,40 @@ impl Rotation<'_> {
     /// deleted; an unreleased claim expires with its lease).
     #[tracing::instrument(name = "rotation.abort", level = "debug", skip_all)]
     async fn abort(&self, new_key: Option<&str>) -> Option<OrgRecord> {
-        for _ in 0..self.settings.cas_attempts {
-            let Versioned { value: mut record, etag } = match self.ports.registry.load(&self.req.org).await {
-                Ok(Some(v)) => v,
-                Ok(None) => return None,
-                Err(e) => {
-                    warn!(error = %e, "could not re-read the record after a failed rotation; the next attempt repairs it");
-                    return None;
-                }
-            };
-            let seen = landed(&record, &self.req.rotation_id, new_key);
-            if seen == Landed::Committed {
-                return Some(record);
+        let released = update_record(self.ports.registry, &self.req.org, |record| {
+            let seen = landed(record, &self.req.rotation_id, new_key);
+            if seen != Landed::Claimed {
+                return Ok::<_, std::convert::Infallible>(Decision::Keep(seen));
             }
-            if seen == Landed::Claimed {
-                record.pending = None;
-                // A rotation that did not happen does not count against the limit.
-                if let Some(i) = record.recent_rotations.iter().position(|t| *t == self.req.now) {
-                    record.recent_rotations.remove(i);
-                }
-                match self.ports.registry.update(&record, &etag).await {
-                    Ok(_) => {}
-                    Err(PortError::Conflict) => continue, // look again: a late commit may have landed
-                    Err(e) => {
-                        warn!(error = %e, "could not release the claim; it expires with its lease");
-                        return None; // the new key stays until the claim is taken over
-                    }
-                }
+            record.pending = None;
+            // A rotation that did not happen does not count against the limit.
+            if let Some(i) = record.recent_rotations.iter().position(|t| *t == self.req.now.at()) {
+                record.recent_rotations.remove(i);
             }
-            if let Some(id) = new_key {
-                if let Err(e) = self.ports.keys.delete_key(&record.user(), id).await {
-                    warn!(access_key_id = %id, error = %e, "could not delete the uncommitted key; the next attempt does");
-                }
+            Ok(Decision::Write(seen))
+        })
+        .await;
+        let user = match released {
+            Ok(Updated::Unchanged { value, out: Landed::Committed, .. }) => return Some(value),
+            Ok(Updated::Written { value, .. } | Updated::Unchanged { value, .. }) => value.user(),
+            Ok(Updated::Missing) => return None,
+            Err(e) => {
+                // The new key stays until the claim is taken over.
+                warn!(error = %e, "could not release the claim; it expires with its lease and the next attempt repairs it");
+                return None;
             }
-            return None;
+        };
+        if let Some(id) = new_key {
+            if let Err(e) = self.ports.keys.delete_key(&user, id).await {
+                warn!(access_key_id = %id, error = %e, "could not delete the uncommitted key; the next attempt does");
+            }
         }
         None
     }
 
     fn entry(&self, action: String, key_ids: Vec<String>) -> AuditEntry {
         AuditEntry {
-            at: self.req.now,
+            at: self.req.now.at(),
             org_id: self.req.org.clone(),
             action,
             actor: self.req.actor.clone(),
@@ -811,7 +812,6 @@ fn remember(record: &mut OrgRecord, idem: &Idempotency, vault_version: &str, now
 /// this is to leave alone.
 pub(crate) async fn make_vault_current(
     ports: Ports<'_>,
-    settings: &RotationSettings,
     org: &OrgId,
     version: &str,
     replacing: Option<&str>,
@@ -824,7 +824,7 @@ pub(crate) async fn make_vault_current(
             Err(e) => return Err(e),
         }
     }
-    for _ in 0..settings.cas_attempts {
+    for _ in 0..super::update::ATTEMPTS {
         let observed = vault.current_version(org).await?;
         if observed.as_deref() == Some(version) {
             return Ok(true);
@@ -920,71 +920,57 @@ pub fn commit_rotation(
 /// grace period is over. Does nothing if the record moved on.
 pub async fn retire_previous(
     ports: Ports<'_>,
-    settings: &RotationSettings,
     org: &OrgId,
     access_key_id: &str,
     now: DateTime<Utc>,
     actor: &str,
 ) -> Result<(), RotationError> {
-    for _ in 0..settings.cas_attempts {
-        let Some(Versioned { value: mut record, etag }) = ports.registry.load(org).await? else {
-            return Err(RotationError::NotEnrolled(org.clone()));
-        };
-        let user = record.user();
-        let Some(previous) = record.previous.as_mut().filter(|p| p.key.access_key_id == access_key_id) else {
-            return Ok(());
-        };
-        if previous.deactivated_at.is_some() {
-            return Ok(());
+    let Some(read) = ports.registry.load(org).await? else {
+        return Err(RotationError::NotEnrolled(org.clone()));
+    };
+    let still_active = |r: &OrgRecord| {
+        r.previous.as_ref().is_some_and(|p| p.key.access_key_id == access_key_id && p.deactivated_at.is_none())
+    };
+    if !still_active(&read.value) {
+        return Ok(());
+    }
+    // IAM first, then the record says so (deactivating twice is harmless).
+    ports.keys.set_active(&read.value.user(), access_key_id, false).await?;
+    let marked = update_record_from(ports.registry, read, |r| {
+        if !still_active(r) {
+            return Ok::<_, std::convert::Infallible>(Decision::Keep(()));
         }
-        ports.keys.set_active(&user, access_key_id, false).await?;
+        let previous = r.previous.as_mut().expect("checked");
         previous.deactivated_at = Some(now);
         let version = previous.key.version;
-        record.record_history(HistoryEntry {
+        r.record_history(HistoryEntry {
             at: now,
             event: "deactivated".into(),
             version: Some(version),
             access_key_id: Some(access_key_id.to_owned()),
         });
-        match ports.registry.update(&record, &etag).await {
-            Ok(_) => {
-                info!(access_key_id, "deactivated the previous key");
-                let entry = AuditEntry {
-                    at: now,
-                    org_id: org.clone(),
-                    action: "deactivate previous key".into(),
-                    actor: actor.to_owned(),
-                    request_id: None,
-                    key_ids: vec![access_key_id.to_owned()],
-                    detail: None,
-                };
-                write_audit(ports.audit, &entry).await;
-                return Ok(());
-            }
-            Err(PortError::Conflict) => continue,
-            Err(e) => return Err(e.into()),
+        Ok(Decision::Write(()))
+    })
+    .await;
+    match marked {
+        Ok(Updated::Written { .. }) => {
+            info!(access_key_id, "deactivated the previous key");
+            let entry = AuditEntry {
+                at: now,
+                org_id: org.clone(),
+                action: "deactivate previous key".into(),
+                actor: actor.to_owned(),
+                request_id: None,
+                key_ids: vec![access_key_id.to_owned()],
+                detail: None,
+            };
+            write_audit(ports.audit, &entry).await;
+            Ok(())
         }
-    }
-    Err(RotationError::Contended(org.clone()))
-}
-
-/// Retires the previous key of `org` if its grace period is over at `now`
-/// (the retirement step of the scheduled evaluation).
-pub async fn retire_if_due(
-    ports: Ports<'_>,
-    settings: &RotationSettings,
-    org: &OrgId,
-    now: DateTime<Utc>,
-) -> Result<bool, RotationError> {
-    let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else {
-        return Err(RotationError::NotEnrolled(org.clone()));
-    };
-    match record.previous {
-        Some(p) if p.deactivated_at.is_none() && p.retire_at <= now => {
-            retire_previous(ports, settings, org, &p.key.access_key_id, now, "schedule").await?;
-            Ok(true)
-        }
-        _ => Ok(false),
+        Ok(_) => Ok(()),
+        Err(UpdateError::Port(e)) => Err(e.into()),
+        Err(UpdateError::Contended) => Err(RotationError::Contended(org.clone())),
+        Err(UpdateError::Refused(never)) => match never {},
     }
 }
 
@@ -1026,13 +1012,32 @@ mod tests {
         fn request(&self, at: DateTime<Utc>, id: &str) -> RotationRequest {
             RotationRequest {
                 org: self.org.clone(),
-                now: at,
+                now: DecisionTime::from(at),
                 trigger: Trigger::Api,
                 actor: "admin@example.com".into(),
                 rotation_id: id.into(),
                 request_id: None,
                 grace: None,
             }
+        }
+        /// The sweep at `at`, with this world's rotation settings.
+        async fn sweep_at(&self, at: DateTime<Utc>) -> crate::core::sweep::Summary {
+            use crate::core::sweep::{sweep, SweepRequest, SweepSettings};
+            let settings = SweepSettings {
+                rotation: self.settings.clone(),
+                grace: Duration::from_hours(24),
+                retention: Duration::from_days(7),
+                warnings: Vec::new(),
+                concurrency: 1,
+                retire_in_use: Default::default(),
+            };
+            let req = SweepRequest {
+                now: DecisionTime::from(at),
+                dry_run: false,
+                deadline: None,
+                margin: std::time::Duration::ZERO,
+            };
+            sweep(self.ports(), &settings, &req).await.unwrap()
         }
         async fn rotate_at(&self, at: DateTime<Utc>, id: &str) -> Result<Rotated, RotationError> {
             rotate(self.ports(), &self.settings, &self.request(at, id)).await
@@ -1145,14 +1150,14 @@ mod tests {
         assert!(previous.active);
         assert_eq!(previous.retire_at, w.start + minutes(1) + TimeDelta::hours(24));
         assert!(w.keys.works(&w.user(), &first.access_key_id));
-        // A second before it is due, nothing happens; at the time, it is retired.
+        // A second before it is due, the sweep leaves it; at the time, it is retired.
         let due = previous.retire_at;
-        assert!(!retire_if_due(w.ports(), &w.settings, &w.org, due - TimeDelta::seconds(1)).await.unwrap());
+        assert_eq!(w.sweep_at(due - TimeDelta::seconds(1)).await.retired, 0);
         assert!(w.keys.works(&w.user(), &first.access_key_id));
-        assert!(retire_if_due(w.ports(), &w.settings, &w.org, due).await.unwrap());
+        assert_eq!(w.sweep_at(due).await.retired, 1);
         assert!(!w.keys.works(&w.user(), &first.access_key_id));
         assert!(w.keys.works(&w.user(), &second.access_key_id));
-        assert!(!retire_if_due(w.ports(), &w.settings, &w.org, due).await.unwrap(), "only once");
+        assert_eq!(w.sweep_at(due).await.retired, 0, "only once");
     }
 
     #[tokio::test]

@@ -14,15 +14,16 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::domain::{HistoryEntry, KeyState, LeaseTime, OrgId, OrgRecord, PendingRotation, Trigger};
+use super::domain::{DecisionTime, HistoryEntry, KeyState, LeaseTime, OrgId, OrgRecord, PendingRotation, Trigger};
 use super::duration::Duration;
 use super::policy::next_automatic_rotation;
 use super::ports::{AuditEntry, IamKey, Notification, PortError, Versioned};
 use super::rotation::{
     make_vault_current, retire_previous, rotate, write_audit, Ports, RotationError, RotationRequest, RotationSettings,
 };
+use super::update::{change_record, UpdateError};
 
 /// The knobs of the sweep (from the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,7 +261,7 @@ impl Summary {
 #[derive(Debug, Clone)]
 pub struct SweepRequest {
     /// The scheduled event's time: every decision is made at it.
-    pub now: DateTime<Utc>,
+    pub now: DecisionTime,
     pub dry_run: bool,
     /// Start no new org once less than `margin` is left before it.
     pub deadline: Option<tokio::time::Instant>,
@@ -271,7 +272,6 @@ pub struct SweepRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Cursor {
-    evaluated_at: DateTime<Utc>,
     resume_after: Option<OrgId>,
     /// The UTC day whose full check (every org's IAM keys and vault) completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,7 +323,7 @@ pub async fn sweep_with_progress(
     // Once a day (until a run completes it) every org's IAM keys and vault are
     // checked against its record; the other runs look further only where the
     // record itself shows work (a claim, something due): one read per idle org.
-    let today = req.now.date_naive();
+    let today = req.now.at().date_naive();
     let fully_checked_before = cursor.as_ref().and_then(|c| c.fully_checked_on);
     let full_check = fully_checked_before != Some(today);
     // Resume after where an interrupted run stopped, then wrap around.
@@ -336,7 +336,7 @@ pub async fn sweep_with_progress(
     summary.resumed_after = resumed_after;
     if !req.dry_run {
         let fully_checked_on = if full_check && summary.complete { Some(today) } else { fully_checked_before };
-        let cursor = Cursor { evaluated_at: req.now, resume_after: summary.stopped_after.clone(), fully_checked_on };
+        let cursor = Cursor { resume_after: summary.stopped_after.clone(), fully_checked_on };
         let text = serde_json::to_string(&cursor).unwrap_or_default();
         if let Err(e) = ports.registry.put_state(CURSOR, &text).await {
             warn!(error = %e, "could not store where the sweep stopped; the next run starts over");
@@ -358,7 +358,7 @@ pub async fn sweep_orgs(
     progress: impl Fn(usize, usize),
 ) -> Summary {
     let started = std::time::Instant::now();
-    let mut summary = Summary { evaluated_at: req.now, dry_run: req.dry_run, full_check, ..Summary::default() };
+    let mut summary = Summary { evaluated_at: req.now.at(), dry_run: req.dry_run, full_check, ..Summary::default() };
     let deadline_reached =
         || req.deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < req.margin);
     // Every free place takes the next org at once (an org waiting for its new
@@ -445,7 +445,7 @@ async fn evaluate(
     full_check: bool,
 ) -> OrgOutcome {
     let mut outcome = OrgOutcome::default();
-    let (record, actions) = match plan_org(ports, settings, org, req.now, full_check).await {
+    let (record, actions) = match plan_org(ports, settings, org, req.now.at(), full_check).await {
         Ok(Some(planned)) => planned,
         Ok(None) => return outcome, // deleted meanwhile
         Err(e) => {
@@ -456,15 +456,15 @@ async fn evaluate(
     outcome.state = Some(record.state);
     outcome.expiring_soon = record.state == KeyState::Enabled
         && record.current.as_ref().is_some_and(|c| {
-            let expires_at = c.created_at + settings.rotation.max_key_age.to_chrono();
-            req.now < expires_at && expires_at <= req.now + EXPIRING_SOON.to_chrono()
+            let expires_at = c.expiry(settings.rotation.max_key_age);
+            req.now.at() < expires_at && expires_at <= req.now.at() + EXPIRING_SOON.to_chrono()
         });
     if req.dry_run {
         outcome.planned = actions;
         return outcome;
     }
     if left_for_later(&record) {
-        if let Err(e) = housekeep(ports, settings, org).await {
+        if let Err(e) = housekeep(ports, org).await {
             warn!(error = %e, "could not finish what a rotation left for later");
             outcome.failure =
                 Some(("housekeep", format!("copy a rotation's audit entries and confirm its deactivation: {e}")));
@@ -475,7 +475,7 @@ async fn evaluate(
         let result = execute(ports, settings, org, req.now, &action, &mut outcome).await;
         if result.is_ok() && action == Action::Rotate && outcome.rotated {
             // The sweep's own rotation is on nobody's path: finish it now, or in the next run.
-            if let Err(e) = housekeep(ports, settings, org).await {
+            if let Err(e) = housekeep(ports, org).await {
                 warn!(error = %e, "rotated; what the rotation left for later waits for the next run");
             }
         }
@@ -499,7 +499,7 @@ fn left_for_later(record: &OrgRecord) -> bool {
 /// entry twice is one entry), makes the new secret current in the vault and
 /// deactivates the previous key the commit retired (again: the rotation did
 /// both after its commit unless it failed or crashed there), then says so.
-async fn housekeep(ports: Ports<'_>, settings: &SweepSettings, org: &OrgId) -> Result<(), ActionError> {
+async fn housekeep(ports: Ports<'_>, org: &OrgId) -> Result<(), ActionError> {
     let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else { return Ok(()) };
     if !left_for_later(&record) {
         return Ok(());
@@ -511,7 +511,7 @@ async fn housekeep(ports: Ports<'_>, settings: &SweepSettings, org: &OrgId) -> R
     // (one request when it is right): the old key stays active until then.
     let mut vault_right = true;
     if let Some(version) = record.current.as_ref().and_then(|c| c.vault_version.as_deref()) {
-        vault_right = make_vault_current(ports, &settings.rotation, org, version, None).await?;
+        vault_right = make_vault_current(ports, org, version, None).await?;
     }
     let unconfirmed = record
         .previous
@@ -522,7 +522,7 @@ async fn housekeep(ports: Ports<'_>, settings: &SweepSettings, org: &OrgId) -> R
         ports.keys.set_active(&record.user(), id, false).await?;
     }
     let copied = record.audit_outbox;
-    modify(ports, org, |r| {
+    change_record(ports.registry, org, |r| {
         r.audit_outbox.retain(|e| !copied.contains(e));
         if let Some(p) = r.previous.as_mut().filter(|p| Some(&p.key.access_key_id) == unconfirmed.as_ref()) {
             p.deactivation_unconfirmed = false;
@@ -614,6 +614,21 @@ enum ActionError {
     Rotation(#[from] RotationError),
     #[error("the record kept changing")]
     Contended,
+    #[error(
+        "the {threshold} expiry warning was not published ({publish}) and its sent mark could not be taken back \
+         ({unmark}): no later run sends it; publish it by hand"
+    )]
+    WarningLost { threshold: Duration, publish: PortError, unmark: UpdateError<std::convert::Infallible> },
+}
+
+impl From<UpdateError<std::convert::Infallible>> for ActionError {
+    fn from(e: UpdateError<std::convert::Infallible>) -> Self {
+        match e {
+            UpdateError::Port(e) => Self::Port(e),
+            UpdateError::Contended => Self::Contended,
+            UpdateError::Refused(never) => match never {},
+        }
+    }
 }
 
 /// Carries out one planned action. The plan was made from an earlier read, so
@@ -624,10 +639,11 @@ async fn execute(
     ports: Ports<'_>,
     settings: &SweepSettings,
     org: &OrgId,
-    now: DateTime<Utc>,
+    when: DecisionTime,
     action: &Action,
     outcome: &mut OrgOutcome,
 ) -> Result<(), ActionError> {
+    let now = when.at();
     let audit = |action: &str, key_ids: Vec<String>| AuditEntry {
         at: now,
         org_id: org.clone(),
@@ -640,7 +656,7 @@ async fn execute(
     match action {
         Action::RollBack { rotation_id, new_access_key_id } => {
             let lease_now = ports.clock.now();
-            let changed = modify(ports, org, |r| {
+            let changed = change_record(ports.registry, org, |r| {
                 let ours = r
                     .pending
                     .as_ref()
@@ -692,7 +708,7 @@ async fn execute(
             // names it: a rotation that made the key claimed the record before
             // IAM listed the key, so a read after the listing shows that claim
             // (or its commit), and the write fails if one lands meanwhile.
-            let proved = modify(ports, org, |r| {
+            let proved = change_record(ports.registry, org, |r| {
                 let free = r.pending.is_none()
                     && !r.known_key_ids().any(|k| k == access_key_id)
                     && r.quarantined
@@ -734,7 +750,7 @@ async fn execute(
         }
         Action::RepairVault { version } => {
             // Only forward, and only while the record still names the version.
-            if ports.vault.is_some() && make_vault_current(ports, &settings.rotation, org, version, None).await? {
+            if ports.vault.is_some() && make_vault_current(ports, org, version, None).await? {
                 outcome.repaired += 1;
             }
         }
@@ -744,7 +760,7 @@ async fn execute(
             // claim the next run rolls back once its lease is over.
             let deletion_id = uuid::Uuid::new_v4().to_string();
             let lease_until = ports.clock.now().after(settings.rotation.lease);
-            let claimed = modify(ports, org, |r| {
+            let claimed = change_record(ports.registry, org, |r| {
                 let due = r.state == KeyState::PendingDeletion
                     && r.deletion_at.is_some_and(|at| at <= now)
                     && r.pending.is_none();
@@ -777,7 +793,7 @@ async fn execute(
         Action::Rotate => {
             let request = RotationRequest {
                 org: org.clone(),
-                now,
+                now: when,
                 trigger: Trigger::Schedule,
                 actor: "schedule".into(),
                 rotation_id: uuid::Uuid::new_v4().to_string(),
@@ -797,7 +813,7 @@ async fn execute(
             if still_in_use(ports, settings, org, access_key_id, now, outcome).await? {
                 return Ok(()); // deferred one more grace period
             }
-            retire_previous(ports, &settings.rotation, org, access_key_id, now, "schedule").await?;
+            retire_previous(ports, org, access_key_id, now, "schedule").await?;
             outcome.retired += 1;
         }
         Action::DeletePrevious { access_key_id } => {
@@ -806,7 +822,7 @@ async fn execute(
             // retention; only then IAM deletes it (if that fails, the key is
             // unknown to the record and the next full check deletes it).
             let retention = settings.retention.to_chrono();
-            let forgotten = modify(ports, org, |r| {
+            let forgotten = change_record(ports.registry, org, |r| {
                 let ours = r.pending.is_none()
                     && r.previous.as_ref().is_some_and(|p| {
                         &p.key.access_key_id == access_key_id
@@ -838,7 +854,7 @@ async fn execute(
             // Access goes first, then the record says so; a failure in
             // between is finished by the next run (the key is still too old).
             ports.keys.set_active(&record.user(), access_key_id, false).await?;
-            let record = modify(ports, org, |r| {
+            let record = change_record(ports.registry, org, |r| {
                 let ours = r.state == KeyState::Enabled
                     && r.current.as_ref().is_some_and(|c| &c.access_key_id == access_key_id);
                 if ours {
@@ -857,7 +873,7 @@ async fn execute(
             let Some(Versioned { value: record, .. }) = record else { return Ok(()) };
             // The previous key, if still active, goes too: the org loses access.
             if let Some(previous) = record.previous.as_ref().filter(|p| p.deactivated_at.is_none()) {
-                retire_previous(ports, &settings.rotation, org, &previous.key.access_key_id, now, "schedule").await?;
+                retire_previous(ports, org, &previous.key.access_key_id, now, "schedule").await?;
             }
             write_audit(ports.audit, &audit("expire key (maximum age reached)", vec![access_key_id.clone()])).await;
             warn!(access_key_id, "the key reached its maximum age: the org lost access to its bucket");
@@ -891,7 +907,8 @@ async fn execute(
                 }
                 ours
             };
-            let Some(Versioned { value: record, .. }) = modify(ports, org, |r| mark(r, true)).await? else {
+            let Some(Versioned { value: record, .. }) = change_record(ports.registry, org, |r| mark(r, true)).await?
+            else {
                 return Ok(());
             };
             if let Some(notifier) = ports.notifier {
@@ -907,7 +924,15 @@ async fn execute(
                     }),
                 };
                 if let Err(e) = notifier.publish(&[event]).await {
-                    let _ = modify(ports, org, |r| mark(r, false)).await;
+                    // Unmarked, the next run warns again; a mark that cannot be
+                    // taken back would keep this warning from ever going out.
+                    if let Err(unmark) = change_record(ports.registry, org, |r| mark(r, false)).await {
+                        error!(
+                            error = %e, unmark_error = %unmark, %threshold, "the expiry warning was not published \
+                             and stays marked as sent: no later run sends it"
+                        );
+                        return Err(ActionError::WarningLost { threshold: *threshold, publish: e, unmark });
+                    }
                     return Err(e.into());
                 }
             }
@@ -966,7 +991,7 @@ async fn still_in_use(
     if !defer {
         return Ok(false);
     }
-    modify(ports, org, |r| {
+    change_record(ports.registry, org, |r| {
         let ours = r.pending.is_none()
             && r.previous.as_ref().is_some_and(|p| p.key.access_key_id == access_key_id && p.deactivated_at.is_none());
         if let Some(p) = r.previous.as_mut().filter(|_| ours) {
@@ -990,7 +1015,7 @@ async fn quarantine(
     now: DateTime<Utc>,
     outcome: &mut OrgOutcome,
 ) -> Result<(), ActionError> {
-    let noted = modify(ports, org, |r| {
+    let noted = change_record(ports.registry, org, |r| {
         let free = r.pending.is_none()
             && !r.known_key_ids().any(|k| k == access_key_id)
             && !r.quarantined.iter().any(|q| q.access_key_id == access_key_id);
@@ -1049,29 +1074,6 @@ async fn recheck(
     Ok((!under_way && still(&record)).then_some(record))
 }
 
-/// Applies `change` to a freshly read record with a conditional write,
-/// re-reading on a lost race. `change` answers whether it changed anything;
-/// the written record and its new version are returned (`None` when nothing
-/// was to change).
-async fn modify(
-    ports: Ports<'_>,
-    org: &OrgId,
-    mut change: impl FnMut(&mut OrgRecord) -> bool,
-) -> Result<Option<Versioned<OrgRecord>>, ActionError> {
-    for _ in 0..5 {
-        let Some(Versioned { value: mut record, etag }) = ports.registry.load(org).await? else { return Ok(None) };
-        if !change(&mut record) {
-            return Ok(None);
-        }
-        match ports.registry.update(&record, &etag).await {
-            Ok(etag) => return Ok(Some(Versioned { value: record, etag })),
-            Err(PortError::Conflict) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ActionError::Contended)
-}
-
 #[cfg(test)]
 mod tests {
 
@@ -1124,7 +1126,7 @@ mod tests {
             }
             let req = RotationRequest {
                 org: org.clone(),
-                now: t0(),
+                now: DecisionTime::from(t0()),
                 trigger: Trigger::Operator,
                 actor: "test".into(),
                 rotation_id: format!("first-{id}"),
@@ -1135,7 +1137,12 @@ mod tests {
             org
         }
         async fn run(&self, at: DateTime<Utc>) -> Summary {
-            let req = SweepRequest { now: at, dry_run: false, deadline: None, margin: StdDuration::from_secs(1) };
+            let req = SweepRequest {
+                now: DecisionTime::from(at),
+                dry_run: false,
+                deadline: None,
+                margin: StdDuration::from_secs(1),
+            };
             sweep(self.ports(), &self.settings, &req).await.unwrap()
         }
         fn record(&self, org: &OrgId) -> OrgRecord {
@@ -1220,7 +1227,7 @@ mod tests {
         assert_eq!(w.run(t0() + TimeDelta::days(76)).await.keys_expiring_soon, 1);
         // A dry run counts too (the metrics leave dry runs out).
         let req = SweepRequest {
-            now: t0() + TimeDelta::days(77),
+            now: DecisionTime::from(t0() + TimeDelta::days(77)),
             dry_run: true,
             deadline: None,
             margin: StdDuration::from_secs(1),
@@ -1242,7 +1249,7 @@ mod tests {
             w.org("2100001", Some(7)).await;
             w.faults.inject(k, FaultMode::Fail);
             let req = SweepRequest {
-                now: t0() + TimeDelta::days(8),
+                now: DecisionTime::from(t0() + TimeDelta::days(8)),
                 dry_run: false,
                 deadline: None,
                 margin: StdDuration::from_secs(1),
@@ -1398,7 +1405,7 @@ mod tests {
         assert_eq!(w.notifier.published().len(), events);
         let req = RotationRequest {
             org: org.clone(),
-            now: expiry + TimeDelta::days(2),
+            now: DecisionTime::from(expiry + TimeDelta::days(2)),
             trigger: Trigger::Api,
             actor: "admin".into(),
             rotation_id: "restore".into(),
@@ -1456,7 +1463,7 @@ mod tests {
             let first = w.current_key(&org);
             w.faults.inject(step, FaultMode::Crash);
             let req = SweepRequest {
-                now: t0() + TimeDelta::days(30),
+                now: DecisionTime::from(t0() + TimeDelta::days(30)),
                 dry_run: false,
                 deadline: None,
                 margin: StdDuration::ZERO,
@@ -1507,7 +1514,7 @@ mod tests {
         w.faults.set_delay(StdDuration::from_millis(100));
         let at = t0() + TimeDelta::days(7);
         let req = SweepRequest {
-            now: at,
+            now: DecisionTime::from(at),
             dry_run: false,
             deadline: Some(tokio::time::Instant::now() + StdDuration::from_secs(8)),
             margin: StdDuration::from_secs(2),
@@ -1543,8 +1550,12 @@ mod tests {
         let org = w.org("1", Some(7)).await;
         let before = w.record(&org);
         let calls_before = w.faults.calls();
-        let req =
-            SweepRequest { now: t0() + TimeDelta::days(90), dry_run: true, deadline: None, margin: StdDuration::ZERO };
+        let req = SweepRequest {
+            now: DecisionTime::from(t0() + TimeDelta::days(90)),
+            dry_run: true,
+            deadline: None,
+            margin: StdDuration::ZERO,
+        };
         let summary = sweep(w.ports(), &w.settings, &req).await.unwrap();
         assert_eq!(summary.planned, vec![(org.clone(), Action::Rotate)]);
         assert!(summary.rotated.is_empty());
@@ -1627,7 +1638,7 @@ mod tests {
         for action in
             [Action::DeleteUnknownKey { access_key_id: new.clone() }, Action::Expire { access_key_id: old.clone() }]
         {
-            execute(w.ports(), &w.settings, &org, at, &action, &mut outcome).await.unwrap();
+            execute(w.ports(), &w.settings, &org, DecisionTime::from(at), &action, &mut outcome).await.unwrap();
         }
         assert!(w.works(&org, &new), "the rotation's new key survives");
         assert!(w.works(&org, &old), "the current key is left to the rotation");
@@ -1652,7 +1663,7 @@ mod tests {
         assert!(promised.retire_at > at, "an automatic rotation promises the old key a grace period");
         let mut outcome = OrgOutcome::default();
         for action in &stale_plan {
-            execute(w.ports(), &w.settings, &org, at, action, &mut outcome).await.unwrap();
+            execute(w.ports(), &w.settings, &org, DecisionTime::from(at), action, &mut outcome).await.unwrap();
         }
         assert!(!outcome.rotated, "the second plan's rotation is no longer due on the record it would claim");
         let record = w.record(&org);
@@ -1671,7 +1682,7 @@ mod tests {
         let old_version = w.record(&org).current.unwrap().vault_version.unwrap();
         let req = RotationRequest {
             org: org.clone(),
-            now: t0() + TimeDelta::days(1),
+            now: DecisionTime::from(t0() + TimeDelta::days(1)),
             trigger: Trigger::Operator,
             actor: "test".into(),
             rotation_id: "second".into(),
@@ -1681,7 +1692,9 @@ mod tests {
         let rotated = rotate(w.ports(), &w.settings.rotation, &req).await.unwrap();
         let mut outcome = OrgOutcome::default();
         let stale = Action::RepairVault { version: old_version };
-        execute(w.ports(), &w.settings, &org, t0() + TimeDelta::days(1), &stale, &mut outcome).await.unwrap();
+        execute(w.ports(), &w.settings, &org, DecisionTime::from(t0() + TimeDelta::days(1)), &stale, &mut outcome)
+            .await
+            .unwrap();
         assert_eq!(w.vault.current_key(&org), Some(rotated.access_key_id), "the vault still names the new key");
         assert_eq!(outcome.repaired, 0);
     }
@@ -1699,7 +1712,7 @@ mod tests {
         w.faults.inject(5, FaultMode::Crash); // load, claim, create, vault put, verify
         let req = RotationRequest {
             org: org.clone(),
-            now: t0() + TimeDelta::hours(1),
+            now: DecisionTime::from(t0() + TimeDelta::hours(1)),
             trigger: Trigger::Api,
             actor: "admin".into(),
             rotation_id: "running".into(),
@@ -1717,7 +1730,7 @@ mod tests {
         assert!(actions.contains(&Action::DeleteUnknownKey { access_key_id: new.access_key_id.clone() }));
         let mut outcome = OrgOutcome::default();
         for action in &actions {
-            let _ = execute(w.ports(), &w.settings, &org, tomorrow, action, &mut outcome).await;
+            let _ = execute(w.ports(), &w.settings, &org, DecisionTime::from(tomorrow), action, &mut outcome).await;
         }
         assert!(w.works(&org, &new.access_key_id), "the running rotation's key survives");
         assert_eq!(w.record(&org).pending, claimed.pending, "its claim too");
@@ -1735,7 +1748,7 @@ mod tests {
         let org = w.org("1", None).await;
         let second = RotationRequest {
             org: org.clone(),
-            now: t0() + TimeDelta::days(1),
+            now: DecisionTime::from(t0() + TimeDelta::days(1)),
             trigger: Trigger::Operator,
             actor: "test".into(),
             rotation_id: "second".into(),
@@ -1747,7 +1760,11 @@ mod tests {
         let previous = stale.previous.clone().unwrap().key.access_key_id;
         // A third rotation claims the org and deletes the previous key to make room, and is still running.
         w.faults.inject(4, FaultMode::Crash); // load, claim, delete the previous key, create
-        let third = RotationRequest { rotation_id: "third".into(), now: t0() + TimeDelta::days(2), ..second };
+        let third = RotationRequest {
+            rotation_id: "third".into(),
+            now: DecisionTime::from(t0() + TimeDelta::days(2)),
+            ..second
+        };
         assert!(rotate(w.ports(), &w.settings.rotation, &third).await.is_err());
         w.faults.clear();
         let iam = w.keys.keys_of(&org.user_name());
@@ -1756,7 +1773,7 @@ mod tests {
         assert!(actions.contains(&Action::ReportMissingKey { access_key_id: previous }), "{actions:?}");
         let mut outcome = OrgOutcome::default();
         for action in &actions {
-            let _ = execute(w.ports(), &w.settings, &org, at, action, &mut outcome).await;
+            let _ = execute(w.ports(), &w.settings, &org, DecisionTime::from(at), action, &mut outcome).await;
         }
         assert!(outcome.mismatches.is_empty(), "{:?}", outcome.mismatches);
     }
@@ -1803,6 +1820,69 @@ mod tests {
         assert!(!w.works(&org, &ids[0]), "past the window the 90-day rule applies");
     }
 
+    /// An adopted key expires at the end of its migration window, not at its
+    /// creation plus the maximum age: four days before that window ends, the
+    /// summary counts it among the keys expiring soon (the dashboard's figure).
+    #[tokio::test]
+    async fn an_adopted_key_near_the_end_of_its_window_is_counted_as_expiring_soon() {
+        use crate::core::enrollment::{adopt, AdoptSettings, Adoption, EnrollSettings};
+        // Given an org adopted with a key made 100 days ago, whose window ends in 14 days
+        let w = World::new();
+        let org = OrgId::parse("4100002").unwrap();
+        w.keys.existing_user(None, &org.user_name(), &[(t0() - TimeDelta::days(100), true)]);
+        let settings = AdoptSettings {
+            enroll: EnrollSettings {
+                iam_user_path: "/managed-s3/".into(),
+                managed_bucket: "logs".into(),
+                prefix_template: "{orgId}/".into(),
+                members: Vec::new(),
+                orgs_per_account: 10,
+            },
+            max_key_age: Duration::from_days(90),
+            longest_warning: Duration::from_days(14),
+            grace: Duration::from_hours(24),
+        };
+        let adoption = Adoption { org: org.clone(), user_name: None, account: None, expires_at: None };
+        adopt(&w.registry, &w.keys, &w.audit, &settings, &adoption, t0(), "op", false).await.unwrap();
+        let expires_at = w.record(&org).current.unwrap().expiry(Duration::from_days(90));
+        // When the sweep runs four days before that
+        let run = w.run(expires_at - TimeDelta::days(4)).await;
+        // Then the key is counted as expiring soon
+        assert!(run.expired.is_empty() && run.failed.is_empty(), "{run:?}");
+        assert_eq!(run.keys_expiring_soon, 1, "{run:?}");
+    }
+
+    /// A warning marked as sent whose publication fails is unmarked for the
+    /// next run; when even that write fails, the warning would never go out:
+    /// the failure says so (and an ERROR is logged), rather than a plain
+    /// publish failure that the next run seems to retry.
+    #[tokio::test]
+    async fn a_warning_whose_sent_mark_cannot_be_taken_back_is_reported_as_lost() {
+        // Given an org 13 days from its key's maximum age (the 14-day warning is due)
+        let w = World::new();
+        let org = w.org("4200001", None).await;
+        let at = t0() + TimeDelta::days(77);
+        let publish_at = {
+            // Where the run publishes, found on a copy of the same world
+            let probe = World::new();
+            probe.org("4200001", None).await;
+            let before = probe.faults.call_count();
+            assert_eq!(probe.run(at).await.warned, 1);
+            let calls = probe.faults.calls();
+            calls[before..].iter().position(|c| *c == "events.publish").expect("a publication") + 1
+        };
+        // When the publication fails and every call after it fails too
+        w.faults.inject(publish_at, FaultMode::Crash);
+        let run = w.run(at).await;
+        w.faults.clear();
+        // Then the warning is reported as lost, naming its threshold
+        assert_eq!(run.warned, 0);
+        let failure = run.failed.iter().find(|f| f.step == "warn").expect("the warning's failure");
+        assert!(failure.reason.contains("could not be taken back"), "{failure:?}");
+        assert!(failure.reason.contains("14d"), "{failure:?}");
+        assert_eq!(w.record(&org).warnings_sent, [Duration::from_days(14)], "the mark stayed");
+    }
+
     /// The previous key of a rotation with a grace period signs requests after
     /// the rotation: at the end of its grace it is reported (event, summary);
     /// `report` deactivates it anyway, `defer` waits another grace period.
@@ -1814,7 +1894,7 @@ mod tests {
             let org = w.org("1", None).await;
             let req = RotationRequest {
                 org: org.clone(),
-                now: t0() + TimeDelta::days(1),
+                now: DecisionTime::from(t0() + TimeDelta::days(1)),
                 trigger: Trigger::Operator,
                 actor: "test".into(),
                 rotation_id: "second".into(),
@@ -1872,7 +1952,7 @@ mod tests {
         w.faults.inject(6, FaultMode::Crash); // load, claim, create, vault put, verify, commit
         let req = RotationRequest {
             org: org.clone(),
-            now: t0() + TimeDelta::hours(1),
+            now: DecisionTime::from(t0() + TimeDelta::hours(1)),
             trigger: Trigger::Api,
             actor: "admin".into(),
             rotation_id: "crashed".into(),
