@@ -245,8 +245,11 @@ def cli_commands():
     options = {}
     for command in commands:
         text = cli_help(command)
-        options[command] = sorted({o for o in re.findall(r"^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", text, re.M)}
-                                  - {"--help", "--version"})
+        listed = re.search(r"^Options:\n(.*?)(?:\n\S|\Z)", text, re.M | re.S)
+        assert listed, f"`{command} --help` lists no options:\n{text}"
+        # An option's own line: indented 2 to 6 columns (its description is further in).
+        found = re.findall(r"^ {2,6}(?:-\w, )?(--[a-z][a-z0-9-]*)", listed.group(1), re.M)
+        options[command] = sorted(set(found) - {"--help", "--version"})
     return options
 
 
