@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks (README, "Benchmarks"): two builds side by side in one run.
+# Benchmarks (docs/benchmarks.md): two builds side by side in one run.
 # "before" is a git revision (BENCH_BEFORE), built from a temporary git worktree
 # under target/ with the same cargo target dir (the dependencies are reused, only
 # the crate recompiles); "after" is the working tree. scripts/bench.py measures

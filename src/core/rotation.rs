@@ -1,4 +1,4 @@
-//! The rotation protocol (DESIGN.md, "never lose access"):
+//! The rotation protocol (docs/architecture.md, "The rotation protocol": never lose access):
 //!
 //! 1. read the record and refuse what must be refused;
 //! 2. claim it with a lease (conditional write);
@@ -17,8 +17,8 @@
 //! by the next attempt as a key the record does not know) or the new state
 //! (what step 7 did not finish, the next sweep does).
 //!
-//! The requests of one rotation of an org with a previous key (the README's
-//! request table): registry read and claim, IAM delete and create, vault put,
+//! The requests of one rotation of an org with a previous key (the request
+//! table of docs/architecture.md): registry read and claim, IAM delete and create, vault put,
 //! verify, commit, vault stage move, IAM deactivate, event: ten.
 //!
 //! The rotation is the span `rotate_idempotent` (the org, the trigger); each
@@ -1114,7 +1114,7 @@ mod tests {
         );
     }
 
-    /// The README's request table: what one rotation of an org with a current
+    /// The request table of docs/architecture.md: what one rotation of an org with a current
     /// and a previous key asks of the services, in order.
     #[tokio::test]
     async fn a_rotation_of_an_org_with_a_previous_key_makes_ten_requests() {

@@ -40,7 +40,7 @@ impl LocalAws {
         Self::spawn(None)
     }
 
-    /// A server under libfaketime (DESIGN.md's recipe; `scripts/tools.sh`
+    /// A server under libfaketime (`scripts/tools.sh`
     /// installs the Debian package): [`LocalAws::set_clock`] moves its clock
     /// while it runs, so that IAM gives keys made then their dates.
     pub fn start_faked() -> Self {

@@ -20,8 +20,8 @@ at any of these times finds it due (`-manual` pairs: automatic rotation off, a s
 has nothing to do but repair); an automatic rotation keeps the previous key active
 for ROTATION_GRACE_PERIOD (24 h).
 
-A claim's lease is judged on the real clock, never on a run's time (DESIGN.md,
-"Time, actors and permissions"): an actor at a later time must not take over a
+A claim's lease is judged on the real clock, never on a run's time
+(docs/architecture.md, "The time model"): an actor at a later time must not take over a
 live claim. No scenario waits for a lease to expire.
 
 Invariants, checked while the first actor is paused (before and after the second
