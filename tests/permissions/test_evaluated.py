@@ -156,13 +156,13 @@ def simulation(principal, action, resource, *, account, identity=(), boundary=No
                context=None, principal_arn=None):
     """A request of `principal` (a user's or a role's ARN; a role calls as one of its sessions)
     for `action` on `resource` in `account`. AWS puts aws:PrincipalArn (the role's ARN, with its
-    path, for a role's session) and aws:PrincipalAccount in every request's context."""
+    path, for a role's session), aws:PrincipalAccount and aws:ResourceAccount in every request's context."""
     caller_account = principal.split(":")[4]
     session = principal
     if ":role/" in principal:
         session = f"arn:aws:sts::{caller_account}:assumed-role/{principal.rsplit('/', 1)[1]}/session"
     request_context = {"aws:PrincipalArn": principal_arn or principal, "aws:PrincipalAccount": caller_account,
-                       **(context or {})}
+                       "aws:ResourceAccount": account, **(context or {})}
     out = {"request": {"principal": session, "action": action,
                        "resource": {"resource": resource, "accountId": account}, "contextVariables": request_context},
            "identityPolicies": [{"name": f"policy{i}", "policy": p} for i, p in enumerate(identity)]}
@@ -318,7 +318,25 @@ def catalog():
     return out
 
 
+@cases("boundary", [
+    (f"{where} boundary: an org user with an allow-all policy {does}", DENIED, where, action, resource)
+    for where in ("home", "member")
+    for does, action, resource in (
+        ("writes nothing in its own prefix", "s3:PutObject", obj(MANAGED, f"{ORG}/x.log")),
+        ("creates no access key", "iam:CreateAccessKey", "arn:aws:iam::{account}:user/managed-s3/org-1234567"),
+        ("lifts no boundary", "iam:DeleteUserPermissionsBoundary", "arn:aws:iam::{account}:user/managed-s3/org-1234567"),
+        ("reads no registry record", "s3:GetObject", obj(REGISTRY, f"orgs/{ORG}.json")),
+    )
+])
+def _boundary_nearest(docs, facts, where, action, resource):
+    account, key = (HOME, "home:boundary") if where == "home" else (MEMBER, "member:boundary")
+    return simulation(user_arn(account, f"org-{ORG}"), action, resource.format(account=account), account=account,
+                      identity=[ALLOW_ALL], boundary=docs[key])
+
+
 def boundary_cases():
+    """The sweep: every action of the catalog (these are left out of the mutation run, which the
+    nearest cases above stand for)."""
     out = []
     for where, account, key in (("home", HOME, "home:boundary"), ("member", MEMBER, "member:boundary")):
         for action, resource in catalog():
