@@ -88,6 +88,10 @@ def home_template():
             roles[name] = f"arn:aws:iam::{HOME}:role{path}{local_aws.STACK_NAME}-{name}Role-AbCdEf123456"
             values[f"{name}Role.Arn"] = roles[name]
     values["VaultKey.Arn"] = f"arn:aws:kms:{REGION}:{HOME}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    values["NotificationsRule.Arn"] = f"arn:aws:events:{REGION}:{HOME}:rule/s3-key-rotation-NotificationsRule-AbCdEf"
+    for queue in ("NotificationsQueue", "NotificationsDeadLetterQueue"):
+        values[queue] = f"https://sqs.{REGION}.amazonaws.com/{HOME}/s3-key-rotation-{queue}-AbCdEf"
+        values[f"{queue}.Arn"] = f"arn:aws:sqs:{REGION}:{HOME}:s3-key-rotation-{queue}-AbCdEf"
     env = cfn.resolve(template["Globals"]["Function"]["Environment"]["Variables"], values, conditions)
     return {
         "parameters": parameters, "values": values, "roles": roles, "env": env,
@@ -95,6 +99,10 @@ def home_template():
         "boundary": boundary["PolicyDocument"],
         "enrollment": cfn.resolve(resources["EnrollmentPolicy"]["Properties"], values, conditions)["PolicyDocument"],
         "vault_key": cfn.resolve(resources["VaultKey"]["Properties"], values, conditions)["KeyPolicy"],
+        "registry_bucket": cfn.resolve(resources["RegistryBucketPolicy"]["Properties"], values,
+                                       conditions)["PolicyDocument"],
+        "queues": {queue: cfn.resolve(resources[f"{queue}Policy"]["Properties"], values, conditions)["PolicyDocument"]
+                   for queue in ("NotificationsQueue", "NotificationsDeadLetterQueue")},
     }
 
 
@@ -141,11 +149,15 @@ def world():
         "member:runtime-trust": member["runtime_trust"], "member:enrollment": member["enrollment"],
         "member:enrollment-trust": member["enrollment_trust"],
         "managed-bucket": {"Version": "2012-10-17", "Statement": [written["bucketStatement"]]},
+        "registry-bucket": home["registry_bucket"],
     })
+    docs.update({f"queue:{queue}": policy for queue, policy in home["queues"].items()})
     docs.update({f"user:{org}": policy for org, policy in written["userPolicies"].items()})
     docs.update({f"reader:{arn}": policy for arn, policy in written["readerPolicies"].items()})
     facts = {"roles": home["roles"], "home_boundary": home["values"]["OrgUserBoundary"],
-             "member_boundary": member["boundary_arn"], "env": home["env"]}
+             "member_boundary": member["boundary_arn"], "env": home["env"],
+             "rule": home["values"]["NotificationsRule.Arn"],
+             "queues": {q: home["values"][f"{q}.Arn"] for q in ("NotificationsQueue", "NotificationsDeadLetterQueue")}}
     return docs, facts
 
 
@@ -651,6 +663,33 @@ def _put_events(docs, facts, function, bus, sources):
                             {"events:source": sources} if sources is not None else None)
 
 
+# --- The registry only over TLS; the notification queues only from the service's rule. -------
+
+@cases("registry and queues", [
+    ("rotate-key reads a record over TLS", "Allowed", "true"),
+    ("rotate-key reads no record over plain HTTP", DENIED, "false"),
+])
+def _registry_tls(docs, facts, secure):
+    return simulation(facts["roles"]["RotateKeyFunction"], "s3:GetObject", obj(REGISTRY, f"orgs/{ORG}.json"),
+                      account=HOME, identity=docs["function:RotateKeyFunction"], resource_policy=docs["registry-bucket"],
+                      context={"aws:SecureTransport": secure})
+
+
+@cases("registry and queues", [
+    (f"EventBridge delivers to {queue} for the service's rule", "Allowed", queue, None)
+    for queue in ("NotificationsQueue", "NotificationsDeadLetterQueue")
+] + [
+    (f"EventBridge delivers nothing to {queue} for another rule", DENIED, queue,
+     f"arn:aws:events:{REGION}:{HOME}:rule/another-rule")
+    for queue in ("NotificationsQueue", "NotificationsDeadLetterQueue")
+])
+def _queue_delivery(docs, facts, queue, rule):
+    return {"request": {"principal": "events.amazonaws.com", "action": "sqs:SendMessage",
+                        "resource": {"resource": facts["queues"][queue], "accountId": HOME},
+                        "contextVariables": {"aws:SourceArn": rule or facts["rule"], "aws:SourceAccount": HOME}},
+            "identityPolicies": [], "resourcePolicy": docs[f"queue:{queue}"]}
+
+
 # ---------------------------------------------------------------------------------------------
 # Mutations: each breaks one guarded grant on a copy of the documents.
 
@@ -786,6 +825,10 @@ MUTATIONS = {
         lambda key: replace_condition(key, "Notifications", {
             "ForAnyValue:StringEquals": {"events:source": "s3-key-rotation"}})),
     "PutEvents with any source": each_function(lambda key: drop_condition(key, "Notifications")),
+    "the registry over plain HTTP": lambda docs: docs["registry-bucket"]["Statement"].clear(),
+    "the notification queues open to every rule": lambda docs: [
+        drop_condition(f"queue:{queue}", "AllowTheNotificationsRule")(docs)
+        for queue in ("NotificationsQueue", "NotificationsDeadLetterQueue")],
 }
 
 
