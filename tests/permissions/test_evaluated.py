@@ -1,8 +1,9 @@
 """The permissions, decided as IAM decides them.
 
-The local endpoint (moto) does not evaluate `s3:prefix`, `events:source`,
-`iam:PermissionsBoundary`, `kms:ViaService` or `aws:PrincipalArn` conditions,
-permissions boundaries, KMS key policies or cross-account resource policies. Here
+The local endpoint (moto, with scripts/moto_server.py) evaluates a trust's external id
+and aws:PrincipalArn, but not `s3:prefix`, `events:source`, `iam:PermissionsBoundary`
+or `kms:ViaService` conditions, permissions boundaries, KMS key policies or
+cross-account resource policies. Here
 an IAM policy evaluator (@cloud-copilot/iam-simulate, in tests/permissions/evaluator,
 installed by scripts/tools.sh) decides requests against
 
@@ -21,7 +22,6 @@ evaluation must catch every such mutation. One node process decides the whole ba
 import copy
 import functools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
