@@ -235,7 +235,7 @@ def template_values(parameters, template):
     registry = parameters.get("RegistryBucket") or REGISTRY_BUCKET
     queue_url = parameters.get("SweepQueue") or f"http://127.0.0.1/{HOME_ACCOUNT}/sweep"
     values.update({
-        "AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": HOME_ACCOUNT,
+        "AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": HOME_ACCOUNT, "AWS::StackName": STACK_NAME,
         "RegistryBucket": registry, "RegistryBucket.Arn": f"arn:aws:s3:::{registry}",
         "SweepQueue": queue_url, "SweepQueue.Arn": f"arn:aws:sqs:{REGION}:{HOME_ACCOUNT}:{queue_url.rsplit('/', 1)[-1]}",
     })
@@ -256,6 +256,14 @@ def function_policies(parameters, template=None):
     return out
 
 
+def function_role_paths(parameters, template=None):
+    """{logical id: path} of each function's role (its `RolePath`, else `/`)."""
+    template = template or cfn.load(ROOT / "template.yaml")
+    values = template_values(parameters, template)
+    return {name: cfn.resolve(resource["Properties"].get("RolePath", "/"), values, template.get("Conditions", {}))
+            for name, resource in template["Resources"].items() if resource["Type"] == "AWS::Serverless::Function"}
+
+
 def function_roles(aws, key, parameters):
     """{logical id: (id, secret, token)} of each function's role on `aws` (see LocalAws.function_credentials)."""
     import hashlib
@@ -265,17 +273,18 @@ def function_roles(aws, key, parameters):
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {
         "Service": "lambda.amazonaws.com", "AWS": operator}}]}
     out = {}
+    paths = function_role_paths(parameters)
     for name, policies in function_policies(parameters).items():
         digest = hashlib.sha256(json.dumps(policies, sort_keys=True).encode()).hexdigest()[:8]
         role = f"{STACK_NAME}-{name}Role-{digest}"  # as SAM names it: {stack}-{Function}Role-{suffix}
         try:
-            iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust),
+            iam.create_role(RoleName=role, Path=paths[name], AssumeRolePolicyDocument=json.dumps(trust),
                             MaxSessionDuration=FUNCTION_ROLE_SESSION_SECONDS)
             for i, policy in enumerate(policies):
                 iam.put_role_policy(RoleName=role, PolicyName=f"{name}Policy{i}", PolicyDocument=json.dumps(policy))
         except iam.exceptions.EntityAlreadyExistsException:
             pass
-        credentials = sts.assume_role(RoleArn=f"arn:aws:iam::{HOME_ACCOUNT}:role/{role}", RoleSessionName=name,
+        credentials = sts.assume_role(RoleArn=f"arn:aws:iam::{HOME_ACCOUNT}:role{paths[name]}{role}", RoleSessionName=name,
                                       DurationSeconds=FUNCTION_ROLE_SESSION_SECONDS)["Credentials"]
         out[name] = (credentials["AccessKeyId"], credentials["SecretAccessKey"], credentials["SessionToken"])
     return out

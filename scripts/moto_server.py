@@ -98,10 +98,15 @@ _CALLER = threading.local()  # the principal of the AssumeRole being served (set
 
 
 def _principal_arn(arn):
-    """aws:PrincipalArn of a caller: a role session's is its role's ARN."""
+    """aws:PrincipalArn of a caller: a role session's is its role's ARN, with the role's path
+    (which the session's ARN leaves out)."""
     if ":assumed-role/" in arn:
         head, rest = arn.split(":assumed-role/", 1)
-        return f"{head.replace(':sts:', ':iam:')}:role/{rest.split('/')[0]}"
+        name = rest.split("/")[0]
+        try:
+            return iam_backends[arn.split(":")[4]]["aws"].get_role(name).arn
+        except Exception:
+            return f"{head.replace(':sts:', ':iam:')}:role/{name}"
     return arn
 
 

@@ -377,3 +377,59 @@ async fn the_functions_can_neither_create_a_user_nor_assume_the_enrollment_role(
     }
     assert!(!stack.users_of(Some(A1)).await.contains(&"org-9999999".to_owned()));
 }
+
+/// The runtime role's trust admits the home account's roles by their path
+/// (rotate-key's `/{stack}/rotate-key/`, sweep-worker's `/{stack}/sweep-worker/`), not by
+/// a name: a role holding every right whose name merely starts with the home stack's
+/// (another stack's function) is refused; the same role under rotate-key's path is
+/// admitted. The local endpoint takes the caller's aws:PrincipalArn with its role's path,
+/// as AWS does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runtime_role_trusts_the_functions_roles_by_their_path_not_by_a_name_prefix() {
+    use aws_config::sts::AssumeRoleProvider;
+    use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+    let stack = Stack::with_members(&[Member::Deployed(A1)], 10, &[]).await;
+    let iam = stack.iam_of(None).await;
+    let operator = stack.aws.sdk(&stack.admin.0, &stack.admin.1);
+    let trust = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Principal": {"AWS": format!("arn:aws:iam::{}:user/rotation-admin", common::HOME_ACCOUNT)},
+        "Action": "sts:AssumeRole"}]});
+    let everything = serde_json::json!({"Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]});
+    let mut admitted = Vec::new();
+    for (path, name) in [
+        ("/", "s3-key-rotation-staging-RotateKeyFunctionRole-probe"),
+        ("/s3-key-rotation/rotate-key/", "s3-key-rotation-RotateKeyFunctionRole-probe"),
+    ] {
+        iam.create_role()
+            .role_name(name)
+            .path(path)
+            .assume_role_policy_document(trust.to_string())
+            .send()
+            .await
+            .unwrap();
+        iam.put_role_policy()
+            .role_name(name)
+            .policy_name("everything")
+            .policy_document(everything.to_string())
+            .send()
+            .await
+            .unwrap();
+        // Sessions the local endpoint leaves out of the granted = used record (probes).
+        let caller = AssumeRoleProvider::builder(format!("arn:aws:iam::{}:role{path}{name}", common::HOME_ACCOUNT))
+            .session_name("refusal-probe")
+            .configure(&operator)
+            .build()
+            .await;
+        caller.provide_credentials().await.expect("the probe role is assumable");
+        let as_caller = operator.to_builder().credentials_provider(SharedCredentialsProvider::new(caller)).build();
+        let runtime = AssumeRoleProvider::builder(common::member_role_arn(A1))
+            .session_name("refusal-probe")
+            .external_id(common::EXTERNAL_ID)
+            .configure(&as_caller)
+            .build()
+            .await;
+        admitted.push(runtime.provide_credentials().await.is_ok());
+    }
+    assert_eq!(admitted, [false, true], "refused by name, admitted by rotate-key's path");
+}

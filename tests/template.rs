@@ -299,7 +299,8 @@ fn a_member_account_has_a_runtime_role_an_enrollment_role_for_operators_and_the_
     assert_trusts(
         runtime,
         json!({"Fn::Split": [",", {"Fn::Join": [",", [
-            {"Fn::Sub": "arn:${AWS::Partition}:iam::${HomeAccountId}:role/${HomeStackName}-*"},
+            {"Fn::Sub": "arn:${AWS::Partition}:iam::${HomeAccountId}:role/${HomeStackName}/rotate-key/*"},
+            {"Fn::Sub": "arn:${AWS::Partition}:iam::${HomeAccountId}:role/${HomeStackName}/sweep-worker/*"},
             {"Fn::If": ["HasOperators", {"Fn::Join": [",", {"Ref": "OperatorPrincipals"}]}, {"Ref": "AWS::NoValue"}]}
         ]]}]}),
     );
@@ -379,6 +380,7 @@ fn in_the_home_account_users_are_created_only_under_the_boundary_and_no_function
     assert_eq!(env["MEMBER_ENROLLMENT_ROLE"], json!({"Ref": "MemberEnrollmentRoleName"}));
     let policy = &t["Resources"]["EnrollmentPolicy"]["Properties"]["PolicyDocument"]["Statement"];
     for statement in policy.as_array().unwrap() {
+        let (statement, _) = unwrap_statement(statement);
         let actions = actions_of(statement);
         if statement["Effect"] == "Allow" && actions.iter().any(|a| a == "iam:CreateUser" || a == "iam:PutUserPolicy") {
             assert_eq!(
@@ -968,7 +970,8 @@ fn events_are_published_only_under_the_services_own_source() {
                 assert_eq!(actions_of(statement), ["events:PutEvents"], "{name}");
                 assert_eq!(
                     statement["Condition"],
-                    json!({"StringEquals": {"events:source": "s3-key-rotation"}}),
+                    json!({"ForAllValues:StringEquals": {"events:source": "s3-key-rotation"},
+                           "Null": {"events:source": "false"}}),
                     "{name}"
                 );
             }
