@@ -425,6 +425,7 @@ impl Config {
             lease: self.rotation_lease,
             rotations_per_hour: self.rotations_per_hour,
             max_key_age: self.max_key_age,
+            retention: self.key_retention,
             automatic_lead: self.automatic_lead(),
             ..RotationSettings::default()
         }
@@ -451,7 +452,6 @@ impl Config {
         crate::core::sweep::SweepSettings {
             rotation: self.rotation_settings(),
             grace: self.rotation_grace_period,
-            retention: self.key_retention,
             warnings: self.expiry_warnings.clone(),
             concurrency: self.sweep_concurrency,
             retire_in_use: self.retire_in_use,

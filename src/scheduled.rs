@@ -346,7 +346,6 @@ mod tests {
         let settings = SweepSettings {
             rotation: crate::core::rotation::RotationSettings::default(),
             grace: crate::core::duration::Duration::from_hours(24),
-            retention: crate::core::duration::Duration::from_days(7),
             warnings: Vec::new(),
             concurrency: 1,
             retire_in_use: crate::core::sweep::RetireInUse::Report,

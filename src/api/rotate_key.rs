@@ -250,7 +250,8 @@ fn status_of(e: &RotationError) -> (StatusCode, Option<u64>) {
         RotationError::NotEnabled { .. }
         | RotationError::Contended(_)
         | RotationError::ReplayUnavailable { .. }
-        | RotationError::NotDue(_) => (StatusCode::CONFLICT, None),
+        | RotationError::NotDue(_)
+        | RotationError::SlotsHeld { .. } => (StatusCode::CONFLICT, None),
         RotationError::IdempotencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, None),
         RotationError::RateLimited { retry_after, .. } => (StatusCode::TOO_MANY_REQUESTS, Some(retry_after.as_secs())),
         RotationError::GraceTooLong { .. } => (StatusCode::BAD_REQUEST, None),

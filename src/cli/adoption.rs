@@ -177,8 +177,7 @@ fn describe(org: &OrgId, done: &Adopted, settings: &AdoptSettings, dry_run: bool
     let expiry = current.expiry(settings.max_key_age);
     let window = if current.expires_at.is_some() { " (migration window)" } else { "" };
     let previous = record.previous.as_ref().map_or(String::new(), |p| {
-        let state =
-            if p.deactivated_at.is_some() { "inactive".to_owned() } else { format!("retires {}", at(p.retire_at)) };
+        let state = if p.is_active() { format!("retires {}", at(p.retire_at())) } else { "inactive".to_owned() };
         format!(", previous key {} ({state})", p.key.access_key_id)
     });
     format!(

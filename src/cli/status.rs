@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::core::domain::{OrgId, OrgRecord};
 use crate::core::policy::{automatic_rotation, next_automatic_rotation};
 use crate::core::ports::{AccessKeys, Registry};
+use crate::core::retirement::Stage;
 
 #[derive(Debug, Args)]
 pub(super) struct Status {
@@ -131,9 +132,9 @@ fn print_status(record: &OrgRecord, config: &Config, now: DateTime<Utc>, uses: &
         None => println!("current  none (the first rotation issues the first key)"),
     }
     if let Some(p) = &record.previous {
-        let status = match p.deactivated_at {
-            Some(when) => format!("inactive since {}", at(when)),
-            None => format!("active until {}", at(p.retire_at)),
+        let status = match p.stage() {
+            Stage::Ordered { at: when } | Stage::Deactivated { at: when } => format!("inactive since {}", at(when)),
+            Stage::InGrace { retire_at } => format!("active until {}", at(retire_at)),
         };
         println!("previous v{} {} {status}{}", p.key.version, p.key.access_key_id, used(&p.key.access_key_id));
     }

@@ -155,14 +155,8 @@ async fn change(
         let changed = apply(record)?;
         // Keys inactive in every state but Enabled; only the current key is ever
         // (re)activated: a previous key stays retired.
-        let mut deactivated_previous = false;
-        if record.state != KeyState::Enabled {
-            if let Some(previous) = record.previous.as_mut().filter(|p| p.deactivated_at.is_none()) {
-                previous.deactivated_at = Some(now);
-                previous.retire_at = previous.retire_at.min(now);
-                deactivated_previous = true;
-            }
-        }
+        let deactivated_previous =
+            record.state != KeyState::Enabled && record.previous.as_mut().is_some_and(|p| p.cut_short(now));
         if !(changed || deactivated_previous) {
             return Ok(Decision::Keep(changed));
         }

@@ -237,25 +237,7 @@ impl KeyVersion {
     }
 }
 
-/// The key that was current before the last rotation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PreviousKey {
-    #[serde(flatten)]
-    pub key: KeyVersion,
-    /// When it stopped (or stops) being usable: deactivated at this time.
-    pub retire_at: DateTime<Utc>,
-    /// Set once it has been deactivated in IAM (or, with
-    /// `deactivation_unconfirmed`, once a commit ordered it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deactivated_at: Option<DateTime<Utc>>,
-    /// The rotation's commit recorded the deactivation before making it (the
-    /// IAM call follows the commit, so that the record is written once): the
-    /// next sweep deactivates the key again (idempotent) and confirms it, so a
-    /// crash between the commit and the IAM call cannot leave the key active.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub deactivation_unconfirmed: bool,
-}
+pub use super::retirement::PreviousKey;
 
 /// The automatic rotation policy of the org's key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

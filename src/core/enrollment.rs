@@ -264,17 +264,15 @@ pub async fn adopt(
     };
     record.history.clear();
     let first_version = if second.is_some() { 2 } else { 1 };
-    record.previous = second.as_ref().map(|k| PreviousKey {
-        key: KeyVersion {
+    record.previous = second.as_ref().map(|k| {
+        let key = KeyVersion {
             version: 1,
             access_key_id: k.access_key_id.clone(),
             created_at: k.created_at.expect("kept only dated keys"),
             vault_version: None,
             expires_at: None,
-        },
-        retire_at: if k.active { now + settings.grace.to_chrono() } else { now },
-        deactivated_at: (!k.active).then_some(now),
-        deactivation_unconfirmed: false,
+        };
+        PreviousKey::adopted(key, k.active, now, settings.grace)
     });
     record.current = Some(KeyVersion {
         version: first_version,
@@ -517,7 +515,7 @@ mod tests {
         assert_eq!((current.access_key_id.as_str(), current.version), (ids[1].as_str(), 2));
         assert_eq!(current.expiry(settings.max_key_age), newer + chrono::TimeDelta::days(90), "its own expiry");
         assert_eq!(previous.key.access_key_id, ids[0]);
-        assert_eq!((previous.deactivated_at, previous.retire_at), (None, now + chrono::TimeDelta::hours(24)));
+        assert_eq!((previous.is_active(), previous.retire_at()), (true, now + chrono::TimeDelta::hours(24)));
     }
 
     /// A plain enrollment of an org whose user already holds keys is refused

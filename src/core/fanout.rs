@@ -451,7 +451,6 @@ mod tests {
         SweepSettings {
             rotation: RotationSettings::default(),
             grace: Duration::from_hours(24),
-            retention: Duration::from_days(7),
             warnings: Vec::new(),
             concurrency: 2,
             retire_in_use: crate::core::sweep::RetireInUse::Report,

@@ -11,6 +11,7 @@ pub mod fanout;
 pub mod memory;
 pub mod policy;
 pub mod ports;
+pub mod retirement;
 pub mod rotation;
 pub mod sweep;
 pub mod update;

@@ -35,7 +35,7 @@ use tracing::{debug_span, error, info, warn, Instrument};
 
 use super::domain::{
     DecisionTime, HistoryEntry, IdempotentRotation, KeyState, KeyVersion, LeaseTime, OrgId, OrgRecord, PendingRotation,
-    PreviousKey, Trigger, AUDIT_OUTBOX_LIMIT, IDEMPOTENCY_WINDOW_HOURS,
+    PreviousKey, QuarantinedKey, Trigger, AUDIT_OUTBOX_LIMIT, IDEMPOTENCY_WINDOW_HOURS,
 };
 use super::duration::Duration;
 use super::policy::next_automatic_rotation;
@@ -43,6 +43,7 @@ use super::ports::{
     AccessKeys, AuditEntry, AuditLog, Clock, KeyVault, KeyVerifier, NewKey, Notification, Notifier, PortError,
     Registry, Versioned,
 };
+use super::retirement::{self, AfterUse, SlotsHeld, Unknown};
 use super::update::{update_record, update_record_from, Decision, UpdateError, Updated};
 
 /// The services a rotation uses.
@@ -72,6 +73,9 @@ pub struct RotationSettings {
     pub max_key_age: Duration,
     /// The longest grace period a caller may ask for.
     pub max_grace: Duration,
+    /// How long an inactive key (a previous one, or a quarantined one the
+    /// registry did not know) is kept before it is deleted (`KEY_RETENTION`).
+    pub retention: Duration,
     /// Automatic rotation happens at the latest this long before the key's
     /// maximum age, whatever the interval (see [`super::policy::next_automatic_rotation`]).
     pub automatic_lead: Duration,
@@ -84,6 +88,7 @@ impl Default for RotationSettings {
             rotations_per_hour: 5,
             max_key_age: Duration::from_days(90),
             max_grace: Duration::from_days(7),
+            retention: Duration::from_days(7),
             automatic_lead: Duration::from_days(2),
         }
     }
@@ -144,6 +149,9 @@ pub enum RotationError {
         "the answer to Idempotency-Key '{key}' can no longer be given (its key is gone from the vault); use a new key"
     )]
     ReplayUnavailable { key: String },
+    /// IAM's two places hold the current key and a quarantined one.
+    #[error("the key of org {org} cannot rotate: {held}")]
+    SlotsHeld { org: OrgId, held: SlotsHeld },
     #[error("AWS failed during the rotation; nothing changed: {0}")]
     Aws(#[from] PortError),
 }
@@ -383,7 +391,7 @@ async fn replay(
         let as_recorded = record.previous.as_ref().filter(|p| &p.key.access_key_id == id);
         PreviousOutcome {
             access_key_id: id.clone(),
-            active: as_recorded.is_some_and(|p| p.deactivated_at.is_none()),
+            active: as_recorded.is_some_and(|p| p.is_active()),
             retire_at: done.previous_retire_at.unwrap_or(done.at),
         }
     });
@@ -546,11 +554,15 @@ impl Rotation<'_> {
         let previous = match record.previous.clone() {
             // While the vault still hands out the old key, it keeps working: the
             // next sweep moves the vault first, then deactivates it.
-            Some(old) if old.deactivation_unconfirmed && !vault_current => {
+            Some(old) if old.awaits_confirmation() && !vault_current => {
                 warn!(access_key_id = %old.key.access_key_id, "the previous key stays active until the vault is right");
-                Some(PreviousOutcome { access_key_id: old.key.access_key_id, active: true, retire_at: old.retire_at })
+                Some(PreviousOutcome {
+                    access_key_id: old.key.access_key_id.clone(),
+                    active: true,
+                    retire_at: old.retire_at(),
+                })
             }
-            Some(old) if old.deactivation_unconfirmed => {
+            Some(old) if old.awaits_confirmation() => {
                 let deactivated = self.ports.keys.set_active(&user, &old.key.access_key_id, false).await;
                 if let Err(e) = &deactivated {
                     warn!(error = %e, "could not deactivate the previous key now; the next sweep does");
@@ -558,12 +570,16 @@ impl Rotation<'_> {
                     info!(access_key_id = %old.key.access_key_id, "deactivated the previous key");
                 }
                 let active = deactivated.is_err();
-                Some(PreviousOutcome { access_key_id: old.key.access_key_id, active, retire_at: old.retire_at })
+                Some(PreviousOutcome {
+                    access_key_id: old.key.access_key_id.clone(),
+                    active,
+                    retire_at: old.retire_at(),
+                })
             }
             Some(old) => Some(PreviousOutcome {
-                access_key_id: old.key.access_key_id,
-                active: old.deactivated_at.is_none(),
-                retire_at: old.retire_at,
+                access_key_id: old.key.access_key_id.clone(),
+                active: old.is_active(),
+                retire_at: old.retire_at(),
             }),
             None => None,
         };
@@ -613,12 +629,12 @@ impl Rotation<'_> {
             Some(p) => format!(
                 "rotate ({:?}), previous key retires at {}",
                 self.req.trigger,
-                p.retire_at.format("%Y-%m-%d %H:%M:%S UTC")
+                p.retire_at().format("%Y-%m-%d %H:%M:%S UTC")
             ),
             None => format!("rotate ({:?}), first key", self.req.trigger),
         };
         let mut entries = vec![self.entry(text, key_ids)];
-        if let Some(old) = old.filter(|p| p.deactivation_unconfirmed) {
+        if let Some(old) = old.filter(|p| p.awaits_confirmation()) {
             entries.push(self.entry("deactivate previous key".into(), vec![old.key.access_key_id.clone()]));
         }
         let room = AUDIT_OUTBOX_LIMIT.saturating_sub(record.audit_outbox.len());
@@ -638,51 +654,69 @@ impl Rotation<'_> {
         Ok(())
     }
 
-    /// Step 3 after a crash: deletes every key of the user the record does not
-    /// know (never delivered), then, if the user still has two keys, the previous key.
+    /// Step 3 after a crash, or when IAM refused a key: each key of the user
+    /// the record does not know meets its fate ([`retirement::judge_unknown`]);
+    /// then, if the user still has two keys the record knows, the previous key
+    /// goes. A quarantined key still kept and the current key leave no place:
+    /// [`RotationError::SlotsHeld`], before IAM is asked for a key it would refuse.
     #[tracing::instrument(name = "rotation.reconcile", level = "debug", skip_all)]
     async fn reconcile(&self, record: &mut OrgRecord, stale: Option<&str>) -> Result<(), RotationError> {
-        let keys = self.ports.keys.list_keys(&record.user()).await?;
+        let user = record.user();
+        let keys = self.ports.keys.list_keys(&user).await?;
         // The crashed rotation's own key, stored in the vault under its claim's
         // id: never delivered, though its own check may have signed with it.
         let stale_key = match (stale, self.ports.vault) {
             (Some(stale), Some(vault)) => vault.get(&self.req.org, stale).await?.map(|k| k.access_key_id),
             _ => None,
         };
+        let (now, retention) = (self.req.now.at(), self.settings.retention);
         let current = record.current.as_ref().map(|c| c.access_key_id.clone());
-        let mut kept = Vec::new();
+        let mut known = Vec::new();
+        let mut held = Vec::new();
         for key in keys {
-            if record.known_key_ids().any(|k| k == key.access_key_id) {
-                kept.push(key);
-            } else if stale_key.as_deref() == Some(key.access_key_id.as_str()) {
-                warn!(access_key_id = %key.access_key_id, "deleting the key of the rotation taken over");
-                self.ports.keys.delete_key(&record.user(), &key.access_key_id).await?;
-                self.audit("delete unknown key (never delivered)".into(), vec![key.access_key_id]).await;
-            } else if record.quarantined.iter().any(|q| q.access_key_id == key.access_key_id) {
-                // Used, deactivated and reported by the sweep: kept until KEY_RETENTION.
-            } else if let Some(used) = self.ports.keys.last_used(&record.user(), &key.access_key_id).await? {
-                // Someone's key, not a half-made one: never deleted unannounced.
-                warn!(access_key_id = %key.access_key_id, "deactivating a used key the registry does not know");
-                self.ports.keys.set_active(&record.user(), &key.access_key_id, false).await?;
-                record.quarantined.push(super::domain::QuarantinedKey {
-                    access_key_id: key.access_key_id.clone(),
-                    deactivated_at: self.req.now.at(),
-                    last_used_at: used.at,
-                });
-                self.audit("deactivate unknown key (in use)".into(), vec![key.access_key_id]).await;
-            } else {
-                warn!(access_key_id = %key.access_key_id, "deleting a key the registry does not know");
-                self.ports.keys.delete_key(&record.user(), &key.access_key_id).await?;
-                self.audit("delete unknown key (never delivered)".into(), vec![key.access_key_id]).await;
+            let id = key.access_key_id;
+            let mut fate = retirement::judge_unknown(record, &id, stale_key.as_deref(), now, retention);
+            if fate == Unknown::AskLastUse {
+                let used = self.ports.keys.last_used(&user, &id).await?;
+                if let AfterUse::Quarantine { last_used_at } = retirement::after_last_use(used.map(|u| u.at)) {
+                    // Someone's key, not a half-made one: never deleted unannounced.
+                    warn!(access_key_id = %id, "deactivating a used key the registry does not know");
+                    self.ports.keys.set_active(&user, &id, false).await?;
+                    let until = now + retention.to_chrono();
+                    record.quarantined.push(QuarantinedKey {
+                        access_key_id: id.clone(),
+                        deactivated_at: now,
+                        last_used_at,
+                    });
+                    self.audit("deactivate unknown key (in use)".into(), vec![id.clone()]).await;
+                    fate = Unknown::Kept { until };
+                } else {
+                    fate = Unknown::Delete;
+                }
+            }
+            match fate {
+                Unknown::Known => known.push(id),
+                Unknown::Kept { .. } => held.push(id),
+                Unknown::AskLastUse => unreachable!("asked above"),
+                Unknown::Delete => {
+                    warn!(access_key_id = %id, "deleting a key the registry does not know");
+                    self.ports.keys.delete_key(&user, &id).await?;
+                    record.quarantined.retain(|q| q.access_key_id != id);
+                    self.audit("delete unknown key (never delivered)".into(), vec![id]).await;
+                }
             }
         }
-        if kept.len() >= 2 {
-            for key in kept.iter().filter(|k| Some(&k.access_key_id) != current.as_ref()) {
-                info!(access_key_id = %key.access_key_id, "deleting the previous key to make room");
-                self.ports.keys.delete_key(&record.user(), &key.access_key_id).await?;
+        if known.len() >= 2 {
+            for id in known.iter().filter(|k| Some(*k) != current.as_ref()) {
+                info!(access_key_id = %id, "deleting the previous key to make room");
+                self.ports.keys.delete_key(&user, id).await?;
             }
+            known.retain(|k| Some(k) == current.as_ref());
         }
-        Ok(())
+        held.extend(known);
+        let held: Vec<&str> = held.iter().map(String::as_str).collect();
+        retirement::room_for_a_new_key(record, &held, now, retention)
+            .map_err(|held| RotationError::SlotsHeld { org: self.req.org.clone(), held })
     }
 
     /// Writes a change to the record this rotation has claimed. A lost
@@ -797,7 +831,7 @@ fn remember(record: &mut OrgRecord, idem: &Idempotency, vault_version: &str, now
         access_key_id: current.access_key_id.clone(),
         vault_version: vault_version.to_owned(),
         previous_access_key_id: previous.as_ref().map(|p| p.key.access_key_id.clone()),
-        previous_retire_at: previous.as_ref().map(|p| p.retire_at),
+        previous_retire_at: previous.as_ref().map(|p| p.retire_at()),
     });
 }
 
@@ -875,14 +909,8 @@ pub fn commit_rotation(
     }
     // An expired current key is inactive already: it retires at once.
     let expired = record.state == KeyState::Expired;
-    let retire_now = grace.as_secs() == 0;
-    record.previous = record.current.take().map(|key| PreviousKey {
-        key,
-        retire_at: if expired { now } else { now + grace.to_chrono() },
-        deactivated_at: (expired || retire_now).then_some(now),
-        deactivation_unconfirmed: !expired && retire_now,
-    });
-    if let Some(previous) = record.previous.as_ref().filter(|p| p.deactivation_unconfirmed) {
+    record.previous = record.current.take().map(|key| PreviousKey::retiring(key, now, grace, expired));
+    if let Some(previous) = record.previous.as_ref().filter(|p| p.awaits_confirmation()) {
         let (version, id) = (previous.key.version, previous.key.access_key_id.clone());
         record.record_history(HistoryEntry {
             at: now,
@@ -928,9 +956,8 @@ pub async fn retire_previous(
     let Some(read) = ports.registry.load(org).await? else {
         return Err(RotationError::NotEnrolled(org.clone()));
     };
-    let still_active = |r: &OrgRecord| {
-        r.previous.as_ref().is_some_and(|p| p.key.access_key_id == access_key_id && p.deactivated_at.is_none())
-    };
+    let still_active =
+        |r: &OrgRecord| r.previous.as_ref().is_some_and(|p| p.key.access_key_id == access_key_id && p.is_active());
     if !still_active(&read.value) {
         return Ok(());
     }
@@ -941,7 +968,7 @@ pub async fn retire_previous(
             return Ok::<_, std::convert::Infallible>(Decision::Keep(()));
         }
         let previous = r.previous.as_mut().expect("checked");
-        previous.deactivated_at = Some(now);
+        previous.deactivated(now);
         let version = previous.key.version;
         r.record_history(HistoryEntry {
             at: now,
@@ -1026,7 +1053,6 @@ mod tests {
             let settings = SweepSettings {
                 rotation: self.settings.clone(),
                 grace: Duration::from_hours(24),
-                retention: Duration::from_days(7),
                 warnings: Vec::new(),
                 concurrency: 1,
                 retire_in_use: Default::default(),
@@ -1105,7 +1131,10 @@ mod tests {
         assert!(!w.keys.works(&w.user(), &first.access_key_id), "old key deactivated");
         assert!(w.keys.works(&w.user(), &second.access_key_id));
         let record = w.record();
-        assert_eq!(record.previous.unwrap().deactivated_at, Some(w.start + minutes(1)));
+        assert_eq!(
+            record.previous.unwrap().stage(),
+            crate::core::retirement::Stage::Ordered { at: w.start + minutes(1) }
+        );
         // The audit entries were committed with the record; the sweep copies them to the trail.
         let actions: Vec<String> = w.audit_trail(&w.org).into_iter().map(|e| e.action).collect();
         assert!(

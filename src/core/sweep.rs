@@ -20,6 +20,7 @@ use super::domain::{DecisionTime, HistoryEntry, KeyState, LeaseTime, OrgId, OrgR
 use super::duration::Duration;
 use super::policy::next_automatic_rotation;
 use super::ports::{AuditEntry, IamKey, Notification, PortError, Versioned};
+use super::retirement::{after_last_use, judge_unknown, AfterUse, Due, Unknown};
 use super::rotation::{
     make_vault_current, retire_previous, rotate, write_audit, Ports, RotationError, RotationRequest, RotationSettings,
 };
@@ -31,8 +32,6 @@ pub struct SweepSettings {
     pub rotation: RotationSettings,
     /// How long an automatically rotated key's predecessor stays active.
     pub grace: Duration,
-    /// How long an inactive previous key is kept before it is deleted.
-    pub retention: Duration,
     /// Warn this long before the maximum age (each at most once per key).
     pub warnings: Vec<Duration>,
     /// Orgs evaluated at once.
@@ -108,16 +107,11 @@ pub fn plan(
             new_access_key_id: pending.new_access_key_id.clone(),
         });
     }
-    let pending_key = record.pending.as_ref().and_then(|p| p.new_access_key_id.as_deref());
     let iam = iam.unwrap_or_default();
     for key in iam {
-        let known = record.known_key_ids().any(|k| k == key.access_key_id);
-        // A used unknown key deactivated by an earlier run waits out KEY_RETENTION.
-        let waiting = record
-            .quarantined
-            .iter()
-            .any(|q| q.access_key_id == key.access_key_id && q.deactivated_at + settings.retention.to_chrono() > now);
-        if !known && !waiting && Some(key.access_key_id.as_str()) != pending_key {
+        // A used unknown key deactivated by an earlier run waits out its retention.
+        let fate = judge_unknown(record, &key.access_key_id, None, now, settings.rotation.retention);
+        if matches!(fate, Unknown::Delete | Unknown::AskLastUse) {
             actions.push(Action::DeleteUnknownKey { access_key_id: key.access_key_id.clone() });
         }
     }
@@ -144,12 +138,10 @@ pub fn plan(
     }
     if let Some(previous) = &record.previous {
         let id = previous.key.access_key_id.clone();
-        match previous.deactivated_at {
-            None if previous.retire_at <= now => actions.push(Action::DeactivatePrevious { access_key_id: id }),
-            Some(at) if !previous.deactivation_unconfirmed && at + settings.retention.to_chrono() <= now => {
-                actions.push(Action::DeletePrevious { access_key_id: id })
-            }
-            _ => {}
+        match previous.due(now, settings.rotation.retention) {
+            Some(Due::Deactivate) => actions.push(Action::DeactivatePrevious { access_key_id: id }),
+            Some(Due::Delete) => actions.push(Action::DeletePrevious { access_key_id: id }),
+            None => {}
         }
     }
     if record.state != KeyState::Enabled {
@@ -490,7 +482,7 @@ async fn evaluate(
 
 /// Whether a rotation's commit left work for later (see [`housekeep`]).
 fn left_for_later(record: &OrgRecord) -> bool {
-    !record.audit_outbox.is_empty() || record.previous.as_ref().is_some_and(|p| p.deactivation_unconfirmed)
+    !record.audit_outbox.is_empty() || record.previous.as_ref().is_some_and(|p| p.awaits_confirmation())
 }
 
 /// Finishes what a rotation's commit left for later, on a fresh read of the
@@ -516,7 +508,7 @@ async fn housekeep(ports: Ports<'_>, org: &OrgId) -> Result<(), ActionError> {
     let unconfirmed = record
         .previous
         .as_ref()
-        .filter(|p| p.deactivation_unconfirmed && vault_right)
+        .filter(|p| p.awaits_confirmation() && vault_right)
         .map(|p| p.key.access_key_id.clone());
     if let Some(id) = &unconfirmed {
         ports.keys.set_active(&record.user(), id, false).await?;
@@ -525,7 +517,7 @@ async fn housekeep(ports: Ports<'_>, org: &OrgId) -> Result<(), ActionError> {
     change_record(ports.registry, org, |r| {
         r.audit_outbox.retain(|e| !copied.contains(e));
         if let Some(p) = r.previous.as_mut().filter(|p| Some(&p.key.access_key_id) == unconfirmed.as_ref()) {
-            p.deactivation_unconfirmed = false;
+            p.confirm_deactivation();
         }
         true
     })
@@ -687,9 +679,7 @@ async fn execute(
             // (reversible) and reported, and deleted only after KEY_RETENTION.
             let Some(Versioned { value: record, .. }) = ports.registry.load(org).await? else { return Ok(()) };
             let user = record.user();
-            let quarantined_at =
-                record.quarantined.iter().find(|q| &q.access_key_id == access_key_id).map(|q| q.deactivated_at);
-            let retention = settings.retention.to_chrono();
+            let retention = settings.rotation.retention;
             // The plan's listing may be old: an earlier action of this run (a
             // rollback deleting its own key) or another actor may have deleted
             // the key since. IAM refuses a scoped role the last use of a key that
@@ -697,12 +687,17 @@ async fn execute(
             if !ports.keys.list_keys(&user).await?.iter().any(|k| &k.access_key_id == access_key_id) {
                 return Ok(());
             }
-            if quarantined_at.is_none() {
-                if let Some(used) = ports.keys.last_used(&user, access_key_id).await? {
-                    return quarantine(ports, org, &user, access_key_id, &used, now, outcome).await;
+            match judge_unknown(&record, access_key_id, None, now, retention) {
+                Unknown::Known | Unknown::Kept { .. } => return Ok(()),
+                Unknown::Delete => {}
+                Unknown::AskLastUse => {
+                    let used = ports.keys.last_used(&user, access_key_id).await?;
+                    if let (Some(used), AfterUse::Quarantine { .. }) =
+                        (&used, after_last_use(used.as_ref().map(|u| u.at)))
+                    {
+                        return quarantine(ports, org, access_key_id, used, now, retention, outcome).await;
+                    }
                 }
-            } else if quarantined_at.is_some_and(|at| at + retention > now) {
-                return Ok(());
             }
             // First a conditional write that proves no claim and no key version
             // names it: a rotation that made the key claimed the record before
@@ -710,11 +705,10 @@ async fn execute(
             // (or its commit), and the write fails if one lands meanwhile.
             let proved = change_record(ports.registry, org, |r| {
                 let free = r.pending.is_none()
-                    && !r.known_key_ids().any(|k| k == access_key_id)
-                    && r.quarantined
-                        .iter()
-                        .find(|q| &q.access_key_id == access_key_id)
-                        .is_none_or(|q| q.deactivated_at + retention <= now);
+                    && matches!(
+                        judge_unknown(r, access_key_id, None, now, retention),
+                        Unknown::Delete | Unknown::AskLastUse
+                    );
                 if free {
                     r.quarantined.retain(|q| &q.access_key_id != access_key_id);
                     r.record_history(HistoryEntry {
@@ -821,13 +815,11 @@ async fn execute(
             // re-checks it is still the retired previous key past its
             // retention; only then IAM deletes it (if that fails, the key is
             // unknown to the record and the next full check deletes it).
-            let retention = settings.retention.to_chrono();
             let forgotten = change_record(ports.registry, org, |r| {
                 let ours = r.pending.is_none()
                     && r.previous.as_ref().is_some_and(|p| {
                         &p.key.access_key_id == access_key_id
-                            && !p.deactivation_unconfirmed
-                            && p.deactivated_at.is_some_and(|at| at + retention <= now)
+                            && p.due(now, settings.rotation.retention) == Some(Due::Delete)
                     });
                 if ours {
                     let p = r.previous.take().expect("checked");
@@ -872,7 +864,7 @@ async fn execute(
             .await?;
             let Some(Versioned { value: record, .. }) = record else { return Ok(()) };
             // The previous key, if still active, goes too: the org loses access.
-            if let Some(previous) = record.previous.as_ref().filter(|p| p.deactivated_at.is_none()) {
+            if let Some(previous) = record.previous.as_ref().filter(|p| p.is_active()) {
                 retire_previous(ports, org, &previous.key.access_key_id, now, "schedule").await?;
             }
             write_audit(ports.audit, &audit("expire key (maximum age reached)", vec![access_key_id.clone()])).await;
@@ -993,9 +985,9 @@ async fn still_in_use(
     }
     change_record(ports.registry, org, |r| {
         let ours = r.pending.is_none()
-            && r.previous.as_ref().is_some_and(|p| p.key.access_key_id == access_key_id && p.deactivated_at.is_none());
+            && r.previous.as_ref().is_some_and(|p| p.key.access_key_id == access_key_id && p.is_active());
         if let Some(p) = r.previous.as_mut().filter(|_| ours) {
-            p.retire_at = deferred_to;
+            p.defer_to(deferred_to);
         }
         ours
     })
@@ -1009,16 +1001,14 @@ async fn still_in_use(
 async fn quarantine(
     ports: Ports<'_>,
     org: &OrgId,
-    user: &super::domain::IamUser,
     access_key_id: &str,
     used: &super::ports::KeyUse,
     now: DateTime<Utc>,
+    retention: Duration,
     outcome: &mut OrgOutcome,
 ) -> Result<(), ActionError> {
     let noted = change_record(ports.registry, org, |r| {
-        let free = r.pending.is_none()
-            && !r.known_key_ids().any(|k| k == access_key_id)
-            && !r.quarantined.iter().any(|q| q.access_key_id == access_key_id);
+        let free = r.pending.is_none() && judge_unknown(r, access_key_id, None, now, retention) == Unknown::AskLastUse;
         if free {
             r.quarantined.push(super::domain::QuarantinedKey {
                 access_key_id: access_key_id.to_owned(),
@@ -1029,10 +1019,8 @@ async fn quarantine(
         free
     })
     .await?;
-    if noted.is_none() {
-        return Ok(());
-    }
-    ports.keys.set_active(user, access_key_id, false).await?;
+    let Some(Versioned { value: record, .. }) = noted else { return Ok(()) };
+    ports.keys.set_active(&record.user(), access_key_id, false).await?;
     let reason = format!(
         "the key {access_key_id}, which the record does not know, was used at {} ({} in {}): deactivated, \
          deleted after KEY_RETENTION unless the operator reactivates it",
@@ -1092,7 +1080,6 @@ mod tests {
         SweepSettings {
             rotation: RotationSettings::default(),
             grace: Duration::from_hours(24),
-            retention: Duration::from_days(7),
             warnings: vec![Duration::from_days(14), Duration::from_days(7), Duration::from_days(1)],
             concurrency: 4,
             retire_in_use: crate::core::sweep::RetireInUse::Report,
@@ -1188,7 +1175,7 @@ mod tests {
             assert!(w.works(&org, &current.access_key_id), "day {day}");
             if let Some(previous) = &record.previous {
                 let retired_by = previous.key.created_at + max_age;
-                assert!(previous.retire_at <= retired_by, "day {day}: the old key retires before its maximum age");
+                assert!(previous.retire_at() <= retired_by, "day {day}: the old key retires before its maximum age");
             }
             next_due = next_automatic_rotation(&record, &w.settings.rotation).unwrap();
             assert!(next_due < current.created_at + max_age, "day {day}");
@@ -1660,7 +1647,7 @@ mod tests {
         assert_eq!(first.rotated, vec![org.clone()]);
         let after_first = w.record(&org);
         let promised = after_first.previous.clone().expect("the grace period's key");
-        assert!(promised.retire_at > at, "an automatic rotation promises the old key a grace period");
+        assert!(promised.retire_at() > at, "an automatic rotation promises the old key a grace period");
         let mut outcome = OrgOutcome::default();
         for action in &stale_plan {
             execute(w.ports(), &w.settings, &org, DecisionTime::from(at), action, &mut outcome).await.unwrap();
@@ -1914,7 +1901,7 @@ mod tests {
                 RetireInUse::Report => assert!(!w.works(&org, &previous), "retired on time"),
                 RetireInUse::Defer => {
                     assert!(w.works(&org, &previous), "one more grace period");
-                    let retire_at = w.record(&org).previous.unwrap().retire_at;
+                    let retire_at = w.record(&org).previous.unwrap().retire_at();
                     assert_eq!(retire_at, t0() + TimeDelta::days(3) + TimeDelta::hours(1));
                 }
             }
@@ -1939,6 +1926,46 @@ mod tests {
         let after = w.run(t0() + TimeDelta::days(8)).await;
         assert_eq!(after.deleted_keys, 1);
         assert!(!w.keys.keys_of(&org.user_name()).iter().any(|k| k.access_key_id == stray));
+        assert!(w.record(&org).quarantined.is_empty());
+    }
+
+    /// The sweep quarantines a used key the registry did not know; with the
+    /// current key it fills IAM's two places. A rotation then is refused with
+    /// an error that names the key, when it goes and how to remove it (not
+    /// IAM's quota error); once its retention is over, the rotation itself
+    /// deletes it, as the sweep would, and rotates.
+    #[tokio::test]
+    async fn a_quarantined_key_that_fills_the_second_place_is_named_by_the_refusal_then_deleted_after_retention() {
+        // Given an org whose user holds its current key and a used stray key, quarantined by the sweep
+        let w = World::new();
+        let org = w.org("4300001", None).await;
+        let stray = w.keys.create_key(&IamUser::home(org.user_name())).await.unwrap().access_key_id;
+        w.keys.mark_used(&org.user_name(), &stray, t0() + TimeDelta::hours(2));
+        w.run(t0() + TimeDelta::hours(3)).await;
+        assert_eq!(w.record(&org).quarantined.len(), 1);
+        let rotate_at = |at: DateTime<Utc>, id: &str| RotationRequest {
+            org: org.clone(),
+            now: DecisionTime::from(at),
+            trigger: Trigger::Api,
+            actor: "admin".into(),
+            rotation_id: id.into(),
+            request_id: None,
+            grace: None,
+        };
+        // When the org's admin rotates within the retention
+        let err =
+            rotate(w.ports(), &w.settings.rotation, &rotate_at(t0() + TimeDelta::days(1), "r1")).await.unwrap_err();
+        // Then the refusal names the key and the way out, and nothing changed
+        let text = err.to_string();
+        assert!(matches!(err, RotationError::SlotsHeld { .. }), "{text}");
+        assert!(text.contains(&stray) && text.contains("delete-access-key") && text.contains("2026-01-08"), "{text}");
+        assert!(w.record(&org).pending.is_none(), "the claim is released");
+        assert_eq!(w.keys.keys_of(&org.user_name()).len(), 2);
+        // And after the retention the rotation deletes it and rotates
+        let rotated =
+            rotate(w.ports(), &w.settings.rotation, &rotate_at(t0() + TimeDelta::days(8), "r2")).await.unwrap();
+        let ids: Vec<String> = w.keys.keys_of(&org.user_name()).into_iter().map(|k| k.access_key_id).collect();
+        assert!(ids.contains(&rotated.access_key_id) && !ids.contains(&stray), "{ids:?}");
         assert!(w.record(&org).quarantined.is_empty());
     }
 
