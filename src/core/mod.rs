@@ -8,6 +8,7 @@ pub mod domain;
 pub mod duration;
 pub mod enrollment;
 pub mod fanout;
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 pub mod policy;
 pub mod ports;
