@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -25,7 +25,7 @@ use super::accounts::{marker_key, placed_orgs, recount, MemberRole};
 use super::domain::{DecisionTime, OrgId};
 use super::ports::{PortError, Registry};
 use super::rotation::Ports;
-use super::sweep::{sweep_orgs, Summary, SweepRequest, SweepSettings};
+use super::sweep::{sweep_orgs, FullCheckDay, Summary, SweepRequest, SweepSettings};
 
 /// One queued message: the orgs of one account that one worker sweeps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,8 +118,8 @@ pub struct SliceResult {
 struct FanoutState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     latest_run: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    fully_checked_on: Option<NaiveDate>,
+    #[serde(default, skip_serializing_if = "FullCheckDay::is_none")]
+    fully_checked_on: FullCheckDay,
 }
 
 const FANOUT: &str = "fanout.json";
@@ -208,9 +208,8 @@ pub async fn dispatch(
     if let Some(latest) = state.latest_run.clone() {
         if let Some(status) = run_status(registry, Some(&latest)).await? {
             let m = &status.manifest;
-            let day = Some(m.evaluated_at.date_naive());
-            if m.full_check && !m.dry_run && status.finished() && state.fully_checked_on != day {
-                state.fully_checked_on = day;
+            if m.full_check && !m.dry_run && status.finished() && state.fully_checked_on.due(m.evaluated_at) {
+                state.fully_checked_on.completed(m.evaluated_at);
                 // Recorded only by a run that stores the state (not a dry run).
                 full_check_completed = (!dry_run).then_some(latest);
             }
@@ -226,7 +225,7 @@ pub async fn dispatch(
     };
     let full_check = match &dispatched_before {
         Some(before) => before.full_check,
-        None => state.fully_checked_on != Some(now.date_naive()),
+        None => state.fully_checked_on.due(now),
     };
     if full_check && !dry_run {
         // Once a day the counts are made the markers' number again.
