@@ -244,8 +244,13 @@ fn printable(text: &str) -> String {
     }
 }
 
+/// The first paragraph of a usage error (clap's message, without its usage and help lines).
 fn first_line(text: &str) -> String {
-    printable(text.lines().find(|l| !l.trim().is_empty()).unwrap_or("bad usage"))
+    let paragraph: Vec<&str> = text.trim_start().lines().take_while(|l| !l.trim().is_empty()).collect();
+    match printable(&paragraph.join(" ")) {
+        line if line.is_empty() => "bad usage".to_owned(),
+        line => line,
+    }
 }
 
 fn fail(status: u8, line: &str) -> ExitCode {
@@ -279,6 +284,6 @@ mod tests {
     fn a_stderr_line_is_one_line_without_anything_shaped_like_a_secret() {
         let text = "bad\n  thing wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY1 AKIAIOSFODNN7EXAMPLE";
         assert_eq!(printable(text), "bad thing *** AKIAIOSFODNN7EXAMPLE");
-        assert_eq!(first_line("\nerror: x\n\nUsage: y"), "error: x");
+        assert_eq!(first_line("\nerror: x\n  --y <Y>\n\nUsage: z"), "error: x --y <Y>");
     }
 }
