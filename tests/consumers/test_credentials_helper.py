@@ -3,23 +3,28 @@ consumer in the org's own account, each configured once with a profile whose
 credential_process is s3-key-rotation-credentials, keep reading the org's prefix
 across a rotation with a grace period, an automatic rotation by the sweep, and a
 rotation without grace (which fails the long-lived consumer until its next refresh,
-as docs/consumers.md says); and the helper's failures are one line, no secret.
+as docs/consumers.md says); the helper's failures are one line, no secret; and a
+consumer that runs no process gets the new key pushed by docs/examples/push_rotated_key.py
+on the org's `Bucket Key Rotated` event.
 
 The stack (consumer_stack.py) is the local endpoint with credentials enforced, the
 functions behind the API Gateway stand-in, the reader role in the org's account.
 """
+import http.server
 import json
 import re
 import subprocess
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from consumer_stack import (LOG_KEY, MANAGED_BUCKET, ORG, ORG_ACCOUNT, ORG_ADMIN, READER_ROLE, REFRESH_EVERY,
-                            REGION, VENV_BIN, Consumer, cli, running_stack)
+                            REGION, ROOT, VENV_BIN, Consumer, cli, running_stack)
 
 LOG_TEXT = f"log lines of org {ORG}\n"
+EXAMPLES = ROOT / "docs" / "examples"
 SLACK = 5  # seconds: a read every 0.5 s, a helper run, a loaded machine
 
 
@@ -170,3 +175,66 @@ def test_a_consumer_whose_reader_profile_loops_back_fails_at_once(stack):
                           env=stack.consumer_env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and done.stdout == ""
     assert "come from s3-key-rotation-credentials itself (a loop)" in done.stderr, done.stderr
+
+
+class ConsumerApi:
+    """A stand-in for the settings API of a consumer that keeps the key itself (a SIEM): it
+    keeps each key PUT to it with the right bearer token."""
+
+    TOKEN = "consumer-api-token"
+
+    def __init__(self):
+        keys = self.keys = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                authorized = self.headers.get("Authorization") == f"Bearer {ConsumerApi.TOKEN}"
+                if authorized:
+                    keys.append((body["accessKeyId"], body["secretAccessKey"]))
+                self.send_response(204 if authorized else 401)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/s3-connector/credentials"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_consumer_that_runs_no_process_gets_the_new_key_pushed_on_the_rotation_event(stack):
+    """docs/examples/push_rotated_key.py, run as the org's reader on the real `Bucket Key
+    Rotated` event: the provider's rule forwards the org's events (here to a queue the test
+    reads, standing for the org's bus), and the example pushes the vault's current key."""
+    operator = (stack.env["AWS_ACCESS_KEY_ID"], stack.env["AWS_SECRET_ACCESS_KEY"])
+    sqs, events = stack.aws.client("sqs", operator), stack.aws.client("events", operator)
+    queue = sqs.create_queue(QueueName="org-7654321-events")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="org-7654321-rotations", EventPattern=json.dumps({
+        "source": ["s3-key-rotation"], "detail-type": ["Bucket Key Rotated"], "detail": {"orgId": [ORG]}}))
+    events.put_targets(Rule="org-7654321-rotations", Targets=[{"Id": "org", "Arn": queue_arn}])
+    api = ConsumerApi()
+    try:
+        new = stack.rotate(grace="1h")
+        received = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=10).get("Messages", [])
+        assert len(received) == 1, received
+        event = json.loads(received[0]["Body"])
+        assert event["detail"]["accessKeyId"] == new and not [s for s in stack.secrets if s in received[0]["Body"]]
+        # The example as the org's Lambda function runs it: the reader role's credentials.
+        env = dict(stack.consumer_env, AWS_PROFILE=READER_ROLE, SECRET_ARN=stack.arn, CONSUMER_URL=api.url,
+                   CONSUMER_TOKEN=ConsumerApi.TOKEN, PYTHONPATH=str(EXAMPLES))
+        done = subprocess.run([str(VENV_BIN / "python"), "-c",
+                               "import json, sys, push_rotated_key; push_rotated_key.handler(json.load(sys.stdin))"],
+                              input=received[0]["Body"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert [key for key, _ in api.keys] == [new]
+        assert stack.aws.can_read(api.keys[0], ORG)
+        assert json.loads(done.stdout) == {"pushed": new, "rotatedTo": new}
+        assert api.keys[0][1] not in done.stdout + done.stderr
+    finally:
+        api.close()
