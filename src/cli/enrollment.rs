@@ -119,8 +119,9 @@ async fn enroll_all(
                 let granted = match (&done, &principal) {
                     (Ok(_), Some(p)) => {
                         Some(match grant_vault_reader(&adapters.vault, &adapters.audit, &org, p, now, ACTOR).await {
-                            // The full ARN: what the org's consumers name the secret by.
-                            Ok(()) => Ok((p.clone(), adapters.vault.secret_arn(&org).await)),
+                            // The full ARN, printed with the grant: what the org's consumers name the secret by.
+                            Ok(()) if verbose => Ok((p.clone(), adapters.vault.secret_arn(&org).await)),
+                            Ok(()) => Ok((p.clone(), Ok(None))),
                             Err(e) => Err(e.to_string()),
                         })
                     }
