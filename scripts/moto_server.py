@@ -29,6 +29,19 @@ Differences from a plain `moto_server`:
   appended to that file (see `CallLog`).
 - SQS `SendMessageBatch` keeps each entry's message system attributes
   (`AWSTraceHeader`), as `SendMessage` does (moto 5.2.5 drops them in a batch).
+- A Secrets Manager call that names a secret of another account by its ARN acts
+  on that account's secret, if the secret's resource policy allows the caller
+  the action (moto 5.2.5 looks the ARN up in the caller's own account and never
+  reads resource policies); refused otherwise, with AccessDeniedException, as is
+  a secret of another account that does not exist. The caller's own IAM policy
+  is checked as for any call. Conditions are treated as met; the KMS key is not
+  evaluated (a secret on the AWS-managed key is readable across accounts here).
+  A Secrets Manager call refused for its signature or the caller's IAM policy is
+  answered as Secrets Manager answers it, HTTP 400 with a JSON error
+  (`AccessDeniedException`, `UnrecognizedClientException`), not moto's XML 403.
+- `GetSecretValue` without `VersionId` or `VersionStage` answers the
+  `AWSCURRENT` version, as AWS does (moto 5.2.5 answers the first version ever
+  stored as current, whichever version the label has moved to since).
 It exits when its standard input closes, so it never outlives its parent.
 
 For the benchmarks it counts the AWS requests it serves and the time it spends
@@ -57,10 +70,12 @@ from moto.iam.models import iam_backends
 from moto.events.responses import EventsHandler
 from moto.core.responses import EmptyResult
 from moto.iam.responses import IamResponse
+from moto.core.exceptions import AccessDeniedError, InvalidClientTokenIdError, JsonRESTError, SignatureDoesNotMatchError
+from moto.secretsmanager.models import SecretsManagerBackend, secretsmanager_backends
 from moto.secretsmanager.responses import SecretsManagerResponse
 from moto.sqs.models import SQSBackend
 from moto.sts.exceptions import STSClientError
-from moto.sts.models import STSBackend
+from moto.sts.models import STSBackend, sts_backends
 from moto.sts.responses import TokenResponse as STSResponse
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -237,6 +252,113 @@ def _secret_resource(self):
 
 
 SecretsManagerResponse._determine_resource = _secret_resource
+
+
+class _SecretAccessDenied(JsonRESTError):
+    code = 400
+
+    def __init__(self, message):
+        super().__init__("AccessDeniedException", message)
+
+
+def _listed(value):
+    return value if isinstance(value, list) else [value]
+
+
+def _names_principal(statement, caller, caller_account):
+    """Whether a resource policy statement's Principal names the caller (`caller`: its
+    aws:PrincipalArn): `*`, the caller's account (its id or `…:root`), or its ARN."""
+    principal = statement.get("Principal")
+    if principal == "*":
+        return True
+    for named in _listed((principal or {}).get("AWS", []) if isinstance(principal, dict) else []):
+        if named in ("*", caller_account, f"arn:aws:iam::{caller_account}:root") or named == caller:
+            return True
+    return False
+
+
+def _resource_policy_allows(policy, caller, caller_account, action, secret_arn):
+    """A secret's resource policy evaluated for one call: an explicit Deny wins, else an
+    Allow is needed. Conditions are treated as met (see the module's docstring)."""
+    try:
+        statements = _listed(json.loads(policy or "{}").get("Statement", []))
+    except (ValueError, AttributeError):
+        return False
+    allowed = False
+    for statement in statements:
+        actions = [a.lower() for a in _listed(statement.get("Action", []))]
+        resources = _listed(statement.get("Resource", "*"))
+        if not (_names_principal(statement, caller, caller_account)
+                and any(fnmatch.fnmatchcase(action.lower(), a) for a in actions)
+                and any(fnmatch.fnmatchcase(secret_arn, r) for r in resources)):
+            continue
+        if statement.get("Effect") == "Deny":
+            return False
+        allowed = allowed or statement.get("Effect") == "Allow"
+    return allowed
+
+
+def _secrets_backend(self):
+    """The Secrets Manager backend a call acts on: the caller's account's, or (a secret of
+    another account named by its ARN) the owner's, once the secret's resource policy allows
+    the caller the action. moto 5.2.5 looks every ARN up in the caller's own account."""
+    try:
+        secret_id = json.loads(self.body or "{}").get("SecretId")
+    except ValueError:
+        secret_id = None
+    owner = secret_id.split(":")[4] if isinstance(secret_id, str) and secret_id.startswith("arn:") \
+        and secret_id.count(":") >= 6 else self.current_account
+    if owner == self.current_account:
+        return secretsmanager_backends[self.current_account][self.region]
+    backend = secretsmanager_backends[owner][self.region]
+    action = f"secretsmanager:{self._get_action()}"
+    _, arn, _ = sts_backends[self.current_account][self.partition].get_caller_identity(
+        self.get_access_key(), self.region)
+    secret = backend.secrets.get(secret_id)
+    if secret is None or not _resource_policy_allows(secret.policy, _principal_arn(arn), self.current_account,
+                                                     action, secret.arn):
+        raise _SecretAccessDenied(f"User: {arn} is not authorized to perform: {action} on resource: {secret_id} "
+                                  "because no resource-based policy allows the " + action + " action")
+    return backend
+
+
+SecretsManagerResponse.backend = property(_secrets_backend)
+
+# How Secrets Manager (a JSON protocol) answers a refused signature or identity: HTTP 400
+# with a JSON `__type` (moto 5.2.5 answers 403 with the query protocols' XML, which an SDK
+# cannot read a code from).
+JSON_AUTH_ERRORS = {"AccessDenied": "AccessDeniedException", "InvalidClientTokenId": "UnrecognizedClientException",
+                    "SignatureDoesNotMatch": "InvalidSignatureException"}
+_original_secrets_authorize = SecretsManagerResponse._authenticate_and_authorize_normal_action
+
+
+def _secrets_authorize_json(self, resource="*"):
+    try:
+        _original_secrets_authorize(self, resource)
+    except (AccessDeniedError, InvalidClientTokenIdError, SignatureDoesNotMatchError) as e:
+        message = e.message
+        if isinstance(e, AccessDeniedError):
+            action = message.rsplit(": ", 1)[-1]
+            message += f" on resource: {resource} because no identity-based policy allows the {action} action"
+        error = JsonRESTError(JSON_AUTH_ERRORS[e.error_type], message)
+        error.code = 400
+        raise error from e
+
+
+SecretsManagerResponse._authenticate_and_authorize_normal_action = _secrets_authorize_json
+
+_original_get_secret_value = SecretsManagerBackend.get_secret_value
+
+
+def _current_by_default(self, secret_id, version_id, version_stage):
+    """GetSecretValue without a version or a stage: AWSCURRENT's version, as AWS answers
+    (moto 5.2.5 answers the version it first stored as current, wherever the label is now)."""
+    if not version_id and not version_stage:
+        version_stage = "AWSCURRENT"
+    return _original_get_secret_value(self, secret_id, version_id, version_stage)
+
+
+SecretsManagerBackend.get_secret_value = _current_by_default
 
 
 def _event_bus_resource(self):

@@ -4,7 +4,9 @@
 # binaries under the Lambda Runtime API (cargo lambda), cfn-lint, checkov over
 # both templates (tests/package), and the Python suite in tests/sdk that drives
 # the functions only through the reference APIs' own SDKs (Cisco Secure Access,
-# Alibaba Cloud KMS), behind the API Gateway stand-in scripts/gateway.py, and the
+# Alibaba Cloud KMS), behind the API Gateway stand-in scripts/gateway.py,
+# tests/consumers (the AWS CLI and boto3 reading the org's prefix across rotations
+# through s3-key-rotation-credentials, from the org's own account), and the
 # permissions evaluated with IAM's semantics (tests/permissions/test_evaluated.py).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,7 +24,7 @@ cargo test --locked "$@"
 # cargo-lambda with zig (both from .venv); tests/package checks the artefacts.
 rustup target add aarch64-unknown-linux-gnu >&2
 SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 sam build --beta-features
-.venv/bin/python -m pytest tests/sdk tests/package tests/wire tests/permissions/test_evaluated.py -q -p no:cacheprovider
+.venv/bin/python -m pytest tests/sdk tests/package tests/wire tests/consumers tests/permissions/test_evaluated.py -q -p no:cacheprovider
 # Last: it needs the calls of the whole suite (a filtered `cargo test` run sees only part).
 if [ $# -eq 0 ]; then
   .venv/bin/python -m pytest tests/permissions/test_granted_used.py -q -p no:cacheprovider

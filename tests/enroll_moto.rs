@@ -74,7 +74,15 @@ async fn an_orgs_own_principal_can_be_granted_read_access_to_its_secret() {
     let (ok, out, err) = cli(&stack, &["enroll", "--org", "1234567", "--reader-principal", reader]);
 
     assert!(ok, "{out}{err}");
-    assert!(out.contains("may read the secret s3-key-rotation/org-1234567"), "{out}");
+    // The secret's full ARN (random suffix and all): what a consumer in the org's account names it by.
+    let arn = out.lines().find_map(|l| l.split(" may read the secret ").nth(1)).expect("the grant's line");
+    assert!(
+        arn.starts_with("arn:aws:secretsmanager:us-east-1:123456789012:secret:s3-key-rotation/org-1234567-"),
+        "{out}"
+    );
+    let (ok, status, err) = cli(&stack, &["status", "--org", "1234567"]);
+    assert!(ok, "{err}");
+    assert!(status.lines().any(|l| l == format!("secret   {arn}")), "{status}");
     let secrets = s3_key_rotation::aws::Clients::from_sdk(stack.aws.sdk(&stack.admin.0, &stack.admin.1), true).secrets;
     let policy = secrets.get_resource_policy().secret_id("s3-key-rotation/org-1234567").send().await.unwrap();
     let policy: serde_json::Value = serde_json::from_str(policy.resource_policy().unwrap()).unwrap();

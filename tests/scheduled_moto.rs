@@ -59,10 +59,9 @@ fn key_of(rotated: &Rotated) -> (String, String) {
     (rotated.access_key_id.clone(), rotated.secret_access_key.expose_secret().to_owned())
 }
 
-/// The vault's current secret of the org, as a consumer reads it. The stage is
-/// named: moto 5.2.5's GetSecretValue without one returns the first version
-/// ever stored, not the one UpdateSecretVersionStage made AWSCURRENT (AWS
-/// answers AWSCURRENT either way).
+/// The vault's current secret of the org, as a consumer reads it, the stage
+/// named (without one, AWS and the local endpoint answer AWSCURRENT too; moto
+/// 5.2.5 alone answers the first version ever stored).
 async fn vault_current(stack: &Stack) -> serde_json::Value {
     let clients = Clients::from_sdk(stack.aws.sdk(&stack.admin.0, &stack.admin.1), true);
     let secret = clients

@@ -145,6 +145,12 @@ impl SecretsVault {
         Ok(())
     }
 
+    /// The full ARN of the org's secret (`None`: there is none yet), which a
+    /// reader in another account needs to name it: `…:secret:{name}-AbCdEf`.
+    pub async fn secret_arn(&self, org: &OrgId) -> Result<Option<String>, PortError> {
+        Ok(self.describe(org).await?.and_then(|d| d.arn().map(str::to_owned)))
+    }
+
     /// The version ids of the secret by stage.
     async fn versions(&self, org: &OrgId) -> Result<Option<Vec<(String, Vec<String>)>>, PortError> {
         Ok(self.describe(org).await?.map(|out| {

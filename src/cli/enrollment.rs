@@ -117,12 +117,14 @@ async fn enroll_all(
                     .await
                     .map_err(|e| e.to_string());
                 let granted = match (&done, &principal) {
-                    (Ok(_), Some(p)) => Some(
-                        grant_vault_reader(&adapters.vault, &adapters.audit, &org, p, now, ACTOR)
-                            .await
-                            .map(|()| p.clone())
-                            .map_err(|e| e.to_string()),
-                    ),
+                    (Ok(_), Some(p)) => {
+                        Some(match grant_vault_reader(&adapters.vault, &adapters.audit, &org, p, now, ACTOR).await {
+                            // The full ARN, printed with the grant: what the org's consumers name the secret by.
+                            Ok(()) if verbose => Ok((p.clone(), adapters.vault.secret_arn(&org).await)),
+                            Ok(()) => Ok((p.clone(), Ok(None))),
+                            Err(e) => Err(e.to_string()),
+                        })
+                    }
                     _ => None,
                 };
                 (org, done, granted)
@@ -158,8 +160,13 @@ async fn enroll_all(
             bar.suspend(|| println!("{line}"));
         }
         match granted {
-            Some(Ok(principal)) if verbose => bar.suspend(|| {
-                println!("  {principal} may read the secret {}", adapters.vault.secret_name(&org));
+            Some(Ok((principal, arn))) if verbose => bar.suspend(|| {
+                let secret = match arn {
+                    Ok(Some(arn)) => arn,
+                    Ok(None) => adapters.vault.secret_name(&org),
+                    Err(e) => format!("{} (its ARN is unknown: {e})", adapters.vault.secret_name(&org)),
+                };
+                println!("  {principal} may read the secret {secret}");
             }),
             Some(Err(e)) => {
                 failed += 1;

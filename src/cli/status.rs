@@ -52,6 +52,12 @@ pub(super) async fn status(ctx: &Context, Status { org, json }: Status) -> Resul
             uses.push((id.to_owned(), seen));
         }
         print_status(&record, &ctx.config, ctx.now.at(), &uses);
+        // The full ARN the org's consumers name the secret by (a failure to ask is shown, not fatal).
+        match ctx.adapters.vault.secret_arn(&org).await {
+            Ok(Some(arn)) => println!("secret   {arn}"),
+            Ok(None) => println!("secret   none yet (the first rotation, or a reader's grant, creates it)"),
+            Err(e) => println!("secret   {} (its ARN is unknown: {e})", ctx.adapters.vault.secret_name(&org)),
+        }
     }
     Ok(())
 }
