@@ -181,10 +181,23 @@ pub(crate) fn classify<E: ProvideErrorMetadata>(
 const MESSAGE_LIMIT: usize = 300;
 
 /// An AWS error message made safe to log: one line, at most [`MESSAGE_LIMIT`]
-/// characters, and any run of 40 characters of a secret access key's alphabet
-/// (A-Z a-z 0-9 + /) masked.
+/// characters, and any secret access key masked (see [`mask_secrets`]).
 fn printable_message(message: &str) -> String {
-    let line: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut out = mask_secrets(message);
+    if out.chars().count() > MESSAGE_LIMIT {
+        out = out.chars().take(MESSAGE_LIMIT).collect::<String>() + "…";
+    }
+    out
+}
+
+/// `text` on one line (control characters and runs of white space made one
+/// space), with any run of 40 or more characters of a secret access key's
+/// alphabet (A-Z a-z 0-9 + /, with a lower-case letter and a digit) shown as
+/// `***`: the one rule by which every message that may quote AWS is made safe
+/// to log or print.
+pub fn mask_secrets(text: &str) -> String {
+    let words = text.split(|c: char| c.is_whitespace() || c.is_control()).filter(|w| !w.is_empty());
+    let line = words.collect::<Vec<_>>().join(" ");
     let mut out = String::with_capacity(line.len());
     let mut run = String::new();
     let secret_alphabet = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
@@ -200,10 +213,7 @@ fn printable_message(message: &str) -> String {
         out.push(c);
     }
     out.pop();
-    if out.chars().count() > MESSAGE_LIMIT {
-        out = out.chars().take(MESSAGE_LIMIT).collect::<String>() + "…";
-    }
-    out.trim().to_owned()
+    out
 }
 
 #[cfg(test)]

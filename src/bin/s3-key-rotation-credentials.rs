@@ -29,6 +29,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::date_time::{DateTime, Format};
 use clap::error::ErrorKind;
 use clap::Parser;
+use s3_key_rotation::aws::mask_secrets;
 use s3_key_rotation::core::duration::Duration;
 
 const NAME: &str = "s3-key-rotation-credentials";
@@ -220,23 +221,7 @@ fn aws_failure<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkE
 /// most [`LINE_LIMIT`] characters, and any run of 40 characters of a secret access key's
 /// alphabet masked.
 fn printable(text: &str) -> String {
-    let line = text.split(|c: char| c.is_whitespace() || c.is_control()).filter(|w| !w.is_empty());
-    let line: String = line.collect::<Vec<_>>().join(" ");
-    let mut out = String::with_capacity(line.len());
-    let mut run = String::new();
-    let secret_alphabet = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
-    for c in line.chars().chain(std::iter::once(' ')) {
-        if secret_alphabet(c) {
-            run.push(c);
-            continue;
-        }
-        let looks_secret =
-            run.len() >= 40 && run.chars().any(|c| c.is_ascii_lowercase()) && run.chars().any(|c| c.is_ascii_digit());
-        out.push_str(if looks_secret { "***" } else { &run });
-        run.clear();
-        out.push(c);
-    }
-    out.pop();
+    let out = mask_secrets(text);
     let trimmed = out.trim();
     match trimmed.char_indices().nth(LINE_LIMIT) {
         Some((cut, _)) => format!("{}…", &trimmed[..cut]),
