@@ -79,12 +79,12 @@ import pytest
 from harness import (KINDS, SCHEDULED_EVENT, TRIES, FaultProxy, FunctionError, Snapshot, Stack, Worker, cell, cli,
                      converged, disturbed, diverged, elapsed, holds, report, run_parallel, table)
 from local_aws import EXTERNAL_ID, TARGET, member_role_arn
+from sqs_delivery import MAX_RECEIVES, EventSourceMapping, queue_arn
 
 WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))
 FULL = os.environ.get("WIRE_FULL") == "1"
 MEMBERS = ("111111111111", "222222222222")
 VISIBILITY = 30  # seconds: the test queue's visibility timeout (template.yaml: 5400), a backstop only
-MAX_RECEIVES = 3  # template.yaml's maxReceiveCount
 KILL_POINTS = 8
 SEED = 20261130
 DAY = timedelta(days=1)
@@ -116,7 +116,7 @@ class FanWorker(Worker):
         dead = sqs.create_queue(QueueName=f"sweep-dead-letters-{name}")["QueueUrl"]
         url = sqs.create_queue(QueueName=f"sweep-{name}", Attributes={
             "VisibilityTimeout": str(VISIBILITY),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": self.arn_of(sqs, dead),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": queue_arn(sqs, dead),
                                          "maxReceiveCount": str(MAX_RECEIVES)})})["QueueUrl"]
         super().__init__(stack, name, parameters={
             "SweepQueue": url,
@@ -126,11 +126,11 @@ class FanWorker(Worker):
             # the eleventh scenario of a world (8 days each).
             "MaxKeyAge": "3650d",
         })
-        self.sqs, self.queue_url, self.dead_url, self.queue_arn = sqs, url, dead, self.arn_of(sqs, url)
+        self.sqs, self.queue_url, self.dead_url = sqs, url, dead
+        self.mapping = EventSourceMapping(sqs, url, failure=FunctionError)
         self.member_cli_env = dict(self.cli_env, **stack.member_env)
         # The operator's CLI with the deployed functions' settings, straight to the endpoint.
         self.operator_env = dict(self.function_env, **self.deployment.functions["SweepWorkerFunction"].environment)
-        self.held = {}  # message id -> the receipt of its latest delivery, while not deleted
         # The same functions with long SDK timeouts, through the same proxy: the first
         # invocation of a pause scenario.
         self.patient = self.functions(self.proxy.endpoint, lambda: self.now, "patient", **PATIENT)
@@ -138,10 +138,6 @@ class FanWorker(Worker):
         self.ops_of = {}  # family -> the clean run's requests that its k counts
         self.second = None
         self.disturbances = Counter()
-
-    @staticmethod
-    def arn_of(sqs, url):
-        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 
     def runtime(self, function, gateway=None):
         return (gateway or self.gateway).runtimes[function]
@@ -185,82 +181,32 @@ class FanWorker(Worker):
         except FunctionError as e:
             return e
 
-    # -- the event source mapping
+    # -- the event source mapping (scripts/sqs_delivery.py)
 
     def receive(self):
-        got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=0,
-                                       AttributeNames=["All"]).get("Messages", [])
-        if not got:
-            return None
-        message = got[0]
-        self.held[message["MessageId"]] = message["ReceiptHandle"]
-        return message
-
-    def sqs_event(self, message):
-        attributes = message.get("Attributes", {})
-        return {"Records": [{
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": message["Body"],
-            "attributes": {k: attributes[k] for k in ("ApproximateReceiveCount", "SentTimestamp", "SenderId",
-                                                      "ApproximateFirstReceiveTimestamp") if k in attributes},
-            "messageAttributes": {},
-            "md5OfBody": message["MD5OfBody"],
-            "eventSource": "aws:sqs",
-            "eventSourceARN": self.queue_arn,
-            "awsRegion": "us-east-1",
-        }]}
+        return self.mapping.receive()
 
     def deliver(self, message, gateway=None):
         """One invocation of sweep-worker with `message`, settled as the event source mapping
         does: deleted unless the answer lists it (or the invocation failed). The answer or the
         FunctionError."""
-        try:
-            answer = self.runtime("SweepWorkerFunction", gateway).invoke(self.sqs_event(message))
-        except FunctionError as e:
-            return e
-        failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
-        if message["MessageId"] not in failed:
-            try:
-                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
-            except Exception:  # noqa: BLE001 -- an older receipt of a message received again: SQS keeps it
-                return answer
-            if self.held.get(message["MessageId"]) == message["ReceiptHandle"]:
-                del self.held[message["MessageId"]]
-        return answer
+        return self.mapping.deliver(message, self.runtime("SweepWorkerFunction", gateway).invoke)[0]
 
     def time_passes(self):
         """The visibility timeout of every message received and not deleted passes."""
-        for message_id, receipt in list(self.held.items()):
-            try:
-                self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=receipt,
-                                                   VisibilityTimeout=0)
-            except Exception:  # noqa: BLE001 -- deleted meanwhile, or moved to the dead-letter queue
-                pass
-            del self.held[message_id]
+        self.mapping.time_passes()
 
     def depth(self, url=None):
-        attributes = self.sqs.get_queue_attributes(QueueUrl=url or self.queue_url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-        return sum(int(v) for v in attributes.values())
+        return self.mapping.depth(url)
 
     def drain(self, rounds=MAX_RECEIVES + 1):
         """Delivers until the queue is empty, the visibility timeout of what failed passing
         between rounds; (deliveries, failed deliveries)."""
-        deliveries = failures = 0
-        for _ in range(rounds):
-            while (message := self.receive()) is not None:
-                answer = self.deliver(message)
-                deliveries += 1
-                failures += isinstance(answer, FunctionError) or bool(answer.get("batchItemFailures"))
-            if not self.held and self.depth() == 0:
-                break
-            self.time_passes()
-        return deliveries, failures
+        return self.mapping.drain(self.runtime("SweepWorkerFunction").invoke, rounds)
 
     def purge(self):
         """Empties both queues (a scenario that went wrong must not leave work to the next)."""
-        self.held.clear()
+        self.mapping.held.clear()
         for url in (self.queue_url, self.dead_url):
             while True:
                 got = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
