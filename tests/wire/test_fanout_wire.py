@@ -75,13 +75,12 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
-import pytest
-from harness import (KINDS, SCHEDULED_EVENT, TRIES, FaultProxy, FunctionError, Snapshot, Stack, Worker, cell, cli,
-                     converged, disturbed, diverged, elapsed, holds, report, run_parallel, table)
+from harness import (KINDS, SCHEDULED_EVENT, WORKERS, FaultProxy, FunctionError, Snapshot, Worker, cell,
+                     clean_run, cli, converged, disturbed, diverged, elapsed, fault_scenarios, holds, report, retire,
+                     run_parallel, settle, stack_fixture, table)
 from local_aws import EXTERNAL_ID, TARGET, member_role_arn
 from sqs_delivery import MAX_RECEIVES, EventSourceMapping, queue_arn
 
-WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))
 FULL = os.environ.get("WIRE_FULL") == "1"
 MEMBERS = ("111111111111", "222222222222")
 VISIBILITY = 30  # seconds: the test queue's visibility timeout (template.yaml: 5400), a backstop only
@@ -96,11 +95,7 @@ RACES = 3  # unpaused double deliveries
 PATIENT = {"SDK_ATTEMPT_TIMEOUT": "20s", "SDK_OPERATION_TIMEOUT": "25s", "ROTATION_LEASE": "140s"}
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("wire-fanout"), members=MEMBERS)
-    yield stack
-    stack.close()
+stack = stack_fixture("wire-fanout", members=MEMBERS)
 
 
 def iso(t):
@@ -134,7 +129,6 @@ class FanWorker(Worker):
         # The same functions with long SDK timeouts, through the same proxy: the first
         # invocation of a pause scenario.
         self.patient = self.functions(self.proxy.endpoint, lambda: self.now, "patient", **PATIENT)
-        self.world = None
         self.ops_of = {}  # family -> the clean run's requests that its k counts
         self.second = None
         self.disturbances = Counter()
@@ -260,42 +254,35 @@ def enroll(worker, tag, member):
     return org
 
 
-def settle(worker):
+def new_world(worker):
     """The worker's world, in the state every scenario starts from: H (home) with one key,
     A (first member account) with a current and an inactive previous key, a 7-day
     automatic rotation, due at the world's time; B (second member account) with one key."""
-    for _ in range(TRIES):
-        if worker.world is not None:
-            return worker.world
-        h = enroll(worker, "h", member=False)
-        a, b = enroll(worker, "a", member=True), enroll(worker, "b", member=True)
-        accounts = [(worker.obs.record(worker.bucket, org) or {}).get("accountId") for org in (h, a, b)]
-        assert accounts == [None, *MEMBERS], f"placed in {accounts}"
-        worker.now += timedelta(minutes=15)
-        worker.proxy.reset()
-        statuses = [worker.rotate(org) for org in (h, a, b)]
-        cli(worker.member_cli_env, "policy", "--org", a, "--enable", "--interval", "7d", capture=True)
-        day = worker.now.replace(hour=0, minute=0, second=0)
-        worker.world = {"h": h, "a": a, "b": b, "at": day + CYCLE + timedelta(hours=12)}
-        if any(status != 200 for status, _ in statuses):
-            assert disturbed(worker.proxy.log()), statuses
-            retire_world(worker)
-            continue
-        first = cycle(worker, ("clean",))  # retires the world if disturbed
-        assert not first["problems"] or first["disturbed"], first
-    assert worker.world, f"no world could be set up in {TRIES} tries: the machine is too loaded"
-    return worker.world
+    h = enroll(worker, "h", member=False)
+    a, b = enroll(worker, "a", member=True), enroll(worker, "b", member=True)
+    accounts = [(worker.obs.record(worker.bucket, org) or {}).get("accountId") for org in (h, a, b)]
+    assert accounts == [None, *MEMBERS], f"placed in {accounts}"
+    worker.now += timedelta(minutes=15)
+    worker.proxy.reset()
+    statuses = [worker.rotate(org) for org in (h, a, b)]
+    cli(worker.member_cli_env, "policy", "--org", a, "--enable", "--interval", "7d", capture=True)
+    day = worker.now.replace(hour=0, minute=0, second=0)
+    worker.world = {"h": h, "a": a, "b": b, "at": day + CYCLE + timedelta(hours=12)}
+    if any(status != 200 for status, _ in statuses):
+        assert disturbed(worker.proxy.log()), statuses
+        retire_world(worker)
+        return
+    first = cycle(worker, ("clean",))  # retires the world if disturbed
+    assert not first["problems"] or first["disturbed"], first
 
 
 def retire_world(worker):
     """Takes the worker's orgs out of its registry and empties its queues: the next
     scenario starts afresh (a day later: a new day's full check)."""
     world = worker.world
-    for org in (world["h"], world["a"], world["b"]):
-        worker.obs.s3.delete_object(Bucket=worker.bucket, Key=f"orgs/{org}.json")
+    retire(worker, orgs_of(world))
     worker.purge()
     worker.now = world["at"] + 2 * DAY
-    worker.world = None
 
 
 def orgs_of(world):
@@ -677,7 +664,7 @@ def holds_all(worker, world, moment):
 
 
 def scenario(worker, spec):
-    settle(worker)
+    settle(worker, new_world)
     return cycle(worker, spec)
 
 
@@ -708,10 +695,7 @@ def test_the_fanned_out_sweep_under_wire_faults_kills_double_deliveries_and_a_re
     workers = [FanWorker(stack, f"f{i}") for i in range(WORKERS)]
     try:
         # A clean run, from the state every scenario starts from, counts N.
-        for _ in range(TRIES):
-            clean = scenario(workers[0], ("clean",))
-            if not clean["disturbed"]:
-                break
+        clean = clean_run(lambda: scenario(workers[0], ("clean",)))
         assert clean["outcome"] == "ok" and not clean["problems"] and clean["converged"] and not clean["disturbed"], \
             clean
         ops, labels = clean["ops"], clean["labels"]
@@ -732,8 +716,8 @@ def test_the_fanned_out_sweep_under_wire_faults_kills_double_deliveries_and_a_re
         rng = random.Random(SEED)
         kills = [("kill", k, rng.choice(["before", "after"])) for k in sorted(rng.sample(range(1, n + 1), KILL_POINTS))]
         if "fault" in FAMILIES:
-            scenarios += [(k, kind, persist) for kind, persist in columns for k in range(1, n + 1)
-                          if FULL or (kind, persist) != ("lost", True) or writes(ops[k - 1])]
+            scenarios += fault_scenarios(columns, n, keep=lambda k, kind, persist: FULL or (kind, persist) != (
+                "lost", True) or writes(ops[k - 1]))
         if "kill" in FAMILIES:
             # The longest (each waits out a lease, idle): early, spread among the others so that
             # few workers wait at once.
