@@ -464,8 +464,11 @@ class Gateway:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-        for runtime in self.runtimes.values():
-            runtime.close()
+        closing = [threading.Thread(target=runtime.close) for runtime in self.runtimes.values()]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join()
 
     def authorize(self, authorizer, headers):
         """Claims and scopes of a valid bearer token, or None (401)."""

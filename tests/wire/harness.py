@@ -329,6 +329,16 @@ class Worker:
 TRIES = 3  # runs of a scenario that the machine's load disturbed
 
 
+def close_all(workers, close=None):
+    """Closes the workers (`close(worker)`, or its own close()) at once: each waits for its
+    functions' processes to stop and its servers' next poll."""
+    closing = [threading.Thread(target=close or type(w).close, args=(w,)) for w in workers]
+    for thread in closing:
+        thread.start()
+    for thread in closing:
+        thread.join()
+
+
 def settle(worker, build, prepare=None, what="world"):
     """What the worker's next scenario starts from, `worker.world`: the last scenario's,
     unless it retired it (`retire`), else made anew by `build(worker)`, which leaves it None

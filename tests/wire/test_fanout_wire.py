@@ -75,8 +75,8 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
-from harness import (KINDS, SCHEDULED_EVENT, WORKERS, FaultProxy, FunctionError, Snapshot, Worker, cell,
-                     clean_run, cli, converged, disturbed, diverged, elapsed, fault_scenarios, holds, report, retire,
+from harness import (KINDS, SCHEDULED_EVENT, WORKERS, FaultProxy, FunctionError, Snapshot, Worker, cell, clean_run, cli,
+                     close_all, converged, disturbed, diverged, elapsed, fault_scenarios, holds, report, retire,
                      run_parallel, settle, stack_fixture, table)
 from local_aws import EXTERNAL_ID, TARGET, member_role_arn
 from sqs_delivery import MAX_RECEIVES, EventSourceMapping, queue_arn
@@ -731,8 +731,7 @@ def test_the_fanned_out_sweep_under_wire_faults_kills_double_deliveries_and_a_re
             scenarios += [("twice", k) for k in range(1, len(twice_ops) + 1)] + [("twice", 0)] * RACES
         results = run_parallel(workers, scenarios, scenario)
     finally:
-        for w in workers:
-            w.close()
+        close_all(workers)
 
     faults = [r for r in results if r["family"] == "fault"]
     # `lost+` on a read is `close+` to the client (no answer, every attempt) and AWS kept nothing of it.

@@ -7,7 +7,7 @@ converges (IAM holds only keys the record knows, the vault holds the current key
 import time
 from datetime import timedelta
 
-from harness import (KINDS, TRIES, WORKERS, Snapshot, Worker, converged, current_id, disturbed, diverged,
+from harness import (KINDS, TRIES, WORKERS, Snapshot, Worker, close_all, converged, current_id, disturbed, diverged,
                      fault_scenarios, report, run_parallel, settle, stack_fixture)
 
 STEP = timedelta(minutes=15)  # between calls: past the lease, within the hourly rate limit
@@ -110,8 +110,7 @@ def test_every_fault_at_every_request_of_a_rotation(stack, capsys):
         scenarios = fault_scenarios(columns, n)
         results = run_parallel(workers, scenarios, rotate_with_fault)
     finally:
-        for w in workers:
-            w.close()
+        close_all(workers)
 
     report("rotate-key", started,
            f"rotate-key under wire faults: {n} requests x {len(KINDS)} kinds x 2 (one attempt / '+' every retry) = "

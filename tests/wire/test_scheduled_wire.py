@@ -20,8 +20,8 @@ import random
 import time
 from datetime import timedelta
 
-from harness import (KINDS, WORKERS, FunctionError, Snapshot, Worker, cell, clean_run, cli, converged, disturbed,
-                     diverged, fault_scenarios, holds, longest_first, report, retire, run_parallel, settle,
+from harness import (KINDS, WORKERS, FunctionError, Snapshot, Worker, cell, clean_run, cli, close_all, converged,
+                     disturbed, diverged, fault_scenarios, holds, longest_first, report, retire, run_parallel, settle,
                      stack_fixture)
 
 FULL = os.environ.get("WIRE_FULL") == "1"
@@ -165,8 +165,7 @@ def test_every_fault_at_every_request_of_a_scheduled_run_and_sigkill_at_random_p
         kills = [("kill", rng.randint(1, n), rng.choice(["before", "after"])) for _ in range(KILL_POINTS)]
         results = run_parallel(workers, scenarios + kills, sweep_with_fault)
     finally:
-        for w in workers:
-            w.close()
+        close_all(workers)
 
     short = {"ok": "ok", "failed": "fail", "nostart": "nost", "crash": "CRASH", "killed": "kill"}.get
     kills = [r for r in results if r["kind"] == "kill"]

@@ -57,8 +57,8 @@ from collections import Counter, defaultdict
 from datetime import timedelta
 
 import pytest
-from harness import (WORKERS, FaultProxy, FunctionError, Snapshot, Worker, cli, converged, current_id, disturbed,
-                     diverged, elapsed, retire, run_parallel, settle, stack_fixture, table)
+from harness import (WORKERS, FaultProxy, FunctionError, Snapshot, Worker, cli, close_all, converged, current_id,
+                     disturbed, diverged, elapsed, retire, run_parallel, settle, stack_fixture, table)
 from local_aws import TARGET
 
 DAY = timedelta(days=1)
@@ -424,8 +424,7 @@ def test_a_second_actor_at_every_request_of_the_first(stack, capsys):
         scenarios.sort(key=lambda s: (s[0] not in SWEEPS, s[1] not in SWEEPS))
         results = run_parallel(workers, scenarios, scenario)
     finally:
-        for w in workers:
-            close(w)
+        close_all(workers, close)
 
     lines = []
     for first in firsts:
