@@ -45,6 +45,7 @@ declare -A pids
 background() {
   local name=$1
   shift
+  rm -f "$logs/$name.done"
   set -m
   (
     start=$SECONDS status=0
@@ -63,7 +64,9 @@ stop_background() {
 trap stop_background EXIT
 collect() {
   local name=$1 seconds status
-  wait "${pids[$name]}"
+  # (With job control on at its start, bash may have reaped it already: its .done file says.)
+  wait "${pids[$name]}" 2>/dev/null || true
+  while [ ! -f "$logs/$name.done" ]; do sleep 1; done
   cat "$logs/$name.log"
   read -r seconds status <"$logs/$name.done"
   timed "$name" "$seconds" "$status"
