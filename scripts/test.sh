@@ -9,12 +9,12 @@
 # skips tests/permissions).
 #
 # Each step prints `time: STEP N s`, its wall time (all of them again at the end).
-# Once the debug build is done, three things run at once: SAM's arm64 release
-# build, in the background at the lowest CPU priority (it takes the CPU the suites
-# leave idle: they wait on the local endpoint and on the functions' timeouts; only
-# tests/package, which checks its artefacts, waits for it), the wire matrices
-# (tests/wire, the longest suite; a background step's output is shown when it is
-# collected), and the other suites one after the other.
+# Once the debug build is done, SAM's arm64 release build runs in the background at
+# the lowest CPU priority (it takes the CPU the suites leave idle: they wait on the
+# local endpoint and on the functions' timeouts; only tests/package, which checks its
+# artefacts, waits for it); after tests/sdk, the wire matrices (tests/wire, the
+# longest suite; a background step's output is shown when it is collected) run
+# beside the other suites, which run one after the other.
 #
 # A suite is added with one `suite` line below. Each one that runs functions under
 # their template roles appends to the calls log (whole lines, opened for appending:
@@ -95,11 +95,13 @@ rm -f "$S3KR_CALLS_LOG"
 rustup target add aarch64-unknown-linux-gnu >&2
 background sam-build env SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 nice -n 19 sam build --beta-features
 
-# Two lanes at once (every suite's stacks are on free ports of their own): the wire
+# tests/sdk first, beside SAM's build only: its load test (50 invocations at once, which
+# must serialize per org) is the suite most sensitive to what else runs.
+suite sdk pytest_suite tests/sdk
+# Then two lanes at once (every suite's stacks are on free ports of their own): the wire
 # matrices, the longest suite, beside the others one after the other.
 background wire pytest_suite tests/wire
 suite rust cargo test --locked "$@"
-suite sdk pytest_suite tests/sdk
 collect sam-build
 suite package pytest_suite tests/package
 collect wire
