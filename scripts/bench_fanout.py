@@ -68,6 +68,7 @@ from botocore.config import Config
 from bench import Build, iso, log, percentile, request_kinds, stats
 from gateway import ACCOUNT_ID, Function, RuntimeApi
 from local_aws import REGION, REGISTRY_BUCKET, ROOT, LocalAws
+from sqs_delivery import EventSourceMapping, sqs_event
 
 MEMBER_ROLE = "s3-key-rotation-member"
 ENROLLMENT_ROLE = "s3-key-rotation-enrollment"  # member-account.yaml's EnrollmentRoleName
@@ -356,25 +357,6 @@ class Stack:
         self.aws.stop()
 
 
-def sqs_event(message, queue_arn):
-    """The event Lambda's SQS event source hands the function for one message."""
-    attributes = message.get("Attributes", {})
-    return {"Records": [{
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": {k: attributes[k] for k in ("ApproximateReceiveCount", "SentTimestamp", "SenderId",
-                                                  "ApproximateFirstReceiveTimestamp") if k in attributes},
-        "messageAttributes": {name: {"stringValue": v.get("StringValue"), "binaryValue": v.get("BinaryValue"),
-                                     "stringListValues": [], "binaryListValues": [], "dataType": v["DataType"]}
-                              for name, v in message.get("MessageAttributes", {}).items()},
-        "md5OfBody": message["MD5OfBody"],
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": REGION,
-    }]}
-
-
 class Run:
     """One run of the schedule at `at`: the dispatch, then every slice by the workers."""
 
@@ -422,7 +404,8 @@ class Run:
         self.bodies = {}  # index -> the message body
         self.failures = []
         handled = [0]
-        sqs = boto(stack.aws, "sqs")
+        # Lambda's event source mapping (BatchSize 1, ReportBatchItemFailures), for every sandbox.
+        mapping = EventSourceMapping(boto(stack.aws, "sqs"), stack.queue_url, region=REGION)
 
         def worker():
             idle_since = time.time()
@@ -430,28 +413,21 @@ class Run:
                 with lock:
                     if handled[0] >= expected:
                         return
-                messages = sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1,
-                                               VisibilityTimeout=WORKER_TIMEOUT, AttributeNames=["All"],
-                                               MessageAttributeNames=["All"]).get("Messages", [])
-                if not messages:
+                message = mapping.receive(wait_seconds=1, visibility=WORKER_TIMEOUT)
+                if message is None:
                     if time.time() - idle_since > 30:
                         return  # the others are still sweeping, or a message is lost: the checks say which
                     continue
                 idle_since = time.time()
-                message = messages[0]
                 body = json.loads(message["Body"])
                 started = time.perf_counter()
-                try:
-                    answer = api.invoke(sqs_event(message, stack.queue_arn))
-                    failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
-                except Exception as e:  # the function failed: the whole batch comes back
-                    answer, failed = {"error": str(e)}, {message["MessageId"]}
+                # Deleted unless the answer lists it, or the function failed (the whole batch comes back).
+                answer, deleted = mapping.deliver(message, api.invoke)
                 wall = time.perf_counter() - started
-                if message["MessageId"] in failed:
+                if not deleted:
                     with lock:
-                        self.failures.append((body.get("index"), answer))
-                else:
-                    sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
+                        self.failures.append((body.get("index"),
+                                              answer if isinstance(answer, dict) else {"error": str(answer)}))
                 with lock:
                     handled[0] += 1
                     self.slices.append((body["index"], body.get("account"), len(body["orgs"]), wall,
@@ -533,7 +509,7 @@ class Run:
             api.warm()
             before = stats(stack.aws)
             started = time.perf_counter()
-            answer = api.invoke(sqs_event(message, stack.queue_arn))
+            answer = api.invoke(sqs_event(message, stack.queue_arn, REGION))
             wall = time.perf_counter() - started
             after = stats(stack.aws)
         finally:

@@ -306,8 +306,13 @@ class RuntimeApi:
         return json.loads(body)
 
     def close(self):
-        for sandbox in self.sandboxes:
-            sandbox.close()
+        # All sandboxes at once: each waits for its process to stop and for its server's next
+        # poll (half a second); one after the other, 50 sandboxes took over a minute.
+        closing = [threading.Thread(target=sandbox.close) for sandbox in self.sandboxes]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join()
 
 
 class _Sandbox:
@@ -459,8 +464,11 @@ class Gateway:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-        for runtime in self.runtimes.values():
-            runtime.close()
+        closing = [threading.Thread(target=runtime.close) for runtime in self.runtimes.values()]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join()
 
     def authorize(self, authorizer, headers):
         """Claims and scopes of a valid bearer token, or None (401)."""

@@ -1,7 +1,8 @@
 """The SAM side of the project: the template validates with `sam validate
---lint`, and `sam build` (run by scripts/test.sh just before this suite) left one
-arm64 Linux executable `bootstrap` per function of the template, each under
-8 MiB, which the built template deploys."""
+--lint` (the suite's one cfn-lint run over template.yaml; tests/template.rs lints
+member-account.yaml), and `sam build` (run by scripts/test.sh, which waits for
+it before this suite) left one arm64 Linux executable `bootstrap` per function
+of the template, each under 8 MiB, which the built template deploys."""
 import os
 import struct
 import subprocess

@@ -24,6 +24,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
 import requests
 from botocore.exceptions import ClientError
 
@@ -43,6 +44,7 @@ OPERATION_TIMEOUT = 3  # seconds: SDK_OPERATION_TIMEOUT; room for a stalled atte
 STALL_SECONDS = ATTEMPT_TIMEOUT + 0.5
 # WIRE_KINDS=stall,lost: only these fault kinds (a shorter run while working on one).
 KINDS = tuple(k for k in ALL_KINDS if k in os.environ.get("WIRE_KINDS", ",".join(ALL_KINDS)).split(","))
+WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))  # workers of a matrix, each a proxy and functions of its own
 # ROTATION_LEASE of the functions under test: the shortest the configuration allows with
 # these SDK timeouts and VERIFY_WITHIN (5 x 3 s + 5 s + 10 s). A lease runs on the real clock,
 # not on the worker's (event) clock: a scenario that leaves a claim behind waits it out.
@@ -79,6 +81,17 @@ class Stack:
         self.aws.stop()
 
 
+def stack_fixture(name, members=()):
+    """The module's `stack` fixture: one Stack (its logs under a temporary folder `name`)
+    for every test of the module."""
+    @pytest.fixture(scope="module")
+    def stack(tmp_path_factory):
+        stack = Stack(tmp_path_factory.mktemp(name), members)
+        yield stack
+        stack.close()
+    return stack
+
+
 class Observer:
     """Reads AWS directly (not through any proxy), as the functions' role."""
 
@@ -97,7 +110,11 @@ class Observer:
             if e.response["Error"]["Code"] == "NoSuchKey":
                 return None
             raise
-        return json.loads(body)
+        record = json.loads(body)
+        # The id of the write that stored it is the registry's bookkeeping (like the
+        # object's ETag), not the org's state: "changed nothing" is about the state.
+        record.pop("writeId", None)
+        return record
 
     def keys(self, org, account=None):
         """{access key id: status} of the org's IAM user (in `account`, None: the home account's)."""
@@ -241,6 +258,7 @@ class Worker:
         self.session = requests.Session()
         self.secrets = {}  # access key id -> secret, of every key handed out to a caller
         self.orgs = 0
+        self.world = None  # what the next scenario starts from (`settle`), None: to be made anew
 
     def functions(self, endpoint, clock, name=None, concurrency=1, **env):
         """The functions of template.yaml behind an API Gateway stand-in, reaching AWS at
@@ -313,6 +331,60 @@ class Worker:
 
 
 TRIES = 3  # runs of a scenario that the machine's load disturbed
+
+
+def close_all(workers, close=None):
+    """Closes the workers (`close(worker)`, or its own close()) at once: each waits for its
+    functions' processes to stop and its servers' next poll."""
+    closing = [threading.Thread(target=close or type(w).close, args=(w,)) for w in workers]
+    for thread in closing:
+        thread.start()
+    for thread in closing:
+        thread.join()
+
+
+def settle(worker, build, prepare=None, what="world"):
+    """What the worker's next scenario starts from, `worker.world`: the last scenario's,
+    unless it retired it (`retire`), else made anew by `build(worker)`, which leaves it None
+    when the machine's load disturbed the making (an SDK retry nobody provoked); then
+    `prepare(worker)`, if given, brings it to the scenario's start (False: disturbed, and it
+    retired the world). Up to TRIES tries."""
+    for _ in range(TRIES):
+        if worker.world is None:
+            build(worker)
+        if worker.world is not None and (prepare is None or prepare(worker)):
+            return worker.world
+    raise AssertionError(f"no {what} could be set up in {TRIES} tries: the machine is too loaded")
+
+
+def retire(worker, orgs):
+    """Takes `orgs` out of the worker's registry: its next scenario starts from a world made anew."""
+    for org in orgs:
+        worker.obs.s3.delete_object(Bucket=worker.bucket, Key=f"orgs/{org}.json")
+    worker.world = None
+
+
+def clean_run(run):
+    """`run()` (a scenario without a fault, whose requests the matrix counts) until the
+    machine's load did not disturb it, up to TRIES times: its result."""
+    for _ in range(TRIES):
+        result = run()
+        if not result["disturbed"]:
+            break
+    return result
+
+
+def longest_first(columns):
+    """The matrix's fault columns, (kind, every retry), in the order their runs are started:
+    the longest first (a stall costs the operation timeout, on every retry the most)."""
+    return sorted(columns, key=lambda c: (c[0] != "stall", not c[1]))
+
+
+def fault_scenarios(columns, n, keep=None):
+    """A scenario (k, kind, every retry) per column and request k of the clean run's `n`
+    (`keep(k, kind, persist)`: only those it keeps), column by column, longest first."""
+    return [(k, kind, persist) for kind, persist in longest_first(columns) for k in range(1, n + 1)
+            if keep is None or keep(k, kind, persist)]
 
 
 def run_parallel(workers, scenarios, run):

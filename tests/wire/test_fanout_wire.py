@@ -75,16 +75,15 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
-import pytest
-from harness import (KINDS, SCHEDULED_EVENT, TRIES, FaultProxy, FunctionError, Snapshot, Stack, Worker, cell, cli,
-                     converged, disturbed, diverged, elapsed, holds, report, run_parallel, table)
+from harness import (KINDS, SCHEDULED_EVENT, WORKERS, FaultProxy, FunctionError, Snapshot, Worker, cell, clean_run, cli,
+                     close_all, converged, disturbed, diverged, elapsed, fault_scenarios, holds, report, retire,
+                     run_parallel, settle, stack_fixture, table)
 from local_aws import EXTERNAL_ID, TARGET, member_role_arn
+from sqs_delivery import MAX_RECEIVES, EventSourceMapping, queue_arn
 
-WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))
 FULL = os.environ.get("WIRE_FULL") == "1"
 MEMBERS = ("111111111111", "222222222222")
 VISIBILITY = 30  # seconds: the test queue's visibility timeout (template.yaml: 5400), a backstop only
-MAX_RECEIVES = 3  # template.yaml's maxReceiveCount
 KILL_POINTS = 8
 SEED = 20261130
 DAY = timedelta(days=1)
@@ -96,11 +95,7 @@ RACES = 3  # unpaused double deliveries
 PATIENT = {"SDK_ATTEMPT_TIMEOUT": "20s", "SDK_OPERATION_TIMEOUT": "25s", "ROTATION_LEASE": "140s"}
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("wire-fanout"), members=MEMBERS)
-    yield stack
-    stack.close()
+stack = stack_fixture("wire-fanout", members=MEMBERS)
 
 
 def iso(t):
@@ -116,7 +111,7 @@ class FanWorker(Worker):
         dead = sqs.create_queue(QueueName=f"sweep-dead-letters-{name}")["QueueUrl"]
         url = sqs.create_queue(QueueName=f"sweep-{name}", Attributes={
             "VisibilityTimeout": str(VISIBILITY),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": self.arn_of(sqs, dead),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": queue_arn(sqs, dead),
                                          "maxReceiveCount": str(MAX_RECEIVES)})})["QueueUrl"]
         super().__init__(stack, name, parameters={
             "SweepQueue": url,
@@ -126,22 +121,17 @@ class FanWorker(Worker):
             # the eleventh scenario of a world (8 days each).
             "MaxKeyAge": "3650d",
         })
-        self.sqs, self.queue_url, self.dead_url, self.queue_arn = sqs, url, dead, self.arn_of(sqs, url)
+        self.sqs, self.queue_url, self.dead_url = sqs, url, dead
+        self.mapping = EventSourceMapping(sqs, url, failure=FunctionError)
         self.member_cli_env = dict(self.cli_env, **stack.member_env)
         # The operator's CLI with the deployed functions' settings, straight to the endpoint.
         self.operator_env = dict(self.function_env, **self.deployment.functions["SweepWorkerFunction"].environment)
-        self.held = {}  # message id -> the receipt of its latest delivery, while not deleted
         # The same functions with long SDK timeouts, through the same proxy: the first
         # invocation of a pause scenario.
         self.patient = self.functions(self.proxy.endpoint, lambda: self.now, "patient", **PATIENT)
-        self.world = None
         self.ops_of = {}  # family -> the clean run's requests that its k counts
         self.second = None
         self.disturbances = Counter()
-
-    @staticmethod
-    def arn_of(sqs, url):
-        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 
     def runtime(self, function, gateway=None):
         return (gateway or self.gateway).runtimes[function]
@@ -185,82 +175,32 @@ class FanWorker(Worker):
         except FunctionError as e:
             return e
 
-    # -- the event source mapping
+    # -- the event source mapping (scripts/sqs_delivery.py)
 
     def receive(self):
-        got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=0,
-                                       AttributeNames=["All"]).get("Messages", [])
-        if not got:
-            return None
-        message = got[0]
-        self.held[message["MessageId"]] = message["ReceiptHandle"]
-        return message
-
-    def sqs_event(self, message):
-        attributes = message.get("Attributes", {})
-        return {"Records": [{
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": message["Body"],
-            "attributes": {k: attributes[k] for k in ("ApproximateReceiveCount", "SentTimestamp", "SenderId",
-                                                      "ApproximateFirstReceiveTimestamp") if k in attributes},
-            "messageAttributes": {},
-            "md5OfBody": message["MD5OfBody"],
-            "eventSource": "aws:sqs",
-            "eventSourceARN": self.queue_arn,
-            "awsRegion": "us-east-1",
-        }]}
+        return self.mapping.receive()
 
     def deliver(self, message, gateway=None):
         """One invocation of sweep-worker with `message`, settled as the event source mapping
         does: deleted unless the answer lists it (or the invocation failed). The answer or the
         FunctionError."""
-        try:
-            answer = self.runtime("SweepWorkerFunction", gateway).invoke(self.sqs_event(message))
-        except FunctionError as e:
-            return e
-        failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
-        if message["MessageId"] not in failed:
-            try:
-                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
-            except Exception:  # noqa: BLE001 -- an older receipt of a message received again: SQS keeps it
-                return answer
-            if self.held.get(message["MessageId"]) == message["ReceiptHandle"]:
-                del self.held[message["MessageId"]]
-        return answer
+        return self.mapping.deliver(message, self.runtime("SweepWorkerFunction", gateway).invoke)[0]
 
     def time_passes(self):
         """The visibility timeout of every message received and not deleted passes."""
-        for message_id, receipt in list(self.held.items()):
-            try:
-                self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=receipt,
-                                                   VisibilityTimeout=0)
-            except Exception:  # noqa: BLE001 -- deleted meanwhile, or moved to the dead-letter queue
-                pass
-            del self.held[message_id]
+        self.mapping.time_passes()
 
     def depth(self, url=None):
-        attributes = self.sqs.get_queue_attributes(QueueUrl=url or self.queue_url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-        return sum(int(v) for v in attributes.values())
+        return self.mapping.depth(url)
 
     def drain(self, rounds=MAX_RECEIVES + 1):
         """Delivers until the queue is empty, the visibility timeout of what failed passing
         between rounds; (deliveries, failed deliveries)."""
-        deliveries = failures = 0
-        for _ in range(rounds):
-            while (message := self.receive()) is not None:
-                answer = self.deliver(message)
-                deliveries += 1
-                failures += isinstance(answer, FunctionError) or bool(answer.get("batchItemFailures"))
-            if not self.held and self.depth() == 0:
-                break
-            self.time_passes()
-        return deliveries, failures
+        return self.mapping.drain(self.runtime("SweepWorkerFunction").invoke, rounds)
 
     def purge(self):
         """Empties both queues (a scenario that went wrong must not leave work to the next)."""
-        self.held.clear()
+        self.mapping.held.clear()
         for url in (self.queue_url, self.dead_url):
             while True:
                 got = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
@@ -314,42 +254,35 @@ def enroll(worker, tag, member):
     return org
 
 
-def settle(worker):
+def new_world(worker):
     """The worker's world, in the state every scenario starts from: H (home) with one key,
     A (first member account) with a current and an inactive previous key, a 7-day
     automatic rotation, due at the world's time; B (second member account) with one key."""
-    for _ in range(TRIES):
-        if worker.world is not None:
-            return worker.world
-        h = enroll(worker, "h", member=False)
-        a, b = enroll(worker, "a", member=True), enroll(worker, "b", member=True)
-        accounts = [(worker.obs.record(worker.bucket, org) or {}).get("accountId") for org in (h, a, b)]
-        assert accounts == [None, *MEMBERS], f"placed in {accounts}"
-        worker.now += timedelta(minutes=15)
-        worker.proxy.reset()
-        statuses = [worker.rotate(org) for org in (h, a, b)]
-        cli(worker.member_cli_env, "policy", "--org", a, "--enable", "--interval", "7d", capture=True)
-        day = worker.now.replace(hour=0, minute=0, second=0)
-        worker.world = {"h": h, "a": a, "b": b, "at": day + CYCLE + timedelta(hours=12)}
-        if any(status != 200 for status, _ in statuses):
-            assert disturbed(worker.proxy.log()), statuses
-            retire_world(worker)
-            continue
-        first = cycle(worker, ("clean",))  # retires the world if disturbed
-        assert not first["problems"] or first["disturbed"], first
-    assert worker.world, f"no world could be set up in {TRIES} tries: the machine is too loaded"
-    return worker.world
+    h = enroll(worker, "h", member=False)
+    a, b = enroll(worker, "a", member=True), enroll(worker, "b", member=True)
+    accounts = [(worker.obs.record(worker.bucket, org) or {}).get("accountId") for org in (h, a, b)]
+    assert accounts == [None, *MEMBERS], f"placed in {accounts}"
+    worker.now += timedelta(minutes=15)
+    worker.proxy.reset()
+    statuses = [worker.rotate(org) for org in (h, a, b)]
+    cli(worker.member_cli_env, "policy", "--org", a, "--enable", "--interval", "7d", capture=True)
+    day = worker.now.replace(hour=0, minute=0, second=0)
+    worker.world = {"h": h, "a": a, "b": b, "at": day + CYCLE + timedelta(hours=12)}
+    if any(status != 200 for status, _ in statuses):
+        assert disturbed(worker.proxy.log()), statuses
+        retire_world(worker)
+        return
+    first = cycle(worker, ("clean",))  # retires the world if disturbed
+    assert not first["problems"] or first["disturbed"], first
 
 
 def retire_world(worker):
     """Takes the worker's orgs out of its registry and empties its queues: the next
     scenario starts afresh (a day later: a new day's full check)."""
     world = worker.world
-    for org in (world["h"], world["a"], world["b"]):
-        worker.obs.s3.delete_object(Bucket=worker.bucket, Key=f"orgs/{org}.json")
+    retire(worker, orgs_of(world))
     worker.purge()
     worker.now = world["at"] + 2 * DAY
-    worker.world = None
 
 
 def orgs_of(world):
@@ -731,7 +664,7 @@ def holds_all(worker, world, moment):
 
 
 def scenario(worker, spec):
-    settle(worker)
+    settle(worker, new_world)
     return cycle(worker, spec)
 
 
@@ -762,10 +695,7 @@ def test_the_fanned_out_sweep_under_wire_faults_kills_double_deliveries_and_a_re
     workers = [FanWorker(stack, f"f{i}") for i in range(WORKERS)]
     try:
         # A clean run, from the state every scenario starts from, counts N.
-        for _ in range(TRIES):
-            clean = scenario(workers[0], ("clean",))
-            if not clean["disturbed"]:
-                break
+        clean = clean_run(lambda: scenario(workers[0], ("clean",)))
         assert clean["outcome"] == "ok" and not clean["problems"] and clean["converged"] and not clean["disturbed"], \
             clean
         ops, labels = clean["ops"], clean["labels"]
@@ -786,8 +716,8 @@ def test_the_fanned_out_sweep_under_wire_faults_kills_double_deliveries_and_a_re
         rng = random.Random(SEED)
         kills = [("kill", k, rng.choice(["before", "after"])) for k in sorted(rng.sample(range(1, n + 1), KILL_POINTS))]
         if "fault" in FAMILIES:
-            scenarios += [(k, kind, persist) for kind, persist in columns for k in range(1, n + 1)
-                          if FULL or (kind, persist) != ("lost", True) or writes(ops[k - 1])]
+            scenarios += fault_scenarios(columns, n, keep=lambda k, kind, persist: FULL or (kind, persist) != (
+                "lost", True) or writes(ops[k - 1]))
         if "kill" in FAMILIES:
             # The longest (each waits out a lease, idle): early, spread among the others so that
             # few workers wait at once.
@@ -801,8 +731,7 @@ def test_the_fanned_out_sweep_under_wire_faults_kills_double_deliveries_and_a_re
             scenarios += [("twice", k) for k in range(1, len(twice_ops) + 1)] + [("twice", 0)] * RACES
         results = run_parallel(workers, scenarios, scenario)
     finally:
-        for w in workers:
-            w.close()
+        close_all(workers)
 
     faults = [r for r in results if r["family"] == "fault"]
     # `lost+` on a read is `close+` to the client (no answer, every attempt) and AWS kept nothing of it.

@@ -4,49 +4,37 @@ retries, the real binary behind the API Gateway stand-in answers 200, or a 503
 (409) that changed nothing; the org keeps a working key it was handed; IAM never
 holds more than two keys; and the next call, without faults, succeeds and
 converges (IAM holds only keys the record knows, the vault holds the current key)."""
-import os
 import time
 from datetime import timedelta
 
-import pytest
-from harness import (KINDS, TRIES, Snapshot, Stack, Worker, converged, current_id, disturbed, diverged, report,
-                     run_parallel)
+from harness import (KINDS, TRIES, WORKERS, Snapshot, Worker, close_all, converged, current_id, disturbed, diverged,
+                     fault_scenarios, report, run_parallel, settle, stack_fixture)
 
 STEP = timedelta(minutes=15)  # between calls: past the lease, within the hourly rate limit
-WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("wire-rotate-key"))
-    yield stack
-    stack.close()
+stack = stack_fixture("wire-rotate-key")
 
 
 def changed_fields(before, after):
     return sorted(k for k in set(before or {}) | set(after or {}) if (before or {}).get(k) != (after or {}).get(k))
 
 
-def settle(worker):
+def new_org(worker):
     """The worker's org, in the steady state: a current key and an inactive previous one."""
-    for _ in range(TRIES):
-        if getattr(worker, "org", None) is not None:
-            return worker.org
-        worker.org = worker.new_org("r")
-        for _ in range(2):
-            worker.now += STEP
-            worker.proxy.reset()
-            status, body = worker.rotate(worker.org)
-            if status != 200:
-                assert disturbed(worker.proxy.log()), body
-                worker.org = None
-                break
-    assert worker.org, f"no org could be set up in {TRIES} tries: the machine is too loaded"
-    return worker.org
+    worker.world = worker.new_org("r")
+    for _ in range(2):
+        worker.now += STEP
+        worker.proxy.reset()
+        status, body = worker.rotate(worker.world)
+        if status != 200:
+            assert disturbed(worker.proxy.log()), body
+            worker.world = None
+            return
 
 
 def rotate_with_fault(worker, spec):
     k, kind, persist = spec
-    org = settle(worker)
+    org = settle(worker, new_org, what="org")
     before = worker.obs.record(worker.bucket, org)
     worker.now += STEP
     worker.proxy.arm(k, kind, persist)
@@ -91,7 +79,7 @@ def rotate_with_fault(worker, spec):
         problems += [f"after the next call: {s}" for s in state]
     load = disturbed(log, next_log) or diverged(log, worker.ops, k)
     if problems or load:
-        worker.org = None  # the next scenario of this worker starts from a fresh org
+        worker.world = None  # the next scenario of this worker starts from a fresh org
     op = log[k - 1]["kind"] if len(log) >= k else "(not reached)"
     label = f"k={k} {op} {kind}{'+' if persist else ''}"
     return {"k": k, "kind": kind, "persist": persist, "op": op, "label": label,
@@ -100,11 +88,12 @@ def rotate_with_fault(worker, spec):
 
 def test_every_fault_at_every_request_of_a_rotation(stack, capsys):
     started = time.monotonic()
+    columns = [(kind, persist) for kind in KINDS for persist in (False, True)]
     workers = [Worker(stack, f"r{i}") for i in range(WORKERS)]
     try:
         # A clean rotation through the proxy counts N, the requests of one rotation.
         first = workers[0]
-        org = settle(first)
+        org = settle(first, new_org, what="org")
         first.now += STEP
         for _ in range(TRIES):
             first.proxy.reset()
@@ -118,16 +107,11 @@ def test_every_fault_at_every_request_of_a_rotation(stack, capsys):
         assert n >= 5, ops
         for w in workers:
             w.ops = ops
-        # Longest first: a stall on every retry costs the operation timeout.
-        scenarios = [(k, kind, persist) for persist in (True, False)
-                     for kind in sorted(KINDS, key=lambda kind: kind != "stall")
-                     for k in range(1, n + 1)]
+        scenarios = fault_scenarios(columns, n)
         results = run_parallel(workers, scenarios, rotate_with_fault)
     finally:
-        for w in workers:
-            w.close()
+        close_all(workers)
 
-    columns = [(kind, persist) for kind in KINDS for persist in (False, True)]
     report("rotate-key", started,
            f"rotate-key under wire faults: {n} requests x {len(KINDS)} kinds x 2 (one attempt / '+' every retry) = "
            f"{len(results)} runs, {WORKERS} workers", ops, columns, results,

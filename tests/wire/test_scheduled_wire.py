@@ -20,11 +20,10 @@ import random
 import time
 from datetime import timedelta
 
-import pytest
-from harness import (KINDS, TRIES, FunctionError, Snapshot, Stack, Worker, cell, cli, converged, disturbed,
-                     diverged, holds, report, run_parallel)
+from harness import (KINDS, WORKERS, FunctionError, Snapshot, Worker, cell, clean_run, cli, close_all, converged,
+                     disturbed, diverged, fault_scenarios, holds, longest_first, report, retire, run_parallel, settle,
+                     stack_fixture)
 
-WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))
 FULL = os.environ.get("WIRE_FULL") == "1"
 KILL_POINTS = 10
 SEED = 20261124
@@ -32,43 +31,32 @@ DAY = timedelta(days=1)
 CYCLE = timedelta(days=8)  # from one fault run to the next: A's 7-day rotation is due again
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("wire-scheduled"))
-    yield stack
-    stack.close()
+stack = stack_fixture("wire-scheduled")
 
 
-def settle(worker):
+def new_world(worker):
     """The worker's two orgs and the time of its next run, in the state every scenario
     starts from (A: a current and an inactive previous key; B: one key)."""
-    for _ in range(TRIES):
-        if getattr(worker, "world", None) is not None:
-            return worker.world
-        a, b = worker.new_org("a"), worker.new_org("b")
-        worker.now += timedelta(minutes=15)
-        worker.proxy.reset()
-        statuses = [worker.rotate(org) for org in (a, b)]
-        cli(worker.cli_env, "policy", "--org", a, "--enable", "--interval", "7d", capture=True)
-        day = worker.now.replace(hour=0, minute=0, second=0)
-        worker.world = {"a": a, "b": b, "at": day + CYCLE + timedelta(hours=12)}
-        if any(status != 200 for status, _ in statuses):
-            assert disturbed(worker.proxy.log()), statuses
-            retire_world(worker)
-            continue
-        first = cycle(worker, None)  # retires the world if disturbed
-        assert not first["problems"] or first["disturbed"], first
-    assert worker.world, f"no world could be set up in {TRIES} tries: the machine is too loaded"
-    return worker.world
+    a, b = worker.new_org("a"), worker.new_org("b")
+    worker.now += timedelta(minutes=15)
+    worker.proxy.reset()
+    statuses = [worker.rotate(org) for org in (a, b)]
+    cli(worker.cli_env, "policy", "--org", a, "--enable", "--interval", "7d", capture=True)
+    day = worker.now.replace(hour=0, minute=0, second=0)
+    worker.world = {"a": a, "b": b, "at": day + CYCLE + timedelta(hours=12)}
+    if any(status != 200 for status, _ in statuses):
+        assert disturbed(worker.proxy.log()), statuses
+        retire_world(worker)
+        return
+    first = cycle(worker, None)  # retires the world if disturbed
+    assert not first["problems"] or first["disturbed"], first
 
 
 def retire_world(worker):
     """Takes the worker's orgs out of its registry: the next scenario starts afresh."""
     world = worker.world
-    for org in (world["a"], world["b"]):
-        worker.obs.s3.delete_object(Bucket=worker.bucket, Key=f"orgs/{org}.json")
+    retire(worker, (world["a"], world["b"]))
     worker.now = world["at"]
-    worker.world = None
 
 
 def outcome_of(result, killed):
@@ -153,7 +141,7 @@ def cycle(worker, spec):
 
 
 def sweep_with_fault(worker, spec):
-    settle(worker)
+    settle(worker, new_world)
     return cycle(worker, spec)
 
 
@@ -162,10 +150,7 @@ def test_every_fault_at_every_request_of_a_scheduled_run_and_sigkill_at_random_p
     workers = [Worker(stack, f"s{i}") for i in range(WORKERS)]
     try:
         # A clean run, from the state every scenario starts from, counts N.
-        for _ in range(TRIES):
-            clean = sweep_with_fault(workers[0], None)
-            if not clean["disturbed"]:
-                break
+        clean = clean_run(lambda: sweep_with_fault(workers[0], None))
         assert clean["outcome"] == "ok" and not clean["problems"] and not clean["disturbed"], clean
         summary = clean["summary"]
         assert len(summary["rotated"]) == 1 and summary["retired"] == 1, summary
@@ -174,14 +159,13 @@ def test_every_fault_at_every_request_of_a_scheduled_run_and_sigkill_at_random_p
         for w in workers:
             w.ops = ops
         columns = [(kind, True) for kind in KINDS] + [(kind, False) for kind in KINDS if FULL or kind == "lost"]
-        columns.sort(key=lambda c: (c[0] != "stall", not c[1]))  # longest first
-        scenarios = [(k, kind, persist) for kind, persist in columns for k in range(1, n + 1)]
+        columns = longest_first(columns)
+        scenarios = fault_scenarios(columns, n)
         rng = random.Random(SEED)
         kills = [("kill", rng.randint(1, n), rng.choice(["before", "after"])) for _ in range(KILL_POINTS)]
         results = run_parallel(workers, scenarios + kills, sweep_with_fault)
     finally:
-        for w in workers:
-            w.close()
+        close_all(workers)
 
     short = {"ok": "ok", "failed": "fail", "nostart": "nost", "crash": "CRASH", "killed": "kill"}.get
     kills = [r for r in results if r["kind"] == "kill"]

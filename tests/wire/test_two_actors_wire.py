@@ -57,11 +57,10 @@ from collections import Counter, defaultdict
 from datetime import timedelta
 
 import pytest
-from harness import (TRIES, FaultProxy, FunctionError, Snapshot, Stack, Worker, cli, converged, current_id,
-                     disturbed, diverged, elapsed, run_parallel, table)
+from harness import (WORKERS, FaultProxy, FunctionError, Snapshot, Worker, cli, close_all, converged, current_id,
+                     disturbed, diverged, elapsed, retire, run_parallel, settle, stack_fixture, table)
 from local_aws import TARGET
 
-WORKERS = int(os.environ.get("WIRE_WORKERS", "8"))
 DAY = timedelta(days=1)
 WHEN = {"same": timedelta(0), "later": DAY, "old": -timedelta(minutes=90)}
 # From one scenario to the next: the next one's rotate-key (7 days and 2 hours before its
@@ -105,11 +104,7 @@ def name(pair):
 PAIRS = [p for p in PAIRS if name(p) in os.environ.get("WIRE_PAIRS", "").split(",")] or PAIRS
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("wire-two-actors"))
-    yield stack
-    stack.close()
+stack = stack_fixture("wire-two-actors")
 
 
 def iso(t):
@@ -127,7 +122,6 @@ def make_worker(stack, name):
     settings = dict(worker.function_env, **worker.deployment.functions["ScheduledRotationFunction"].environment)
     worker.cli_through = {False: dict(settings, AWS_ENDPOINT_URL=worker.proxy.endpoint),
                           True: dict(settings, AWS_ENDPOINT_URL=worker.second_proxy.endpoint)}
-    worker.org = None
     worker.disturbances = Counter()  # why scenarios ran again
     for gateway in (worker.gateway, worker.second):
         for function in ("RotateKeyFunction", "ScheduledRotationFunction"):
@@ -141,50 +135,53 @@ def close(worker):
     worker.close()
 
 
-def settle(worker, automatic=True):
-    """The worker's org, in the state every scenario starts from: its key rotated by
+def new_org(worker):
+    """An org rotated once, its automatic rotation on (every 7 days), and the time of the
+    worker's next scenario."""
+    org = worker.new_org("t")
+    worker.now += timedelta(minutes=15)
+    worker.proxy.reset()
+    status, body = worker.rotate(org)
+    if status != 200:
+        assert disturbed(worker.proxy.log()), body
+        retire(worker, (org,))
+        return
+    cli(worker.cli_env, "policy", "--org", org, "--enable", "--interval", "7d", capture=True)
+    worker.world = org
+    worker.at = worker.now.replace(hour=12, minute=0, second=0) + CYCLE
+
+
+def start_of_scenario(worker, automatic):
+    """Brings the worker's org to the state every scenario starts from: its key rotated by
     rotate-key 7 days and 2 hours before the scenario's time (what that leaves for the
     next sweep not done yet: two audit entries, the deactivation's confirmation), the
     one before it deactivated, a 7-day automatic rotation due from 2 hours before the
     scenario's time (`automatic` False: automatic rotation off). The same state each
-    time: a first actor's requests are the same in every scenario."""
-    for _ in range(TRIES):
-        if worker.org is None:
-            org = worker.new_org("t")
-            worker.now += timedelta(minutes=15)
-            worker.proxy.reset()
-            status, body = worker.rotate(org)
-            if status != 200:
-                assert disturbed(worker.proxy.log()), body
-                retire(worker, org)
-                continue
-            cli(worker.cli_env, "policy", "--org", org, "--enable", "--interval", "7d", capture=True)
-            worker.org = org
-            worker.at = worker.now.replace(hour=12, minute=0, second=0) + CYCLE
-        record = worker.obs.record(worker.bucket, worker.org)
-        if record["policy"].get("automatic", False) != automatic:
-            switch = ["--enable", "--interval", "7d"] if automatic else ["--disable"]
-            cli(worker.cli_env, "policy", "--org", worker.org, *switch, capture=True)
-        # What a rotate-key left for the next sweep (the setup's, the last scenario's) is done
-        # first, so that the rotation below leaves the same each time.
-        record = worker.obs.record(worker.bucket, worker.org)
-        if record.get("auditOutbox") or (record.get("previous") or {}).get("deactivationUnconfirmed"):
-            summary = worker.sweep(worker.at - timedelta(days=7, hours=3))
-            assert not isinstance(summary, FunctionError) and not summary["failed"], summary
-        worker.now = worker.at - timedelta(days=7, hours=2)
-        worker.proxy.reset()
-        status, body = worker.rotate(worker.org)
-        if status == 200:
-            return worker.org
-        assert disturbed(worker.proxy.log()), body
-        retire(worker, worker.org)
-    raise AssertionError(f"no org could be set up in {TRIES} tries: the machine is too loaded")
+    time: a first actor's requests are the same in every scenario. False (the org
+    retired) if the machine's load disturbed it."""
+    record = worker.obs.record(worker.bucket, worker.world)
+    if record["policy"].get("automatic", False) != automatic:
+        switch = ["--enable", "--interval", "7d"] if automatic else ["--disable"]
+        cli(worker.cli_env, "policy", "--org", worker.world, *switch, capture=True)
+    # What a rotate-key left for the next sweep (the setup's, the last scenario's) is done
+    # first, so that the rotation below leaves the same each time.
+    record = worker.obs.record(worker.bucket, worker.world)
+    if record.get("auditOutbox") or (record.get("previous") or {}).get("deactivationUnconfirmed"):
+        summary = worker.sweep(worker.at - timedelta(days=7, hours=3))
+        assert not isinstance(summary, FunctionError) and not summary["failed"], summary
+    worker.now = worker.at - timedelta(days=7, hours=2)
+    worker.proxy.reset()
+    status, body = worker.rotate(worker.world)
+    if status == 200:
+        return True
+    assert disturbed(worker.proxy.log()), body
+    retire(worker, (worker.world,))
+    return False
 
 
-def retire(worker, org):
-    """Takes the org out of the worker's registry: the next scenario starts afresh."""
-    worker.obs.s3.delete_object(Bucket=worker.bucket, Key=f"orgs/{org}.json")
-    worker.org = None
+def settle_org(worker, automatic=True):
+    """The worker's org, in the state every scenario starts from (`start_of_scenario`)."""
+    return settle(worker, new_org, lambda w: start_of_scenario(w, automatic), what="org")
 
 
 # A sweep's refusals of an org, the summary's words for them (not a failure): a rotation
@@ -278,7 +275,7 @@ def scenario(worker, spec):
     """One scenario: `spec` = (first, second, when, automatic, k); k=0 and second None:
     the first actor's clean run, which counts its requests."""
     first, second, when, automatic, k = spec
-    org = settle(worker, automatic)
+    org = settle_org(worker, automatic)
     at = worker.at
     at2 = at + WHEN[when] if second else at
     worker.idem = f"idem-{uuid.uuid4().hex}"
@@ -386,7 +383,7 @@ def scenario(worker, spec):
                 f.write(json.dumps({"spec": spec, "load": load, "ops": [e["kind"] for e in log],
                                     "clean": worker.ops.get(first) if k else None, "log": log}, default=str) + "\n")
     if problems or load:
-        retire(worker, org)
+        retire(worker, (org,))
     else:
         worker.at = at + CYCLE
     op = log[k - 1]["kind"] if 0 < k <= len(log) else "(not reached)"
@@ -427,8 +424,7 @@ def test_a_second_actor_at_every_request_of_the_first(stack, capsys):
         scenarios.sort(key=lambda s: (s[0] not in SWEEPS, s[1] not in SWEEPS))
         results = run_parallel(workers, scenarios, scenario)
     finally:
-        for w in workers:
-            close(w)
+        close_all(workers, close)
 
     lines = []
     for first in firsts:
