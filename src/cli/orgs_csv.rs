@@ -261,21 +261,24 @@ fn read(path: &Path, mode: Mode, limits: Option<&AdoptionLimits>) -> Result<Vec<
                 )),
             }
         }
-        let Some(id) = cells.remove(ORG_ID) else {
-            problems.push(format!("line {line}: no {ORG_ID}"));
-            continue;
-        };
-        let org = match OrgId::parse(&id) {
-            Ok(org) => org,
-            Err(e) => {
+        // A line's every cell is checked, whatever is wrong with its org id.
+        let org = match cells.remove(ORG_ID).map(|id| OrgId::parse(&id)) {
+            Some(Ok(org)) => Some(org),
+            Some(Err(e)) => {
                 problems.push(format!("line {line}: {e}"));
-                continue;
+                None
+            }
+            None => {
+                problems.push(format!("line {line}: no {ORG_ID}"));
+                None
             }
         };
-        if let Some(first) = line_of_org.get(&org) {
-            problems.push(format!("line {line}: org {org} is listed twice (first on line {first})"));
-        } else {
-            line_of_org.insert(org.clone(), line);
+        if let Some(org) = &org {
+            if let Some(first) = line_of_org.get(org) {
+                problems.push(format!("line {line}: org {org} is listed twice (first on line {first})"));
+            } else {
+                line_of_org.insert(org.clone(), line);
+            }
         }
         let reader_principal = cells.remove(READER_PRINCIPAL);
         if let Some(Err(e)) = reader_principal.as_deref().map(check_reader_principal) {
@@ -300,13 +303,15 @@ fn read(path: &Path, mode: Mode, limits: Option<&AdoptionLimits>) -> Result<Vec<
         }
         let iam_user = cells.remove(IAM_USER);
         if mode == Mode::Adopt {
-            let name = iam_user.clone().unwrap_or_else(|| org.user_name());
-            if let Err(e) = managed_user_name(&name) {
+            let name = iam_user.clone().or_else(|| org.as_ref().map(OrgId::user_name));
+            if let Some(Err(e)) = name.as_deref().map(managed_user_name) {
                 problems.push(format!("line {line}: {e}"));
-            } else if let Some(first) = line_of_user.get(&(account.clone(), name.clone())) {
-                problems.push(format!("line {line}: the IAM user {name} is line {first}'s already"));
-            } else {
-                line_of_user.insert((account.clone(), name), line);
+            } else if let Some(name) = name {
+                if let Some(first) = line_of_user.get(&(account.clone(), name.clone())) {
+                    problems.push(format!("line {line}: the IAM user {name} is line {first}'s already"));
+                } else {
+                    line_of_user.insert((account.clone(), name), line);
+                }
             }
         }
         let expires_at = match cells.remove(EXPIRES_AT).map(|t| parse_expiry(&t)).transpose() {
@@ -327,7 +332,9 @@ fn read(path: &Path, mode: Mode, limits: Option<&AdoptionLimits>) -> Result<Vec<
                 ));
             }
         }
-        lines.push(Line { org, reader_principal, iam_user, account, expires_at });
+        if let Some(org) = org {
+            lines.push(Line { org, reader_principal, iam_user, account, expires_at });
+        }
     }
     if !problems.is_empty() {
         return Err(refuse(&problems, false));
@@ -416,13 +423,15 @@ mod tests {
     #[test]
     fn every_problem_of_every_line_is_reported_together() {
         let err = enrollments(
-            "orgId,readerPrincipal\n1234001\n1234002,not-an-arn\n../etc\n\n1234001,arn:aws:iam::*:root\n,x\n7,,extra\n",
+            "orgId,readerPrincipal\n1234001\n1234002,not-an-arn\n../etc,log-reader\n\n1234001,arn:aws:iam::*:root\n,x\n7,,extra\n",
         )
         .unwrap_err();
         for expected in [
-            "6 problems",
+            "8 problems",
             "line 3: readerPrincipal 'not-an-arn' is not an IAM principal ARN",
             "line 4: invalid org id '../etc'",
+            "line 4: readerPrincipal 'log-reader' is not an IAM principal ARN",
+            "line 7: readerPrincipal 'x' is not an IAM principal ARN",
             "line 6: org 1234001 is listed twice (first on line 2)",
             "line 6: readerPrincipal 'arn:aws:iam::*:root' is not an IAM principal ARN",
             "line 7: no orgId",
