@@ -216,3 +216,52 @@ async fn a_csv_of_hundreds_of_orgs_is_checked_whole_then_adopted_once() {
     let (ok, out, _) = cli(&stack, &["enroll", "--adopt", "--csv", good.to_str().unwrap()]);
     assert!(ok && out.contains("0 adopted, 300 enrolled already"), "{out}");
 }
+
+/// An adoption file is checked whole first, with the member accounts and
+/// MAX_KEY_AGE: a bad line anywhere leaves every user as it was (no project
+/// policy, no boundary) and writes no record; a file meant for plain `enroll`
+/// is refused naming the columns `enroll --adopt --csv` reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_adoption_file_touches_no_user_and_writes_no_record() {
+    let stack = Stack::start().await;
+    let iam = stack.iam_of(None).await;
+    let orgs = ["4400001", "4400002", "4400003"];
+    for org in orgs {
+        iam.create_user().user_name(format!("org-{org}")).path("/managed-s3/").send().await.unwrap();
+        iam.create_access_key().user_name(format!("org-{org}")).send().await.unwrap();
+    }
+    let untouched = || async {
+        assert!(stack.adapters.registry.list_orgs().await.unwrap().is_empty(), "no record");
+        for org in orgs {
+            let user = iam.get_user().user_name(format!("org-{org}")).send().await.unwrap().user.unwrap();
+            assert!(user.permissions_boundary.is_none(), "org {org}: no boundary put");
+            let policies = iam.list_user_policies().user_name(format!("org-{org}")).send().await.unwrap();
+            assert!(policies.policy_names().is_empty(), "org {org}: no policy put: {policies:?}");
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("existing.csv");
+    let path = csv.to_str().unwrap();
+
+    let late = (Utc::now() + TimeDelta::days(200)).format("%Y-%m-%d").to_string();
+    std::fs::write(&csv, format!("orgId,account,expiresAt\n4400001\n4400002,999999999999\n4400003,,{late}\n")).unwrap();
+    let (ok, _, err) = cli(&stack, &["enroll", "--adopt", "--csv", path]);
+    assert!(!ok && err.contains("nothing was adopted; 2 problems"), "{err}");
+    assert!(err.contains("line 3: account 999999999999 is not a member account"), "{err}");
+    assert!(err.contains("line 4: expiresAt") && err.contains("is later than adoption plus MAX_KEY_AGE"), "{err}");
+    untouched().await;
+
+    std::fs::write(&csv, "orgId,readerPrincipal\n4400001,arn:aws:iam::210987654321:role/log-reader\n").unwrap();
+    let (ok, _, err) = cli(&stack, &["enroll", "--adopt", "--csv", path]);
+    assert!(!ok && err.contains("the column readerPrincipal is one of `enroll --csv`"), "{err}");
+    assert!(
+        err.contains("`enroll --adopt --csv` reads the columns orgId (required) and iamUser, account, expiresAt"),
+        "{err}"
+    );
+    untouched().await;
+
+    std::fs::write(&csv, format!("orgId\n{}\n", orgs.join("\n"))).unwrap();
+    let (ok, out, err) = cli(&stack, &["enroll", "--adopt", "--csv", path]);
+    assert!(ok, "{err}");
+    assert!(out.contains("3 orgs: 3 adopted, 0 enrolled already, 0 failed"), "{out}");
+}

@@ -58,7 +58,7 @@ async fn enroll_from_csv_then_status_of_all_orgs_as_a_table_and_as_json_lines() 
     assert!(!lines.contains("secret"), "{lines}");
 
     // A bad file is refused with its line number, and nothing is enrolled from it.
-    std::fs::write(&csv, "2468135\n../etc\n").unwrap();
+    std::fs::write(&csv, "orgId\n../etc\n2468135\n").unwrap();
     let err = refused(&stack, &["enroll", "--csv", csv.to_str().unwrap()]);
     assert!(err.contains("line 2"), "{err}");
     assert_eq!(ok(&stack, &["status"]).lines().last().unwrap(), "2 orgs");

@@ -96,3 +96,58 @@ async fn an_orgs_own_principal_can_be_granted_read_access_to_its_secret() {
     assert!(!ok);
     assert!(err.contains("is not an IAM principal ARN"), "{err}");
 }
+
+/// The org users in the home account.
+async fn org_users(stack: &Stack) -> Vec<String> {
+    stack.users_of(None).await.into_iter().filter(|u| u.starts_with("org-")).collect()
+}
+
+async fn nothing_created(stack: &Stack, what: &str) {
+    assert_eq!(org_users(stack).await, Vec::<String>::new(), "{what}: no IAM user");
+    assert!(stack.adapters.registry.list_orgs().await.unwrap().is_empty(), "{what}: no record");
+}
+
+/// An enrollment file is checked whole first: a bad line anywhere (here the
+/// last) is named with its line and nothing is created, in IAM or the
+/// registry; a file without a header or meant for `enroll --adopt` is refused
+/// naming the columns `enroll --csv` reads; a bad `--reader-principal` creates
+/// nothing either.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_enrollment_file_creates_nothing_and_says_which_columns_it_reads() {
+    let stack = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("orgs.csv");
+    let path = csv.to_str().unwrap();
+
+    std::fs::write(&csv, "orgId,readerPrincipal\n1234001\n1234002,not-an-arn\n1234001\n").unwrap();
+    let (ok, _, err) = cli(&stack, &["enroll", "--csv", path]);
+    assert!(!ok && err.contains("nothing was enrolled; 2 problems"), "{err}");
+    assert!(err.contains("line 3: readerPrincipal 'not-an-arn' is not an IAM principal ARN"), "{err}");
+    assert!(err.contains("line 4: org 1234001 is listed twice"), "{err}");
+    nothing_created(&stack, "a bad reader").await;
+
+    let accepts = "`enroll --csv` reads the columns orgId (required) and readerPrincipal (optional)";
+    std::fs::write(&csv, "orgId,iamUser\n1234567,admin\n").unwrap();
+    let (ok, _, err) = cli(&stack, &["enroll", "--csv", path]);
+    assert!(!ok && err.contains("the column iamUser is one of `enroll --adopt --csv`"), "{err}");
+    assert!(err.contains(accepts), "{err}");
+    nothing_created(&stack, "an adoption file").await;
+
+    std::fs::write(&csv, "1234001\n1234002,arn:aws:iam::210987654321:role/log-reader\n").unwrap();
+    let (ok, _, err) = cli(&stack, &["enroll", "--csv", path]);
+    assert!(!ok && err.contains("line 1: the first line must name the columns") && err.contains(accepts), "{err}");
+    nothing_created(&stack, "no header").await;
+
+    let (ok, _, err) = cli(&stack, &["enroll", "--org", "1234001", "--reader-principal", "not-an-arn"]);
+    assert!(!ok && err.contains("is not an IAM principal ARN"), "{err}");
+    nothing_created(&stack, "a bad --reader-principal").await;
+
+    // The same file, corrected, enrolls every org and grants its reader.
+    let reader = "arn:aws:iam::210987654321:role/log-reader";
+    std::fs::write(&csv, format!("orgId,readerPrincipal\n1234001\n1234002,{reader}\n")).unwrap();
+    let (ok, out, err) = cli(&stack, &["enroll", "--csv", path]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("{reader} may read the secret s3-key-rotation/org-1234002")), "{out}");
+    assert_eq!(org_users(&stack).await, ["org-1234001", "org-1234002"]);
+    assert_eq!(stack.adapters.registry.list_orgs().await.unwrap().len(), 2);
+}

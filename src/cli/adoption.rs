@@ -1,88 +1,12 @@
 //! `enroll --adopt`: brings in orgs that existed before this service (an IAM
-//! user with live keys), by `--org` or from a CSV file checked whole first,
-//! a few at a time with a progress bar, then a summary.
-
-use std::collections::BTreeSet;
-use std::path::Path;
+//! user with live keys), by `--org` or from a CSV file checked whole first
+//! (`orgs_csv`), a few at a time with a progress bar, then a summary.
 
 use futures::StreamExt;
 
 use super::{at, count, progress, Context, ACTOR};
 use crate::core::domain::OrgId;
 use crate::core::enrollment::{adopt, AdoptSettings, Adopted, Adoption};
-
-/// The CSV of an adoption: a header line naming the columns `orgId` (required),
-/// `iamUser`, `account`, `expiresAt`; every line is checked before anything
-/// is adopted, and every problem is named with its line.
-pub(super) fn read_csv(path: &Path) -> Result<Vec<Adoption>, String> {
-    let shown = path.display();
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| format!("{shown}: {e}"))?;
-    let headers = reader.headers().map_err(|e| format!("{shown}: {e}"))?.clone();
-    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    let Some(org_column) = column("orgId") else {
-        return Err(format!("{shown}: the first line must name the columns: orgId[,iamUser][,account][,expiresAt]"));
-    };
-    let known = ["orgId", "iamUser", "account", "expiresAt"];
-    if let Some(unknown) = headers.iter().find(|h| !known.iter().any(|k| k.eq_ignore_ascii_case(h))) {
-        return Err(format!("{shown}: unknown column '{unknown}' (columns: {})", known.join(", ")));
-    }
-    let (user_column, account_column, expiry_column) = (column("iamUser"), column("account"), column("expiresAt"));
-    let mut wanted = Vec::new();
-    let mut problems = Vec::new();
-    let mut seen = BTreeSet::new();
-    for row in reader.records() {
-        let row = match row {
-            Ok(row) => row,
-            Err(e) => {
-                problems.push(e.to_string());
-                continue;
-            }
-        };
-        let line = row.position().map_or(0, |p| p.line());
-        let cell = |i: Option<usize>| i.and_then(|i| row.get(i)).filter(|v| !v.is_empty()).map(str::to_owned);
-        let Some(id) = cell(Some(org_column)) else { continue };
-        let org = match OrgId::parse(&id) {
-            Ok(org) => org,
-            Err(e) => {
-                problems.push(format!("line {line}: {e}"));
-                continue;
-            }
-        };
-        if !seen.insert(org.clone()) {
-            problems.push(format!("line {line}: org {org} is listed twice"));
-        }
-        let expires_at = match cell(expiry_column).map(|t| super::enrollment::parse_expiry(&t)).transpose() {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(format!("line {line}: expiresAt {e}"));
-                None
-            }
-        };
-        let account = cell(account_column);
-        if let Some(a) = account.as_deref().filter(|a| a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit())) {
-            problems.push(format!("line {line}: account '{a}' is not a 12-digit AWS account id"));
-        }
-        wanted.push(Adoption { org, user_name: cell(user_column), account, expires_at });
-    }
-    if !problems.is_empty() {
-        let shown_problems: Vec<&String> = problems.iter().take(20).collect();
-        let more = problems.len().saturating_sub(20);
-        return Err(format!(
-            "{shown}: nothing was adopted; {}:\n  {}{}",
-            count(problems.len(), "problem", "problems"),
-            shown_problems.iter().map(|p| p.as_str()).collect::<Vec<_>>().join("\n  "),
-            if more > 0 { format!("\n  … and {more} more") } else { String::new() }
-        ));
-    }
-    if wanted.is_empty() {
-        return Err(format!("{shown}: no orgs in it"));
-    }
-    Ok(wanted)
-}
 
 pub(super) async fn adopt_all(
     ctx: &Context,

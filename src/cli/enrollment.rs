@@ -1,5 +1,6 @@
-//! `enroll`: orgs one by one (`--org`) or from a CSV file (`--csv`), a few at
-//! a time, with a progress bar on a terminal.
+//! `enroll`: orgs one by one (`--org`) or from a CSV file (`--csv`, read and
+//! checked whole by `orgs_csv`), a few at a time, with a progress bar on a
+//! terminal.
 
 use std::path::PathBuf;
 
@@ -7,11 +8,12 @@ use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args};
 use futures::StreamExt;
 
+use super::orgs_csv::{read_adoptions, read_enrollments, AdoptionLimits};
 use super::{parse_org, progress, Context, ACTOR};
 use crate::aws::Adapters;
 use crate::config::Config;
 use crate::core::domain::OrgId;
-use crate::core::enrollment::{enroll as enroll_org, grant_vault_reader, Adoption};
+use crate::core::enrollment::{check_reader_principal, enroll as enroll_org, grant_vault_reader, Adoption};
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["orgs", "csv"])))]
@@ -19,26 +21,28 @@ pub(super) struct Enroll {
     /// The org id (repeat for several orgs).
     #[arg(long = "org", value_parser = parse_org)]
     orgs: Vec<OrgId>,
-    /// A CSV file of orgs: `orgId[,readerPrincipal]` per line, an optional header line.
+    /// A CSV file of orgs whose first line names its columns: orgId, and optionally
+    /// readerPrincipal (with --adopt: orgId, and optionally iamUser, account,
+    /// expiresAt). Every line is checked before anything is enrolled.
     #[arg(long, conflicts_with = "orgs")]
     csv: Option<PathBuf>,
-    /// Let this AWS principal of the org (an IAM ARN) read the org's secret in the key vault.
-    #[arg(long)]
+    /// Let this AWS principal of the org (an IAM ARN) read the org's secret in the key
+    /// vault (with --csv: the readerPrincipal column, one per org).
+    #[arg(long, conflicts_with = "csv")]
     reader_principal: Option<String>,
     /// Orgs enrolled at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
     /// Adopt orgs whose IAM user already exists with live keys: register its keys
-    /// (nothing is created or deleted). With --csv, the columns (by header) are
-    /// orgId, and optionally iamUser, account, expiresAt.
+    /// (nothing is created or deleted).
     #[arg(long, conflicts_with = "reader_principal")]
     adopt: bool,
     /// With --adopt: print what would be registered; change nothing.
     #[arg(long, requires = "adopt")]
     dry_run: bool,
     /// With --adopt: let the adopted key expire at this later time (RFC 3339 or
-    /// YYYY-MM-DD), at most adoption plus MAX_KEY_AGE.
-    #[arg(long, requires = "adopt", value_parser = parse_expiry)]
+    /// YYYY-MM-DD), at most adoption plus MAX_KEY_AGE (with --csv: the expiresAt column).
+    #[arg(long, requires = "adopt", conflicts_with = "csv", value_parser = parse_expiry)]
     expires_at: Option<DateTime<Utc>>,
 }
 
@@ -56,44 +60,29 @@ pub(super) async fn enroll(ctx: &Context, args: Enroll) -> Result<(), String> {
     let Enroll { orgs, csv, reader_principal, concurrency, adopt, dry_run, expires_at } = args;
     if adopt {
         let wanted = match csv {
-            Some(path) => super::adoption::read_csv(&path)?,
+            Some(path) => {
+                let settings = ctx.config.enroll_settings().map_err(|e| e.to_string())?;
+                let now = ctx.now.at();
+                let limits = AdoptionLimits {
+                    members: &settings.members,
+                    now,
+                    latest_expiry: now + ctx.config.max_key_age.to_chrono(),
+                };
+                read_adoptions(&path, &limits)?
+            }
             None => orgs.into_iter().map(|org| Adoption { org, user_name: None, account: None, expires_at }).collect(),
         };
         return super::adoption::adopt_all(ctx, wanted, usize::from(concurrency), dry_run).await;
     }
+    // Every principal is checked before anything is enrolled.
+    if let Some(principal) = &reader_principal {
+        check_reader_principal(principal).map_err(|e| e.to_string())?;
+    }
     let wanted = match csv {
-        Some(path) => read_csv(&path)?,
+        Some(path) => read_enrollments(&path)?,
         None => orgs.into_iter().map(|org| (org, reader_principal.clone())).collect(),
     };
     enroll_all(&ctx.config, &ctx.adapters, wanted, usize::from(concurrency), ctx.now.at()).await
-}
-
-/// `orgId[,readerPrincipal]` per line; blank lines and a header line are skipped.
-fn read_csv(path: &PathBuf) -> Result<Vec<(OrgId, Option<String>)>, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut orgs = Vec::new();
-    for (i, row) in reader.records().enumerate() {
-        let row = row.map_err(|e| format!("{}: {e}", path.display()))?;
-        let first = row.get(0).unwrap_or("");
-        if first.is_empty() || (i == 0 && first.eq_ignore_ascii_case("orgId")) {
-            continue;
-        }
-        let line = row.position().map_or(i as u64 + 1, |p| p.line());
-        let org = OrgId::parse(first).map_err(|e| format!("{} line {line}: {e}", path.display()))?;
-        if row.len() > 2 {
-            return Err(format!("{} line {line}: expected orgId[,readerPrincipal]", path.display()));
-        }
-        orgs.push((org, row.get(1).filter(|p| !p.is_empty()).map(str::to_owned)));
-    }
-    if orgs.is_empty() {
-        return Err(format!("{}: no orgs in it", path.display()));
-    }
-    Ok(orgs)
 }
 
 async fn enroll_all(

@@ -9,7 +9,8 @@
 //! what happened. Here: the command line ([`Cli`]), what every command works
 //! with (`Context`), the output helpers and the dispatch. One file a group of
 //! commands, with their flags (a clap `Args` struct each) and what they do:
-//! - `enrollment`: `enroll`;
+//! - `enrollment`: `enroll` (`adoption`: `enroll --adopt`; `orgs_csv`: the
+//!   CSV file of both, read by its header and checked whole);
 //! - `status`: `status`, `audit`;
 //! - `rotation`: `rotate`, `policy`;
 //! - `key_state`: `disable`, `enable`, `schedule-deletion`, `cancel-deletion`;
@@ -27,6 +28,7 @@ mod accounts;
 mod adoption;
 mod enrollment;
 mod key_state;
+mod orgs_csv;
 mod rotation;
 mod status;
 mod sweep;

@@ -393,6 +393,23 @@ pub fn user_policy(partition: &str, bucket: &str, prefix: &str) -> serde_json::V
     })
 }
 
+/// Whether `principal` may be granted read access to an org's secret: an IAM
+/// ARN (`arn:{partition}:iam::{account}:{role|user|root}…`), without
+/// wildcards. [`grant_vault_reader`] checks it; the CLI checks every principal
+/// it is given with it before it enrolls anything.
+pub fn check_reader_principal(principal: &str) -> Result<(), EnrollError> {
+    let valid = principal.starts_with("arn:")
+        && principal.split(':').nth(2) == Some("iam")
+        && principal.split(':').count() == 6
+        && principal.len() <= 2048
+        && !principal.contains('*');
+    if valid {
+        Ok(())
+    } else {
+        Err(EnrollError::BadPrincipal(principal.chars().take(80).collect()))
+    }
+}
+
 /// Lets the org's own AWS principal read its secret in the key vault (an
 /// enrollment option): `principal` is an IAM ARN such as
 /// `arn:aws:iam::210987654321:role/log-reader` or an account root.
@@ -404,14 +421,7 @@ pub async fn grant_vault_reader(
     now: DateTime<Utc>,
     actor: &str,
 ) -> Result<(), EnrollError> {
-    let valid = principal.starts_with("arn:")
-        && principal.split(':').nth(2) == Some("iam")
-        && principal.split(':').count() == 6
-        && principal.len() <= 2048
-        && !principal.contains('*');
-    if !valid {
-        return Err(EnrollError::BadPrincipal(principal.chars().take(80).collect()));
-    }
+    check_reader_principal(principal)?;
     vault.allow_reader(org, principal).await?;
     let entry = AuditEntry {
         at: now,
