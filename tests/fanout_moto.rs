@@ -204,7 +204,7 @@ impl Queues {
     /// aside): (deliveries, failed deliveries).
     async fn drain(&self, stack: &Stack, ports: Ports<'_>) -> (usize, usize) {
         let settings = stack.config.sweep_settings();
-        let margin = Duration::from_secs(stack.config.deadline_margin.as_secs());
+        let margin = Duration::from_secs(stack.config.sweep.deadline_margin.as_secs());
         let (mut deliveries, mut failures) = (0, 0);
         let started = std::time::Instant::now();
         loop {

@@ -38,7 +38,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::aws::{Adapters, Clients};
-use crate::config::Config;
+use crate::config::{Area, Config};
 use crate::core::domain::{DecisionTime, OrgId, OrgRecord};
 use crate::core::policy::{automatic_rotation, next_automatic_rotation};
 
@@ -120,7 +120,7 @@ impl Cli {
 async fn dispatch(command: Command) -> Result<(), String> {
     // Only `enroll` creates or adopts org users: through the member accounts'
     // enrollment roles (the functions' roles there may not).
-    let ctx = Context::from_env(matches!(command, Command::Enroll(_))).await?;
+    let ctx = Context::from_env(matches!(command, Command::Enroll(_)), areas(&command)).await?;
     match command {
         Command::Enroll(args) => enrollment::enroll(&ctx, args).await,
         Command::Status(args) => status::status(&ctx, args).await,
@@ -136,6 +136,27 @@ async fn dispatch(command: Command) -> Result<(), String> {
     }
 }
 
+/// The areas of the configuration `command` reads; the others keep their
+/// defaults unread, so that a malformed sweep setting does not stop `status`.
+/// No command reads the API's (the functions' callers).
+fn areas(command: &Command) -> &'static [Area] {
+    use Area::*;
+    match command {
+        // Enrollment creates org users; adoption also judges their keys' age and warnings.
+        Command::Enroll(_) => &[Registry, Rotation, Verify, Notifications, Sweep, Vault, Members, OrgUsers, Sdk],
+        Command::Accounts(_) => &[Registry, Members, OrgUsers, Sdk],
+        Command::Sweep(_) => &[Registry, Rotation, Verify, Notifications, Sweep, Vault, Members, Sdk],
+        Command::Status(_)
+        | Command::Rotate(_)
+        | Command::Policy(_)
+        | Command::Disable(_)
+        | Command::Enable(_)
+        | Command::ScheduleDeletion(_)
+        | Command::CancelDeletion(_)
+        | Command::Audit(_) => &[Registry, Rotation, Verify, Notifications, Vault, Members, Sdk],
+    }
+}
+
 /// What every command works with: the environment's configuration, the AWS
 /// adapters, and the time the command started at.
 struct Context {
@@ -147,10 +168,10 @@ struct Context {
 }
 
 impl Context {
-    async fn from_env(enrollment: bool) -> Result<Self, String> {
-        let config = Config::from_env().map_err(|e| e.to_string())?;
+    async fn from_env(enrollment: bool, areas: &[Area]) -> Result<Self, String> {
+        let config = Config::for_areas(|name| std::env::var(name).ok(), areas).map_err(|e| e.to_string())?;
         let config = if enrollment { config.for_enrollment() } else { config };
-        let clients = Clients::from_env(&config).await;
+        let clients = Clients::from_env(&config.sdk).await;
         let adapters = Adapters::new(&clients, &config);
         Ok(Self { config, clients, adapters, now: DecisionTime::of_operator(None) })
     }

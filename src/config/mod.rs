@@ -1,97 +1,34 @@
 //! The configuration: environment variables, read once at start-up and
 //! validated there, with a message naming the variable and the expected form.
+//!
+//! By area: each area ([`RegistryConfig`], [`ApiConfig`], [`RotationConfig`],
+//! …) reads and checks its own variables (its `VARIABLES`), and each program
+//! composes only the areas it uses ([`RotationPolicyConfig`],
+//! [`RotateKeyConfig`], [`SweepFunctionConfig`], and for the CLI [`Config`]
+//! with the areas of its command), so that a malformed setting of one area
+//! stops only the programs that read it.
 
-use crate::core::accounts::MemberRole;
+mod api;
+mod members;
+mod org_users;
+mod registry;
+mod rotation;
+mod sdk;
+mod sweep;
+mod vault;
+
+pub use api::ApiConfig;
+pub use members::MembersConfig;
+pub use org_users::OrgUsersConfig;
+pub use registry::RegistryConfig;
+pub use rotation::{NotificationsConfig, RotationConfig, VerifyConfig};
+pub use sdk::SdkConfig;
+pub use sweep::SweepConfig;
+pub use vault::VaultConfig;
+
 use crate::core::duration::Duration;
 use crate::core::enrollment::EnrollSettings;
 use crate::core::rotation::RotationSettings;
-
-/// Everything the functions and the CLI read from the environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    /// `REGISTRY_BUCKET`: the registry (`orgs/`) and the audit trail (`audit/`).
-    pub registry_bucket: String,
-    /// `MANAGED_BUCKET`: the bucket the orgs read; needed to enroll.
-    pub managed_bucket: Option<String>,
-    /// `ORG_PREFIX_TEMPLATE`: each org's prefix in the managed bucket.
-    pub org_prefix_template: String,
-    /// `IAM_USER_PATH`: path of the per-org IAM users.
-    pub iam_user_path: String,
-    /// `ORG_CLAIM`: the JWT claim naming the caller's org.
-    pub org_claim: String,
-    /// `ADMIN_SCOPE`: the scope a caller needs (a comma-separated list: any one of them).
-    pub admin_scopes: Vec<String>,
-    /// `MAX_KEY_AGE`: the maximum key age before access is taken away.
-    pub max_key_age: Duration,
-    /// `ROTATIONS_PER_HOUR`: per-org limit on rotate-key calls.
-    pub rotations_per_hour: u32,
-    /// `ROTATION_LEASE`: how long a started rotation blocks others.
-    pub rotation_lease: Duration,
-    /// `VERIFY_NEW_KEY`: check a new key against the bucket before committing it.
-    pub verify_new_key: bool,
-    /// `VERIFY_WITHIN`: how long the check may retry while IAM propagates the key.
-    pub verify_within: Duration,
-    /// `VAULT_SECRET_PREFIX`: the key vault's secret of an org is `{prefix}{orgId}`.
-    pub vault_secret_prefix: String,
-    /// `VAULT_KMS_KEY_ID`: the customer-managed KMS key (id, ARN, alias or
-    /// alias ARN) every new secret of the vault is encrypted with; unset, the
-    /// AWS-managed key `aws/secretsmanager`, which no other account can use.
-    pub vault_kms_key_id: Option<String>,
-    /// `VAULT_RECOVERY_WINDOW`: how long a deleted org's secret can still be
-    /// restored (Secrets Manager's `RecoveryWindowInDays`, 7 to 30 days).
-    pub vault_recovery_window: Duration,
-    /// `ARN_PARTITION`: the partition of the ARNs the service writes (`aws`,
-    /// `aws-cn`, `aws-us-gov`, …); the template sets it from `AWS::Partition`.
-    pub partition: String,
-    /// `EVENT_BUS_NAME`: where the notifications go.
-    pub event_bus_name: String,
-    /// `ROTATION_GRACE_PERIOD`: how long an automatically rotated key's predecessor stays active.
-    pub rotation_grace_period: Duration,
-    /// `KEY_RETENTION`: how long an inactive previous key is kept before it is deleted.
-    pub key_retention: Duration,
-    /// `EXPIRY_WARNINGS`: how long before the maximum age warnings are published.
-    pub expiry_warnings: Vec<Duration>,
-    /// `RETIRE_IN_USE`: `report` (default) or `defer` a previous key still in use.
-    pub retire_in_use: crate::core::sweep::RetireInUse,
-    /// `SWEEP_CONCURRENCY`: orgs evaluated at once by the scheduled run.
-    pub sweep_concurrency: usize,
-    /// `DEADLINE_MARGIN`: the scheduled run starts no org this close to its deadline.
-    pub deadline_margin: Duration,
-    /// `SDK_ATTEMPT_TIMEOUT`: how long one attempt of an AWS call may take before
-    /// the SDK gives up on it (and retries).
-    pub sdk_attempt_timeout: Duration,
-    /// `SDK_OPERATION_TIMEOUT`: how long an AWS call may take, all its retries included.
-    pub sdk_operation_timeout: Duration,
-    /// `AWS_ENDPOINT_URL`: a local endpoint (S3 then uses path-style addressing).
-    pub endpoint_url: Option<String>,
-    /// `MEMBER_ACCOUNT_ROLES`: the role to assume in each member account (a
-    /// comma-separated list of role ARNs); empty: every org user lives in the
-    /// home account.
-    pub member_roles: Vec<MemberRole>,
-    /// `MEMBER_ROLE_EXTERNAL_ID`: the external id the member roles require.
-    pub member_external_id: Option<String>,
-    /// `MEMBER_ENROLLMENT_ROLE`: the name of the role through which the
-    /// operator's `enroll` creates and adopts org users in a member account
-    /// (member-account.yaml's EnrollmentRole; the functions' role there may not).
-    pub member_enrollment_role: String,
-    /// `ORG_USER_BOUNDARY`: the ARN of the permissions boundary every org user
-    /// is created with (template.yaml's OrgUserBoundary); a member account's
-    /// user gets the policy of the same name in its own account. Unset: none.
-    pub org_user_boundary: Option<String>,
-    /// `ORGS_PER_ACCOUNT`: the most orgs placed in one member account (IAM
-    /// allows 5,000 users an account).
-    pub orgs_per_account: usize,
-    /// `SWEEP_QUEUE_URL`: when set, the scheduled run dispatches slices of the
-    /// registry to this queue for `sweep-worker` instead of sweeping itself.
-    pub sweep_queue_url: Option<String>,
-    /// `SWEEP_SLICE_SIZE`: the most orgs in one slice.
-    pub sweep_slice_size: usize,
-}
-
-/// The AWS calls a rotation makes while it holds its claim, before the
-/// commit: make room (a delete, or a list and deletes after a crash), create
-/// the key, store it in the vault, the commit itself, and one for a lost answer.
-const ROTATION_CALLS_UNDER_LEASE: u64 = 5;
 
 /// A setting that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,298 +39,304 @@ pub struct ConfigError {
     pub expected: &'static str,
 }
 
-impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+/// The environment as the areas read it (the process's, or a map in tests):
+/// a variable set to blanks counts as unset.
+pub struct Vars<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl<'a> Vars<'a> {
+    pub fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Self { lookup }
     }
 
-    /// Reads the configuration through `lookup` (the environment, or a map in tests).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let registry_bucket = get("REGISTRY_BUCKET").ok_or(ConfigError {
-            variable: "REGISTRY_BUCKET",
-            problem: "is not set".into(),
-            expected: "the name of the registry bucket",
-        })?;
-        check_bucket("REGISTRY_BUCKET", &registry_bucket)?;
-        let managed_bucket = get("MANAGED_BUCKET");
-        if let Some(b) = &managed_bucket {
-            check_bucket("MANAGED_BUCKET", b)?;
+    pub fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A duration such as `90d`; `default` when unset.
+    pub fn duration(&self, variable: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(variable) {
+            None => Ok(default),
+            Some(text) => text.parse().map_err(|e: crate::core::duration::DurationError| ConfigError {
+                variable,
+                problem: format!("is invalid: {e}"),
+                expected: "a duration such as 90d, 24h, 604800s",
+            }),
         }
-        let org_prefix_template = get("ORG_PREFIX_TEMPLATE").unwrap_or_else(|| "{orgId}/".into());
-        // The org id must be ended by '/', which no org id contains: with
-        // `logs/{orgId}`, org 1234567's prefix would also cover org 12345678's.
-        if org_prefix_template.matches("{orgId}").count() != 1
-            || !org_prefix_template.contains("{orgId}/")
-            || org_prefix_template.starts_with('/')
-        {
-            return Err(ConfigError {
-                variable: "ORG_PREFIX_TEMPLATE",
-                problem: format!("is '{org_prefix_template}'"),
-                expected: "a key prefix with {orgId} once, followed by '/' (no org id continues past it), not \
-                           starting with '/', e.g. {orgId}/ or logs/{orgId}/",
-            });
-        }
-        let iam_user_path = get("IAM_USER_PATH").unwrap_or_else(|| "/managed-s3/".into());
-        let path_ok = iam_user_path.starts_with('/')
-            && iam_user_path.ends_with('/')
-            && iam_user_path.len() <= 512
-            && iam_user_path.bytes().all(|b| (0x21..=0x7e).contains(&b));
-        if !path_ok {
-            return Err(ConfigError {
-                variable: "IAM_USER_PATH",
-                problem: format!("is '{iam_user_path}'"),
-                expected: "an IAM path that begins and ends with '/', e.g. /managed-s3/",
-            });
-        }
-        let org_claim = get("ORG_CLAIM").unwrap_or_else(|| "org_id".into());
-        let admin_scopes: Vec<String> = get("ADMIN_SCOPE")
-            .unwrap_or_else(|| "admin".into())
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect();
-        let duration = |variable: &'static str, default: Duration| -> Result<Duration, ConfigError> {
-            match get(variable) {
-                None => Ok(default),
-                Some(text) => text.parse().map_err(|e: crate::core::duration::DurationError| ConfigError {
-                    variable,
-                    problem: format!("is invalid: {e}"),
-                    expected: "a duration such as 90d, 24h, 604800s",
-                }),
-            }
-        };
-        let max_key_age = duration("MAX_KEY_AGE", Duration::from_days(90))?;
-        if max_key_age < Duration::from_days(1) {
-            return Err(ConfigError {
-                variable: "MAX_KEY_AGE",
-                problem: format!("is {max_key_age}"),
-                expected: "at least 1d",
-            });
-        }
-        let rotations_per_hour = match get("ROTATIONS_PER_HOUR") {
-            None => 5,
-            Some(text) => text.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or(ConfigError {
-                variable: "ROTATIONS_PER_HOUR",
-                problem: format!("is '{text}'"),
-                expected: "a whole number of at least 1",
-            })?,
-        };
-        let rotation_lease = duration("ROTATION_LEASE", Duration::from_secs(300))?;
-        let verify_new_key = match get("VERIFY_NEW_KEY").as_deref().map(str::trim) {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(ConfigError {
-                    variable: "VERIFY_NEW_KEY",
-                    problem: format!("is '{other}'"),
-                    expected: "true or false",
-                })
-            }
-        };
-        let verify_within = duration("VERIFY_WITHIN", Duration::from_secs(20))?;
-        let vault_secret_prefix = get("VAULT_SECRET_PREFIX").unwrap_or_else(|| "s3-key-rotation/org-".into());
-        if !vault_secret_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b))
-            || vault_secret_prefix.len() > 400
-        {
-            return Err(ConfigError {
-                variable: "VAULT_SECRET_PREFIX",
-                problem: format!("is '{vault_secret_prefix}'"),
-                expected: "a Secrets Manager name prefix of A-Z a-z 0-9 / _ + = . @ -",
-            });
-        }
-        let vault_kms_key_id = get("VAULT_KMS_KEY_ID").map(|k| k.trim().to_owned());
-        if let Some(key) = &vault_kms_key_id {
-            if !is_kms_key_id(key) {
-                return Err(ConfigError {
-                    variable: "VAULT_KMS_KEY_ID",
-                    problem: format!("is '{key}'"),
-                    expected: "a KMS key id, key ARN, alias/NAME or alias ARN",
-                });
-            }
-        }
-        let vault_recovery_window = duration("VAULT_RECOVERY_WINDOW", Duration::from_days(30))?;
-        let whole_days = vault_recovery_window.as_secs() % Duration::from_days(1).as_secs() == 0;
-        if !whole_days || !(Duration::from_days(7)..=Duration::from_days(30)).contains(&vault_recovery_window) {
-            return Err(ConfigError {
-                variable: "VAULT_RECOVERY_WINDOW",
-                problem: format!("is {vault_recovery_window}"),
-                expected: "a whole number of days from 7d to 30d (Secrets Manager's recovery window)",
-            });
-        }
-        let partition = get("ARN_PARTITION").map(|p| p.trim().to_owned()).unwrap_or_else(|| "aws".into());
-        let partition_ok = partition == "aws"
-            || partition
-                .strip_prefix("aws-")
-                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
-        if !partition_ok {
-            return Err(ConfigError {
-                variable: "ARN_PARTITION",
-                problem: format!("is '{partition}'"),
-                expected: "an AWS partition such as aws, aws-cn or aws-us-gov",
-            });
-        }
-        let event_bus_name = get("EVENT_BUS_NAME").unwrap_or_else(|| "default".into());
-        let rotation_grace_period = duration("ROTATION_GRACE_PERIOD", Duration::from_hours(24))?;
-        if rotation_grace_period > Duration::from_days(7) {
-            return Err(ConfigError {
-                variable: "ROTATION_GRACE_PERIOD",
-                problem: format!("is {rotation_grace_period}"),
-                expected: "at most 7d",
-            });
-        }
-        let key_retention = duration("KEY_RETENTION", Duration::from_days(7))?;
-        let retire_in_use = match get("RETIRE_IN_USE").as_deref().map(str::trim) {
-            None | Some("report") => crate::core::sweep::RetireInUse::Report,
-            Some("defer") => crate::core::sweep::RetireInUse::Defer,
-            Some(other) => {
-                return Err(ConfigError {
-                    variable: "RETIRE_IN_USE",
-                    problem: format!("is '{other}'"),
-                    expected: "report or defer",
-                })
-            }
-        };
-        let expiry_warnings = match get("EXPIRY_WARNINGS") {
-            None => vec![Duration::from_days(14), Duration::from_days(7), Duration::from_days(1)],
-            Some(text) => {
-                text.split(',').map(|part| part.trim().parse::<Duration>()).collect::<Result<Vec<_>, _>>().map_err(
-                    |e| ConfigError {
-                        variable: "EXPIRY_WARNINGS",
-                        problem: format!("is invalid: {e}"),
-                        expected: "a comma-separated list of durations, e.g. 14d,7d,1d",
-                    },
-                )?
-            }
-        };
-        if expiry_warnings.iter().any(|w| *w >= max_key_age) {
-            return Err(ConfigError {
-                variable: "EXPIRY_WARNINGS",
-                problem: "has a warning no shorter than MAX_KEY_AGE".into(),
-                expected: "durations shorter than the maximum key age",
-            });
-        }
-        let whole = |variable: &'static str, default: usize, max: usize, expected: &'static str| match get(variable) {
+    }
+
+    /// A whole number from 1 to `max`; `default` when unset.
+    pub fn whole(
+        &self,
+        variable: &'static str,
+        default: usize,
+        max: usize,
+        expected: &'static str,
+    ) -> Result<usize, ConfigError> {
+        match self.get(variable) {
             None => Ok(default),
             Some(text) => text.trim().parse::<usize>().ok().filter(|n| (1..=max).contains(n)).ok_or(ConfigError {
                 variable,
                 problem: format!("is '{text}'"),
                 expected,
             }),
-        };
-        let sweep_concurrency = whole("SWEEP_CONCURRENCY", 8, 64, "a whole number from 1 to 64")?;
-        let deadline_margin = duration("DEADLINE_MARGIN", Duration::from_secs(20))?;
-        let sdk_attempt_timeout = duration("SDK_ATTEMPT_TIMEOUT", Duration::from_secs(5))?;
-        let sdk_operation_timeout = duration("SDK_OPERATION_TIMEOUT", Duration::from_secs(15))?;
-        if sdk_attempt_timeout.as_secs() == 0 || sdk_attempt_timeout > sdk_operation_timeout {
-            return Err(ConfigError {
-                variable: "SDK_ATTEMPT_TIMEOUT",
-                problem: format!("is {sdk_attempt_timeout} with SDK_OPERATION_TIMEOUT {sdk_operation_timeout}"),
-                expected: "at least 1s and no longer than SDK_OPERATION_TIMEOUT",
-            });
         }
-        // The claim must outlast the slowest rotation it covers (its AWS calls
-        // from the claim to the commit, each bounded by the operation timeout,
-        // and the new key's check), with room for the skew of two clocks:
-        // otherwise another actor could take over a rotation that is still running.
-        let slowest = ROTATION_CALLS_UNDER_LEASE * sdk_operation_timeout.as_secs()
-            + if verify_new_key { verify_within.as_secs() } else { 0 }
-            + 2 * crate::core::domain::MAX_CLOCK_SKEW.as_secs();
-        if rotation_lease.as_secs() < slowest {
-            return Err(ConfigError {
-                variable: "ROTATION_LEASE",
-                problem: format!(
-                    "is {rotation_lease}, shorter than a rotation may take ({} with SDK_OPERATION_TIMEOUT \
-                     {sdk_operation_timeout}{})",
-                    Duration::from_secs(slowest),
-                    if verify_new_key { format!(" and VERIFY_WITHIN {verify_within}") } else { String::new() },
-                ),
-                expected: "at least 5 times SDK_OPERATION_TIMEOUT plus VERIFY_WITHIN plus 10s",
-            });
+    }
+}
+
+/// The areas of the configuration, each with its own variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    Registry,
+    Api,
+    Rotation,
+    Verify,
+    Notifications,
+    Sweep,
+    Vault,
+    Members,
+    OrgUsers,
+    Sdk,
+}
+
+impl Area {
+    pub const ALL: &'static [Area] = &[
+        Area::Registry,
+        Area::Api,
+        Area::Rotation,
+        Area::Verify,
+        Area::Notifications,
+        Area::Sweep,
+        Area::Vault,
+        Area::Members,
+        Area::OrgUsers,
+        Area::Sdk,
+    ];
+
+    /// The variables the area reads.
+    pub fn variables(self) -> &'static [&'static str] {
+        match self {
+            Area::Registry => RegistryConfig::VARIABLES,
+            Area::Api => ApiConfig::VARIABLES,
+            Area::Rotation => RotationConfig::VARIABLES,
+            Area::Verify => VerifyConfig::VARIABLES,
+            Area::Notifications => NotificationsConfig::VARIABLES,
+            Area::Sweep => SweepConfig::VARIABLES,
+            Area::Vault => VaultConfig::VARIABLES,
+            Area::Members => MembersConfig::VARIABLES,
+            Area::OrgUsers => OrgUsersConfig::VARIABLES,
+            Area::Sdk => SdkConfig::VARIABLES,
         }
-        let mut member_roles: Vec<MemberRole> = Vec::new();
-        for arn in
-            get("MEMBER_ACCOUNT_ROLES").iter().flat_map(|v| v.split(',')).map(str::trim).filter(|a| !a.is_empty())
-        {
-            let role = MemberRole::parse(arn).ok_or(ConfigError {
-                variable: "MEMBER_ACCOUNT_ROLES",
-                problem: format!("has '{arn}'"),
-                expected: "comma-separated IAM role ARNs, e.g. arn:aws:iam::210987654321:role/s3-key-rotation-member",
-            })?;
-            if member_roles.iter().any(|m| m.account_id == role.account_id) {
-                return Err(ConfigError {
-                    variable: "MEMBER_ACCOUNT_ROLES",
-                    problem: format!("names account {} twice", role.account_id),
-                    expected: "one role per member account",
-                });
-            }
-            member_roles.push(role);
-        }
-        let member_enrollment_role =
-            get("MEMBER_ENROLLMENT_ROLE").unwrap_or_else(|| "s3-key-rotation-enrollment".to_owned());
-        if member_enrollment_role.is_empty()
-            || member_enrollment_role.len() > 64
-            || !member_enrollment_role.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
-        {
-            return Err(ConfigError {
-                variable: "MEMBER_ENROLLMENT_ROLE",
-                problem: format!("is '{member_enrollment_role}'"),
-                expected: "an IAM role name (1 to 64 of letters, digits and +=,.@_-)",
-            });
-        }
-        let org_user_boundary = get("ORG_USER_BOUNDARY").filter(|v| !v.is_empty());
-        if let Some(arn) = &org_user_boundary {
-            let fields: Vec<&str> = arn.splitn(6, ':').collect();
-            let ok = matches!(fields.as_slice(), ["arn", partition, "iam", "", account, resource]
-                if !partition.is_empty() && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
-                    && resource.starts_with("policy/"));
-            if !ok {
-                return Err(ConfigError {
-                    variable: "ORG_USER_BOUNDARY",
-                    problem: format!("is '{arn}'"),
-                    expected:
-                        "an IAM policy ARN, e.g. arn:aws:iam::123456789012:policy/s3-key-rotation-org-user-boundary",
-                });
-            }
-        }
-        let orgs_per_account =
-            whole("ORGS_PER_ACCOUNT", 4500, 5000, "a whole number from 1 to 5000 (IAM's users per account)")?;
-        let sweep_slice_size = whole("SWEEP_SLICE_SIZE", 1000, 5000, "a whole number from 1 to 5000")?;
+    }
+}
+
+/// The variables `areas` read, in order.
+pub fn variables_of(areas: &[Area]) -> Vec<&'static str> {
+    areas.iter().flat_map(|a| a.variables().iter().copied()).collect()
+}
+
+/// Each Lambda function's binary and the areas of its configuration: the
+/// variables template.yaml gives it are exactly theirs.
+pub const FUNCTIONS: &[(&str, &[Area])] = &[
+    ("rotate-key", RotateKeyConfig::AREAS),
+    ("rotation-policy", RotationPolicyConfig::AREAS),
+    ("scheduled-rotation", SweepFunctionConfig::AREAS),
+    ("sweep-worker", SweepFunctionConfig::AREAS),
+];
+
+/// The configuration of `rotation-policy`: it reads and writes the orgs'
+/// policies and shows their keys' dates; it never rotates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationPolicyConfig {
+    pub registry: RegistryConfig,
+    pub api: ApiConfig,
+    pub rotation: RotationConfig,
+    pub sdk: SdkConfig,
+}
+
+impl RotationPolicyConfig {
+    pub const AREAS: &'static [Area] = &[Area::Registry, Area::Api, Area::Rotation, Area::Sdk];
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars::new(&lookup);
         Ok(Self {
-            registry_bucket,
-            managed_bucket,
-            org_prefix_template,
-            iam_user_path,
-            org_claim,
-            admin_scopes,
-            max_key_age,
-            rotations_per_hour,
-            rotation_lease,
-            verify_new_key,
-            verify_within,
-            vault_secret_prefix,
-            vault_kms_key_id,
-            vault_recovery_window,
-            partition,
-            event_bus_name,
-            rotation_grace_period,
-            key_retention,
-            retire_in_use,
-            expiry_warnings,
-            sweep_concurrency,
-            deadline_margin,
-            sdk_attempt_timeout,
-            sdk_operation_timeout,
-            endpoint_url: get("AWS_ENDPOINT_URL"),
-            member_roles,
-            member_external_id: get("MEMBER_ROLE_EXTERNAL_ID"),
-            member_enrollment_role,
-            org_user_boundary,
-            orgs_per_account,
-            sweep_queue_url: get("SWEEP_QUEUE_URL"),
-            sweep_slice_size,
+            registry: RegistryConfig::from_vars(&vars)?,
+            api: ApiConfig::from_vars(&vars)?,
+            rotation: RotationConfig::from_vars(&vars)?,
+            sdk: SdkConfig::from_vars(&vars)?,
         })
+    }
+
+    /// What the rotation-policy function needs besides the ports.
+    pub fn settings(&self) -> crate::api::rotation_policy::PolicySettings {
+        crate::api::rotation_policy::PolicySettings {
+            caller: self.api.caller_rules(),
+            max_key_age: self.rotation.max_key_age,
+            automatic_lead: self.rotation.automatic_lead(),
+        }
+    }
+}
+
+/// The configuration of `rotate-key`: an org's rotation on its caller's request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotateKeyConfig {
+    pub registry: RegistryConfig,
+    pub api: ApiConfig,
+    pub rotation: RotationConfig,
+    pub verify: VerifyConfig,
+    pub notifications: NotificationsConfig,
+    pub vault: VaultConfig,
+    pub members: MembersConfig,
+    pub sdk: SdkConfig,
+}
+
+impl RotateKeyConfig {
+    pub const AREAS: &'static [Area] = &[
+        Area::Registry,
+        Area::Api,
+        Area::Rotation,
+        Area::Verify,
+        Area::Notifications,
+        Area::Vault,
+        Area::Members,
+        Area::Sdk,
+    ];
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars::new(&lookup);
+        let config = Self {
+            registry: RegistryConfig::from_vars(&vars)?,
+            api: ApiConfig::from_vars(&vars)?,
+            rotation: RotationConfig::from_vars(&vars)?,
+            verify: VerifyConfig::from_vars(&vars)?,
+            notifications: NotificationsConfig::from_vars(&vars)?,
+            vault: VaultConfig::from_vars(&vars)?,
+            members: MembersConfig::from_vars(&vars)?,
+            sdk: SdkConfig::from_vars(&vars)?,
+        };
+        config.rotation.check_lease(&config.verify, &config.sdk)?;
+        Ok(config)
+    }
+
+    pub fn settings(&self) -> crate::api::rotate_key::RotateKeySettings {
+        crate::api::rotate_key::RotateKeySettings {
+            caller: self.api.caller_rules(),
+            rotation: self.rotation.settings(),
+        }
+    }
+}
+
+/// The configuration of `scheduled-rotation` and `sweep-worker`: the sweep
+/// (in process, or dispatched in slices and swept by the worker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepFunctionConfig {
+    pub registry: RegistryConfig,
+    pub rotation: RotationConfig,
+    pub verify: VerifyConfig,
+    pub notifications: NotificationsConfig,
+    pub sweep: SweepConfig,
+    pub vault: VaultConfig,
+    pub members: MembersConfig,
+    pub sdk: SdkConfig,
+}
+
+impl SweepFunctionConfig {
+    pub const AREAS: &'static [Area] = &[
+        Area::Registry,
+        Area::Rotation,
+        Area::Verify,
+        Area::Notifications,
+        Area::Sweep,
+        Area::Vault,
+        Area::Members,
+        Area::Sdk,
+    ];
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars::new(&lookup);
+        let registry = RegistryConfig::from_vars(&vars)?;
+        let rotation = RotationConfig::from_vars(&vars)?;
+        let config = Self {
+            registry,
+            verify: VerifyConfig::from_vars(&vars)?,
+            notifications: NotificationsConfig::from_vars(&vars)?,
+            sweep: SweepConfig::from_vars(&vars, &rotation)?,
+            vault: VaultConfig::from_vars(&vars)?,
+            members: MembersConfig::from_vars(&vars)?,
+            sdk: SdkConfig::from_vars(&vars)?,
+            rotation,
+        };
+        config.rotation.check_lease(&config.verify, &config.sdk)?;
+        Ok(config)
+    }
+
+    pub fn sweep_settings(&self) -> crate::core::sweep::SweepSettings {
+        self.sweep.settings(&self.rotation)
+    }
+}
+
+/// Every area: what the operator CLI reads (the areas of its command, the
+/// others at their defaults, see [`Config::for_areas`]) and the tests build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub registry: RegistryConfig,
+    pub api: ApiConfig,
+    pub rotation: RotationConfig,
+    pub verify: VerifyConfig,
+    pub notifications: NotificationsConfig,
+    pub sweep: SweepConfig,
+    pub vault: VaultConfig,
+    pub members: MembersConfig,
+    pub org_users: OrgUsersConfig,
+    pub sdk: SdkConfig,
+}
+
+impl Config {
+    /// Reads every area from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads every area through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::for_areas(lookup, Area::ALL)
+    }
+
+    /// Reads `areas` through `lookup` (and always the registry); every other
+    /// area takes its defaults without a look at its variables, so that a
+    /// malformed one stops only the commands that use it.
+    pub fn for_areas(lookup: impl Fn(&str) -> Option<String>, areas: &[Area]) -> Result<Self, ConfigError> {
+        let given = Vars::new(&lookup);
+        let none = |_: &str| None;
+        let defaults = Vars::new(&none);
+        let vars = |area: Area| if areas.contains(&area) { &given } else { &defaults };
+        let registry = RegistryConfig::from_vars(&given)?;
+        let org_users = OrgUsersConfig::from_vars(vars(Area::OrgUsers))?;
+        let api = ApiConfig::from_vars(vars(Area::Api))?;
+        let rotation = RotationConfig::from_vars(vars(Area::Rotation))?;
+        let verify = VerifyConfig::from_vars(vars(Area::Verify))?;
+        let vault = VaultConfig::from_vars(vars(Area::Vault))?;
+        let notifications = NotificationsConfig::from_vars(vars(Area::Notifications))?;
+        let sweep = SweepConfig::from_vars(vars(Area::Sweep), &rotation)?;
+        let sdk = SdkConfig::from_vars(vars(Area::Sdk))?;
+        if [Area::Rotation, Area::Verify, Area::Sdk].iter().any(|a| areas.contains(a)) {
+            rotation.check_lease(&verify, &sdk)?;
+        }
+        let members = MembersConfig::from_vars(vars(Area::Members))?;
+        Ok(Self { registry, api, rotation, verify, notifications, sweep, vault, members, org_users, sdk })
     }
 
     /// The configuration of the operator's `enroll`: each member account
@@ -401,95 +344,40 @@ impl Config {
     /// account and partition of its MEMBER_ACCOUNT_ROLES role) instead of the
     /// functions' role, which may not create users.
     pub fn for_enrollment(&self) -> Self {
-        let member_roles = self
-            .member_roles
-            .iter()
-            .map(|m| {
-                let partition = m.role_arn.split(':').nth(1).unwrap_or("aws");
-                MemberRole {
-                    account_id: m.account_id.clone(),
-                    role_arn: format!("arn:{partition}:iam::{}:role/{}", m.account_id, self.member_enrollment_role),
-                }
-            })
-            .collect();
-        Self { member_roles, ..self.clone() }
+        Self { members: self.org_users.enrollment_members(&self.members), ..self.clone() }
     }
 
     /// How the HTTP functions read the caller from the JWT authorizer's claims.
     pub fn caller_rules(&self) -> crate::api::caller::CallerRules {
-        crate::api::caller::CallerRules { org_claim: self.org_claim.clone(), admin_scopes: self.admin_scopes.clone() }
+        self.api.caller_rules()
     }
 
     pub fn rotation_settings(&self) -> RotationSettings {
-        RotationSettings {
-            lease: self.rotation_lease,
-            rotations_per_hour: self.rotations_per_hour,
-            max_key_age: self.max_key_age,
-            retention: self.key_retention,
-            automatic_lead: self.automatic_lead(),
-            ..RotationSettings::default()
-        }
+        self.rotation.settings()
     }
 
-    /// How long before a key's maximum age automatic rotation happens at the
-    /// latest: the grace period of automatic rotations (the old key must retire
-    /// before it expires) plus one day, so that a schedule of up to a day, or a
-    /// day of missed runs, still rotates in time.
+    /// See [`RotationConfig::automatic_lead`].
     pub fn automatic_lead(&self) -> Duration {
-        Duration::from_secs(self.rotation_grace_period.as_secs() + Duration::from_days(1).as_secs())
+        self.rotation.automatic_lead()
     }
 
     /// What the rotation-policy function needs besides the ports.
     pub fn policy_settings(&self) -> crate::api::rotation_policy::PolicySettings {
         crate::api::rotation_policy::PolicySettings {
             caller: self.caller_rules(),
-            max_key_age: self.max_key_age,
+            max_key_age: self.rotation.max_key_age,
             automatic_lead: self.automatic_lead(),
         }
     }
 
     pub fn sweep_settings(&self) -> crate::core::sweep::SweepSettings {
-        crate::core::sweep::SweepSettings {
-            rotation: self.rotation_settings(),
-            grace: self.rotation_grace_period,
-            warnings: self.expiry_warnings.clone(),
-            concurrency: self.sweep_concurrency,
-            retire_in_use: self.retire_in_use,
-        }
+        self.sweep.settings(&self.rotation)
     }
 
     /// The enrollment settings; enrolling needs `MANAGED_BUCKET`.
     pub fn enroll_settings(&self) -> Result<EnrollSettings, ConfigError> {
-        let managed_bucket = self.managed_bucket.clone().ok_or(ConfigError {
-            variable: "MANAGED_BUCKET",
-            problem: "is not set".into(),
-            expected: "the name of the bucket the orgs read (required to enroll)",
-        })?;
-        Ok(EnrollSettings {
-            iam_user_path: self.iam_user_path.clone(),
-            managed_bucket,
-            prefix_template: self.org_prefix_template.clone(),
-            members: self.member_roles.clone(),
-            orgs_per_account: self.orgs_per_account,
-        })
+        self.org_users.enroll_settings(&self.members)
     }
-}
-
-/// A key id (`1234abcd-…`, `mrk-…`), a key or alias ARN, or `alias/NAME`:
-/// the forms Secrets Manager's `KmsKeyId` takes.
-fn is_kms_key_id(key: &str) -> bool {
-    let arn = key.strip_prefix("arn:").is_some_and(|rest| {
-        let parts: Vec<&str> = rest.splitn(5, ':').collect();
-        parts.len() == 5
-            && parts[0].starts_with("aws")
-            && parts[1] == "kms"
-            && (parts[4].starts_with("key/") || parts[4].starts_with("alias/"))
-    });
-    let alias = key
-        .strip_prefix("alias/")
-        .is_some_and(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b)));
-    let id = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    key.len() <= 2048 && !key.contains(char::is_whitespace) && (arn || alias || id)
 }
 
 fn check_bucket(variable: &'static str, name: &str) -> Result<(), ConfigError> {
@@ -521,17 +409,20 @@ mod tests {
     #[test]
     fn defaults_follow_the_design() {
         let c = config(&[("REGISTRY_BUCKET", "registry")]).unwrap();
-        assert_eq!(c.org_prefix_template, "{orgId}/");
-        assert_eq!(c.iam_user_path, "/managed-s3/");
-        assert_eq!(c.org_claim, "org_id");
-        assert_eq!(c.admin_scopes, vec!["admin"]);
-        assert_eq!(c.max_key_age, Duration::from_days(90));
-        assert_eq!(c.rotations_per_hour, 5);
-        assert!(c.verify_new_key);
-        assert_eq!((c.sdk_attempt_timeout.as_secs(), c.sdk_operation_timeout.as_secs()), (5, 15));
-        assert_eq!(c.managed_bucket, None);
-        assert!(c.member_roles.is_empty(), "no member accounts: every user in the home account");
-        assert_eq!((c.orgs_per_account, c.sweep_slice_size, c.sweep_queue_url.as_deref()), (4500, 1000, None));
+        assert_eq!(c.org_users.org_prefix_template, "{orgId}/");
+        assert_eq!(c.org_users.iam_user_path, "/managed-s3/");
+        assert_eq!(c.api.org_claim, "org_id");
+        assert_eq!(c.api.admin_scopes, vec!["admin"]);
+        assert_eq!(c.rotation.max_key_age, Duration::from_days(90));
+        assert_eq!(c.rotation.rotations_per_hour, 5);
+        assert!(c.verify.verify_new_key);
+        assert_eq!((c.sdk.sdk_attempt_timeout.as_secs(), c.sdk.sdk_operation_timeout.as_secs()), (5, 15));
+        assert_eq!(c.org_users.managed_bucket, None);
+        assert!(c.members.member_roles.is_empty(), "no member accounts: every user in the home account");
+        assert_eq!(
+            (c.org_users.orgs_per_account, c.sweep.sweep_slice_size, c.sweep.sweep_queue_url.as_deref()),
+            (4500, 1000, None)
+        );
         assert!(c.enroll_settings().unwrap_err().to_string().contains("MANAGED_BUCKET is not set"));
     }
 
@@ -592,9 +483,9 @@ mod tests {
     #[test]
     fn the_vault_key_and_recovery_window_default_to_the_managed_key_and_30_days() {
         let c = config(&[("REGISTRY_BUCKET", "r-b")]).unwrap();
-        assert_eq!(c.vault_kms_key_id, None, "unset: the AWS-managed key, as before");
-        assert_eq!(c.vault_recovery_window, Duration::from_days(30));
-        assert_eq!(c.partition, "aws");
+        assert_eq!(c.vault.vault_kms_key_id, None, "unset: the AWS-managed key, as before");
+        assert_eq!(c.vault.vault_recovery_window, Duration::from_days(30));
+        assert_eq!(c.org_users.partition, "aws");
         for key in [
             "1234abcd-12ab-34cd-56ef-1234567890ab",
             "mrk-1234abcd12ab34cd56ef1234567890ab",
@@ -603,14 +494,14 @@ mod tests {
             "arn:aws-cn:kms:cn-north-1:123456789012:alias/s3-key-rotation-vault",
         ] {
             let c = config(&[("REGISTRY_BUCKET", "r-b"), ("VAULT_KMS_KEY_ID", key)]).unwrap();
-            assert_eq!(c.vault_kms_key_id.as_deref(), Some(key));
+            assert_eq!(c.vault.vault_kms_key_id.as_deref(), Some(key));
         }
         for (window, days) in [("7d", 7), ("168h", 7), ("30d", 30), ("2592000s", 30)] {
             let c = config(&[("REGISTRY_BUCKET", "r-b"), ("VAULT_RECOVERY_WINDOW", window)]).unwrap();
-            assert_eq!(c.vault_recovery_window, Duration::from_days(days), "{window}");
+            assert_eq!(c.vault.vault_recovery_window, Duration::from_days(days), "{window}");
         }
         let c = config(&[("REGISTRY_BUCKET", "r-b"), ("ARN_PARTITION", "aws-us-gov")]).unwrap();
-        assert_eq!(c.partition, "aws-us-gov");
+        assert_eq!(c.org_users.partition, "aws-us-gov");
     }
 
     #[test]
@@ -639,14 +530,174 @@ mod tests {
             ("MEMBER_ROLE_EXTERNAL_ID", "shared-secret-id"),
         ])
         .unwrap();
-        let accounts: Vec<&str> = c.member_roles.iter().map(|m| m.account_id.as_str()).collect();
+        let accounts: Vec<&str> = c.members.member_roles.iter().map(|m| m.account_id.as_str()).collect();
         assert_eq!(accounts, ["111111111111", "222222222222"]);
-        assert_eq!(c.member_external_id.as_deref(), Some("shared-secret-id"));
+        assert_eq!(c.members.member_external_id.as_deref(), Some("shared-secret-id"));
     }
 
     #[test]
     fn admin_scope_may_list_several_scopes() {
         let c = config(&[("REGISTRY_BUCKET", "r-b"), ("ADMIN_SCOPE", "admin, admin.iam:write")]).unwrap();
-        assert_eq!(c.admin_scopes, vec!["admin", "admin.iam:write"]);
+        assert_eq!(c.api.admin_scopes, vec!["admin", "admin.iam:write"]);
+    }
+
+    /// The names a configuration's parser asks for.
+    fn asked(parse: impl Fn(&dyn Fn(&str) -> Option<String>)) -> std::collections::BTreeSet<String> {
+        let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let lookup = |name: &str| {
+            asked.borrow_mut().insert(name.to_owned());
+            (name == "REGISTRY_BUCKET").then(|| "registry".to_owned())
+        };
+        parse(&lookup);
+        asked.into_inner()
+    }
+
+    fn set(names: &[&str]) -> std::collections::BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn each_configuration_reads_exactly_the_variables_of_its_areas() {
+        type Parse = fn(&dyn Fn(&str) -> Option<String>) -> bool;
+        let cases: &[(&str, &[Area], Parse)] = &[
+            ("rotation-policy", RotationPolicyConfig::AREAS, |l| RotationPolicyConfig::from_lookup(l).is_ok()),
+            ("rotate-key", RotateKeyConfig::AREAS, |l| RotateKeyConfig::from_lookup(l).is_ok()),
+            ("sweep functions", SweepFunctionConfig::AREAS, |l| SweepFunctionConfig::from_lookup(l).is_ok()),
+            ("the CLI, every area", Area::ALL, |l| Config::from_lookup(l).is_ok()),
+        ];
+        for (name, areas, parse) in cases {
+            let read = asked(|lookup| assert!(parse(lookup), "{name}: the defaults are valid"));
+            assert_eq!(read, set(&variables_of(areas)), "{name}");
+        }
+        for (binary, areas) in FUNCTIONS {
+            let own = match *binary {
+                "rotation-policy" => RotationPolicyConfig::AREAS,
+                "rotate-key" => RotateKeyConfig::AREAS,
+                _ => SweepFunctionConfig::AREAS,
+            };
+            assert_eq!(areas, &own, "{binary}");
+        }
+        // Each area's parser reads its own variables and nothing else.
+        for area in Area::ALL {
+            let read = asked(|lookup| {
+                let vars = Vars::new(lookup);
+                let rotation = RotationConfig::from_vars(&Vars::new(&|_| None)).unwrap();
+                let ok = match area {
+                    Area::Registry => RegistryConfig::from_vars(&vars).is_ok(),
+                    Area::Api => ApiConfig::from_vars(&vars).is_ok(),
+                    Area::Rotation => RotationConfig::from_vars(&vars).is_ok(),
+                    Area::Verify => VerifyConfig::from_vars(&vars).is_ok(),
+                    Area::Notifications => NotificationsConfig::from_vars(&vars).is_ok(),
+                    Area::Sweep => SweepConfig::from_vars(&vars, &rotation).is_ok(),
+                    Area::Vault => VaultConfig::from_vars(&vars).is_ok(),
+                    Area::Members => MembersConfig::from_vars(&vars).is_ok(),
+                    Area::OrgUsers => OrgUsersConfig::from_vars(&vars).is_ok(),
+                    Area::Sdk => SdkConfig::from_vars(&vars).is_ok(),
+                };
+                assert!(ok, "{area:?}");
+            });
+            assert_eq!(read, set(area.variables()), "{area:?}");
+        }
+    }
+
+    /// One area's malformed setting stops the programs that read the area and
+    /// no other: for each area, a bad value of one of its variables.
+    #[test]
+    fn a_bad_setting_stops_only_the_programs_that_read_it() {
+        let bad: &[(Area, &str, &str)] = &[
+            (Area::Api, "ADMIN_SCOPE", ""), // no ADMIN_SCOPE value is malformed: skipped below
+            (Area::Rotation, "MAX_KEY_AGE", "1h"),
+            (Area::Verify, "VERIFY_NEW_KEY", "yes"),
+            (Area::Notifications, "EVENT_BUS_NAME", ""), // no malformed value either
+            (Area::Sweep, "SWEEP_SLICE_SIZE", "abc"),
+            (Area::Vault, "VAULT_RECOVERY_WINDOW", "6d"),
+            (Area::Members, "MEMBER_ACCOUNT_ROLES", "arn:aws:iam::1234:role/x"),
+            (Area::OrgUsers, "IAM_USER_PATH", "managed"),
+            (Area::Sdk, "SDK_ATTEMPT_TIMEOUT", "20s"),
+        ];
+        for (area, variable, value) in bad.iter().filter(|(_, _, value)| !value.is_empty()) {
+            let lookup = |name: &str| match name {
+                "REGISTRY_BUCKET" => Some("registry".to_owned()),
+                name if name == *variable => Some(value.to_string()),
+                _ => None,
+            };
+            let outcomes: [(&str, &[Area], Result<(), ConfigError>); 4] = [
+                ("rotation-policy", RotationPolicyConfig::AREAS, RotationPolicyConfig::from_lookup(lookup).map(drop)),
+                ("rotate-key", RotateKeyConfig::AREAS, RotateKeyConfig::from_lookup(lookup).map(drop)),
+                (
+                    "scheduled-rotation, sweep-worker",
+                    SweepFunctionConfig::AREAS,
+                    SweepFunctionConfig::from_lookup(lookup).map(drop),
+                ),
+                (
+                    "the CLI's status",
+                    &[
+                        Area::Registry,
+                        Area::Rotation,
+                        Area::Verify,
+                        Area::Notifications,
+                        Area::Vault,
+                        Area::Members,
+                        Area::Sdk,
+                    ],
+                    Config::for_areas(
+                        lookup,
+                        &[
+                            Area::Registry,
+                            Area::Rotation,
+                            Area::Verify,
+                            Area::Notifications,
+                            Area::Vault,
+                            Area::Members,
+                            Area::Sdk,
+                        ],
+                    )
+                    .map(drop),
+                ),
+            ];
+            for (program, areas, outcome) in outcomes {
+                if areas.contains(area) {
+                    let err = outcome.expect_err(program);
+                    assert_eq!(err.variable, *variable, "{program}: {err}");
+                    assert!(err.to_string().contains(variable) && err.to_string().contains("expected"), "{err}");
+                } else {
+                    assert_eq!(outcome, Ok(()), "{program} with {variable}={value}");
+                }
+            }
+        }
+        // The example of the sweep: rotation-policy and rotate-key start, scheduled-rotation does not.
+        let lookup = |name: &str| match name {
+            "REGISTRY_BUCKET" => Some("registry".to_owned()),
+            "SWEEP_SLICE_SIZE" => Some("abc".to_owned()),
+            _ => None,
+        };
+        assert!(RotationPolicyConfig::from_lookup(lookup).is_ok());
+        assert!(RotateKeyConfig::from_lookup(lookup).is_ok());
+        let err = SweepFunctionConfig::from_lookup(lookup).unwrap_err().to_string();
+        assert_eq!(err, "configuration: SWEEP_SLICE_SIZE is 'abc'; expected a whole number from 1 to 5000");
+        assert!(Config::from_lookup(lookup).is_err(), "every area: refused");
+    }
+
+    #[test]
+    fn the_functions_settings_are_the_whole_configurations() {
+        let vars = [
+            ("REGISTRY_BUCKET", "r-b"),
+            ("MAX_KEY_AGE", "30d"),
+            ("ROTATION_GRACE_PERIOD", "2d"),
+            ("ADMIN_SCOPE", "a,b"),
+        ];
+        let lookup = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+        let whole = Config::from_lookup(lookup).unwrap();
+        let policy = RotationPolicyConfig::from_lookup(lookup).unwrap().settings();
+        assert_eq!(format!("{policy:?}"), format!("{:?}", whole.policy_settings()));
+        let rotate = RotateKeyConfig::from_lookup(lookup).unwrap().settings();
+        assert_eq!(
+            format!("{:?}", (rotate.caller, rotate.rotation)),
+            format!("{:?}", (whole.caller_rules(), whole.rotation_settings()))
+        );
+        assert_eq!(
+            format!("{:?}", SweepFunctionConfig::from_lookup(lookup).unwrap().sweep_settings()),
+            format!("{:?}", whole.sweep_settings())
+        );
     }
 }
