@@ -236,7 +236,7 @@ async fn dispatch_at(stack: &Stack, queues: &Queues, at: DateTime<Utc>) -> Manif
     let c = &stack.config;
     let dispatcher = stack.function(Function::ScheduledRotation);
     let slices = queues.slices(stack, Function::ScheduledRotation);
-    handle_dispatch(event, &dispatcher.registry, &slices, &c.member_roles, c.sweep_slice_size)
+    handle_dispatch(event, &dispatcher.registry, &slices, &c.members.member_roles, c.sweep.sweep_slice_size)
         .await
         .expect("dispatched")
 }
