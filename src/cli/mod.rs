@@ -223,3 +223,43 @@ fn progress(len: usize, what: &str) -> ProgressBar {
     );
     bar
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The configuration `args`' command reads, from `vars`.
+    fn config_of(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, crate::config::ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("s3-key-rotation").chain(args.iter().copied())).unwrap();
+        let lookup = |name: &str| {
+            (name == "REGISTRY_BUCKET")
+                .then(|| "registry".to_owned())
+                .or_else(|| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+        };
+        Config::for_areas(lookup, areas(&cli.command))
+    }
+
+    #[test]
+    fn a_bad_setting_stops_only_the_commands_that_read_it() {
+        let sweep = [("SWEEP_SLICE_SIZE", "abc")];
+        for args in [&["status"][..], &["audit", "--org", "1234567"], &["disable", "--org", "1234567"], &["accounts"]] {
+            assert!(config_of(args, &sweep).is_ok(), "{args:?}");
+        }
+        for args in [&["sweep"][..], &["enroll", "--org", "1234567"]] {
+            let err = config_of(args, &sweep).unwrap_err();
+            assert_eq!(err.variable, "SWEEP_SLICE_SIZE", "{args:?}");
+        }
+        let org_users = [("IAM_USER_PATH", "managed")];
+        assert!(config_of(&["status"], &org_users).is_ok());
+        assert!(config_of(&["sweep"], &org_users).is_ok());
+        assert_eq!(config_of(&["accounts"], &org_users).unwrap_err().variable, "IAM_USER_PATH");
+        assert_eq!(config_of(&["enroll", "--org", "1234567"], &org_users).unwrap_err().variable, "IAM_USER_PATH");
+        // Every command reads the registry and the SDK's settings.
+        assert_eq!(
+            config_of(&["status"], &[("SDK_ATTEMPT_TIMEOUT", "20s")]).unwrap_err().variable,
+            "SDK_ATTEMPT_TIMEOUT"
+        );
+    }
+}
