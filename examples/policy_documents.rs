@@ -31,7 +31,7 @@ fn main() {
     let mut users = serde_json::Map::new();
     for org in input["orgs"].as_array().expect("orgs: a list") {
         let org = OrgId::parse(org.as_str().expect("an org id")).expect("a valid org id");
-        let document = user_policy(&config.partition, &settings.managed_bucket, &settings.prefix_of(&org));
+        let document = user_policy(&config.org_users.partition, &settings.managed_bucket, &settings.prefix_of(&org));
         users.insert(org.as_str().to_owned(), document);
     }
     let mut readers = serde_json::Map::new();
@@ -39,8 +39,9 @@ fn main() {
         let reader = reader.as_str().expect("an ARN");
         readers.insert(reader.to_owned(), reader_policy(reader));
     }
-    let bucket = (!config.member_roles.is_empty())
-        .then(|| bucket_statement(&settings.managed_bucket, &config.member_roles, &config.iam_user_path));
+    let bucket = (!config.members.member_roles.is_empty()).then(|| {
+        bucket_statement(&settings.managed_bucket, &config.members.member_roles, &config.org_users.iam_user_path)
+    });
     let out = json!({"userPolicies": users, "readerPolicies": readers, "bucketStatement": bucket});
     println!("{out}");
 }

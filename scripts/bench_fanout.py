@@ -77,7 +77,7 @@ USER_PATH = "/managed-s3/"
 USER_POLICY = "s3-key-rotation-read-own-prefix"  # src/aws/iam.rs POLICY_NAME
 WORKER_TIMEOUT = 900  # template.yaml: SweepWorkerFunction and ScheduledRotationFunction
 WORKER_MEMORY = 512
-SWEEP_CONCURRENCY = 8  # the default (config.rs), as deployed
+SWEEP_CONCURRENCY = 8  # the default (config/sweep.rs), as deployed
 
 # The projection: a deployment of PROJECTED_ORGS orgs over PROJECTED_ACCOUNTS member accounts.
 PROJECTED_ORGS = 100_000

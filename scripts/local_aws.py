@@ -12,6 +12,7 @@ those roles (MEMBER_ACCOUNT_ROLES, MEMBER_ROLE_EXTERNAL_ID).
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -211,17 +212,28 @@ def home_boundary(aws, key):
 
 def parameters_from_env(env, template=None):
     """The template parameters (and resources) that the functions' variables `env` come from:
-    each Globals variable `VAR: !Ref Parameter` (or `!Join [",", !Ref List]`) set in `env`,
-    REGISTRY_BUCKET and SWEEP_QUEUE_URL as the stack's registry bucket and sweep queue."""
+    each variable `VAR: !Ref Parameter` (or `!Join [",", !Ref List]`) of a function's (or the
+    Globals') environment set in `env`, each `VAR=${Parameter}` of the OperatorEnvironment
+    output (the CLI's org users' settings, which no function reads), REGISTRY_BUCKET and
+    SWEEP_QUEUE_URL as the stack's registry bucket and sweep queue."""
     template = template or cfn.load(ROOT / "template.yaml")
     given = {}
-    for var, expression in template["Globals"]["Function"]["Environment"]["Variables"].items():
-        if var not in env or not isinstance(expression, dict):
-            continue
-        if "Ref" in expression:
-            given[expression["Ref"]] = env[var]
-        elif "Fn::Join" in expression and isinstance(expression["Fn::Join"][1], dict):
-            given[expression["Fn::Join"][1]["Ref"]] = env[var]
+    environments = [template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})]
+    environments += [resource["Properties"].get("Environment", {}).get("Variables", {})
+                     for resource in template["Resources"].values()
+                     if resource.get("Type") == "AWS::Serverless::Function"]
+    for variables in environments:
+        for var, expression in variables.items():
+            if var not in env or not isinstance(expression, dict):
+                continue
+            if "Ref" in expression:
+                given[expression["Ref"]] = env[var]
+            elif "Fn::Join" in expression and isinstance(expression["Fn::Join"][1], dict):
+                given[expression["Fn::Join"][1]["Ref"]] = env[var]
+    operator = template.get("Outputs", {}).get("OperatorEnvironment", {}).get("Value", {}).get("Fn::Sub", "")
+    for var, parameter in re.findall(r"([A-Z][A-Z0-9_]*)=\$\{([A-Za-z0-9]+)\}", operator):
+        if var in env:
+            given[parameter] = env[var]
     if env.get("SWEEP_QUEUE_URL"):
         given["SweepQueue"] = env["SWEEP_QUEUE_URL"]
     return given

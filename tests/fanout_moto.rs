@@ -204,7 +204,7 @@ impl Queues {
     /// aside): (deliveries, failed deliveries).
     async fn drain(&self, stack: &Stack, ports: Ports<'_>) -> (usize, usize) {
         let settings = stack.config.sweep_settings();
-        let margin = Duration::from_secs(stack.config.deadline_margin.as_secs());
+        let margin = Duration::from_secs(stack.config.sweep.deadline_margin.as_secs());
         let (mut deliveries, mut failures) = (0, 0);
         let started = std::time::Instant::now();
         loop {
@@ -236,7 +236,7 @@ async fn dispatch_at(stack: &Stack, queues: &Queues, at: DateTime<Utc>) -> Manif
     let c = &stack.config;
     let dispatcher = stack.function(Function::ScheduledRotation);
     let slices = queues.slices(stack, Function::ScheduledRotation);
-    handle_dispatch(event, &dispatcher.registry, &slices, &c.member_roles, c.sweep_slice_size)
+    handle_dispatch(event, &dispatcher.registry, &slices, &c.members.member_roles, c.sweep.sweep_slice_size)
         .await
         .expect("dispatched")
 }

@@ -296,7 +296,7 @@ async fn an_account_whose_role_cannot_be_assumed_is_passed_over_by_enrollments_a
     let queue = s3_key_rotation::core::memory::MemoryQueue::default();
     let due = t0() + TimeDelta::days(30);
     let manifest =
-        dispatch(&dispatcher.registry, &queue, &stack.config.member_roles, 2, DecisionTime::from(due), false)
+        dispatch(&dispatcher.registry, &queue, &stack.config.members.member_roles, 2, DecisionTime::from(due), false)
             .await
             .unwrap();
     assert_eq!(manifest.orgs, 5);

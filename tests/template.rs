@@ -372,9 +372,10 @@ fn a_member_account_has_a_runtime_role_an_enrollment_role_for_operators_and_the_
 #[test]
 fn in_the_home_account_users_are_created_only_under_the_boundary_and_no_function_may() {
     let t = template("template.yaml");
-    let env = &t["Globals"]["Function"]["Environment"]["Variables"];
-    assert_eq!(env["ORG_USER_BOUNDARY"], json!({"Ref": "OrgUserBoundary"}));
-    assert_eq!(env["MEMBER_ENROLLMENT_ROLE"], json!({"Ref": "MemberEnrollmentRoleName"}));
+    // Only the operator's CLI creates org users: the settings are its, in OperatorEnvironment.
+    let operator = operator_environment(&t);
+    assert_eq!(operator["ORG_USER_BOUNDARY"], "OrgUserBoundary");
+    assert_eq!(operator["MEMBER_ENROLLMENT_ROLE"], "MemberEnrollmentRoleName");
     let policy = &t["Resources"]["EnrollmentPolicy"]["Properties"]["PolicyDocument"]["Statement"];
     for statement in policy.as_array().unwrap() {
         let (statement, _) = unwrap_statement(statement);
@@ -416,15 +417,14 @@ fn the_member_roles_are_assumable_only_when_there_are_any() {
         t["Conditions"]["HasMemberAccounts"],
         json!({"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "MemberAccountRoles"}]}, ""]}]})
     );
-    let env = &t["Globals"]["Function"]["Environment"]["Variables"];
+    let env = &t["Resources"]["SweepWorkerFunction"]["Properties"]["Environment"]["Variables"];
     assert_eq!(env["MEMBER_ACCOUNT_ROLES"], json!({"Fn::Join": [",", {"Ref": "MemberAccountRoles"}]}));
-    for (variable, parameter) in [
-        ("MEMBER_ROLE_EXTERNAL_ID", "MemberRoleExternalId"),
-        ("ORGS_PER_ACCOUNT", "OrgsPerAccount"),
-        ("SWEEP_SLICE_SIZE", "SweepSliceSize"),
-    ] {
+    for (variable, parameter) in
+        [("MEMBER_ROLE_EXTERNAL_ID", "MemberRoleExternalId"), ("SWEEP_SLICE_SIZE", "SweepSliceSize")]
+    {
         assert_eq!(env[variable], json!({"Ref": parameter}), "{variable}");
     }
+    assert_eq!(operator_environment(&t)["ORGS_PER_ACCOUNT"], "OrgsPerAccount");
     assert!(t["Parameters"]["OrgsPerAccount"]["MaxValue"].as_u64().unwrap() <= 5000, "IAM's users per account");
 
     let mut assuming = Vec::new();
@@ -1018,11 +1018,14 @@ fn the_vault_key_is_the_stacks_own_rotated_and_kept_with_the_secrets() {
     let alias = &t["Resources"]["VaultKeyAlias"];
     assert_eq!(alias["Type"], "AWS::KMS::Alias");
     assert_eq!(alias["Properties"]["TargetKeyId"], json!({"Ref": "VaultKey"}));
-    // Every function finds the key, the recovery window and the partition in its environment.
-    let env = &t["Globals"]["Function"]["Environment"]["Variables"];
-    assert_eq!(env["VAULT_KMS_KEY_ID"], json!({"Fn::GetAtt": ["VaultKey", "Arn"]}));
-    assert_eq!(env["VAULT_RECOVERY_WINDOW"], json!({"Ref": "VaultRecoveryWindow"}));
-    assert_eq!(env["ARN_PARTITION"], json!({"Ref": "AWS::Partition"}));
+    // Every function that uses the vault finds the key and the recovery window in its
+    // environment; the CLI, the partition of the org users' policies.
+    for function in ["RotateKeyFunction", "ScheduledRotationFunction", "SweepWorkerFunction"] {
+        let env = &t["Resources"][function]["Properties"]["Environment"]["Variables"];
+        assert_eq!(env["VAULT_KMS_KEY_ID"], json!({"Fn::GetAtt": ["VaultKey", "Arn"]}), "{function}");
+        assert_eq!(env["VAULT_RECOVERY_WINDOW"], json!({"Ref": "VaultRecoveryWindow"}), "{function}");
+    }
+    assert_eq!(operator_environment(&t)["ARN_PARTITION"], "AWS::Partition");
     assert_eq!(t["Outputs"]["VaultKeyArn"]["Value"], json!({"Fn::GetAtt": ["VaultKey", "Arn"]}));
 }
 
@@ -1142,4 +1145,56 @@ fn the_vault_writers_may_restore_a_secret_and_the_deleters_revoke_its_reader() {
             }
         }
     }
+}
+
+/// The OperatorEnvironment output's `VAR=${Parameter}` pairs: {variable: parameter}.
+fn operator_environment(t: &Value) -> std::collections::BTreeMap<String, String> {
+    let line = t["Outputs"]["OperatorEnvironment"]["Value"]["Fn::Sub"].as_str().expect("a !Sub line");
+    line.split_whitespace()
+        .map(|pair| {
+            let (variable, value) = pair.split_once('=').expect("VAR=value");
+            let parameter = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')).expect("VAR=${Parameter}");
+            (variable.to_owned(), parameter.to_owned())
+        })
+        .collect()
+}
+
+/// Each function's environment is what its binary reads: every variable the
+/// template sets is given to exactly the functions whose binary's areas read
+/// it (`config::FUNCTIONS`), none to the others, and none in the Globals; the
+/// variables no function reads (the org users', the CLI's) are
+/// OperatorEnvironment's, and only those.
+#[test]
+fn each_function_gets_exactly_the_variables_its_binary_reads() {
+    use s3_key_rotation::config::{variables_of, Area, FUNCTIONS};
+    let t = template("template.yaml");
+    assert_eq!(t["Globals"]["Function"].get("Environment"), None, "no variable for every function: each gets its own");
+    let functions = resources_of_type(&t, "AWS::Serverless::Function");
+    let environment = |name: &str| -> std::collections::BTreeSet<String> {
+        let (_, function) = functions.iter().find(|(n, _)| n.as_str() == name).expect("a function");
+        function["Properties"]["Environment"]["Variables"]
+            .as_object()
+            .map(|v| v.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let set_anywhere: std::collections::BTreeSet<String> =
+        functions.iter().flat_map(|(name, _)| environment(name)).collect();
+    assert_eq!(functions.len(), FUNCTIONS.len(), "one binary a function");
+    for (name, function) in &functions {
+        let binary = function["Metadata"]["BuildProperties"]["Binary"].as_str().expect("a binary");
+        let (_, areas) = FUNCTIONS.iter().find(|(b, _)| *b == binary).unwrap_or_else(|| panic!("{binary}"));
+        let reads: std::collections::BTreeSet<String> = variables_of(areas).into_iter().map(String::from).collect();
+        let given = environment(name);
+        let stray: Vec<_> = given.difference(&reads).collect();
+        assert!(stray.is_empty(), "{name} ({binary}) is given variables it never reads: {stray:?}");
+        let missing: Vec<_> = set_anywhere.intersection(&reads).filter(|v| !given.contains(*v)).collect();
+        assert!(missing.is_empty(), "{name} ({binary}) reads variables the template sets for others only: {missing:?}");
+    }
+    let read_by_a_function: std::collections::BTreeSet<&str> =
+        FUNCTIONS.iter().flat_map(|(_, areas)| variables_of(areas)).collect();
+    let cli_only: Vec<&str> = variables_of(Area::ALL).into_iter().filter(|v| !read_by_a_function.contains(v)).collect();
+    let operator: Vec<String> = operator_environment(&t).into_keys().collect();
+    let mut expected: Vec<String> = cli_only.iter().map(|v| v.to_string()).collect();
+    expected.sort();
+    assert_eq!(operator, expected, "OperatorEnvironment: the variables of the areas only the CLI reads");
 }

@@ -16,7 +16,10 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use crate::config::Config;
+use crate::config::{
+    Config, MembersConfig, NotificationsConfig, OrgUsersConfig, RegistryConfig, SdkConfig as SdkSettings, VaultConfig,
+    VerifyConfig,
+};
 use crate::core::ports::PortError;
 use crate::core::rotation::Ports;
 
@@ -44,7 +47,7 @@ impl Clients {
     /// rotation left to its lease). An attempt that takes longer than
     /// `SDK_ATTEMPT_TIMEOUT` is abandoned and retried; a call gives up after
     /// `SDK_OPERATION_TIMEOUT`, which leaves the function time to roll back.
-    pub async fn from_env(config: &Config) -> Self {
+    pub async fn from_env(config: &SdkSettings) -> Self {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(StdDuration::from_secs(3))
             .operation_attempt_timeout(StdDuration::from_secs(config.sdk_attempt_timeout.as_secs()))
@@ -83,29 +86,62 @@ pub struct Adapters {
     pub slices: Option<queue::SqsSlices>,
 }
 
+/// The areas of the configuration the adapters are wired from.
+#[derive(Debug, Clone, Copy)]
+pub struct Wiring<'a> {
+    pub registry: &'a RegistryConfig,
+    pub members: &'a MembersConfig,
+    /// The org users' partition and boundary: only the CLI creates org users;
+    /// `None` elsewhere (the `aws` partition and no boundary, never used).
+    pub org_users: Option<&'a OrgUsersConfig>,
+    pub verify: &'a VerifyConfig,
+    pub vault: &'a VaultConfig,
+    pub notifications: &'a NotificationsConfig,
+    /// `SWEEP_QUEUE_URL`, for the programs that sweep.
+    pub sweep_queue_url: Option<&'a str>,
+}
+
 impl Adapters {
+    /// Every adapter, from every area (the CLI, the tests).
     pub fn new(clients: &Clients, config: &Config) -> Self {
+        Self::wire(
+            clients,
+            Wiring {
+                registry: &config.registry,
+                members: &config.members,
+                org_users: Some(&config.org_users),
+                verify: &config.verify,
+                vault: &config.vault,
+                notifications: &config.notifications,
+                sweep_queue_url: config.sweep.sweep_queue_url.as_deref(),
+            },
+        )
+    }
+
+    pub fn wire(clients: &Clients, wiring: Wiring<'_>) -> Self {
+        let Wiring { registry, members, org_users, verify, vault, notifications, sweep_queue_url } = wiring;
+        let partition = org_users.map_or("aws", |o| o.partition.as_str());
         Self {
-            registry: registry::S3Registry::new(clients.s3.clone(), &config.registry_bucket),
-            audit: registry::S3Audit::new(clients.s3.clone(), &config.registry_bucket),
+            registry: registry::S3Registry::new(clients.s3.clone(), &registry.bucket),
+            audit: registry::S3Audit::new(clients.s3.clone(), &registry.bucket),
             keys: iam::IamKeys::with_members(
                 clients.iam.clone(),
                 std::sync::Arc::new(accounts::MemberAccounts::new(
                     clients.sdk.clone(),
-                    &config.member_roles,
-                    config.member_external_id.clone(),
+                    &members.member_roles,
+                    members.member_external_id.clone(),
                 )),
-                &config.partition,
+                partition,
             )
-            .with_boundary(config.org_user_boundary.clone()),
-            verifier: config.verify_new_key.then(|| {
-                verifier::S3Verifier::new(clients.sdk.clone(), clients.force_path_style, config.verify_within)
+            .with_boundary(org_users.and_then(|o| o.org_user_boundary.clone())),
+            verifier: verify.verify_new_key.then(|| {
+                verifier::S3Verifier::new(clients.sdk.clone(), clients.force_path_style, verify.verify_within)
             }),
-            vault: vault::SecretsVault::new(clients.secrets.clone(), &config.vault_secret_prefix)
-                .encrypted_with(config.vault_kms_key_id.clone())
-                .recoverable_for(config.vault_recovery_window),
-            events: events::EventBus::new(clients.events.clone(), &config.event_bus_name),
-            slices: config.sweep_queue_url.as_ref().map(|url| queue::SqsSlices::new(clients.sqs.clone(), url)),
+            vault: vault::SecretsVault::new(clients.secrets.clone(), &vault.vault_secret_prefix)
+                .encrypted_with(vault.vault_kms_key_id.clone())
+                .recoverable_for(vault.vault_recovery_window),
+            events: events::EventBus::new(clients.events.clone(), &notifications.event_bus_name),
+            slices: sweep_queue_url.map(|url| queue::SqsSlices::new(clients.sqs.clone(), url)),
         }
     }
 

@@ -2,19 +2,30 @@
 //! `POST /iam/rotate-key` and `POST /admin/v2/iam/rotateKey`.
 
 use lambda_http::{service_fn, Error, Request};
-use s3_key_rotation::api::rotate_key::{handle, RotateKeySettings};
-use s3_key_rotation::aws::{Adapters, Clients};
-use s3_key_rotation::config::Config;
+use s3_key_rotation::api::rotate_key::handle;
+use s3_key_rotation::aws::{Adapters, Clients, Wiring};
+use s3_key_rotation::config::RotateKeyConfig;
 use s3_key_rotation::telemetry::{Telemetry, Trigger};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let telemetry = Telemetry::init();
-    // Configuration and clients once per cold start; a bad setting stops here.
-    let config = Config::from_env()?;
-    let clients = Clients::from_env(&config).await;
-    let adapters = Adapters::new(&clients, &config);
-    let settings = RotateKeySettings { caller: config.caller_rules(), rotation: config.rotation_settings() };
+    // Configuration (its areas only) and clients once per cold start; a bad setting stops here.
+    let config = RotateKeyConfig::from_env()?;
+    let clients = Clients::from_env(&config.sdk).await;
+    let adapters = Adapters::wire(
+        &clients,
+        Wiring {
+            registry: &config.registry,
+            members: &config.members,
+            org_users: None,
+            verify: &config.verify,
+            vault: &config.vault,
+            notifications: &config.notifications,
+            sweep_queue_url: None,
+        },
+    );
+    let settings = config.settings();
     let (adapters, settings) = (&adapters, &settings);
     let handler =
         service_fn(move |req: Request| async move { Ok::<_, Error>(handle(req, adapters.ports(), settings).await) });

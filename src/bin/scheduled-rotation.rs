@@ -7,28 +7,43 @@ use std::time::Duration;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{service_fn, Error, LambdaEvent, Runtime};
-use s3_key_rotation::aws::{Adapters, Clients};
-use s3_key_rotation::config::Config;
+use s3_key_rotation::aws::{Adapters, Clients, Wiring};
+use s3_key_rotation::config::SweepFunctionConfig;
 use s3_key_rotation::scheduled::{handle, handle_dispatch, RunAnswer, SweepDetail};
 use s3_key_rotation::telemetry::{Telemetry, Trigger};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let telemetry = Telemetry::init();
-    let config = Config::from_env()?;
-    let clients = Clients::from_env(&config).await;
-    let adapters = Adapters::new(&clients, &config);
+    let config = SweepFunctionConfig::from_env()?;
+    let clients = Clients::from_env(&config.sdk).await;
+    let adapters = Adapters::wire(
+        &clients,
+        Wiring {
+            registry: &config.registry,
+            members: &config.members,
+            org_users: None,
+            verify: &config.verify,
+            vault: &config.vault,
+            notifications: &config.notifications,
+            sweep_queue_url: config.sweep.sweep_queue_url.as_deref(),
+        },
+    );
     let settings = config.sweep_settings();
-    let margin = Duration::from_secs(config.deadline_margin.as_secs());
+    let margin = Duration::from_secs(config.sweep.deadline_margin.as_secs());
     let (adapters, settings, config) = (&adapters, &settings, &config);
     // One handler either way (one copy of the runtime in the binary).
     let handler = service_fn(move |event: LambdaEvent<EventBridgeEvent<SweepDetail>>| async move {
         match &adapters.slices {
-            Some(queue) => {
-                handle_dispatch(event, &adapters.registry, queue, &config.member_roles, config.sweep_slice_size)
-                    .await
-                    .map(RunAnswer::Dispatched)
-            }
+            Some(queue) => handle_dispatch(
+                event,
+                &adapters.registry,
+                queue,
+                &config.members.member_roles,
+                config.sweep.sweep_slice_size,
+            )
+            .await
+            .map(RunAnswer::Dispatched),
             None => handle(event, adapters.ports(), settings, margin).await.map(|s| RunAnswer::Swept(Box::new(s))),
         }
     });

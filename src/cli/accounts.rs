@@ -27,13 +27,13 @@ pub(super) struct Accounts {
 }
 
 pub(super) async fn accounts(ctx: &Context, args: Accounts) -> Result<(), String> {
-    let members = &ctx.config.member_roles;
+    let members = &ctx.config.members.member_roles;
     if args.bucket_policy || args.apply_bucket_policy {
         let bucket = ctx.config.enroll_settings().map_err(|e| e.to_string())?.managed_bucket;
         if members.is_empty() {
             return Err("no member accounts (MEMBER_ACCOUNT_ROLES is empty): the bucket needs no statement".into());
         }
-        let statement = bucket_statement(&bucket, members, &ctx.config.iam_user_path);
+        let statement = bucket_statement(&bucket, members, &ctx.config.org_users.iam_user_path);
         if args.bucket_policy {
             println!("{}", serde_json::to_string_pretty(&statement).map_err(|e| e.to_string())?);
             return Ok(());
@@ -56,7 +56,7 @@ pub(super) async fn accounts(ctx: &Context, args: Accounts) -> Result<(), String
     let (placement, _) = load_placement(registry).await.map_err(|e| e.to_string())?;
     let enrolled = registry.list_orgs().await.map_err(|e| e.to_string())?.len();
     let placed: usize = members.iter().map(|m| placement.count(&m.account_id)).sum();
-    let cap = ctx.config.orgs_per_account;
+    let cap = ctx.config.org_users.orgs_per_account;
     // Every role assumed at once: one slow account does not hold up the list.
     let checks: Vec<Result<(), String>> = futures::stream::iter(members)
         .map(|m| async move { ctx.adapters.keys.check_account(Some(&m.account_id)).await.map_err(|e| e.to_string()) })

@@ -17,14 +17,15 @@ pub(super) async fn adopt_all(
     let config = &ctx.config;
     let settings = AdoptSettings {
         enroll: config.enroll_settings().map_err(|e| e.to_string())?,
-        max_key_age: config.max_key_age,
+        max_key_age: config.rotation.max_key_age,
         longest_warning: config
+            .sweep
             .expiry_warnings
             .iter()
             .copied()
             .max()
             .unwrap_or(crate::core::duration::Duration::from_secs(0)),
-        grace: config.rotation_grace_period,
+        grace: config.rotation.rotation_grace_period,
     };
     let adapters = &ctx.adapters;
     let total = wanted.len();

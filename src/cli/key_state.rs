@@ -28,7 +28,7 @@ pub(super) async fn disable(ctx: &Context, Org { org }: Org) -> Result<(), Strin
 }
 
 pub(super) async fn enable(ctx: &Context, Org { org }: Org) -> Result<(), String> {
-    report(admin::enable(ports(ctx), &org, ctx.now.at(), ctx.config.max_key_age, ACTOR).await, "enabled")
+    report(admin::enable(ports(ctx), &org, ctx.now.at(), ctx.config.rotation.max_key_age, ACTOR).await, "enabled")
 }
 
 pub(super) async fn schedule_deletion(

@@ -40,7 +40,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::aws::{Adapters, Clients};
-use crate::config::Config;
+use crate::config::{Area, Config};
 use crate::core::domain::{DecisionTime, OrgId, OrgRecord};
 use crate::core::policy::{automatic_rotation, next_automatic_rotation};
 
@@ -122,7 +122,7 @@ impl Cli {
 async fn dispatch(command: Command) -> Result<(), String> {
     // Only `enroll` creates or adopts org users: through the member accounts'
     // enrollment roles (the functions' roles there may not).
-    let ctx = Context::from_env(matches!(command, Command::Enroll(_))).await?;
+    let ctx = Context::from_env(matches!(command, Command::Enroll(_)), areas(&command)).await?;
     match command {
         Command::Enroll(args) => enrollment::enroll(&ctx, args).await,
         Command::Status(args) => status::status(&ctx, args).await,
@@ -138,6 +138,27 @@ async fn dispatch(command: Command) -> Result<(), String> {
     }
 }
 
+/// The areas of the configuration `command` reads; the others keep their
+/// defaults unread, so that a malformed sweep setting does not stop `status`.
+/// No command reads the API's (the functions' callers).
+fn areas(command: &Command) -> &'static [Area] {
+    use Area::*;
+    match command {
+        // Enrollment creates org users; adoption also judges their keys' age and warnings.
+        Command::Enroll(_) => &[Registry, Rotation, Verify, Notifications, Sweep, Vault, Members, OrgUsers, Sdk],
+        Command::Accounts(_) => &[Registry, Members, OrgUsers, Sdk],
+        Command::Sweep(_) => &[Registry, Rotation, Verify, Notifications, Sweep, Vault, Members, Sdk],
+        Command::Status(_)
+        | Command::Rotate(_)
+        | Command::Policy(_)
+        | Command::Disable(_)
+        | Command::Enable(_)
+        | Command::ScheduleDeletion(_)
+        | Command::CancelDeletion(_)
+        | Command::Audit(_) => &[Registry, Rotation, Verify, Notifications, Vault, Members, Sdk],
+    }
+}
+
 /// What every command works with: the environment's configuration, the AWS
 /// adapters, and the time the command started at.
 struct Context {
@@ -149,10 +170,10 @@ struct Context {
 }
 
 impl Context {
-    async fn from_env(enrollment: bool) -> Result<Self, String> {
-        let config = Config::from_env().map_err(|e| e.to_string())?;
+    async fn from_env(enrollment: bool, areas: &[Area]) -> Result<Self, String> {
+        let config = Config::for_areas(|name| std::env::var(name).ok(), areas).map_err(|e| e.to_string())?;
         let config = if enrollment { config.for_enrollment() } else { config };
-        let clients = Clients::from_env(&config).await;
+        let clients = Clients::from_env(&config.sdk).await;
         let adapters = Adapters::new(&clients, &config);
         Ok(Self { config, clients, adapters, now: DecisionTime::of_operator(None) })
     }
@@ -203,4 +224,44 @@ fn progress(len: usize, what: &str) -> ProgressBar {
             .expect("a valid template"),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The configuration `args`' command reads, from `vars`.
+    fn config_of(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, crate::config::ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("s3-key-rotation").chain(args.iter().copied())).unwrap();
+        let lookup = |name: &str| {
+            (name == "REGISTRY_BUCKET")
+                .then(|| "registry".to_owned())
+                .or_else(|| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+        };
+        Config::for_areas(lookup, areas(&cli.command))
+    }
+
+    #[test]
+    fn a_bad_setting_stops_only_the_commands_that_read_it() {
+        let sweep = [("SWEEP_SLICE_SIZE", "abc")];
+        for args in [&["status"][..], &["audit", "--org", "1234567"], &["disable", "--org", "1234567"], &["accounts"]] {
+            assert!(config_of(args, &sweep).is_ok(), "{args:?}");
+        }
+        for args in [&["sweep"][..], &["enroll", "--org", "1234567"]] {
+            let err = config_of(args, &sweep).unwrap_err();
+            assert_eq!(err.variable, "SWEEP_SLICE_SIZE", "{args:?}");
+        }
+        let org_users = [("IAM_USER_PATH", "managed")];
+        assert!(config_of(&["status"], &org_users).is_ok());
+        assert!(config_of(&["sweep"], &org_users).is_ok());
+        assert_eq!(config_of(&["accounts"], &org_users).unwrap_err().variable, "IAM_USER_PATH");
+        assert_eq!(config_of(&["enroll", "--org", "1234567"], &org_users).unwrap_err().variable, "IAM_USER_PATH");
+        // Every command reads the registry and the SDK's settings.
+        assert_eq!(
+            config_of(&["status"], &[("SDK_ATTEMPT_TIMEOUT", "20s")]).unwrap_err().variable,
+            "SDK_ATTEMPT_TIMEOUT"
+        );
+    }
 }

@@ -120,7 +120,7 @@ fn print_status(record: &OrgRecord, config: &Config, now: DateTime<Utc>, uses: &
     );
     match &record.current {
         Some(c) => {
-            let expires = c.expiry(config.max_key_age);
+            let expires = c.expiry(config.rotation.max_key_age);
             let window = if c.expires_at.is_some() { " (migration window)" } else { "" };
             let vault =
                 if c.vault_version.is_some() { "" } else { "; secret not held (the next rotation fills the vault)" };
@@ -195,7 +195,7 @@ async fn status_table(adapters: &Adapters, config: &Config, json: bool, now: Dat
             current.map_or("-".into(), |c| days_hours(now - c.created_at)),
             auto,
             fmt(next_automatic_rotation(&record, &config.rotation_settings())),
-            fmt(current.map(|c| c.expiry(config.max_key_age))),
+            fmt(current.map(|c| c.expiry(config.rotation.max_key_age))),
             record.account_id.as_deref().unwrap_or("home"),
         );
     }
