@@ -91,7 +91,7 @@ impl OrgUsersConfig {
                 expected: "an AWS partition such as aws, aws-cn or aws-us-gov",
             });
         }
-        let org_user_boundary = vars.get("ORG_USER_BOUNDARY").filter(|v| !v.is_empty());
+        let org_user_boundary = vars.get("ORG_USER_BOUNDARY");
         if let Some(arn) = &org_user_boundary {
             let fields: Vec<&str> = arn.splitn(6, ':').collect();
             let ok = matches!(fields.as_slice(), ["arn", partition, "iam", "", account, resource]
@@ -108,8 +108,8 @@ impl OrgUsersConfig {
         }
         let member_enrollment_role =
             vars.get("MEMBER_ENROLLMENT_ROLE").unwrap_or_else(|| "s3-key-rotation-enrollment".to_owned());
-        if member_enrollment_role.is_empty()
-            || member_enrollment_role.len() > 64
+        // (Never empty: `get` answers an empty variable as unset.)
+        if member_enrollment_role.len() > 64
             || !member_enrollment_role.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
         {
             return Err(ConfigError {

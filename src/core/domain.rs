@@ -95,7 +95,7 @@ pub struct LeaseTime(DateTime<Utc>);
 
 /// How far apart two actors' clocks may be: a lease counts as over only this
 /// long after its end, by the judge's clock. The lease itself is validated to
-/// be much longer (`ROTATION_LEASE`, see `config.rs`).
+/// be much longer (`ROTATION_LEASE`, see `config/rotation.rs`).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 impl LeaseTime {
