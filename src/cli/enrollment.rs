@@ -66,7 +66,7 @@ pub(super) async fn enroll(ctx: &Context, args: Enroll) -> Result<(), String> {
                 let limits = AdoptionLimits {
                     members: &settings.members,
                     now,
-                    latest_expiry: now + ctx.config.max_key_age.to_chrono(),
+                    latest_expiry: now + ctx.config.rotation.max_key_age.to_chrono(),
                 };
                 read_adoptions(&path, &limits)?
             }
