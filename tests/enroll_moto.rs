@@ -147,7 +147,8 @@ async fn a_bad_enrollment_file_creates_nothing_and_says_which_columns_it_reads()
     std::fs::write(&csv, format!("orgId,readerPrincipal\n1234001\n1234002,{reader}\n")).unwrap();
     let (ok, out, err) = cli(&stack, &["enroll", "--csv", path]);
     assert!(ok, "{err}");
-    assert!(out.contains(&format!("{reader} may read the secret s3-key-rotation/org-1234002")), "{out}");
+    let granted = format!("{reader} may read the secret arn:aws:secretsmanager:");
+    assert!(out.lines().any(|l| l.contains(&granted) && l.contains(":secret:s3-key-rotation/org-1234002-")), "{out}");
     assert_eq!(org_users(&stack).await, ["org-1234001", "org-1234002"]);
     assert_eq!(stack.adapters.registry.list_orgs().await.unwrap().len(), 2);
 }
