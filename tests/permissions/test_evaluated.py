@@ -92,7 +92,15 @@ def home_template():
     for queue in ("NotificationsQueue", "NotificationsDeadLetterQueue"):
         values[queue] = f"https://sqs.{REGION}.amazonaws.com/{HOME}/s3-key-rotation-{queue}-AbCdEf"
         values[f"{queue}.Arn"] = f"arn:aws:sqs:{REGION}:{HOME}:s3-key-rotation-{queue}-AbCdEf"
-    env = cfn.resolve(template["Globals"]["Function"]["Environment"]["Variables"], values, conditions)
+    # The service's settings as deployed: each function's environment, and the operator
+    # CLI's org users' settings (the stack's OperatorEnvironment output, VAR=value pairs).
+    env = {}
+    for resource in resources.values():
+        if resource["Type"] == "AWS::Serverless::Function":
+            env.update(cfn.resolve(resource["Properties"].get("Environment", {}).get("Variables", {}), values,
+                                   conditions))
+    operator = cfn.resolve(template["Outputs"]["OperatorEnvironment"]["Value"], values, conditions)
+    env.update(pair.split("=", 1) for pair in operator.split())
     return {
         "parameters": parameters, "values": values, "roles": roles, "env": env,
         "functions": local_aws.function_policies(parameters, template),
