@@ -471,13 +471,6 @@ KNOWN = {
         "the deleted previous key: the next full-check sweep reports the mismatch 'the record names <id>, which "
         "IAM does not have' to the operators until a rotation commits",
     ),
-    "lost-retire-write": (
-        {"scheduled"},
-        lambda r, p: "(deactivate the previous key:" in p and "previous key changed" in p,
-        "the answer to the record write of a retirement lost on every retry (or cut by the operation timeout): the "
-        "sweep reports the org failed with 'AWS failed during the rotation; nothing changed', although the key was "
-        "deactivated and the record says so (harmless; the message is wrong)",
-    ),
 }
 
 
