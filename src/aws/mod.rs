@@ -101,6 +101,36 @@ pub struct Wiring<'a> {
     pub sweep_queue_url: Option<&'a str>,
 }
 
+impl crate::config::RotateKeyConfig {
+    /// rotate-key's adapters: no queue, no org users.
+    pub fn wiring(&self) -> Wiring<'_> {
+        Wiring {
+            registry: &self.registry,
+            members: &self.members,
+            org_users: None,
+            verify: &self.verify,
+            vault: &self.vault,
+            notifications: &self.notifications,
+            sweep_queue_url: None,
+        }
+    }
+}
+
+impl crate::config::SweepFunctionConfig {
+    /// The adapters of scheduled-rotation and sweep-worker: no org users.
+    pub fn wiring(&self) -> Wiring<'_> {
+        Wiring {
+            registry: &self.registry,
+            members: &self.members,
+            org_users: None,
+            verify: &self.verify,
+            vault: &self.vault,
+            notifications: &self.notifications,
+            sweep_queue_url: self.sweep.sweep_queue_url.as_deref(),
+        }
+    }
+}
+
 impl Adapters {
     /// Every adapter, from every area (the CLI, the tests).
     pub fn new(clients: &Clients, config: &Config) -> Self {

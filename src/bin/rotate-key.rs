@@ -3,7 +3,7 @@
 
 use lambda_http::{service_fn, Error, Request};
 use s3_key_rotation::api::rotate_key::handle;
-use s3_key_rotation::aws::{Adapters, Clients, Wiring};
+use s3_key_rotation::aws::{Adapters, Clients};
 use s3_key_rotation::config::RotateKeyConfig;
 use s3_key_rotation::telemetry::{Telemetry, Trigger};
 
@@ -13,18 +13,7 @@ async fn main() -> Result<(), Error> {
     // Configuration (its areas only) and clients once per cold start; a bad setting stops here.
     let config = RotateKeyConfig::from_env()?;
     let clients = Clients::from_env(&config.sdk).await;
-    let adapters = Adapters::wire(
-        &clients,
-        Wiring {
-            registry: &config.registry,
-            members: &config.members,
-            org_users: None,
-            verify: &config.verify,
-            vault: &config.vault,
-            notifications: &config.notifications,
-            sweep_queue_url: None,
-        },
-    );
+    let adapters = Adapters::wire(&clients, config.wiring());
     let settings = config.settings();
     let (adapters, settings) = (&adapters, &settings);
     let handler =

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{service_fn, Error, LambdaEvent, Runtime};
-use s3_key_rotation::aws::{Adapters, Clients, Wiring};
+use s3_key_rotation::aws::{Adapters, Clients};
 use s3_key_rotation::config::SweepFunctionConfig;
 use s3_key_rotation::scheduled::{handle, handle_dispatch, RunAnswer, SweepDetail};
 use s3_key_rotation::telemetry::{Telemetry, Trigger};
@@ -17,18 +17,7 @@ async fn main() -> Result<(), Error> {
     let telemetry = Telemetry::init();
     let config = SweepFunctionConfig::from_env()?;
     let clients = Clients::from_env(&config.sdk).await;
-    let adapters = Adapters::wire(
-        &clients,
-        Wiring {
-            registry: &config.registry,
-            members: &config.members,
-            org_users: None,
-            verify: &config.verify,
-            vault: &config.vault,
-            notifications: &config.notifications,
-            sweep_queue_url: config.sweep.sweep_queue_url.as_deref(),
-        },
-    );
+    let adapters = Adapters::wire(&clients, config.wiring());
     let settings = config.sweep_settings();
     let margin = Duration::from_secs(config.sweep.deadline_margin.as_secs());
     let (adapters, settings, config) = (&adapters, &settings, &config);
